@@ -1,0 +1,309 @@
+"""What the scripts in `scripts/` share: data loading, evaluation metrics, atomic checkpoints and saves, model cards.
+
+Like `diffusers.training_utils`, this module is for training and evaluation code; the models never import it.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+# Files `push_to_hub` leaves out of an uploaded output folder.
+HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**", "logs/**", ".tmp*", ".tmp*/**"]
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    data_files: dict[str, list[str]] | None = None,
+    cache_dir: str | None = None,
+):
+    """
+    A `datasets.DatasetDict` from a Hub dataset name, a local image folder (`imagefolder`, one sub-folder per class
+    gives labels) or data files (`data_files={"train": [...], "test": [...]}`, parquet unless `dataset_name` names
+    another builder such as "json").
+    """
+    from datasets import load_dataset
+
+    if train_data_dir is not None:
+        if not Path(train_data_dir).is_dir():
+            raise ValueError(f"`--train_data_dir` {train_data_dir!r} is not a folder.")
+        return load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+    if data_files:
+        missing = [p for paths in data_files.values() for p in paths if not any(Path().glob(p)) and not Path(p).exists()]
+        if missing:
+            raise ValueError(f"No file matches {missing}; give existing paths or globs (relative to {os.getcwd()}).")
+        return load_dataset(dataset_name or "parquet", data_files=data_files, cache_dir=cache_dir)
+    if dataset_name is None:
+        raise ValueError("Give `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
+    return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+
+
+def find_image_column(dataset, image_column: str | None = None) -> str:
+    """`image_column` checked against `dataset`, or the first column of feature type `Image`."""
+    from datasets import Image as ImageFeature
+
+    if image_column is not None:
+        if image_column not in dataset.column_names:
+            raise ValueError(f"`--image_column` {image_column!r} is not one of the columns {dataset.column_names}.")
+        return image_column
+    for name, feature in dataset.features.items():
+        if isinstance(feature, ImageFeature):
+            return name
+    raise ValueError(f"No column of type Image in {dataset.column_names}; name it with `--image_column`.")
+
+
+# ---------------------------------------------------------------------------------------------------------- metrics
+
+
+class ReconstructionMetrics:
+    """
+    Accumulates reconstruction error and code usage over a whole evaluation pass (not per batch, so the result does
+    not depend on the batch size). Pixels are on the model's [-1, 1] scale; errors are reported on [0, 1].
+    """
+
+    def __init__(self, codebook_size: int):
+        self.codebook_size = codebook_size
+        self.squared_error = 0.0  # sum over images of per-image MSE
+        self.psnr_sum = 0.0
+        self.num_images = 0
+        self.code_counts = torch.zeros(codebook_size, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pixel_values: torch.Tensor, reconstruction: torch.Tensor, codes: torch.Tensor):
+        target = (pixel_values.float() + 1) / 2
+        output = ((reconstruction.float() + 1) / 2).clamp(0, 1)
+        mse = (output - target).pow(2).flatten(1).mean(1)  # (B,)
+        self.squared_error += float(mse.sum())
+        self.psnr_sum += float((-10 * torch.log10(mse.clamp(min=1e-10))).sum())
+        self.num_images += mse.numel()
+        self.code_counts += torch.bincount(codes.flatten().cpu(), minlength=self.codebook_size).double()
+
+    def merge(self, other: "ReconstructionMetrics"):
+        self.squared_error += other.squared_error
+        self.psnr_sum += other.psnr_sum
+        self.num_images += other.num_images
+        self.code_counts += other.code_counts
+
+    def compute(self) -> dict:
+        if self.num_images == 0:
+            raise ValueError("No images were evaluated.")
+        mse = self.squared_error / self.num_images
+        probs = self.code_counts / self.code_counts.sum()
+        entropy = float(-(probs[probs > 0] * probs[probs > 0].log()).sum())
+        used = int((self.code_counts > 0).sum())
+        return {
+            "num_images": self.num_images,
+            "mse": mse,
+            "psnr": self.psnr_sum / self.num_images,  # mean of per-image PSNR (dB)
+            "psnr_of_mean_mse": -10 * math.log10(max(mse, 1e-10)),
+            "codes_used": used,
+            "dead_codes": self.codebook_size - used,
+            "codebook_size": self.codebook_size,
+            "code_entropy_bits": entropy / math.log(2),
+            "code_perplexity": math.exp(entropy),
+        }
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: int | None = None) -> dict:
+    """
+    Reconstruction MSE and PSNR and codebook usage of `model` over every batch of `dataloader` (each a dict with
+    `pixel_values`). With an `accelerator`, each process evaluates its shard and the sums are added across processes
+    (`gather_for_metrics` drops the duplicated tail of uneven shards).
+    """
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    was_training = unwrapped.training
+    unwrapped.eval()
+    metrics = ReconstructionMetrics(unwrapped.config.codebook_size)
+    for step, batch in enumerate(dataloader):
+        if max_batches is not None and step >= max_batches:
+            break
+        pixel_values = batch["pixel_values"]
+        output = unwrapped(pixel_values, return_loss=False)
+        reconstruction, codes = output.reconstruction, output.codes
+        if accelerator is not None:
+            pixel_values, reconstruction, codes = accelerator.gather_for_metrics((pixel_values, reconstruction, codes))
+        metrics.update(pixel_values, reconstruction, codes)
+    unwrapped.train(was_training)
+    return metrics.compute()
+
+
+# ---------------------------------------------------------------------------------------------------------- images
+
+
+def make_image_grid(rows: list[list[Image.Image]], padding: int = 2) -> Image.Image:
+    """Paste rows of equally sized PIL images into one grid image."""
+    if not rows or not rows[0]:
+        raise ValueError("`rows` must hold at least one image.")
+    width, height = rows[0][0].size
+    num_cols = max(len(row) for row in rows)
+    grid = Image.new("RGB", (num_cols * (width + padding) + padding, len(rows) * (height + padding) + padding), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (padding + c * (width + padding), padding + r * (height + padding)))
+    return grid
+
+
+def reconstruction_grid(image_processor, pixel_values, reconstruction, per_row: int = 8) -> Image.Image:
+    """Originals and reconstructions in alternating rows of `per_row` images."""
+    originals = image_processor.postprocess(pixel_values.float().cpu(), output_type="pil")
+    outputs = image_processor.postprocess(reconstruction.float().cpu().clamp(-1, 1), output_type="pil")
+    rows = []
+    for start in range(0, len(originals), per_row):
+        rows += [originals[start : start + per_row], outputs[start : start + per_row]]
+    return make_image_grid(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: str | os.PathLike, text: str):
+    """Write a text file so that readers see the old or the new content, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_pretrained_atomic(output_dir: str | os.PathLike, *objects):
+    """
+    `save_pretrained` each object (model, image processor, ...) into a temporary folder beside `output_dir`, then move
+    each file into place with `os.replace`: a crash mid-save leaves the previous files, never a truncated one.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".tmp-save-"))
+    try:
+        for obj in objects:
+            obj.save_pretrained(tmp)
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file():
+                target = output_dir / path.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (`checkpoint-<step>` folders) in `output_dir`, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint folder was written at."""
+    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a `{CHECKPOINT_PREFIX}<step>` folder.")
+    return int(match.group(1))
+
+
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
+    """
+    `accelerator.save_state` into `checkpoint-<step>`, atomically: every process writes into a temporary folder and
+    the main process renames it once all are done, so a `checkpoint-<step>` folder is always complete. Then the oldest
+    checkpoints beyond `total_limit` are removed.
+    """
+    output_dir = Path(output_dir)
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: a path, or `latest` (the newest complete one in `output_dir`, if any)."""
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise ValueError(f"`--resume_from_checkpoint` {resume_from_checkpoint!r} is not a checkpoint folder.")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- cards
+
+
+def fill_model_card(template: str, values: dict) -> str:
+    """Replace each `{{name}}` of `template` with `values[name]`; a placeholder without a value is an error."""
+    missing = sorted(set(re.findall(r"\{\{(\w+)\}\}", template)) - set(values))
+    if missing:
+        raise ValueError(f"The model card template needs values for {missing}.")
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: str(values[m.group(1)]), template)
+
+
+def format_metrics_table(metrics: dict) -> str:
+    """A Markdown table of `name | value` rows."""
+    lines = ["| metric | value |", "| --- | --- |"]
+    for name, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike, data: dict):
+    """Atomically write `data` as indented JSON (numpy scalars converted)."""
+
+    def convert(value):
+        if isinstance(value, (np.integer, np.floating)):
+            return value.item()
+        raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=convert) + "\n")
+
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "HUB_IGNORE_PATTERNS",
+    "ReconstructionMetrics",
+    "atomic_write_text",
+    "checkpoint_step",
+    "evaluate_reconstruction",
+    "fill_model_card",
+    "find_image_column",
+    "format_metrics_table",
+    "list_checkpoints",
+    "load_image_dataset",
+    "make_image_grid",
+    "reconstruction_grid",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "save_pretrained_atomic",
+    "write_json",
+]

@@ -1,0 +1,452 @@
+"""Train or fine-tune a VQ-VAE (van den Oord et al., 2017) with Accelerate, on one process or many.
+
+A laptop-sized run on the CIFAR-10 sample shipped in the repository:
+
+    accelerate launch scripts/train_vqvae.py --preset cifar10 \
+        --config_overrides hidden_channels=32,res_hidden_channels=16,use_ema_codebook=true \
+        --train_data_files "hf_vqvae/data/cifar10_sample/train-*.parquet" \
+        --validation_data_files "hf_vqvae/data/cifar10_sample/test-*.parquet" \
+        --max_train_steps 200 --train_batch_size 64 --output_dir outputs/vqvae-tiny
+
+Two processes on CPU (real DDP with gloo; `--cpu --num_processes 2` would silently run one):
+
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_vqvae.py ...
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from hf_vqvae import VQVAEConfig, VQVAEImageProcessor, VQVAEModel
+from hf_vqvae.training_utils import (
+    HUB_IGNORE_PATTERNS,
+    atomic_write_text,
+    checkpoint_step,
+    evaluate_reconstruction,
+    fill_model_card,
+    find_image_column,
+    format_metrics_table,
+    load_image_dataset,
+    reconstruction_grid,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_pretrained_atomic,
+    write_json,
+)
+
+
+logger = get_logger(__name__)
+
+PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet128}
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # Model
+    parser.add_argument("--pretrained_model_name_or_path", default=None,
+                        help="Fine-tune this VQ-VAE (a folder or Hub id) instead of training from scratch.")
+    parser.add_argument("--model_config_name_or_path", default=None,
+                        help="A config.json, or a folder/Hub id holding one, for a model trained from scratch.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="A paper architecture for a model trained from scratch.")
+    parser.add_argument("--config_overrides", default=None,
+                        help="Comma-separated key=value settings applied to the config, e.g. "
+                             "'hidden_channels=128,use_ema_codebook=true'.")
+    parser.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
+    # Data
+    parser.add_argument("--dataset_name", default=None,
+                        help="A Hub dataset, or the builder of `--*_data_files` (default parquet).")
+    parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
+    parser.add_argument("--train_data_dir", default=None, help="A local image folder (`imagefolder`).")
+    parser.add_argument("--train_data_files", nargs="+", default=None, help="Files or globs of the training split.")
+    parser.add_argument("--validation_data_files", nargs="+", default=None,
+                        help="Files or globs of the validation split.")
+    parser.add_argument("--train_split", default="train", help="Split to train on.")
+    parser.add_argument("--validation_split", default="test",
+                        help="Split to validate on; validation is skipped when the dataset has none.")
+    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
+    parser.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
+    parser.add_argument("--cache_dir", default=None, help="Where `datasets` and the Hub cache downloads.")
+    # Optimisation
+    parser.add_argument("--output_dir", default="outputs/vqvae", help="Where checkpoints and the model are written.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for reproducible training.")
+    parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size per process.")
+    parser.add_argument("--eval_batch_size", type=int, default=256, help="Validation batch size per process.")
+    parser.add_argument("--num_train_epochs", type=int, default=1, help="Epochs, unless `--max_train_steps` is set.")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps (overrides epochs).")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
+    parser.add_argument("--learning_rate", type=float, default=2e-4, help="Peak learning rate (paper: 2e-4).")
+    parser.add_argument("--lr_scheduler", default="constant_with_warmup",
+                        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...")
+    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up optimizer steps.")
+    parser.add_argument("--adam_beta1", type=float, default=0.9, help="Adam beta1.")
+    parser.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2.")
+    parser.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay.")
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                        help="Mixed precision (default: Accelerate's config). The quantizer always runs in fp32.")
+    parser.add_argument("--channels_last", action="store_true", help="Use the channels_last memory format.")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    # Checkpoints, logging, validation
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint every N steps.")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
+    parser.add_argument("--resume_from_checkpoint", default=None,
+                        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.")
+    parser.add_argument("--validation_steps", type=int, default=1000, help="Validate every N optimizer steps.")
+    parser.add_argument("--num_validation_images", type=int, default=16, help="Images in each reconstruction grid.")
+    parser.add_argument("--logging_steps", type=int, default=10, help="Log training losses every N steps.")
+    parser.add_argument("--report_to", default="tensorboard",
+                        help="Accelerate trackers: tensorboard, wandb, all, or none.")
+    parser.add_argument("--tracker_project_name", default="train_vqvae", help="Project name for the trackers.")
+    # Hub
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the final folder to the Hub.")
+    parser.add_argument("--hub_model_id", default=None, help="Hub repository, e.g. `org/vqvae-cifar10`.")
+    parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
+    parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+    args = parser.parse_args(argv)
+
+    sources = [args.pretrained_model_name_or_path, args.model_config_name_or_path, args.preset]
+    if sum(s is not None for s in sources) > 1:
+        raise ValueError("Give at most one of `--pretrained_model_name_or_path`, `--model_config_name_or_path`, "
+                         "`--preset`.")
+    if args.dataset_name is None and args.train_data_dir is None and args.train_data_files is None:
+        raise ValueError("Give the data: `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
+    for name in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                 "validation_steps", "logging_steps", "num_train_epochs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"`--max_train_steps` must be >= 1; got {args.max_train_steps}.")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"`--checkpoints_total_limit` must be >= 1; got {args.checkpoints_total_limit}.")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("`--push_to_hub` needs `--hub_model_id`, e.g. `--hub_model_id org/vqvae-cifar10`.")
+    args.config_overrides = parse_overrides(args.config_overrides)
+    return args
+
+
+def parse_overrides(text: str | None) -> dict:
+    """'a=1,b=true,c=(1,2)' -> {'a': 1, 'b': True, 'c': [1, 2]} (values parsed as JSON where possible)."""
+    overrides = {}
+    for item in filter(None, _split_top(text or "")):
+        if "=" not in item:
+            raise ValueError(f"`--config_overrides` items must be key=value; got {item!r}.")
+        key, value = (s.strip() for s in item.split("=", 1))
+        value = value.replace("(", "[").replace(")", "]")
+        try:
+            overrides[key] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def _split_top(text: str) -> list[str]:
+    """Split on commas outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char == "("
+        depth -= char == ")"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
+
+
+def build_model(args) -> VQVAEModel:
+    if args.pretrained_model_name_or_path is not None:
+        model = VQVAEModel.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision,
+                                           cache_dir=args.cache_dir)
+        if args.config_overrides:
+            raise ValueError("`--config_overrides` change the architecture; they cannot apply to a pretrained model.")
+        return model
+    if args.model_config_name_or_path is not None:
+        config = VQVAEConfig.from_pretrained(args.model_config_name_or_path, revision=args.revision,
+                                             **args.config_overrides)
+    else:
+        config = PRESETS[args.preset or "cifar10"](**args.config_overrides)
+    return VQVAEModel(config)
+
+
+def get_dataloaders(args, accelerator, image_processor):
+    """Train and validation dataloaders of `{"pixel_values": (B, C, H, W)}` batches."""
+    data_files = None
+    if args.train_data_files:
+        data_files = {args.train_split: args.train_data_files}
+        if args.validation_data_files:
+            data_files[args.validation_split] = args.validation_data_files
+    with accelerator.main_process_first():
+        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files,
+                                     args.cache_dir)
+    if args.train_split not in dataset:
+        raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
+    train = dataset[args.train_split]
+    image_column = find_image_column(train, args.image_column)
+    if args.max_train_samples is not None:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    validation = dataset.get(args.validation_split)
+    if validation is not None and args.max_eval_samples is not None:
+        validation = validation.select(range(min(args.max_eval_samples, len(validation))))
+
+    def transform(examples):
+        return {"pixel_values": image_processor(examples[image_column], return_tensors="pt")["pixel_values"]}
+
+    def collate(examples):
+        pixel_values = torch.stack([e["pixel_values"] for e in examples])
+        return {"pixel_values": pixel_values}
+
+    def collate_train(examples):
+        batch = collate(examples)
+        if args.random_flip:
+            flip = torch.rand(len(examples)) < 0.5
+            batch["pixel_values"][flip] = batch["pixel_values"][flip].flip(-1)
+        return batch
+
+    train_dataloader = torch.utils.data.DataLoader(
+        train.with_transform(transform), batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+        collate_fn=collate_train, num_workers=args.dataloader_num_workers,
+    )
+    if len(train_dataloader) == 0:
+        raise ValueError(f"The training split has {len(train)} images, fewer than one batch of "
+                         f"{args.train_batch_size}; lower `--train_batch_size`.")
+    validation_dataloader = None
+    if validation is not None:
+        validation_dataloader = torch.utils.data.DataLoader(
+            validation.with_transform(transform), batch_size=args.eval_batch_size, shuffle=False,
+            collate_fn=collate, num_workers=args.dataloader_num_workers,
+        )
+    return train_dataloader, validation_dataloader
+
+
+def log_validation(args, accelerator, model, image_processor, validation_dataloader, global_step, elapsed):
+    """Whole-pass reconstruction metrics and codebook usage, plus a PNG grid of originals over reconstructions."""
+    metrics = evaluate_reconstruction(model, validation_dataloader, accelerator)
+    metrics.update(step=global_step, elapsed_seconds=round(elapsed, 1))
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        pixel_values = next(iter(validation_dataloader))["pixel_values"][: args.num_validation_images]
+        with torch.no_grad():
+            unwrapped.eval()
+            reconstruction = unwrapped(pixel_values.to(accelerator.device), return_loss=False).reconstruction
+            unwrapped.train()
+        grid_dir = Path(args.output_dir) / "validation"
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        reconstruction_grid(image_processor, pixel_values, reconstruction).save(grid_dir / f"step-{global_step}.png")
+        with open(Path(args.output_dir) / "validation_log.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+    accelerator.log({f"val/{k}": v for k, v in metrics.items() if k not in ("step", "codebook_size")},
+                    step=global_step)
+    accelerator.print(f"step {global_step}: val psnr {metrics['psnr']:.2f} dB, mse {metrics['mse']:.5f}, "
+                      f"codes used {metrics['codes_used']}/{metrics['codebook_size']}")
+    return metrics
+
+
+def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float):
+    """Fill `model_card.md` with this run's arguments and measured metrics, as `README.md` of `output_dir`."""
+    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token",)}
+    values = {
+        "model_id": args.hub_model_id or Path(output_dir).name,
+        "base_model": args.pretrained_model_name_or_path or "none (trained from scratch)",
+        "datasets": args.dataset_name or ", ".join(args.train_data_files or [args.train_data_dir or "local"]),
+        "architecture": format_metrics_table({k: v for k, v in config.to_dict().items() if not k.startswith("_")
+                                              and k not in ("architectures", "auto_map", "transformers_version")}),
+        "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
+        "training_time": f"{train_seconds / 60:.1f} minutes",
+        "evaluation": format_metrics_table(metrics) if metrics else "No validation split was given.",
+        "image_size": config.image_size,
+    }
+    atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
+
+
+def main(args):
+    project_config = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs"))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project_config,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    model = build_model(args)
+    if args.pretrained_model_name_or_path is not None:
+        try:
+            image_processor = VQVAEImageProcessor.from_pretrained(args.pretrained_model_name_or_path,
+                                                                  revision=args.revision)
+        except OSError:
+            image_processor = VQVAEImageProcessor.from_model_config(model.config)
+    else:
+        image_processor = VQVAEImageProcessor.from_model_config(model.config)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, image_processor)
+
+    # Derive the step budget before the schedule needs it.
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
+    if validation_dataloader is not None:
+        validation_dataloader = accelerator.prepare(validation_dataloader)
+
+    # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for m in models:
+                accelerator.unwrap_model(m).save_pretrained(Path(output_dir) / "vqvae")
+        while weights:
+            weights.pop()
+
+    def load_model_hook(models, input_dir):
+        while models:
+            m = models.pop()
+            loaded = VQVAEModel.from_pretrained(Path(input_dir) / "vqvae")
+            accelerator.unwrap_model(m).load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    if accelerator.is_main_process and args.report_to != "none":
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+
+    global_step = 0
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if args.resume_from_checkpoint is not None and checkpoint is None:
+        accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+    first_epoch = global_step // steps_per_epoch
+    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    accelerator.print(f"{len(train_dataloader.dataset)} training images, {num_epochs} epochs, "
+                      f"{args.max_train_steps} steps of {total_batch} images on {accelerator.num_processes} "
+                      f"process(es); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    start_time = time.time()
+    # Elapsed time carries over a resume through the validation log.
+    time_offset = _previous_elapsed(args.output_dir, global_step)
+    metrics = None
+    model.train()
+    for epoch in range(first_epoch, num_epochs):
+        if hasattr(train_dataloader, "set_epoch"):
+            train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        if epoch == first_epoch and batches_to_skip:
+            batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
+        for batch in batches:
+            pixel_values = batch["pixel_values"]
+            if args.channels_last:
+                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(model):
+                output = model(pixel_values)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if global_step % args.logging_steps == 0:
+                logs = {
+                    "train/loss": output.loss.item(),
+                    "train/reconstruction_loss": output.reconstruction_loss.item(),
+                    "train/codebook_loss": output.codebook_loss.item(),
+                    "train/commitment_loss": output.commitment_loss.item(),
+                    "train/perplexity": output.perplexity.item(),
+                    "train/lr": lr_scheduler.get_last_lr()[0],
+                }
+                progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
+                accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if validation_dataloader is not None and (
+                global_step % args.validation_steps == 0 or global_step == args.max_train_steps
+            ):
+                metrics = log_validation(args, accelerator, model, image_processor, validation_dataloader,
+                                         global_step, time_offset + time.time() - start_time)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    train_seconds = time_offset + time.time() - start_time
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_pretrained_atomic(args.output_dir, unwrapped, image_processor)
+        if metrics is not None:
+            write_json(Path(args.output_dir) / "eval_results.json", metrics)
+        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds)
+        accelerator.print(f"Saved the model to {args.output_dir}")
+    accelerator.end_training()
+    if accelerator.is_main_process and args.push_to_hub:
+        push_folder(args)
+
+
+def push_folder(args):
+    """Upload the output folder (not its checkpoints or logs); on failure say so and keep the local files."""
+    from huggingface_hub import create_repo, upload_folder
+
+    try:
+        repo_id = create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo,
+                              token=args.hub_token).repo_id
+        commit = upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=HUB_IGNORE_PATTERNS,
+                               commit_message="Upload VQ-VAE trained with hf_vqvae", token=args.hub_token)
+    except Exception as error:  # any failure: network, auth, server
+        logger.error(f"Upload to the Hub repository {args.hub_model_id!r} failed: {error}. The trained model is "
+                     f"intact in {args.output_dir}; upload it later with `huggingface-cli upload`.", main_process_only=True)
+        raise SystemExit(1) from error
+    logger.info(f"Uploaded {args.output_dir} to {commit.commit_url}", main_process_only=True)
+
+
+def _previous_elapsed(output_dir, global_step) -> float:
+    """Training seconds recorded up to `global_step` by an earlier run in `output_dir` (0 for a fresh run)."""
+    log = Path(output_dir) / "validation_log.jsonl"
+    if global_step == 0 or not log.exists():
+        return 0.0
+    seconds = [json.loads(line)["elapsed_seconds"] for line in log.read_text().splitlines() if line.strip()
+               and json.loads(line)["step"] <= global_step]
+    return max(seconds, default=0.0)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,72 @@
+"""Shared fixtures and the `slow` marker (skipped unless RUN_SLOW=1, as in transformers)."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("RUN_SLOW", "0").lower() in ("1", "true", "yes"):
+        return
+    skip = pytest.mark.skip(reason="slow test: set RUN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_tiny_config(**kwargs):
+    from hf_vqvae import VQVAEConfig
+
+    settings = {
+        "image_size": 16,
+        "hidden_channels": 8,
+        "channel_multipliers": (1, 2),
+        "num_res_blocks": 1,
+        "res_hidden_channels": 8,
+        "codebook_size": 16,
+        "codebook_dim": 4,
+    }
+    return VQVAEConfig(**{**settings, **kwargs})
+
+
+@pytest.fixture
+def tiny_vqvae_config():
+    """2 stride-2 levels with channels (8, 16), 1 residual block, K=16, D=4, 16x16 images."""
+    return make_tiny_config()
+
+
+@pytest.fixture
+def pixel_values():
+    """Seeded (2, 3, 16, 16) images in [-1, 1]."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1
+
+
+def write_image_folder(root: Path, num_images: int = 8, size: int = 16, classes=("cat", "dog")) -> Path:
+    """Synthetic PNGs in one sub-folder per class (the `imagefolder` layout)."""
+    rng = np.random.default_rng(0)
+    for index in range(num_images):
+        folder = root / classes[index % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_image_folder(tmp_path):
+    return write_image_folder(tmp_path / "images")
