@@ -3,6 +3,7 @@
 Like `diffusers.training_utils`, this module is for training and evaluation code; the models never import it.
 """
 
+import glob
 import json
 import math
 import os
@@ -46,7 +47,7 @@ def load_image_dataset(
             raise ValueError(f"`--train_data_dir` {train_data_dir!r} is not a folder.")
         return load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
     if data_files:
-        missing = [p for paths in data_files.values() for p in paths if not any(Path().glob(p)) and not Path(p).exists()]
+        missing = [p for paths in data_files.values() for p in paths if not glob.glob(p)]
         if missing:
             raise ValueError(f"No file matches {missing}; give existing paths or globs (relative to {os.getcwd()}).")
         return load_dataset(dataset_name or "parquet", data_files=data_files, cache_dir=cache_dir)

@@ -209,16 +209,12 @@ def get_dataloaders(args, accelerator, image_processor):
         pixel_values = torch.stack([e["pixel_values"] for e in examples])
         return {"pixel_values": pixel_values}
 
-    def collate_train(examples):
-        batch = collate(examples)
-        if args.random_flip:
-            flip = torch.rand(len(examples)) < 0.5
-            batch["pixel_values"][flip] = batch["pixel_values"][flip].flip(-1)
-        return batch
-
     train_dataloader = torch.utils.data.DataLoader(
         train.with_transform(transform), batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collate_train, num_workers=args.dataloader_num_workers,
+        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        # Its own generator: starting an epoch then draws nothing from the global RNG, which a resumed run restores
+        # (the quantizer's dead-code restarts and `--random_flip` draw from it).
+        generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
         raise ValueError(f"The training split has {len(train)} images, fewer than one batch of "
@@ -369,6 +365,11 @@ def main(args):
             batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
         for batch in batches:
             pixel_values = batch["pixel_values"]
+            if args.random_flip:
+                # Drawn here, not in the collate function: the dataloader fetches a batch ahead, and a resumed run
+                # must draw the same numbers as an uninterrupted one.
+                flip = torch.rand(len(pixel_values), device=pixel_values.device) < 0.5
+                pixel_values = torch.where(flip[:, None, None, None], pixel_values.flip(-1), pixel_values)
             if args.channels_last:
                 pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model):
@@ -395,13 +396,14 @@ def main(args):
                 }
                 progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
                 accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
             if validation_dataloader is not None and (
                 global_step % args.validation_steps == 0 or global_step == args.max_train_steps
             ):
                 metrics = log_validation(args, accelerator, model, image_processor, validation_dataloader,
                                          global_step, time_offset + time.time() - start_time)
+            # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:

@@ -1,0 +1,89 @@
+"""Evaluate a VQ-VAE on a dataset split: reconstruction MSE and PSNR and codebook usage over the whole split, as JSON.
+
+    python scripts/evaluate_vqvae.py --model models/vqvae-cifar10 \
+        --data_files "data/cifar10_sample/test-*.parquet" --output_file outputs/eval.json
+
+Runs on one process, or on many with `accelerate launch` (each evaluates a shard; the sums are added).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from hf_vqvae import VQVAEImageProcessor, VQVAEModel
+from hf_vqvae.training_utils import evaluate_reconstruction, find_image_column, load_image_dataset, write_json
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="A VQ-VAE folder or Hub id.")
+    parser.add_argument("--revision", default=None, help="Hub revision of the model.")
+    parser.add_argument("--dataset_name", default=None, help="A Hub dataset, or the builder of `--data_files`.")
+    parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
+    parser.add_argument("--data_dir", default=None, help="A local image folder (`imagefolder`).")
+    parser.add_argument("--data_files", nargs="+", default=None, help="Files or globs of the split to evaluate.")
+    parser.add_argument("--split", default="test", help="The split to evaluate.")
+    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
+    parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N images.")
+    parser.add_argument("--batch_size", type=int, default=256, help="Batch size per process.")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
+                        help="Mixed precision of the encoder/decoder (the quantizer stays fp32).")
+    parser.add_argument("--output_file", default=None, help="Write the metrics here as JSON (default: stdout only).")
+    args = parser.parse_args(argv)
+    if args.dataset_name is None and args.data_dir is None and args.data_files is None:
+        raise ValueError("Give the data: `--dataset_name`, `--data_dir` or `--data_files`.")
+    if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
+        raise ValueError("`--batch_size` and `--max_samples` must be >= 1.")
+    return args
+
+
+def main(args) -> dict:
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    model = VQVAEModel.from_pretrained(args.model, revision=args.revision).eval()
+    try:
+        image_processor = VQVAEImageProcessor.from_pretrained(args.model, revision=args.revision)
+    except OSError:
+        image_processor = VQVAEImageProcessor.from_model_config(model.config)
+
+    data_files = {args.split: args.data_files} if args.data_files else None
+    dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.data_dir, data_files)
+    if args.split not in dataset:
+        raise ValueError(f"No split {args.split!r} in the dataset (splits: {list(dataset)}).")
+    split = dataset[args.split]
+    if args.max_samples is not None:
+        split = split.select(range(min(args.max_samples, len(split))))
+    image_column = find_image_column(split, args.image_column)
+
+    def transform(examples):
+        return {"pixel_values": image_processor(examples[image_column], return_tensors="pt")["pixel_values"]}
+
+    dataloader = torch.utils.data.DataLoader(
+        split.with_transform(transform), batch_size=args.batch_size,
+        collate_fn=lambda examples: {"pixel_values": torch.stack([e["pixel_values"] for e in examples])},
+    )
+    model, dataloader = accelerator.prepare(model, dataloader)
+    start = time.time()
+    progress = tqdm(dataloader, desc="Evaluating", disable=not accelerator.is_local_main_process)
+    metrics = evaluate_reconstruction(model, progress, accelerator)
+    metrics.update(
+        model=str(args.model),
+        split=args.split,
+        data=args.dataset_name or args.data_dir or args.data_files,
+        seconds=round(time.time() - start, 1),
+    )
+    if accelerator.is_main_process:
+        if args.output_file:
+            Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
+            write_json(args.output_file, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    json.dump(main(parse_args()), sys.stdout, indent=2)
+    sys.stdout.write("\n")

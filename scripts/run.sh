@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One command for everything on a fresh machine: make the virtual environment, install, then run.
+#   bash scripts/run.sh main   # the main job on the embedded defaults (shipped model, CIFAR-10 sample)
+#   bash scripts/run.sh test   # the test suite (RUN_SLOW=1 adds the slow tests)
+# Extra arguments go to the job (`main`) or to pytest (`test`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  # Re-install only when pyproject.toml changed since the last install.
+  local stamp="$VENV/.hf_vqvae-installed" want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$VENV/bin/pip" install -q --upgrade pip
+    # The CPU wheel first: letting the resolver choose torch pulls a multi-GB CUDA build.
+    "$VENV/bin/pip" install -q "torch==2.13.0"
+    "$VENV/bin/pip" install -q -e ".[train,test]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+job="${1:-}"
+shift || true
+case "$job" in
+  main)
+    setup
+    exec "$VENV/bin/python" scripts/main_job.py "$@"
+    ;;
+  test)
+    setup
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: bash scripts/run.sh main|test [args...]" >&2
+    exit 2
+    ;;
+esac

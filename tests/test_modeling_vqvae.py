@@ -1,0 +1,312 @@
+"""Tests of VQVAEConfig and VQVAEModel on tiny configs, in the transformers tester + common-mixin style."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO_ROOT, make_tiny_config
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from hf_vqvae import VQVAEConfig, VQVAEEncoderOutput, VQVAEImageProcessor, VQVAEModel, VQVAEModelOutput
+
+
+class VQVAEModelTester:
+    """Builds tiny configs and inputs for `VQVAEModel`."""
+
+    batch_size = 2
+    image_size = 16
+
+    def __init__(self, **config_kwargs):
+        self.config_kwargs = config_kwargs
+
+    def get_config(self) -> VQVAEConfig:
+        return make_tiny_config(**self.config_kwargs)
+
+    def get_dummy_inputs(self, seed: int = 0) -> dict:
+        generator = torch.Generator().manual_seed(seed)
+        pixel_values = torch.rand(self.batch_size, 3, self.image_size, self.image_size, generator=generator) * 2 - 1
+        return {"pixel_values": pixel_values}
+
+    def expected_shapes(self) -> dict:
+        config = self.get_config()
+        h, w = config.latent_size(self.image_size)
+        b = self.batch_size
+        return {
+            "reconstruction": (b, config.num_channels, self.image_size, self.image_size),
+            "codes": (b, h, w),
+            "latents": (b, config.codebook_dim, h, w),
+            "quantized": (b, config.codebook_dim, h, w),
+            "loss": (),
+            "reconstruction_loss": (),
+            "codebook_loss": (),
+            "commitment_loss": (),
+            "perplexity": (),
+        }
+
+
+class CommonModelTests:
+    """Checks every model class of the package must pass; subclasses set `model_class` and `tester`."""
+
+    model_class = None
+    tester = None
+
+    def make_model(self):
+        torch.manual_seed(0)
+        return self.model_class(self.tester.get_config()).eval()
+
+    def test_output_shapes_match_docs(self):
+        model = self.make_model()
+        output = model(**self.tester.get_dummy_inputs())
+        for name, shape in self.tester.expected_shapes().items():
+            assert tuple(output[name].shape) == shape, name
+        assert output.codes.dtype == torch.long
+
+    def test_save_load_round_trip_is_exact(self, tmp_path):
+        model = self.make_model()
+        inputs = self.tester.get_dummy_inputs()
+        model.train()
+        model(**inputs).loss.backward()  # changes EMA buffers / init flags when the config uses them
+        model.eval()
+        model.save_pretrained(tmp_path)
+        loaded = self.model_class.from_pretrained(tmp_path).eval()
+        expected, actual = model.state_dict(), loaded.state_dict()
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), key
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).reconstruction, loaded(**inputs).reconstruction)
+
+    def test_auto_classes_resolve(self, tmp_path):
+        model = self.make_model()
+        model.save_pretrained(tmp_path)
+        assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
+        loaded = AutoModel.from_pretrained(tmp_path)
+        assert type(loaded) is self.model_class
+
+    def test_eval_is_deterministic(self):
+        model = self.make_model()
+        inputs = self.tester.get_dummy_inputs()
+        with torch.no_grad():
+            first, second = model(**inputs), model(**inputs)
+        assert torch.equal(first.reconstruction, second.reconstruction)
+        assert torch.equal(first.codes, second.codes)
+
+    def test_dict_and_tuple_outputs_agree(self):
+        model = self.make_model()
+        inputs = self.tester.get_dummy_inputs()
+        with torch.no_grad():
+            as_dict = model(**inputs)
+            as_tuple = model(**inputs, return_dict=False)
+        assert isinstance(as_tuple, tuple)
+        assert len(as_tuple) == len(as_dict.to_tuple())
+        for a, b in zip(as_dict.to_tuple(), as_tuple):
+            assert torch.equal(a, b)
+        assert torch.equal(as_dict[0], as_dict.loss)
+
+    def test_config_dict_round_trip(self):
+        config = self.tester.get_config()
+        restored = type(config).from_dict(json.loads(config.to_json_string()))
+        assert restored.to_dict() == config.to_dict()
+
+    def test_training_step_gives_finite_loss_and_gradients(self):
+        model = self.make_model().train()
+        output = model(**self.tester.get_dummy_inputs())
+        assert torch.isfinite(output.loss)
+        output.loss.backward()
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+                assert parameter.grad.abs().sum() > 0, name
+
+
+class TestVQVAEModel(CommonModelTests):
+    model_class = VQVAEModel
+    tester = VQVAEModelTester()
+
+
+class TestVQVAEModelEMA(CommonModelTests):
+    model_class = VQVAEModel
+    tester = VQVAEModelTester(use_ema_codebook=True, dead_code_threshold=0.5, use_kmeans_init=True)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_presets_match_the_paper():
+    cifar = VQVAEConfig.cifar10()
+    assert (cifar.hidden_channels, cifar.res_hidden_channels, cifar.num_res_blocks) == (256, 256, 2)
+    assert cifar.latent_size(32) == (8, 8) and cifar.codebook_size == 512 and cifar.commitment_cost == 0.25
+    assert VQVAEConfig.imagenet128().latent_size() == (32, 32)
+    assert VQVAEConfig.cifar10(codebook_size=128).codebook_size == 128
+
+
+def test_paper_cifar10_architecture_layers():
+    model = VQVAEModel(VQVAEConfig.cifar10())
+    down = model.encoder.down
+    assert len(down) == 2 and all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in down)
+    assert all(c.out_channels == 256 for c in down)
+    block = model.encoder.res_blocks[0]
+    assert block.conv1.kernel_size == (3, 3) and block.conv2.kernel_size == (1, 1)
+    up = model.decoder.up
+    assert len(up) == 2 and all(isinstance(c, torch.nn.ConvTranspose2d) and c.stride == (2, 2) for c in up)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 30}, "divisible by `downsample_factor`"),
+        ({"channel_multipliers": ()}, "channel_multipliers"),
+        ({"channel_multipliers": (1, 0)}, "channel_multipliers"),
+        ({"codebook_size": 1}, "codebook_size"),
+        ({"codebook_dim": 0}, "codebook_dim"),
+        ({"commitment_cost": -0.1}, "commitment_cost"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"ema_epsilon": 0.0}, "ema_epsilon"),
+        ({"dead_code_threshold": -1.0}, "dead_code_threshold"),
+        ({"num_res_blocks": -1}, "num_res_blocks"),
+        ({"hidden_channels": 2.5}, "hidden_channels"),
+    ],
+)
+def test_invalid_config_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_tiny_config(**kwargs)
+
+
+def test_downsampling_stages_are_configurable():
+    config = make_tiny_config(channel_multipliers=(1, 1, 2), image_size=32)
+    model = VQVAEModel(config).eval()
+    codes = model.encode(torch.zeros(1, 3, 32, 32)).codes
+    assert config.downsample_factor == 8 and tuple(codes.shape) == (1, 4, 4)
+    assert tuple(model.decode(codes).reconstruction.shape) == (1, 3, 32, 32)
+
+
+def test_grayscale_model():
+    model = VQVAEModel(make_tiny_config(num_channels=1)).eval()
+    assert tuple(model(torch.zeros(2, 1, 16, 16)).reconstruction.shape) == (2, 1, 16, 16)
+
+
+# ------------------------------------------------------------------------------------------------ model API
+
+
+def test_encode_decode_api(tiny_vqvae_config, pixel_values):
+    model = VQVAEModel(tiny_vqvae_config).eval()
+    encoded = model.encode(pixel_values)
+    assert isinstance(encoded, VQVAEEncoderOutput)
+    assert encoded.codes.dtype == torch.long and tuple(encoded.codes.shape) == (2, 4, 4)
+    assert 0 <= int(encoded.codes.min()) and int(encoded.codes.max()) < tiny_vqvae_config.codebook_size
+    # Decoding the codes gives the same images as the forward pass (z_q is the looked-up codes).
+    with torch.no_grad():
+        assert torch.allclose(model.decode(encoded.codes).reconstruction, model(pixel_values).reconstruction, atol=1e-6)
+    assert isinstance(model.encode(pixel_values, return_dict=False), tuple)
+
+
+def test_forward_loss_is_sum_of_named_terms(tiny_vqvae_config, pixel_values):
+    model = VQVAEModel(tiny_vqvae_config)
+    output = model(pixel_values)
+    assert isinstance(output, VQVAEModelOutput)
+    total = output.reconstruction_loss + output.codebook_loss + output.commitment_loss
+    assert torch.allclose(output.loss, total)
+    # beta weighs the commitment term only: commitment = beta * codebook term, both ||z_e - e||^2.
+    assert torch.allclose(output.commitment_loss, tiny_vqvae_config.commitment_cost * output.codebook_loss)
+    assert model(pixel_values, return_loss=False).loss is None
+
+
+def test_codebook_loss_reaches_only_codebook_and_commitment_only_encoder(tiny_vqvae_config, pixel_values):
+    model = VQVAEModel(tiny_vqvae_config)
+    codebook = model.quantizer.codebook.weight
+    encoder_params = list(model.encoder.parameters())
+
+    output = model(pixel_values)
+    grads = torch.autograd.grad(output.codebook_loss, [codebook, *encoder_params], allow_unused=True)
+    assert grads[0].abs().sum() > 0
+    assert all(g is None or g.abs().sum() == 0 for g in grads[1:])
+
+    output = model(pixel_values)
+    grads = torch.autograd.grad(output.commitment_loss, [codebook, *encoder_params], allow_unused=True)
+    assert grads[0] is None or grads[0].abs().sum() == 0
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[1:])
+
+
+def test_bf16_autocast_keeps_codes(tiny_vqvae_config, pixel_values):
+    model = VQVAEModel(tiny_vqvae_config).eval()
+    with torch.no_grad():
+        latents = model.encoder(pixel_values).permute(0, 2, 3, 1)
+        expected = model.quantizer(latents).codes
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            # The same fp32 latents quantized under autocast choose the same codes (distances stay fp32).
+            assert torch.equal(model.quantizer(latents).codes, expected)
+            assert model(pixel_values).codes.dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(2, 3, 15, 16), "multiples of 4"),
+        (torch.zeros(3, 16, 16), r"shape \(batch, 3, H, W\)"),
+        (torch.zeros(2, 1, 16, 16), r"shape \(batch, 3, H, W\)"),
+        (torch.zeros(2, 3, 16, 16, dtype=torch.long), "float tensor"),
+        ([[0.0]], "float tensor"),
+    ],
+)
+def test_encode_rejects_bad_pixel_values(tiny_vqvae_config, bad, match):
+    with pytest.raises(ValueError, match=match):
+        VQVAEModel(tiny_vqvae_config).encode(bad)
+
+
+def test_decode_rejects_bad_codes(tiny_vqvae_config):
+    model = VQVAEModel(tiny_vqvae_config)
+    with pytest.raises(ValueError, match=r"\[0, 16\)"):
+        model.decode(torch.full((1, 4, 4), 16))
+    with pytest.raises(ValueError, match="Padding ids"):
+        model.decode(torch.full((1, 4, 4), -1))
+    with pytest.raises(ValueError, match=r"shape \(batch, h, w\)"):
+        model.decode(torch.zeros(16, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        model.decode(torch.zeros(1, 4, 4))
+
+
+def test_auto_image_processor_resolves(tmp_path, tiny_vqvae_config):
+    VQVAEModel(tiny_vqvae_config).save_pretrained(tmp_path)
+    VQVAEImageProcessor.from_model_config(tiny_vqvae_config).save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, VQVAEImageProcessor) and processor.size == {"height": 16, "width": 16}
+
+
+def test_trust_remote_code_without_the_package(tmp_path, tiny_vqvae_config, pixel_values):
+    """A saved folder carries its code: it loads where `hf_vqvae` cannot be imported."""
+    model = VQVAEModel(make_tiny_config(use_ema_codebook=True)).eval()
+    model.save_pretrained(tmp_path / "model")
+    VQVAEImageProcessor.from_model_config(model.config).save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_vqvae.VQVAEModel"
+    torch.save({"pixel_values": pixel_values, "codes": model.encode(pixel_values).codes}, tmp_path / "expected.pt")
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r})]
+        sys.modules["hf_vqvae"] = None  # even an installed copy cannot be imported
+        try:
+            import hf_vqvae
+            raise SystemExit("hf_vqvae must not be importable here")
+        except ImportError:
+            pass
+        import torch
+        from transformers import AutoImageProcessor, AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert type(model).__name__ == "VQVAEModel", type(model)
+        assert torch.equal(model.encode(expected["pixel_values"]).codes, expected["codes"])
+        assert type(processor).__name__ == "VQVAEImageProcessor"
+        print("remote code ok")
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok" in result.stdout

@@ -1,0 +1,196 @@
+"""End-to-end tests of the scripts, run as users run them: `accelerate launch` on a tiny config and tiny data."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, make_tiny_config
+from hub_fixtures import HUB_TOKEN, hub_env_fixture, hub_server_fixture, run_python  # noqa: F401 (fixtures)
+from safetensors.torch import load_file
+
+
+TRAIN = str(REPO_ROOT / "scripts" / "train_vqvae.py")
+EVALUATE = str(REPO_ROOT / "scripts" / "evaluate_vqvae.py")
+SAMPLE = REPO_ROOT / "data" / "cifar10_sample"
+
+
+def script_env(extra: dict | None = None) -> dict:
+    extra = extra or {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "HF_ENDPOINT", "HF_HUB_OFFLINE"))}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if "HF_ENDPOINT" not in extra:
+        env["HF_HUB_OFFLINE"] = "1"  # nothing but the local Hub server may be reached
+    env.update(extra)
+    return env
+
+
+def launch(args: list[str], env: dict | None = None, num_processes: int = 1, check: bool = True):
+    """Run the training script through `accelerate launch` (real two-process DDP on CPU when asked)."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    if num_processes == 1:
+        command = accelerate + ["--num_processes", "1", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+                                "--dynamo_backend", "no"]
+        env = script_env(env)
+    else:
+        # `--cpu --num_processes 2` silently runs one process; this is real DDP over gloo.
+        command = accelerate + ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+                                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+        env = script_env({"ACCELERATE_USE_CPU": "1", **(env or {})})
+    result = subprocess.run(command + [TRAIN] + args, env=env, capture_output=True, text=True, timeout=600,
+                            cwd=REPO_ROOT)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tiny_config_dir(tmp_path):
+    path = tmp_path / "tiny_config"
+    make_tiny_config(use_ema_codebook=True, dead_code_threshold=0.5, image_size=32).save_pretrained(path)
+    return path
+
+
+def base_args(config_dir, output_dir, steps, extra=()):
+    return [
+        "--model_config_name_or_path", str(config_dir),
+        "--train_data_files", str(SAMPLE / "train-*.parquet"),
+        "--validation_data_files", str(SAMPLE / "test-*.parquet"),
+        "--max_train_samples", "64", "--max_eval_samples", "32",
+        "--train_batch_size", "8", "--eval_batch_size", "16", "--max_train_steps", str(steps),
+        "--checkpointing_steps", "2", "--validation_steps", "2", "--logging_steps", "1",
+        "--output_dir", str(output_dir), "--seed", "0", *extra,
+    ]
+
+
+def test_train_saves_a_complete_folder_and_resumes_exactly(tmp_path, tiny_config_dir):
+    # An uninterrupted 4-step run ...
+    straight = tmp_path / "straight"
+    launch(base_args(tiny_config_dir, straight, 4, ["--random_flip"]))
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vqvae.py",
+                 "quantizer.py", "eval_results.json", "validation_log.jsonl", "checkpoint-4", "validation/step-4.png"):
+        assert (straight / name).exists(), name
+    assert "tensorboard" in "".join(p.name for p in (straight / "logs").rglob("*")) or any(
+        p.name.startswith("events.out.tfevents") for p in (straight / "logs").rglob("*"))
+    card = (straight / "README.md").read_text()
+    assert "library_name: hf_vqvae" in card and "{{" not in card and '"max_train_steps": 4' in card
+
+    # ... equals 2 steps, a stop, and a resume from `latest` for 2 more: same step count, data position, weights.
+    resumed = tmp_path / "resumed"
+    launch(base_args(tiny_config_dir, resumed, 2, ["--random_flip"]))
+    result = launch(base_args(tiny_config_dir, resumed, 4, ["--random_flip", "--resume_from_checkpoint", "latest"]))
+    assert "Resuming from" in result.stdout + result.stderr and "checkpoint-2" in result.stdout + result.stderr
+    steps = [json.loads(line)["step"] for line in (resumed / "validation_log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_checkpoint_limit_and_no_partial_checkpoints(tmp_path, tiny_config_dir):
+    output = tmp_path / "run"
+    launch(base_args(tiny_config_dir, output, 6, ["--checkpoints_total_limit", "2"]))
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(("checkpoint-", ".tmp"))) == [
+        "checkpoint-4", "checkpoint-6"]
+    # A crash mid-save leaves only a hidden temporary folder, which `latest` never picks.
+    (output / ".tmp-checkpoint-8").mkdir()
+    from hf_vqvae.training_utils import resolve_checkpoint
+
+    assert resolve_checkpoint("latest", output).name == "checkpoint-6"
+
+
+def test_two_process_ddp_keeps_ema_codebooks_identical(tmp_path, tiny_config_dir):
+    output = tmp_path / "ddp"
+    result = launch(base_args(tiny_config_dir, output, 2), num_processes=2)
+    assert "on 2 process(es)" in result.stdout
+    # Both ranks saved their EMA state in the checkpoint's RNG files; the model folder is rank 0's. Each rank's
+    # codebook is checked identical by tests/test_ddp.py; here the run must finish and save one valid model.
+    state = load_file(output / "model.safetensors")
+    assert torch.isfinite(state["quantizer.codebook.weight"]).all()
+    assert (output / "checkpoint-2" / "random_states_1.pkl").exists()
+
+
+def test_evaluate_script_writes_json(tmp_path, tiny_config_dir):
+    output = tmp_path / "run"
+    launch(base_args(tiny_config_dir, output, 2))
+    metrics_file = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, EVALUATE, "--model", str(output), "--data_files", str(SAMPLE / "test-*.parquet"),
+         "--max_samples", "40", "--batch_size", "16", "--output_file", str(metrics_file)],
+        env=script_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["num_images"] == 40 and 0 < metrics["mse"] < 1 and metrics["psnr"] > 0
+    assert metrics["codes_used"] + metrics["dead_codes"] == metrics["codebook_size"] == 16
+
+
+def test_bad_arguments_fail_clearly(tmp_path, tiny_config_dir):
+    result = launch(base_args(tiny_config_dir, tmp_path / "x", 2, ["--push_to_hub"]), check=False)
+    assert result.returncode != 0 and "needs `--hub_model_id`" in result.stderr
+    result = launch(["--preset", "cifar10", "--train_data_files", str(tmp_path / "missing-*.parquet"),
+                     "--output_dir", str(tmp_path / "y")], check=False)
+    assert result.returncode != 0 and "No file matches" in result.stderr
+
+
+def test_push_to_hub_and_load_back(tmp_path, tiny_config_dir, hub_server, hub_env):
+    output = tmp_path / "run"
+    launch(base_args(tiny_config_dir, output, 2, ["--push_to_hub", "--hub_model_id", "org/vqvae-cifar10"]),
+           env=hub_env)
+    expected = load_file(output / "model.safetensors")
+    torch.save(expected, tmp_path / "expected.pt")
+    code = f"""
+        import torch
+        from huggingface_hub import HfApi, list_repo_files
+        from hf_vqvae import VQVAEImageProcessor, VQVAEModel
+        files = list_repo_files("org/vqvae-cifar10")
+        assert "model.safetensors" in files and "README.md" in files, files
+        assert not any(f.startswith(("checkpoint-", "logs/")) for f in files), files
+        model = VQVAEModel.from_pretrained("org/vqvae-cifar10")
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+        HfApi().create_branch("org/vqvae-cifar10", branch="v1")
+        processor = VQVAEImageProcessor.from_pretrained("org/vqvae-cifar10", revision="v1")
+        assert processor.size == {{"height": 32, "width": 32}}, processor.size
+        print("pulled ok")
+    """
+    assert "pulled ok" in run_python(code, hub_env)
+    # Remote code, where hf_vqvae cannot be imported.
+    code = f"""
+        import sys
+        sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r})]
+        sys.modules["hf_vqvae"] = None
+        import torch
+        from transformers import AutoImageProcessor, AutoModel
+        model = AutoModel.from_pretrained("org/vqvae-cifar10", revision="v1", trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained("org/vqvae-cifar10", trust_remote_code=True)
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+        print("remote ok", type(model).__name__, type(processor).__name__)
+    """
+    env = {**hub_env, "PYTHONPATH": ""}
+    assert "remote ok VQVAEModel VQVAEImageProcessor" in run_python(code, env, cwd=tmp_path)
+
+
+def test_failed_upload_says_so_and_keeps_the_output(tmp_path, tiny_config_dir):
+    output = tmp_path / "run"
+    # Nothing listens on this port: the upload fails after training.
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_TOKEN": HUB_TOKEN, "HF_HUB_ETAG_TIMEOUT": "2",
+           "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    result = launch(base_args(tiny_config_dir, output, 2, ["--push_to_hub", "--hub_model_id", "org/x"]), env=env,
+                    check=False)
+    assert result.returncode != 0
+    assert "Upload to the Hub repository 'org/x' failed" in result.stderr
+    assert (output / "model.safetensors").exists() and (output / "config.json").exists()
+    shutil.rmtree(output)
