@@ -166,6 +166,8 @@ class VQVAEPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = "image"
     supports_gradient_checkpointing = False
+    # Nearest-code search and EMA statistics lose codes and counts in half precision.
+    _keep_in_fp32_modules = ["quantizer"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):

@@ -28,8 +28,9 @@ class QuantizerOutput:
         commitment_loss (`torch.FloatTensor` of shape `()`):
             `commitment_cost * ||z_e - sg[e]||^2`, averaged the same way; it moves only the input (the encoder).
         perplexity (`torch.FloatTensor` of shape `()`):
-            `exp(entropy)` of the code histogram of this call (across all data-parallel ranks). It depends on the
-            batch size: track codebook usage over a whole evaluation pass for a batch-independent measure.
+            `exp(entropy)` of the code histogram of this call (in training, summed over all data-parallel ranks; in
+            eval mode, this process's). It depends on the batch size: track codebook usage over a whole evaluation
+            pass for a batch-independent measure.
     """
 
     quantized: torch.Tensor
@@ -91,8 +92,9 @@ class VectorQuantizer(nn.Module):
         ema_epsilon (`float`, *optional*, defaults to 1e-5):
             Laplace smoothing of the EMA cluster sizes: `N_i <- (N_i + eps) / (n + K eps) * n`.
         dead_code_threshold (`float`, *optional*, defaults to 0.0):
-            In training, a code whose moving-average count per call falls below this is restarted at a random input
-            vector of the current call. 0 disables restarts.
+            In training, a code whose moving-average count per call (`code_usage`, which starts at 1) falls below
+            this is restarted at a random input vector of the current call, and its count reset to
+            `max(threshold, 1)`. 0 disables restarts; 1.0 restarts the codes unused in the first call at once.
         use_kmeans_init (`bool`, *optional*, defaults to `False`):
             Initialise the codebook by k-means on the first training call.
         kmeans_iters (`int`, *optional*, defaults to 10):
@@ -234,8 +236,8 @@ class VectorQuantizer(nn.Module):
         else:
             codebook_loss = F.mse_loss(quantized.float(), latents.detach().float())
         commitment_loss = self.commitment_cost * F.mse_loss(latents.float(), quantized.detach().float())
-        # Straight-through estimator: forward z_q, backward the identity to z_e.
-        quantized = latents + (quantized - latents).detach()
+        # Straight-through estimator: forward exactly z_q, backward the identity to z_e.
+        quantized = latents - latents.detach() + quantized.detach()
 
         with torch.no_grad():
             counts = torch.bincount(codes, minlength=self.codebook_size).float()  # (K,)
@@ -258,7 +260,7 @@ class VectorQuantizer(nn.Module):
         weight = self.codebook.weight
         embed_sum = None
         if self.use_ema:
-            embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, flat)  # (K, D)
+            embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, flat.to(self.ema_embed_sum.dtype))
             stats = _all_reduce_sum(torch.cat([counts[:, None], embed_sum], dim=1))  # one collective
             counts, embed_sum = stats[:, 0], stats[:, 1:]
         else:

@@ -412,6 +412,7 @@ def main(args):
 
     accelerator.wait_for_everyone()
     train_seconds = time_offset + time.time() - start_time
+    check_quantizer_in_sync(accelerator, model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped, image_processor)
@@ -422,6 +423,19 @@ def main(args):
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
         push_folder(args)
+
+
+def check_quantizer_in_sync(accelerator, model):
+    """Fail loudly if the codebook or its EMA state differ between data-parallel ranks (they must be identical)."""
+    if accelerator.num_processes == 1:
+        return
+    quantizer = accelerator.unwrap_model(model).quantizer
+    state = torch.cat([t.detach().float().flatten() for t in quantizer.state_dict().values()]).to(accelerator.device)
+    states = accelerator.gather(state[None])  # (num_processes, n)
+    if not bool((states == states[0]).all()):
+        raise RuntimeError("The quantizer state differs between processes; please report this as a bug.")
+    accelerator.print(f"Quantizer state (codebook, EMA statistics) identical on all {accelerator.num_processes} "
+                      "processes.")
 
 
 def push_folder(args):
