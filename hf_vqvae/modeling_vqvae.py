@@ -167,7 +167,7 @@ class VQVAEPreTrainedModel(PreTrainedModel):
     input_modalities = "image"
     supports_gradient_checkpointing = False
     # Nearest-code search and EMA statistics lose codes and counts in half precision.
-    _keep_in_fp32_modules = ["quantizer"]
+    _keep_in_fp32_modules_strict = ["quantizer"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -298,7 +298,8 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 f"`codes` must be a long tensor of shape (batch, h, w); got {got}. Add a batch dimension with "
                 "`codes[None]` for a single grid."
             )
-        quantized = self.quantizer.lookup(codes).permute(0, 3, 1, 2)  # (B, D, h, w)
+        quantized = self.quantizer.lookup(codes).permute(0, 3, 1, 2)  # (B, D, h, w), fp32
+        quantized = quantized.to(self.decoder.conv_in.weight.dtype)
         output = VQVAEDecoderOutput(reconstruction=self.decoder(quantized))
         return output if return_dict else output.to_tuple()
 

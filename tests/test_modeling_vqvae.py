@@ -310,3 +310,14 @@ def test_trust_remote_code_without_the_package(tmp_path, tiny_vqvae_config, pixe
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
+
+
+def test_half_precision_load_keeps_the_quantizer_in_fp32(tmp_path, tiny_vqvae_config, pixel_values):
+    VQVAEModel(make_tiny_config(use_ema_codebook=True)).save_pretrained(tmp_path)
+    model = VQVAEModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.encoder.proj.weight.dtype == torch.bfloat16
+    assert model.quantizer.codebook.weight.dtype == model.quantizer.ema_embed_sum.dtype == torch.float32
+    output = model.train()(pixel_values.to(torch.bfloat16))
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and output.codes.dtype == torch.long
+    assert model.decode(output.codes).reconstruction.dtype == torch.bfloat16
