@@ -1,12 +1,14 @@
 """hf_vqvae: the VQ-VAE of van den Oord et al. (2017, arXiv:1711.00937) as a Hugging Face-native package.
 
 Importing the package registers its classes with transformers' Auto classes (`AutoConfig`, `AutoModel`,
-`AutoImageProcessor`), and marks them for `trust_remote_code` so that `save_pretrained` folders carry their code.
+`AutoModelForCausalLM`, `AutoImageProcessor`), and marks them for `trust_remote_code` so that `save_pretrained`
+folders carry their code.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM
 
 from .configuration_vqvae import VQVAEConfig
+from .configuration_vqvae_prior import VQVAEPriorConfig
 from .image_processing_vqvae import VQVAEImageProcessor
 from .modeling_vqvae import (
     VQVAEDecoderOutput,
@@ -15,6 +17,7 @@ from .modeling_vqvae import (
     VQVAEModelOutput,
     VQVAEPreTrainedModel,
 )
+from .modeling_vqvae_prior import VQVAEPriorCodeMapping, VQVAEPriorForCausalLM, VQVAEPriorPreTrainedModel
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .tokenization_vqvae import VQVAEImageTokenizer
 
@@ -24,11 +27,15 @@ __version__ = "0.1.0"
 AutoConfig.register(VQVAEConfig.model_type, VQVAEConfig, exist_ok=True)
 AutoModel.register(VQVAEConfig, VQVAEModel, exist_ok=True)
 AutoImageProcessor.register(VQVAEConfig, image_processor_classes={"pil": VQVAEImageProcessor}, exist_ok=True)
+AutoConfig.register(VQVAEPriorConfig.model_type, VQVAEPriorConfig, exist_ok=True)
+AutoModelForCausalLM.register(VQVAEPriorConfig, VQVAEPriorForCausalLM, exist_ok=True)
 # `save_pretrained` then copies the modeling files and writes `auto_map`, so that a saved folder loads with
 # `trust_remote_code=True` where hf_vqvae is not installed.
 VQVAEConfig.register_for_auto_class()
 VQVAEModel.register_for_auto_class("AutoModel")
 VQVAEImageProcessor.register_for_auto_class("AutoImageProcessor")
+VQVAEPriorConfig.register_for_auto_class()
+VQVAEPriorForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
     "QuantizerOutput",
@@ -40,6 +47,10 @@ __all__ = [
     "VQVAEModel",
     "VQVAEModelOutput",
     "VQVAEPreTrainedModel",
+    "VQVAEPriorCodeMapping",
+    "VQVAEPriorConfig",
+    "VQVAEPriorForCausalLM",
+    "VQVAEPriorPreTrainedModel",
     "VectorQuantizer",
     "__version__",
 ]

@@ -49,6 +49,27 @@ def tiny_vqvae_config():
     return make_tiny_config()
 
 
+def make_tiny_prior_config(**kwargs):
+    from hf_vqvae import VQVAEPriorConfig
+
+    settings = {
+        "codebook_size": 16,
+        "grid_size": (2, 3),
+        "num_classes": 3,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
+    return VQVAEPriorConfig(**{**settings, **kwargs})
+
+
+@pytest.fixture
+def tiny_prior_config():
+    """2 layers, hidden 32, 2 heads, K=16 codes on a (2, 3) grid, 3 classes: vocab 20, 7 positions."""
+    return make_tiny_prior_config()
+
+
 @pytest.fixture
 def pixel_values():
     """Seeded (2, 3, 16, 16) images in [-1, 1]."""
@@ -70,3 +91,14 @@ def write_image_folder(root: Path, num_images: int = 8, size: int = 16, classes=
 @pytest.fixture
 def tiny_image_folder(tmp_path):
     return write_image_folder(tmp_path / "images")
+
+
+def make_word_level_tokenizer(words):
+    """A tiny transformers tokenizer built locally (no download): one id per word, `[PAD]` = 0, `[UNK]` = 1."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(["[PAD]", "[UNK]", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")

@@ -18,6 +18,7 @@ class VQVAEModelTester:
 
     batch_size = 2
     image_size = 16
+    main_output = "reconstruction"  # the output compared by the common tests
 
     def __init__(self, **config_kwargs):
         self.config_kwargs = config_kwargs
@@ -46,11 +47,31 @@ class VQVAEModelTester:
             "perplexity": (),
         }
 
+    def expected_dtypes(self) -> dict:
+        return {"codes": torch.long, "reconstruction": torch.float32}
+
+
+def assert_outputs_equal(first, second):
+    """Tensors (at any depth of a `ModelOutput` or tuple) are equal; other values (e.g. caches) have equal types."""
+    first = first.to_tuple() if hasattr(first, "to_tuple") else first
+    second = second.to_tuple() if hasattr(second, "to_tuple") else second
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        if isinstance(a, torch.Tensor):
+            assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+        else:
+            assert type(a) is type(b)
+
 
 class CommonModelTests:
-    """Checks every model class of the package must pass; subclasses set `model_class` and `tester`."""
+    """Checks every model class of the package must pass; subclasses set `model_class`, `auto_class` and `tester`.
+
+    The tester provides `get_config()`, `get_dummy_inputs()` (with whatever makes `forward` return a loss),
+    `expected_shapes()`, `expected_dtypes()` and `main_output`, the name of the output the equality checks compare.
+    """
 
     model_class = None
+    auto_class = AutoModel
     tester = None
 
     def make_model(self):
@@ -62,7 +83,8 @@ class CommonModelTests:
         output = model(**self.tester.get_dummy_inputs())
         for name, shape in self.tester.expected_shapes().items():
             assert tuple(output[name].shape) == shape, name
-        assert output.codes.dtype == torch.long
+        for name, dtype in self.tester.expected_dtypes().items():
+            assert output[name].dtype == dtype, name
 
     def test_save_load_round_trip_is_exact(self, tmp_path):
         model = self.make_model()
@@ -77,13 +99,14 @@ class CommonModelTests:
         for key in expected:
             assert torch.equal(expected[key], actual[key]), key
         with torch.no_grad():
-            assert torch.equal(model(**inputs).reconstruction, loaded(**inputs).reconstruction)
+            main = self.tester.main_output
+            assert torch.equal(model(**inputs)[main], loaded(**inputs)[main])
 
     def test_auto_classes_resolve(self, tmp_path):
         model = self.make_model()
         model.save_pretrained(tmp_path)
         assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
-        loaded = AutoModel.from_pretrained(tmp_path)
+        loaded = self.auto_class.from_pretrained(tmp_path)
         assert type(loaded) is self.model_class
 
     def test_eval_is_deterministic(self):
@@ -91,8 +114,7 @@ class CommonModelTests:
         inputs = self.tester.get_dummy_inputs()
         with torch.no_grad():
             first, second = model(**inputs), model(**inputs)
-        assert torch.equal(first.reconstruction, second.reconstruction)
-        assert torch.equal(first.codes, second.codes)
+        assert_outputs_equal(first, second)
 
     def test_dict_and_tuple_outputs_agree(self):
         model = self.make_model()
@@ -101,9 +123,7 @@ class CommonModelTests:
             as_dict = model(**inputs)
             as_tuple = model(**inputs, return_dict=False)
         assert isinstance(as_tuple, tuple)
-        assert len(as_tuple) == len(as_dict.to_tuple())
-        for a, b in zip(as_dict.to_tuple(), as_tuple):
-            assert torch.equal(a, b)
+        assert_outputs_equal(as_dict, as_tuple)
         assert torch.equal(as_dict[0], as_dict.loss)
 
     def test_config_dict_round_trip(self):

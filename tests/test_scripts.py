@@ -3,10 +3,11 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 import torch
@@ -32,6 +33,14 @@ def script_env(extra: dict | None = None) -> dict:
 
 def launch(args: list[str], env: dict | None = None, num_processes: int = 1, check: bool = True):
     """Run the training script through `accelerate launch` (real two-process DDP on CPU when asked)."""
+    command, env = launch_command(args, env, num_processes)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def launch_command(args: list[str], env: dict | None = None, num_processes: int = 1) -> tuple[list[str], dict]:
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     if num_processes == 1:
         command = accelerate + ["--num_processes", "1", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
@@ -42,11 +51,7 @@ def launch(args: list[str], env: dict | None = None, num_processes: int = 1, che
         command = accelerate + ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
                                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
         env = script_env({"ACCELERATE_USE_CPU": "1", **(env or {})})
-    result = subprocess.run(command + [TRAIN] + args, env=env, capture_output=True, text=True, timeout=600,
-                            cwd=REPO_ROOT)
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
+    return command + [TRAIN] + args, env
 
 
 def free_port() -> int:
@@ -194,3 +199,28 @@ def test_failed_upload_says_so_and_keeps_the_output(tmp_path, tiny_config_dir):
     assert "Upload to the Hub repository 'org/x' failed" in result.stderr
     assert (output / "model.safetensors").exists() and (output / "config.json").exists()
     shutil.rmtree(output)
+
+
+def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_path, tiny_config_dir):
+    output = tmp_path / "run"
+    args = base_args(tiny_config_dir, output, 10_000, ["--checkpointing_steps", "3", "--validation_steps", "100000"])
+    command, env = launch_command(args)
+    process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (output / "checkpoint-6").exists():
+            assert process.poll() is None and time.time() < deadline, "training stopped or took too long"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole process group, as a crash or OOM killer would
+        process.wait()
+    from hf_vqvae.training_utils import list_checkpoints
+
+    last = list_checkpoints(output)[-1]
+    last_step = int(last.name.split("-")[1])
+    assert last_step >= 6 and (last / "vqvae" / "model.safetensors").exists()
+    result = launch(base_args(tiny_config_dir, output, last_step + 2, [
+        "--checkpointing_steps", "3", "--validation_steps", "100000", "--resume_from_checkpoint", "latest"]))
+    assert f"Resuming from {last}" in result.stdout + result.stderr
+    assert (output / "model.safetensors").exists()
