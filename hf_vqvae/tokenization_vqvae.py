@@ -10,14 +10,32 @@ Token layout (stable; other tools may produce and consume it):
   vocabulary the image tokens are appended to (e.g. a text tokenizer), and are never produced here;
 - one image is `[boi] c(0,0) c(0,1) ... c(0,w-1) c(1,0) ... c(h-1,w-1) [eoi]`: the grid in row-major order, no
   row-end tokens.
+
+In a text model (one call, see [`~VQVAEImageTokenizer.add_to_text_model`]): the token strings are `<img_0>` ...
+`<img_{K-1}>`, then `<boi>`, `<eoi>` and `<img_pad>` (those in use), appended to a transformers tokenizer as added
+special tokens, so `code_offset = len(text_tokenizer)` before they are added and the ids above hold unchanged:
+
+    image_tokenizer = VQVAEImageTokenizer.from_pretrained("path/to/vqvae")
+    image_tokenizer = image_tokenizer.add_to_text_model(text_tokenizer, text_model)  # resizes the embeddings
+    batch = image_tokenizer.build_mixed_inputs(text_tokenizer(captions)["input_ids"], images=images)
+    loss = text_model(**batch).loss  # text, then `<boi>` codes `<eoi>`; `labels` are -100 on padding
+    prompt = text_tokenizer(["a cat"], return_tensors="pt")["input_ids"]
+    generated = text_model.generate(prompt, max_new_tokens=image_tokenizer.num_image_tokens,
+                                    prefix_allowed_tokens_fn=image_tokenizer.prefix_allowed_tokens_fn)
+    images = image_tokenizer.batch_decode(generated)
+
+A sequence whose image does not have exactly `h * w` code tokens raises `ValueError` unless the caller opts in to
+a repair with `on_wrong_length="truncate_or_pad"` (see [`~VQVAEImageTokenizer.ids_to_codes`]).
 """
 
 import json
+import numbers
 import os
+from functools import cached_property
 from pathlib import Path
 
 import torch
-from transformers import BatchEncoding
+from transformers import AddedToken, BatchEncoding
 from transformers.utils import logging
 from transformers.utils.hub import cached_file
 
@@ -28,6 +46,8 @@ from .modeling_vqvae import VQVAEModel
 logger = logging.get_logger(__name__)
 
 IMAGE_TOKENIZER_CONFIG_NAME = "image_tokenizer_config.json"
+# What `ids_to_codes` does with an image span of the wrong length.
+ON_WRONG_LENGTH = ("error", "truncate_or_pad")
 
 
 class VQVAEImageTokenizer:
@@ -35,7 +55,13 @@ class VQVAEImageTokenizer:
     Turns images into `input_ids` (with `attention_mask`) and `input_ids` back into images, like a text tokenizer.
     It bundles a [`VQVAEModel`] (pixels <-> codes), a [`VQVAEImageProcessor`] (images <-> pixels) and the mapping
     between codes and token ids described in this module's docstring. Codes -> ids -> codes is exact; a wrong number
-    of image tokens, a padding id inside an image or an id out of range raises `ValueError`, never a wrong picture.
+    of image tokens, a padding id inside an image or an id out of range raises `ValueError`, never a wrong picture
+    (unless the caller opts in to a repair of the length, see [`~VQVAEImageTokenizer.ids_to_codes`]).
+
+    To put images into a text model: [`~VQVAEImageTokenizer.add_to_text_model`] appends the image tokens to a
+    transformers tokenizer and resizes the model's embeddings, [`~VQVAEImageTokenizer.build_mixed_inputs`] builds
+    text-then-image training batches, and [`~VQVAEImageTokenizer.prefix_allowed_tokens_fn`] makes `generate` emit
+    well-formed images.
 
     Args:
         codebook_size (`int`):
@@ -69,6 +95,11 @@ class VQVAEImageTokenizer:
     """
 
     model_input_names = ["input_ids", "attention_mask"]
+    # Token strings in a text tokenizer's vocabulary (`add_to_text_model`).
+    image_token_format = "<img_{}>"
+    boi_token = "<boi>"
+    eoi_token = "<eoi>"
+    pad_token = "<img_pad>"
 
     def __init__(
         self,
@@ -156,7 +187,11 @@ class VQVAEImageTokenizer:
         return ids
 
     def ids_to_codes(
-        self, input_ids: torch.LongTensor | list, attention_mask: torch.LongTensor | list | None = None
+        self,
+        input_ids: torch.LongTensor | list,
+        attention_mask: torch.LongTensor | list | None = None,
+        on_wrong_length: str = "error",
+        fill_code: int = 0,
     ) -> torch.LongTensor:
         """
         Map token ids back to code grids.
@@ -171,14 +206,26 @@ class VQVAEImageTokenizer:
                 Token ids.
             attention_mask (same shape as `input_ids`, *optional*):
                 1 for tokens to read, 0 for padding.
+            on_wrong_length (`str`, *optional*, defaults to `"error"`):
+                What to do with an image that does not have exactly `h * w` code tokens, as a text model may
+                generate. `"error"` raises `ValueError`. `"truncate_or_pad"` is an explicit, logged repair: the image
+                is the run of code tokens that starts the image span (it stops at the first token that is not a
+                code: end-of-image, padding, text, end-of-sequence), cut to its first `h * w` codes or filled up to
+                `h * w` with `fill_code` (the missing positions are the last ones in row-major order).
+            fill_code (`int`, *optional*, defaults to 0):
+                The code in `[0, codebook_size)` that fills missing positions under `on_wrong_length="truncate_or_pad"`.
 
         Returns:
             `torch.LongTensor` of shape `(batch_size, h, w)`.
 
         Raises:
-            `ValueError` when an image span holds a number of tokens other than `h * w`, a padding id, a special
-            token or an id that is not a code.
+            `ValueError` when an image span holds a number of tokens other than `h * w` (unless repaired), a padding
+            id, a special token or an id that is not a code.
         """
+        if on_wrong_length not in ON_WRONG_LENGTH:
+            raise ValueError(f"`on_wrong_length` must be one of {ON_WRONG_LENGTH}; got {on_wrong_length!r}.")
+        if isinstance(fill_code, bool) or not isinstance(fill_code, int) or not 0 <= fill_code < self.codebook_size:
+            raise ValueError(f"`fill_code` must be a code in [0, {self.codebook_size}); got {fill_code!r}.")
         rows = _as_rows(input_ids, "input_ids")
         masks = _as_rows(attention_mask, "attention_mask") if attention_mask is not None else [None] * len(rows)
         if len(masks) != len(rows):
@@ -189,10 +236,10 @@ class VQVAEImageTokenizer:
                 if len(mask) != len(row):
                     raise ValueError(f"Row {index}: `attention_mask` length {len(mask)} != `input_ids` length {len(row)}.")
                 row = [token for token, keep in zip(row, mask) if keep]
-            grids.append(self._row_to_codes(row, index))
+            grids.append(self._row_to_codes(row, index, on_wrong_length, fill_code))
         return torch.tensor(grids, dtype=torch.long).view(len(grids), *self.grid_size)
 
-    def _row_to_codes(self, row: list[int], index: int) -> list[int]:
+    def _row_to_codes(self, row: list[int], index: int, on_wrong_length: str, fill_code: int) -> list[int]:
         if self.pad_token_id is not None:
             start, end = 0, len(row)
             while start < end and row[start] == self.pad_token_id:
@@ -206,14 +253,23 @@ class VQVAEImageTokenizer:
                 row = row[: row.index(self.eoi_token_id)]
         elif self.add_image_delimiters and row[:1] == [self.eoi_token_id]:
             row = row[1:]
+        low, high = self.code_offset, self.code_offset + self.codebook_size
         expected = self.grid_size[0] * self.grid_size[1]
+        if len(row) != expected and on_wrong_length == "truncate_or_pad":
+            num_codes = next((i for i, token in enumerate(row) if not low <= token < high), len(row))
+            logger.warning(
+                f"Sequence {index}: the image has {num_codes} code tokens instead of {expected}; "
+                + (f"keeping the first {expected}" if num_codes > expected else f"filling the rest with code {fill_code}")
+                + " (`on_wrong_length='truncate_or_pad'`)."
+            )
+            row = row[: min(num_codes, expected)] + [low + fill_code] * (expected - min(num_codes, expected))
         if len(row) != expected:
             raise ValueError(
                 f"Sequence {index}: an image needs exactly {expected} code tokens ({self.grid_size[0]}x"
                 f"{self.grid_size[1]} grid); found {len(row)}. Generate exactly {expected} tokens after the "
-                "begin-of-image token (e.g. `max_new_tokens`/`min_new_tokens`), or crop/pad the sequence yourself."
+                "begin-of-image token (e.g. `max_new_tokens` with `prefix_allowed_tokens_fn`), or repair the length "
+                "explicitly with `on_wrong_length='truncate_or_pad'`."
             )
-        low, high = self.code_offset, self.code_offset + self.codebook_size
         for position, token in enumerate(row):
             if not low <= token < high:
                 kind = "a padding id" if token == self.pad_token_id else f"id {token}"
@@ -225,11 +281,11 @@ class VQVAEImageTokenizer:
 
     def pad(self, sequences: list[list[int]], padding_side: str = "right") -> BatchEncoding:
         """Pad id sequences of different lengths into `input_ids` and `attention_mask` tensors."""
-        if self.pad_token_id is None:
-            raise ValueError("This tokenizer has no padding id; create it with `use_pad_token=True`.")
         if padding_side not in ("left", "right"):
             raise ValueError(f"`padding_side` must be 'left' or 'right'; got {padding_side!r}.")
         length = max((len(s) for s in sequences), default=0)
+        if self.pad_token_id is None and any(len(s) != length for s in sequences):
+            raise ValueError("This tokenizer has no padding id; create it with `use_pad_token=True`.")
         input_ids, attention_mask = [], []
         for sequence in sequences:
             pad = [self.pad_token_id] * (length - len(sequence))
@@ -278,7 +334,14 @@ class VQVAEImageTokenizer:
         return BatchEncoding({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
 
     @torch.no_grad()
-    def batch_decode(self, input_ids, attention_mask=None, output_type: str = "pil"):
+    def batch_decode(
+        self,
+        input_ids,
+        attention_mask=None,
+        output_type: str = "pil",
+        on_wrong_length: str = "error",
+        fill_code: int = 0,
+    ):
         """
         Decode token ids to images.
 
@@ -289,19 +352,181 @@ class VQVAEImageTokenizer:
                 As in [`~VQVAEImageTokenizer.ids_to_codes`].
             output_type (`str`, *optional*, defaults to `"pil"`):
                 `"pil"`, `"np"` or `"pt"`, as in [`VQVAEImageProcessor.postprocess`].
+            on_wrong_length (`str`, *optional*, defaults to `"error"`):
+                `"error"` or the opt-in repair `"truncate_or_pad"`, as in [`~VQVAEImageTokenizer.ids_to_codes`].
+            fill_code (`int`, *optional*, defaults to 0):
+                As in [`~VQVAEImageTokenizer.ids_to_codes`].
         """
         self._require_model("Decoding ids to images")
-        codes = self.ids_to_codes(input_ids, attention_mask)
+        codes = self.ids_to_codes(input_ids, attention_mask, on_wrong_length=on_wrong_length, fill_code=fill_code)
         codes = codes.to(next(self.model.parameters()).device)
         reconstruction = self.model.decode(codes).reconstruction.float().cpu()
         return self.image_processor.postprocess(reconstruction, output_type=output_type)
 
-    def decode(self, input_ids, output_type: str = "pil"):
-        """Decode one sequence of token ids `(sequence_length,)` to one image."""
+    def decode(self, input_ids, output_type: str = "pil", on_wrong_length: str = "error", fill_code: int = 0):
+        """Decode one sequence of token ids `(sequence_length,)` to one image (arguments as in `batch_decode`)."""
         rows = _as_rows(input_ids, "input_ids")
         if len(rows) != 1:
             raise ValueError(f"`decode` takes one sequence; got {len(rows)}. Use `batch_decode` for a batch.")
-        return self.batch_decode(rows, output_type=output_type)[0]
+        return self.batch_decode(rows, output_type=output_type, on_wrong_length=on_wrong_length,
+                                 fill_code=fill_code)[0]
+
+    # ---------------------------------------------------------------- in a text model
+
+    def token_strings(self) -> list[str]:
+        """The token strings of this layout in id order: `<img_0>` ... `<img_{K-1}>`, then the special tokens in use."""
+        strings = [self.image_token_format.format(code) for code in range(self.codebook_size)]
+        if self.add_image_delimiters:
+            strings += [self.boi_token, self.eoi_token]
+        if self.use_pad_token:
+            strings.append(self.pad_token)
+        return strings
+
+    def add_to_text_model(self, text_tokenizer, text_model=None) -> "VQVAEImageTokenizer":
+        """
+        Append this tokenizer's image tokens to a text tokenizer's vocabulary and resize a text model's embeddings,
+        so that the text model reads and writes images as ids of the documented layout.
+
+        The tokens ([`~VQVAEImageTokenizer.token_strings`]) are added as special tokens (never split, not
+        normalized, dropped by `decode(..., skip_special_tokens=True)`), so `<img_k>` gets id
+        `len(text_tokenizer) + k` as counted before the call. A tokenizer that already holds all of them at exactly
+        the layout's ids (e.g. one extended earlier and reloaded) is used as it is; one that holds only some of
+        them, or holds them elsewhere, is an error.
+
+        Args:
+            text_tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+                The text model's tokenizer; modified in place.
+            text_model ([`~transformers.PreTrainedModel`], *optional*):
+                The text model; its input (and output, tied or not) embeddings are resized with
+                `resize_token_embeddings` to `len(text_tokenizer)` when they are smaller (never shrunk).
+
+        Returns:
+            [`VQVAEImageTokenizer`]: a tokenizer with the same layout, `code_offset` set to the id of `<img_0>` in
+            `text_tokenizer`, sharing this tokenizer's VQ-VAE and image processor.
+
+        Raises:
+            `ValueError` when some image tokens are already in the vocabulary at other ids, or when the text
+            vocabulary's ids are not `0 ... len(text_tokenizer) - 1` (the new ids would not follow the layout).
+        """
+        strings = self.token_strings()
+        vocab = text_tokenizer.get_vocab()
+        present = {string: vocab[string] for string in strings if string in vocab}
+        if present:
+            code_offset = present.get(strings[0], -1)
+            layout = {string: code_offset + i for i, string in enumerate(strings)}
+            if present != layout:
+                wrong = next(string for string in strings if present.get(string) != layout[string])
+                found = f"has id {present[wrong]}" if wrong in present else "is missing"
+                raise ValueError(
+                    f"The text tokenizer already holds {len(present)} of the {len(strings)} image tokens, not at the "
+                    f"ids of the layout ({wrong!r} {found}; the layout needs {layout[wrong]}). Start from the "
+                    "original text tokenizer, or from one extended by `add_to_text_model` with the same image "
+                    "tokenizer settings."
+                )
+        else:
+            code_offset = len(text_tokenizer)
+            if vocab and max(vocab.values()) + 1 != code_offset:
+                raise ValueError(
+                    f"The text tokenizer's ids run up to {max(vocab.values())} but it holds {code_offset} tokens: "
+                    "new tokens would not get the ids `len(text_tokenizer) + k` of the layout."
+                )
+            tokens = [AddedToken(string, special=True, normalized=False) for string in strings]
+            text_tokenizer.add_tokens(tokens, special_tokens=True)
+            ids = text_tokenizer.convert_tokens_to_ids(strings)
+            if ids != list(range(code_offset, code_offset + len(strings))):
+                raise ValueError(f"The text tokenizer gave the image tokens ids {ids[:3]}... instead of "
+                                 f"{code_offset}, {code_offset + 1}, ...; it does not append added tokens in order.")
+        image_tokenizer = type(self)(
+            codebook_size=self.codebook_size,
+            grid_size=self.grid_size,
+            code_offset=code_offset,
+            add_image_delimiters=self.add_image_delimiters,
+            use_pad_token=self.use_pad_token,
+            model=self.model,
+            image_processor=self.image_processor,
+        )
+        if text_model is not None:
+            num_embeddings = text_model.get_input_embeddings().weight.shape[0]
+            needed = max(len(text_tokenizer), image_tokenizer.vocab_size)
+            if num_embeddings < needed:
+                text_model.resize_token_embeddings(needed)
+        return image_tokenizer
+
+    def build_mixed_inputs(
+        self,
+        text_ids: list[list[int]] | torch.LongTensor,
+        images=None,
+        codes: torch.LongTensor | None = None,
+        padding_side: str = "right",
+    ) -> BatchEncoding:
+        """
+        Build a text-model batch of sequences "text, then one image": `text_ids[i] + [boi] codes [eoi]`.
+
+        Args:
+            text_ids (`list[list[int]]` or `torch.LongTensor` of shape `(batch_size, text_length)`):
+                Text token ids, one sequence per image, all below `code_offset` (e.g. `text_tokenizer(texts)
+                ["input_ids"]` after [`~VQVAEImageTokenizer.add_to_text_model`]); special tokens such as BOS are
+                whatever the text tokenizer added.
+            images (*optional*):
+                Images in any form [`VQVAEImageProcessor`] accepts; tokenized with the VQ-VAE.
+            codes (`torch.LongTensor` of shape `(batch_size, h, w)`, *optional*):
+                Code grids instead of `images` (e.g. read back from a tokenized dataset).
+            padding_side (`str`, *optional*, defaults to `"right"`):
+                Where sequences of different lengths are padded with `pad_token_id`.
+
+        Returns:
+            [`~transformers.BatchEncoding`] with `input_ids`, `attention_mask` and `labels` (a copy of `input_ids`
+            with -100 on padding), each `(batch_size, sequence_length)`.
+        """
+        if (images is None) == (codes is None):
+            raise ValueError("Give exactly one of `images` and `codes`.")
+        image_ids = self(images)["input_ids"] if images is not None else self.codes_to_ids(codes)
+        text_rows = text_ids.tolist() if isinstance(text_ids, torch.Tensor) else [list(row) for row in text_ids]
+        if len(text_rows) != len(image_ids):
+            raise ValueError(f"Got {len(text_rows)} text sequences for {len(image_ids)} images; give one per image.")
+        for index, row in enumerate(text_rows):
+            if any(not 0 <= token < self.code_offset for token in row):
+                raise ValueError(
+                    f"Text sequence {index} holds ids outside [0, {self.code_offset}) (`code_offset`): text ids must "
+                    "come before the image tokens. Use the tokenizer returned by `add_to_text_model`."
+                )
+        batch = self.pad([row + ids for row, ids in zip(text_rows, image_ids.tolist())], padding_side=padding_side)
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch
+
+    def prefix_allowed_tokens_fn(self, batch_id: int, input_ids: torch.LongTensor) -> list[int]:
+        """
+        The ids allowed next, for `generate(..., prefix_allowed_tokens_fn=image_tokenizer.prefix_allowed_tokens_fn)`:
+        inside an image (after a `<boi>` with no `<eoi>` yet) only codes until there are `h * w` of them, then only
+        `<eoi>`; outside an image any text id (below `code_offset`) or `<boi>`, never a lone code. Generated images
+        then always decode; set `max_new_tokens` to leave room for `num_image_tokens`.
+
+        Args:
+            batch_id (`int`):
+                Index of the sequence in the batch (unused; part of the `generate` interface).
+            input_ids (`torch.LongTensor` of shape `(sequence_length,)`):
+                The sequence so far, prompt included.
+
+        Returns:
+            `list[int]`: the allowed next ids.
+        """
+        if not self.add_image_delimiters:
+            raise ValueError("`prefix_allowed_tokens_fn` needs the begin/end-of-image tokens (`add_image_delimiters`).")
+        ids = input_ids.tolist()
+        boi = len(ids) - 1 - ids[::-1].index(self.boi_token_id) if self.boi_token_id in ids else None
+        if boi is None or self.eoi_token_id in ids[boi:]:
+            return self._text_and_boi_ids
+        if len(ids) - boi - 1 < self.grid_size[0] * self.grid_size[1]:
+            return self._code_ids
+        return [self.eoi_token_id]
+
+    @cached_property
+    def _code_ids(self) -> list[int]:
+        return list(range(self.code_offset, self.code_offset + self.codebook_size))
+
+    @cached_property
+    def _text_and_boi_ids(self) -> list[int]:
+        return list(range(self.code_offset)) + [self.boi_token_id]
 
     # ---------------------------------------------------------------- save / load
 
@@ -361,20 +586,25 @@ class VQVAEImageTokenizer:
 
 
 def _as_rows(values, name: str) -> list[list[int]]:
-    """A tensor or (nested) list of ids as a list of rows of Python ints."""
-    if isinstance(values, torch.Tensor):
-        if values.is_floating_point():
+    """A tensor, numpy array, `datasets` column or (nested) list of ids as a list of rows of Python ints."""
+    if isinstance(values, torch.Tensor) or (hasattr(values, "dtype") and hasattr(values, "tolist")):
+        if values.is_floating_point() if isinstance(values, torch.Tensor) else values.dtype.kind not in "iu":
             raise TypeError(f"`{name}` must hold integers; got {values.dtype}.")
         values = values.tolist()
+    elif not isinstance(values, (list, tuple, str, bytes, dict)) and hasattr(values, "__iter__"):
+        values = list(values)  # e.g. a `datasets` column
     if not isinstance(values, (list, tuple)) or len(values) == 0:
         raise ValueError(f"`{name}` must be a non-empty sequence or tensor of token ids; got {values!r:.80}.")
-    if not isinstance(values[0], (list, tuple)):
+    if not isinstance(values[0], (list, tuple)) and not hasattr(values[0], "tolist"):
         values = [values]
     rows = []
     for row in values:
-        if not isinstance(row, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
+        row = row.tolist() if hasattr(row, "tolist") else row
+        if not isinstance(row, (list, tuple)) or not all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in row
+        ):
             raise TypeError(f"`{name}` rows must be sequences of ints; got {row!r:.80}.")
-        rows.append(list(row))
+        rows.append([int(t) for t in row])
     return rows
 
 

@@ -34,26 +34,27 @@ def load_image_dataset(
     train_data_dir: str | None = None,
     data_files: dict[str, list[str]] | None = None,
     cache_dir: str | None = None,
+    streaming: bool = False,
 ):
     """
     A `datasets.DatasetDict` from a Hub dataset name, a local image folder (`imagefolder`, one sub-folder per class
     gives labels) or data files (`data_files={"train": [...], "test": [...]}`, parquet unless `dataset_name` names
-    another builder such as "json").
+    another builder such as "json"). With `streaming=True`, an `IterableDatasetDict` read as it is iterated.
     """
     from datasets import load_dataset
 
     if train_data_dir is not None:
         if not Path(train_data_dir).is_dir():
             raise ValueError(f"`--train_data_dir` {train_data_dir!r} is not a folder.")
-        return load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+        return load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, streaming=streaming)
     if data_files:
         missing = [p for paths in data_files.values() for p in paths if not glob.glob(p)]
         if missing:
             raise ValueError(f"No file matches {missing}; give existing paths or globs (relative to {os.getcwd()}).")
-        return load_dataset(dataset_name or "parquet", data_files=data_files, cache_dir=cache_dir)
+        return load_dataset(dataset_name or "parquet", data_files=data_files, cache_dir=cache_dir, streaming=streaming)
     if dataset_name is None:
         raise ValueError("Give `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
-    return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+    return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming)
 
 
 def find_image_column(dataset, image_column: str | None = None) -> str:

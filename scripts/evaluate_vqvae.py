@@ -8,6 +8,7 @@ Runs on one process, or on many with `accelerate launch` (each evaluates a shard
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,14 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEImageProcessor, VQVAEModel
-from hf_vqvae.training_utils import evaluate_reconstruction, find_image_column, load_image_dataset, write_json
+from hf_vqvae.training_utils import (
+    atomic_write_text,
+    evaluate_reconstruction,
+    find_image_column,
+    format_metrics_table,
+    load_image_dataset,
+    write_json,
+)
 
 
 def parse_args(argv=None):
@@ -35,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
                         help="Mixed precision of the encoder/decoder (the quantizer stays fp32).")
     parser.add_argument("--output_file", default=None, help="Write the metrics here as JSON (default: stdout only).")
+    parser.add_argument("--model_card_section", default=None,
+                        help="Also write the metrics, with this command, into the model folder's README.md under "
+                             "this title (replacing an earlier section of the same title).")
     args = parser.parse_args(argv)
     if args.dataset_name is None and args.data_dir is None and args.data_files is None:
         raise ValueError("Give the data: `--dataset_name`, `--data_dir` or `--data_files`.")
@@ -81,7 +92,27 @@ def main(args) -> dict:
         if args.output_file:
             Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
             write_json(args.output_file, metrics)
+        if args.model_card_section:
+            update_model_card(Path(args.model), args.model_card_section, metrics)
     return metrics
+
+
+def update_model_card(model_dir: Path, title: str, metrics: dict):
+    """Put `metrics` and the command that measured them into `model_dir/README.md`, between markers for `title`."""
+    card_file = model_dir / "README.md"
+    if not card_file.exists():
+        raise ValueError(f"`--model_card_section` needs a local model folder with a README.md; {card_file} is missing.")
+    command = "python scripts/evaluate_vqvae.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    shown = {k: v for k, v in metrics.items() if k not in ("model", "data", "split")}
+    begin, end = f"<!-- evaluation: {title} -->", f"<!-- end evaluation: {title} -->"
+    section = f"{begin}\n### {title}\n\n`{command}`\n\n{format_metrics_table(shown)}\n{end}"
+    card = card_file.read_text()
+    if begin in card and end in card:
+        card = card[: card.index(begin)] + section + card[card.index(end) + len(end) :]
+    else:
+        anchor = "\n## Citation"
+        card = card.replace(anchor, f"\n{section}\n{anchor}", 1) if anchor in card else f"{card}\n{section}\n"
+    atomic_write_text(card_file, card)
 
 
 if __name__ == "__main__":

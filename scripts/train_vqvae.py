@@ -223,7 +223,7 @@ def get_dataloaders(args, accelerator, image_processor):
     if validation is not None:
         validation_dataloader = torch.utils.data.DataLoader(
             validation.with_transform(transform), batch_size=args.eval_batch_size, shuffle=False,
-            collate_fn=collate, num_workers=args.dataloader_num_workers,
+            collate_fn=collate, num_workers=args.dataloader_num_workers, generator=torch.Generator(),
         )
     return train_dataloader, validation_dataloader
 
@@ -251,6 +251,22 @@ def log_validation(args, accelerator, model, image_processor, validation_dataloa
     return metrics
 
 
+def validation_curve(log_file: Path) -> str:
+    """A Markdown table of the validation metrics against training steps and time, from `validation_log.jsonl`."""
+    if not log_file.exists():
+        return "No validation was run."
+    by_step = {}
+    for line in log_file.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            by_step[entry["step"]] = entry  # a re-run's entry for the same step replaces the earlier one
+    rows = ["| step | training time (min) | PSNR (dB) | MSE | codes used |", "| --- | --- | --- | --- | --- |"]
+    for step, m in sorted(by_step.items()):
+        rows.append(f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {m['psnr']:.2f} | {m['mse']:.5f} | "
+                    f"{m['codes_used']}/{m['codebook_size']} |")
+    return "\n".join(rows)
+
+
 def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float):
     """Fill `model_card.md` with this run's arguments and measured metrics, as `README.md` of `output_dir`."""
     arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token",)}
@@ -263,6 +279,7 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
         "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
         "training_time": f"{train_seconds / 60:.1f} minutes",
         "evaluation": format_metrics_table(metrics) if metrics else "No validation split was given.",
+        "validation_curve": validation_curve(Path(output_dir) / "validation_log.jsonl"),
         "image_size": config.image_size,
     }
     atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
@@ -358,12 +375,13 @@ def main(args):
     metrics = None
     model.train()
     for epoch in range(first_epoch, num_epochs):
-        if hasattr(train_dataloader, "set_epoch"):
-            train_dataloader.set_epoch(epoch)
         batches = train_dataloader
         if epoch == first_epoch and batches_to_skip:
             batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
+        batches.set_epoch(epoch)  # this epoch's shuffling order, also on the skipping loader of a resumed run
         for batch in batches:
+            if global_step >= args.max_train_steps:
+                break
             pixel_values = batch["pixel_values"]
             if args.random_flip:
                 # Drawn here, not in the collate function: the dataloader fetches a batch ahead, and a resumed run
@@ -404,15 +422,15 @@ def main(args):
             # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-            if global_step >= args.max_train_steps:
-                break
-        if global_step >= args.max_train_steps:
-            break
     progress.close()
 
     accelerator.wait_for_everyone()
     train_seconds = time_offset + time.time() - start_time
     check_quantizer_in_sync(accelerator, model)
+    if metrics is None and validation_dataloader is not None:
+        # E.g. a run resumed at its last step: the card still gets measured numbers.
+        metrics = log_validation(args, accelerator, model, image_processor, validation_dataloader, global_step,
+                                 train_seconds)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped, image_processor)

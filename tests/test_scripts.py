@@ -80,24 +80,27 @@ def base_args(config_dir, output_dir, steps, extra=()):
 
 
 def test_train_saves_a_complete_folder_and_resumes_exactly(tmp_path, tiny_config_dir):
-    # An uninterrupted 4-step run ...
+    # An uninterrupted 12-step run (8 batches an epoch) ...
+    extra = ["--random_flip", "--checkpointing_steps", "5", "--validation_steps", "6"]
     straight = tmp_path / "straight"
-    launch(base_args(tiny_config_dir, straight, 4, ["--random_flip"]))
+    launch(base_args(tiny_config_dir, straight, 12, extra))
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vqvae.py",
-                 "quantizer.py", "eval_results.json", "validation_log.jsonl", "checkpoint-4", "validation/step-4.png"):
+                 "quantizer.py", "eval_results.json", "validation_log.jsonl", "checkpoint-10", "validation/step-12.png"):
         assert (straight / name).exists(), name
     assert "tensorboard" in "".join(p.name for p in (straight / "logs").rglob("*")) or any(
         p.name.startswith("events.out.tfevents") for p in (straight / "logs").rglob("*"))
     card = (straight / "README.md").read_text()
-    assert "library_name: hf_vqvae" in card and "{{" not in card and '"max_train_steps": 4' in card
+    assert "library_name: hf_vqvae" in card and "{{" not in card and '"max_train_steps": 12' in card
+    assert "| 12 |" in card  # the validation curve
 
-    # ... equals 2 steps, a stop, and a resume from `latest` for 2 more: same step count, data position, weights.
+    # ... equals 10 steps, a stop, and a resume in the second epoch from `latest` for 2 more: same step count, data
+    # position and RNG, so the same weights.
     resumed = tmp_path / "resumed"
-    launch(base_args(tiny_config_dir, resumed, 2, ["--random_flip"]))
-    result = launch(base_args(tiny_config_dir, resumed, 4, ["--random_flip", "--resume_from_checkpoint", "latest"]))
-    assert "Resuming from" in result.stdout + result.stderr and "checkpoint-2" in result.stdout + result.stderr
+    launch(base_args(tiny_config_dir, resumed, 10, extra))
+    result = launch(base_args(tiny_config_dir, resumed, 12, [*extra, "--resume_from_checkpoint", "latest"]))
+    assert "Resuming from" in result.stdout + result.stderr and "checkpoint-10" in result.stdout + result.stderr
     steps = [json.loads(line)["step"] for line in (resumed / "validation_log.jsonl").read_text().splitlines()]
-    assert steps == [2, 4]
+    assert steps == [6, 10, 12]
     expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
@@ -137,6 +140,15 @@ def test_evaluate_script_writes_json(tmp_path, tiny_config_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(metrics_file.read_text())
+    assert "### exact test" not in (output / "README.md").read_text()
+    result = subprocess.run(
+        [sys.executable, EVALUATE, "--model", str(output), "--data_files", str(SAMPLE / "test-*.parquet"),
+         "--max_samples", "40", "--batch_size", "16", "--model_card_section", "exact test"],
+        env=script_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (output / "README.md").read_text()
+    assert card.count("### exact test") == 1 and "--max_samples 40" in card and "| codes_used |" in card
     assert metrics["num_images"] == 40 and 0 < metrics["mse"] < 1 and metrics["psnr"] > 0
     assert metrics["codes_used"] + metrics["dead_codes"] == metrics["codebook_size"] == 16
 

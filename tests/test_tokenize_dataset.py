@@ -1,0 +1,352 @@
+"""Tests of `scripts/tokenize_dataset.py` (images -> token-id datasets) and of image tokens in a stock text model.
+
+One tokenization of 40 + 40 CIFAR-10 sample images with a tiny random VQ-VAE (module fixture `reference_run`) is
+the reference: resuming, two processes and the Hub round trip must reproduce it exactly.
+"""
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import REPO_ROOT, make_tiny_config, make_word_level_tokenizer
+from hub_fixtures import hub_env_fixture, hub_in_process_fixture, hub_server_fixture, patch_hub_endpoint, run_python  # noqa: F401
+from PIL import Image
+
+from hf_vqvae import VQVAEImageProcessor, VQVAEImageTokenizer, VQVAEModel
+
+
+SCRIPT = REPO_ROOT / "scripts" / "tokenize_dataset.py"
+SAMPLE = REPO_ROOT / "data" / "cifar10_sample"
+NUM_ROWS, SHARD_SIZE = 40, 16  # 3 shards per split: 16, 16, 8 rows
+
+spec = importlib.util.spec_from_file_location("tokenize_dataset", SCRIPT)
+tokenize_dataset = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tokenize_dataset)
+
+
+def script_args(model_dir, output_dir, *extra) -> list[str]:
+    return [
+        "--model", str(model_dir),
+        "--data_files", f"train={SAMPLE / 'train-*.parquet'}", f"test={SAMPLE / 'test-*.parquet'}",
+        "--max_samples", str(NUM_ROWS), "--shard_size", str(SHARD_SIZE), "--batch_size", "8",
+        "--output_dir", str(output_dir), *extra,
+    ]
+
+
+def run(model_dir, output_dir, *extra) -> dict:
+    """The script in this process (one process, like `python scripts/tokenize_dataset.py ...`)."""
+    return tokenize_dataset.main(tokenize_dataset.parse_args(script_args(model_dir, output_dir, *extra)))
+
+
+def shard_files(output_dir) -> list[str]:
+    return sorted(str(path.relative_to(output_dir)) for path in output_dir.glob("*/shard-*.parquet"))
+
+
+def assert_same_shards(actual_dir, expected_dir):
+    assert shard_files(actual_dir) == shard_files(expected_dir) and shard_files(expected_dir)
+    for name in shard_files(expected_dir):
+        assert pq.read_table(actual_dir / name).equals(pq.read_table(expected_dir / name)), name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy machine spinning OpenMP threads make them 10-50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random VQ-VAE for 32x32 images (8x8 codes, K=16) with its image processor, as `--model` expects."""
+    torch.manual_seed(0)
+    config = make_tiny_config(image_size=32)
+    path = tmp_path_factory.mktemp("tiny_vqvae")
+    VQVAEModel(config).save_pretrained(path)
+    VQVAEImageProcessor.from_model_config(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(model_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("reference") / "tokens"
+    stats = run(model_dir, output_dir)
+    return output_dir, stats
+
+
+def copy_run(reference_run, tmp_path):
+    target = tmp_path / "tokens"
+    shutil.copytree(reference_run[0], target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------- script
+
+
+def test_tokens_equal_per_image_encode_and_keep_the_labels(model_dir, reference_run):
+    output_dir, stats = reference_run
+    assert shard_files(output_dir) == [f"{split}/shard-0000{i}-of-00003.parquet" for split in ("test", "train")
+                                       for i in range(3)]
+    for name in ("README.md", "image_tokenizer_config.json", "tokenization_config.json", "tokenization_stats.json"):
+        assert (output_dir / name).is_file(), name
+    assert stats["num_images"] == stats["num_images_encoded"] == 2 * NUM_ROWS and stats["num_shards_reused"] == 0
+    assert stats["images_per_second"] > 0 and stats["peak_rss_mb"] > 0
+    assert json.loads((output_dir / "tokenization_stats.json").read_text())["peak_rss_mb"] == stats["peak_rss_mb"]
+
+    tokens = datasets.load_dataset(str(output_dir))
+    assert set(tokens) == {"train", "test"} and tokens["train"].num_rows == NUM_ROWS
+    assert tokens["train"].features["input_ids"] == datasets.List(datasets.Value("int32"))
+    source = datasets.load_dataset("parquet", data_files=str(SAMPLE / "train-*.parquet"), split="train")
+    source = source.select(range(NUM_ROWS))
+    assert tokens["train"].features["label"] == source.features["label"]  # ClassLabel names survive
+    assert list(tokens["train"]["label"]) == list(source["label"])
+    assert list(tokens["train"]["index"]) == list(source["index"])
+
+    # Batched, sharded tokenization == one image at a time through the model.
+    model = VQVAEModel.from_pretrained(model_dir).eval()
+    image_tokenizer = VQVAEImageTokenizer.from_model(model)
+    processor = VQVAEImageProcessor.from_pretrained(model_dir)
+    with torch.no_grad():
+        for row, image in zip(tokens["train"], source["img"]):
+            codes = model.encode(processor(image)["pixel_values"]).codes  # (1, 8, 8)
+            assert row["input_ids"] == image_tokenizer.codes_to_ids(codes)[0].tolist()
+
+    layout = VQVAEImageTokenizer.from_pretrained(output_dir, load_model=False)
+    assert layout.to_dict() == image_tokenizer.to_dict()
+    card = (output_dir / "README.md").read_text()
+    assert "begin of image: `16`, end of image: `17`" in card and "| train | 40 | 3 |" in card
+    by_folder = datasets.load_dataset("parquet", data_dir=str(output_dir))  # split folders, hidden files ignored
+    assert list(by_folder["test"]["input_ids"]) == list(tokens["test"]["input_ids"])
+
+
+def test_resume_computes_only_missing_shards(model_dir, reference_run, tmp_path):
+    output_dir = copy_run(reference_run, tmp_path)
+    (output_dir / "train" / "shard-00002-of-00003.parquet").unlink()  # never written
+    (output_dir / "test" / "shard-00001-of-00003.parquet").write_bytes(b"truncated")  # damaged
+    (output_dir / "train" / ".tmp-shard-00002-of-00003.0.parquet").write_bytes(b"half")  # a crash mid-write
+    finished = {name: (output_dir / name).stat().st_mtime_ns for name in shard_files(output_dir)
+                if name not in ("test/shard-00001-of-00003.parquet",)}
+
+    stats = run(model_dir, output_dir)
+    assert stats["num_shards_reused"] == 4 and stats["num_images_encoded"] == 8 + 16
+    for name, mtime in finished.items():
+        assert (output_dir / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
+    assert not list(output_dir.glob("*/.tmp*"))
+    assert_same_shards(output_dir, reference_run[0])
+
+
+def test_other_settings_error_unless_overwrite(model_dir, reference_run, tmp_path):
+    output_dir = copy_run(reference_run, tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(different: shard_size, splits\).*--overwrite"):
+        run(model_dir, output_dir, "--shard_size", "32")
+    with pytest.raises(ValueError, match=r"different: image_tokenizer\)"):
+        run(model_dir, output_dir, "--code_offset", "5")
+    stats = run(model_dir, output_dir, "--shard_size", "32", "--overwrite")
+    assert shard_files(output_dir) == [f"{split}/shard-0000{i}-of-00002.parquet" for split in ("test", "train")
+                                       for i in range(2)]
+    assert stats["num_shards_reused"] == 0
+    merged = datasets.load_dataset(str(output_dir))
+    expected = datasets.load_dataset(str(reference_run[0]))["train"]["input_ids"]
+    assert list(merged["train"]["input_ids"]) == list(expected)
+
+
+def test_streaming_gives_the_same_shards(model_dir, reference_run, tmp_path):
+    stats = run(model_dir, tmp_path / "tokens", "--streaming")
+    assert stats["num_images_encoded"] == 2 * NUM_ROWS
+    assert_same_shards(tmp_path / "tokens", reference_run[0])
+
+
+def test_stream_reading_helpers():
+    from accelerate import PartialState
+
+    PartialState()  # the script's logger needs it
+    stream = datasets.IterableDataset.from_generator(lambda: ({"x": i} for i in range(25)))  # size unknown
+    assert tokenize_dataset.count_rows(stream, "train", streaming=True) == 25
+    assert tokenize_dataset.count_rows(stream, "train", streaming=True, limit=10) == 10
+    rows = tokenize_dataset.StreamRows(stream, 25, chunk_size=4)
+    assert rows.read(3, 7).column("x").to_pylist() == [3, 4, 5, 6]
+    assert rows.read(12, 25).column("x").to_pylist() == list(range(12, 25))  # skips 7-11 across chunks
+    with pytest.raises(RuntimeError, match="in order"):
+        rows.read(0, 1)
+
+
+def test_bf16_autocast_is_a_setting(model_dir, reference_run, tmp_path):
+    with pytest.raises(ValueError, match=r"different: mixed_precision\)"):
+        run(model_dir, copy_run(reference_run, tmp_path), "--mixed_precision", "bf16")
+    run(model_dir, tmp_path / "bf16", "--mixed_precision", "bf16", "--splits", "train")
+    bf16 = np.array(datasets.load_dataset(str(tmp_path / "bf16"), split="train")["input_ids"])
+    fp32 = np.array(datasets.load_dataset(str(reference_run[0]), split="train")["input_ids"])
+    assert bf16.shape == fp32.shape and (bf16 == fp32).mean() > 0.9  # the nearest-code search itself stays fp32
+
+
+def test_image_folder_without_kept_columns(model_dir, tmp_path):
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", num_images=6, size=32)
+    output_dir = tmp_path / "tokens"
+    args = ["--model", str(model_dir), "--data_dir", str(folder), "--output_dir", str(output_dir), "--shard_size",
+            "4", "--keep_columns", "--ids_dtype", "int64", "--no_image_delimiters", "--code_offset", "100"]
+    tokenize_dataset.main(tokenize_dataset.parse_args(args))
+    tokens = datasets.load_dataset(str(output_dir), split="train")
+    assert tokens.column_names == ["input_ids"] and tokens.num_rows == 6
+    assert tokens.features["input_ids"] == datasets.List(datasets.Value("int64"))
+    ids = np.array(tokens["input_ids"])
+    assert ids.shape == (6, 64) and 100 <= ids.min() and ids.max() < 116  # codes only, shifted by the offset
+
+
+def test_two_processes_write_the_single_process_result(model_dir, reference_run, tmp_path):
+    output_dir = tmp_path / "tokens"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update({"ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1"})
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(free_port()), str(SCRIPT), *script_args(model_dir, output_dir)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "largest of 2 process(es)" in result.stdout
+    stats = json.loads((output_dir / "tokenization_stats.json").read_text())
+    # Process 0 owns shards 0 and 2 of each split (16 + 8 rows), process 1 shard 1 (16 rows).
+    assert [p["num_encoded"] for p in stats["per_process"]] == [48, 32]
+    assert_same_shards(output_dir, reference_run[0])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_push_to_hub_as_dataset_repo_and_load_back(model_dir, reference_run, tmp_path, hub_in_process, hub_env):
+    output_dir = copy_run(reference_run, tmp_path)
+    stats = run(model_dir, output_dir, "--push_to_hub", "--hub_dataset_id", "org/cifar10-tokens")
+    assert stats["num_shards_reused"] == 6 and "org/cifar10-tokens" in stats["hub_commit_url"]
+    out = run_python(
+        """
+        import json
+        import datasets
+        from huggingface_hub import list_repo_files
+
+        tokens = datasets.load_dataset("org/cifar10-tokens")
+        print(json.dumps({"files": list_repo_files("org/cifar10-tokens", repo_type="dataset"),
+                          "rows": {split: tokens[split].num_rows for split in tokens},
+                          "input_ids": list(tokens["train"]["input_ids"]), "label": list(tokens["train"]["label"])}))
+        """,
+        hub_env,
+    )
+    result = json.loads(out.splitlines()[-1])
+    assert result["rows"] == {"train": NUM_ROWS, "test": NUM_ROWS}
+    expected = datasets.load_dataset(str(reference_run[0]))["train"]
+    assert result["input_ids"] == list(expected["input_ids"]) and result["label"] == list(expected["label"])
+    assert {"README.md", "tokenization_config.json", "image_tokenizer_config.json",
+            "train/shard-00000-of-00003.parquet"} <= set(result["files"])
+    assert all(".tmp" not in name for name in result["files"])
+    assert any("/api/datasets/org/cifar10-tokens" in path for _, path, _ in hub_in_process.request_log)
+
+
+def test_failed_upload_says_so_and_keeps_the_tokens(model_dir, reference_run, tmp_path, monkeypatch, caplog):
+    output_dir = copy_run(reference_run, tmp_path)
+    patch_hub_endpoint(monkeypatch, f"http://127.0.0.1:{free_port()}", tmp_path / "hf_home")  # nobody listens
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit):
+        run(model_dir, output_dir, "--push_to_hub", "--hub_dataset_id", "org/x")
+    assert "Upload to the Hub dataset repository 'org/x' failed" in caplog.text
+    assert_same_shards(output_dir, reference_run[0])
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--model", "m", "--output_dir", "o"], "Give the data"),
+        (["--model", "m", "--output_dir", "o", "--data_files", "x", "--push_to_hub"], "needs `--hub_dataset_id`"),
+        (["--model", "m", "--output_dir", "o", "--data_files", "x", "--splits", "a", "b"], "names no split"),
+        (["--model", "m", "--output_dir", "o", "--data_files", "x", "--shard_size", "0"], "`--shard_size` must be"),
+    ],
+)
+def test_bad_arguments_fail_clearly(argv, match):
+    with pytest.raises(ValueError, match=match):
+        tokenize_dataset.parse_args(argv)
+
+
+def test_data_files_map_to_splits():
+    args = tokenize_dataset.parse_args(["--model", "m", "--output_dir", "o", "--data_files", "train=a/*.parquet",
+                                        "test=b.parquet", "train=c.parquet"])
+    assert args.data_files == {"train": ["a/*.parquet", "c.parquet"], "test": ["b.parquet"]}
+    args = tokenize_dataset.parse_args(["--model", "m", "--output_dir", "o", "--data_files", "x.parquet", "--split",
+                                        "validation"])
+    assert args.data_files == {"validation": ["x.parquet"]}
+
+
+# ---------------------------------------------------------------------------------------------------------- text model
+
+
+def test_image_tokens_in_a_stock_text_model_end_to_end(model_dir, reference_run):
+    """Tokenized dataset -> tiny GPT-2 trained on "class name, image" -> generate -> PIL image; bad lengths."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokens = datasets.load_dataset(str(reference_run[0]))["train"]
+    class_names = tokens.features["label"].names
+    text_tokenizer = make_word_level_tokenizer(class_names)
+    torch.manual_seed(0)
+    text_model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=80,
+                                            vocab_size=len(text_tokenizer), bos_token_id=None, eos_token_id=None))
+    num_text_tokens = len(text_tokenizer)
+
+    image_tokenizer = VQVAEImageTokenizer.from_pretrained(model_dir).add_to_text_model(text_tokenizer, text_model)
+    assert image_tokenizer.code_offset == num_text_tokens
+    assert text_model.get_input_embeddings().num_embeddings == len(text_tokenizer) == image_tokenizer.vocab_size
+    assert text_model.get_output_embeddings().weight.shape[0] == image_tokenizer.vocab_size
+
+    # The dataset's ids (code_offset 0) -> codes -> "class name <boi> codes <eoi>" in the text model's vocabulary.
+    codes = VQVAEImageTokenizer.from_pretrained(reference_run[0], load_model=False).ids_to_codes(tokens["input_ids"])
+    text_ids = text_tokenizer([class_names[label] for label in tokens["label"]])["input_ids"]  # one word each
+    batch = image_tokenizer.build_mixed_inputs(text_ids, codes=codes)
+    assert batch["input_ids"].shape == (NUM_ROWS, 1 + image_tokenizer.num_image_tokens)
+    optimizer = torch.optim.AdamW(text_model.parameters(), lr=1e-2)
+    text_model.train()
+    losses = []
+    for _ in range(30):
+        loss = text_model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 2
+
+    text_model.eval()
+    prompt = text_tokenizer(["cat", "ship"], return_tensors="pt")
+    generated = text_model.generate(
+        **prompt, max_new_tokens=image_tokenizer.num_image_tokens, do_sample=False,
+        pad_token_id=image_tokenizer.pad_token_id, prefix_allowed_tokens_fn=image_tokenizer.prefix_allowed_tokens_fn,
+    )
+    new_tokens = generated[:, prompt["input_ids"].shape[1] :]
+    assert new_tokens[:, 0].eq(image_tokenizer.boi_token_id).all()
+    assert new_tokens[:, -1].eq(image_tokenizer.eoi_token_id).all()
+    images = image_tokenizer.batch_decode(new_tokens)
+    assert all(isinstance(image, Image.Image) and image.size == (32, 32) for image in images)
+    assert text_tokenizer.decode(generated[0], skip_special_tokens=True) == "cat"  # image tokens are special
+
+    # A model that stops early or runs on: an error by default, a decoded image only with the explicit repair.
+    codes = image_tokenizer.ids_to_codes(new_tokens[:1])
+    sequence = new_tokens[0].tolist()
+    short, long = sequence[:-4] + sequence[-1:], sequence[:-1] + sequence[1:4] + sequence[-1:]  # 3 codes gone / extra
+    for wrong in (short, long):
+        with pytest.raises(ValueError, match="exactly 64 code tokens.*on_wrong_length='truncate_or_pad'"):
+            image_tokenizer.batch_decode([wrong])
+    repaired = image_tokenizer.ids_to_codes([short, long], on_wrong_length="truncate_or_pad", fill_code=3)
+    assert torch.equal(repaired[1], codes[0])  # the extra codes are cut
+    assert repaired[0].flatten()[-3:].eq(3).all() and torch.equal(repaired[0].flatten()[:-3], codes[0].flatten()[:-3])
+    image = image_tokenizer.decode(short, on_wrong_length="truncate_or_pad")
+    assert image.size == (32, 32)
+    assert np.asarray(image).dtype == np.uint8
