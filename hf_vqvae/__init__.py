@@ -6,6 +6,7 @@ folders carry their code.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_vqvae import VQVAEConfig
 from .configuration_vqvae_prior import VQVAEPriorConfig
@@ -18,6 +19,7 @@ from .modeling_vqvae import (
     VQVAEPreTrainedModel,
 )
 from .modeling_vqvae_prior import VQVAEPriorCodeMapping, VQVAEPriorForCausalLM, VQVAEPriorPreTrainedModel
+from .pipelines import VQVAEGenerationPipeline, VQVAEReconstructionPipeline
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .tokenization_vqvae import VQVAEImageTokenizer
 
@@ -36,12 +38,20 @@ VQVAEModel.register_for_auto_class("AutoModel")
 VQVAEImageProcessor.register_for_auto_class("AutoImageProcessor")
 VQVAEPriorConfig.register_for_auto_class()
 VQVAEPriorForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+# `pipeline("vqvae-reconstruction", model=vqvae_folder)` and `pipeline("vqvae-generation", model=prior_folder)`.
+PIPELINE_REGISTRY.register_pipeline(
+    "vqvae-reconstruction", pipeline_class=VQVAEReconstructionPipeline, pt_model=AutoModel, type="image"
+)
+PIPELINE_REGISTRY.register_pipeline(
+    "vqvae-generation", pipeline_class=VQVAEGenerationPipeline, pt_model=AutoModelForCausalLM, type="image"
+)
 
 __all__ = [
     "QuantizerOutput",
     "VQVAEConfig",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",
+    "VQVAEGenerationPipeline",
     "VQVAEImageProcessor",
     "VQVAEImageTokenizer",
     "VQVAEModel",
@@ -51,6 +61,7 @@ __all__ = [
     "VQVAEPriorConfig",
     "VQVAEPriorForCausalLM",
     "VQVAEPriorPreTrainedModel",
+    "VQVAEReconstructionPipeline",
     "VectorQuantizer",
     "__version__",
 ]

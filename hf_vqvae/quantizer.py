@@ -57,6 +57,17 @@ def _broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _nearest(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest row of `codebook` (K, D) for each row of `vectors` (N, D), by squared L2 distance."""
+    # argmin_k ||x - e_k||^2 = argmax_k (2 x.e_k - ||e_k||^2), since ||x||^2 is the same for every k. Appending a
+    # constant 1 to x and -||e_k||^2 to e_k makes that one matrix product with no (N, K) bias pass; `max(1).indices`
+    # is a faster reduction than `argmin` on CPU.
+    ones = vectors.new_ones(vectors.shape[0], 1)
+    weights = torch.cat([2 * codebook, -(codebook * codebook).sum(1, keepdim=True)], dim=1)  # (K, D + 1)
+    scores = torch.cat([vectors, ones], dim=1) @ weights.t()  # (N, K)
+    return scores.max(dim=1).indices
+
+
 def _sample_rows(vectors: torch.Tensor, num: int) -> torch.Tensor:
     """`num` random rows of `vectors` (N, D), without replacement when there are enough."""
     if vectors.shape[0] >= num:
@@ -181,11 +192,7 @@ class VectorQuantizer(nn.Module):
     def nearest_codes(self, vectors: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codebook vector for each row of `vectors` `(N, D)`, computed in float32."""
         with torch.autocast(device_type=vectors.device.type, enabled=False):
-            vectors = vectors.float()
-            codebook = self.codebook.weight.float()
-            # argmin_k ||x - e_k||^2 = argmin_k (||e_k||^2 - 2 x.e_k): ||x||^2 is the same for every k.
-            distances = torch.addmm((codebook * codebook).sum(1), vectors, codebook.t(), alpha=-2.0)  # (N, K)
-            return distances.argmin(dim=1)
+            return _nearest(vectors.float(), self.codebook.weight.float())
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """
@@ -298,8 +305,7 @@ class VectorQuantizer(nn.Module):
         centroids = _sample_rows(flat, self.codebook_size).clone()  # (K, D)
         for _ in range(self.kmeans_iters):
             with torch.autocast(device_type=flat.device.type, enabled=False):
-                distances = torch.addmm((centroids * centroids).sum(1), flat, centroids.t(), alpha=-2.0)
-            assign = distances.argmin(dim=1)
+                assign = _nearest(flat, centroids)
             counts = torch.bincount(assign, minlength=self.codebook_size).float()
             sums = torch.zeros_like(centroids).index_add_(0, assign, flat)
             # Empty clusters keep their previous centroid.

@@ -4,6 +4,7 @@ Like `diffusers.training_utils`, this module is for training and evaluation code
 """
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -279,6 +280,18 @@ def format_metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """
+    sha256 of a model's weights and buffers (names and raw bytes, in name order): a model retrained in place under the
+    same name gets another fingerprint, so caches built with the old one are not reused by mistake.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def write_json(path: str | os.PathLike, data: dict):
     """Atomically write `data` as indented JSON (numpy scalars converted)."""
 
@@ -303,6 +316,7 @@ __all__ = [
     "list_checkpoints",
     "load_image_dataset",
     "make_image_grid",
+    "model_fingerprint",
     "reconstruction_grid",
     "resolve_checkpoint",
     "save_checkpoint",

@@ -25,7 +25,6 @@ missing shards.
 
 import argparse
 import glob
-import hashlib
 import json
 import logging
 import math
@@ -54,6 +53,7 @@ from hf_vqvae.training_utils import (
     fill_model_card,
     find_image_column,
     load_image_dataset,
+    model_fingerprint,
     write_json,
 )
 
@@ -265,15 +265,6 @@ def to_pil(value, image_feature):
 
 
 # ---------------------------------------------------------------------------------------------------------- settings
-
-
-def model_fingerprint(model) -> str:
-    """sha256 of the weights: a model retrained in place under the same name is a different model."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def describe_source(args) -> dict:

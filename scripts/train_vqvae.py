@@ -4,8 +4,8 @@ A laptop-sized run on the CIFAR-10 sample shipped in the repository:
 
     accelerate launch scripts/train_vqvae.py --preset cifar10 \
         --config_overrides hidden_channels=32,res_hidden_channels=16,use_ema_codebook=true \
-        --train_data_files "hf_vqvae/data/cifar10_sample/train-*.parquet" \
-        --validation_data_files "hf_vqvae/data/cifar10_sample/test-*.parquet" \
+        --train_data_files "data/cifar10_sample/train-*.parquet" \
+        --validation_data_files "data/cifar10_sample/test-*.parquet" \
         --max_train_steps 200 --train_batch_size 64 --output_dir outputs/vqvae-tiny
 
 Two processes on CPU (real DDP with gloo; `--cpu --num_processes 2` would silently run one):
@@ -311,11 +311,10 @@ def main(args):
         model = model.to(memory_format=torch.channels_last)
     train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, image_processor)
 
-    # Derive the step budget before the schedule needs it.
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    # Derive the step budget before the schedule needs it. Each process gets 1/num_processes of the batches.
+    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
     if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * steps_per_epoch
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+        args.max_train_steps = args.num_train_epochs * math.ceil(batches_per_process / args.gradient_accumulation_steps)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
@@ -330,6 +329,9 @@ def main(args):
     )
     if validation_dataloader is not None:
         validation_dataloader = accelerator.prepare(validation_dataloader)
+    # From the sharded loader: with several processes, an epoch has fewer steps than the unsharded loader has batches.
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
 
     # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
     def save_model_hook(models, weights, output_dir):

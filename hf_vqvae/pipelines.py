@@ -1,0 +1,458 @@
+"""transformers pipelines for VQ-VAEs and their priors, registered by `import hf_vqvae`.
+
+- `"vqvae-reconstruction"` ([`VQVAEReconstructionPipeline`]): image -> codes -> image with a [`VQVAEModel`].
+- `"vqvae-generation"` ([`VQVAEGenerationPipeline`]): samples of a [`VQVAEPriorForCausalLM`] decoded by its VQ-VAE.
+
+A prior folder does not hold its VQ-VAE: `scripts/train_prior.py` records which one it was trained on in
+`vqvae_reference.json` (name or path, revision and a fingerprint of the weights), and the generation pipeline loads it
+from there unless it is given `vqvae=`.
+
+```python
+>>> import hf_vqvae  # registers the tasks
+>>> from transformers import pipeline
+
+>>> reconstruct = pipeline("vqvae-reconstruction", model="outputs/vqvae-cifar10")
+>>> reconstruct("cat.png", return_codes=True)  # {"image": PIL.Image.Image, "codes": LongTensor (h, w)}
+>>> generate = pipeline("vqvae-generation", model="outputs/prior-cifar10")
+>>> generate(["cat", "dog"], num_images=4, guidance_scale=2.0, seed=0)  # 8 dicts: image, class_label, label
+```
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Pipeline
+from transformers.image_utils import load_image
+from transformers.utils import cached_file, logging
+
+from .image_processing_vqvae import VQVAEImageProcessor
+from .modeling_vqvae import VQVAEModel
+from .modeling_vqvae_prior import VQVAEPriorForCausalLM
+from .training_utils import model_fingerprint
+
+
+logger = logging.get_logger(__name__)
+
+VQVAE_REFERENCE_NAME = "vqvae_reference.json"
+_OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+# ---------------------------------------------------------------------------------------------------------- VQ-VAE of a prior
+
+
+def save_vqvae_reference(
+    save_directory: str | os.PathLike,
+    vqvae_model_name_or_path: str,
+    vqvae: VQVAEModel,
+    revision: str | None = None,
+) -> dict:
+    r"""
+    Record in a prior's folder which VQ-VAE its codes come from (`vqvae_reference.json`).
+
+    Args:
+        save_directory (`str` or `os.PathLike`):
+            The prior's folder.
+        vqvae_model_name_or_path (`str`):
+            Hub id or folder of the VQ-VAE; an existing local folder is recorded as an absolute path.
+        vqvae ([`VQVAEModel`]):
+            The VQ-VAE itself, for its fingerprint, codebook size and grid.
+        revision (`str`, *optional*):
+            Hub revision of the VQ-VAE.
+
+    Returns:
+        `dict`: what was written.
+    """
+    name = str(vqvae_model_name_or_path)
+    if Path(name).is_dir():
+        name = str(Path(name).resolve())
+    reference = {
+        "vqvae_model_name_or_path": name,
+        "vqvae_revision": revision,
+        "vqvae_fingerprint": model_fingerprint(vqvae),
+        "codebook_size": vqvae.config.codebook_size,
+        "grid_size": list(vqvae.config.latent_size()),
+        "image_size": vqvae.config.image_size,
+    }
+    path = Path(save_directory) / VQVAE_REFERENCE_NAME
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(reference, indent=2) + "\n")
+    os.replace(tmp, path)  # atomic
+    return reference
+
+
+def load_vqvae_reference(prior_name_or_path: str | os.PathLike, **kwargs) -> dict | None:
+    """The `vqvae_reference.json` of a prior folder or Hub repo, or `None` if it has none. `kwargs` go to the download."""
+    path = cached_file(
+        str(prior_name_or_path), VQVAE_REFERENCE_NAME, _raise_exceptions_for_missing_entries=False, **kwargs
+    )
+    if path is None:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_vqvae_for_prior(
+    prior: VQVAEPriorForCausalLM,
+    vqvae: str | os.PathLike | VQVAEModel | None = None,
+    revision: str | None = None,
+) -> tuple[VQVAEModel, VQVAEImageProcessor]:
+    r"""
+    The VQ-VAE that decodes the codes of `prior`, with its image processor, checked against the prior.
+
+    Args:
+        prior ([`VQVAEPriorForCausalLM`]):
+            The prior; when `vqvae` is not given, its VQ-VAE is read from the `vqvae_reference.json` next to it
+            (`prior.name_or_path`).
+        vqvae (`str`, `os.PathLike` or [`VQVAEModel`], *optional*):
+            A VQ-VAE folder or Hub id, or a loaded model.
+        revision (`str`, *optional*):
+            Hub revision of `vqvae` when it is a name.
+
+    Returns:
+        `tuple[VQVAEModel, VQVAEImageProcessor]`: the VQ-VAE (in eval mode) and its image processor (the saved one, or
+        [`VQVAEImageProcessor.from_model_config`]).
+
+    Raises:
+        `ValueError`: no VQ-VAE was given or recorded, or its codebook size differs from the prior's. A VQ-VAE with
+        the right sizes but other weights than the recorded ones only gives a warning.
+    """
+    reference = load_vqvae_reference(prior.name_or_path) if prior.name_or_path else None
+    if vqvae is None:
+        if reference is None:
+            raise ValueError(
+                f"The prior {prior.name_or_path!r} has no {VQVAE_REFERENCE_NAME} naming its VQ-VAE; pass one: "
+                "`pipeline('vqvae-generation', model=prior, vqvae='path/or/hub-id')`."
+            )
+        vqvae, revision = reference["vqvae_model_name_or_path"], reference.get("vqvae_revision")
+    image_processor = None
+    if isinstance(vqvae, (str, os.PathLike)):
+        model = VQVAEModel.from_pretrained(vqvae, revision=revision)
+        try:
+            image_processor = VQVAEImageProcessor.from_pretrained(vqvae, revision=revision)
+        except OSError:  # a folder with weights and config only
+            image_processor = None
+    elif isinstance(vqvae, VQVAEModel):
+        model = vqvae
+    else:
+        raise TypeError(f"`vqvae` must be a VQ-VAE folder, Hub id or `VQVAEModel`; got {type(vqvae).__name__}.")
+    if image_processor is None:
+        image_processor = VQVAEImageProcessor.from_model_config(model.config)
+
+    if model.config.codebook_size != prior.config.codebook_size:
+        raise ValueError(
+            f"The VQ-VAE has `codebook_size` {model.config.codebook_size} but the prior models "
+            f"{prior.config.codebook_size} codes: they do not belong together. Pass the VQ-VAE the prior was trained "
+            f"on (its {VQVAE_REFERENCE_NAME} names it)."
+        )
+    if reference is not None and reference.get("vqvae_fingerprint") not in (None, model_fingerprint(model)):
+        logger.warning(
+            f"The VQ-VAE's weights differ from those the prior was trained on ({reference['vqvae_model_name_or_path']}"
+            f", {VQVAE_REFERENCE_NAME}); its samples decode to noise unless the codebook is the same."
+        )
+    return model.eval(), image_processor
+
+
+def _check_output_type(output_type):
+    if output_type not in _OUTPUT_TYPES:
+        raise ValueError(f"`output_type` must be one of {list(_OUTPUT_TYPES)}; got {output_type!r}.")
+
+
+# ---------------------------------------------------------------------------------------------------------- pipelines
+
+
+class VQVAEReconstructionPipeline(Pipeline):
+    r"""
+    Reconstructs images with a [`VQVAEModel`]: preprocess (the model's [`VQVAEImageProcessor`]), encode to a grid of
+    codes, decode, postprocess. Task `"vqvae-reconstruction"`.
+
+    A folder without `preprocessor_config.json` gets [`VQVAEImageProcessor.from_model_config`]. Lists of images are
+    batched with `batch_size`.
+
+    Example:
+
+    ```python
+    >>> import hf_vqvae
+    >>> from transformers import pipeline
+
+    >>> reconstruct = pipeline("vqvae-reconstruction", model="outputs/vqvae-cifar10")
+    >>> out = reconstruct("cat.png", return_codes=True)
+    >>> out["image"].size, out["codes"].shape
+    ((32, 32), torch.Size([8, 8]))
+    >>> outs = reconstruct([image_1, image_2], batch_size=2)  # a list of dicts
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = None  # optional: `from_model_config` when the folder has no preprocessor_config.json
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.model, VQVAEModel):
+            raise TypeError(
+                f"'vqvae-reconstruction' needs a `VQVAEModel`; got {type(self.model).__name__}. For a prior use "
+                "'vqvae-generation'."
+            )
+        if self.image_processor is None:
+            self.image_processor = VQVAEImageProcessor.from_model_config(self.model.config)
+        self.model.eval()
+
+    def __call__(self, images, **kwargs) -> dict[str, Any] | list[dict[str, Any]]:
+        r"""
+        Reconstruct one image or a list of images.
+
+        Args:
+            images (`str`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                An image (a path or URL is loaded), or a list of images.
+            return_codes (`bool`, *optional*, defaults to `False`):
+                Also return each image's codes.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"` (uint8 `(H, W, C)`) or `"pt"` (float `(C, H, W)` in [0, 1]).
+            timeout (`float`, *optional*):
+                Seconds to wait for an image URL.
+            batch_size (`int`, *optional*, defaults to 1):
+                Images per forward pass, for a list of images.
+
+        Returns:
+            A `dict` per image (a list of them for a list): `image` (the reconstruction, of `output_type`) and, with
+            `return_codes=True`, `codes` (`torch.LongTensor` of shape `(h, w)`).
+        """
+        return super().__call__(images, **kwargs)
+
+    def _sanitize_parameters(self, return_codes=None, output_type=None, timeout=None):
+        preprocess_params, postprocess_params = {}, {}
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        if return_codes is not None:
+            postprocess_params["return_codes"] = bool(return_codes)
+        if output_type is not None:
+            _check_output_type(output_type)
+            postprocess_params["output_type"] = output_type
+        return preprocess_params, {}, postprocess_params
+
+    def preprocess(self, image, timeout: float | None = None):
+        if isinstance(image, str):
+            image = load_image(image, timeout=timeout)
+        inputs = self.image_processor(image, return_tensors="pt")  # pixel_values (1, C, H, W)
+        if inputs["pixel_values"].shape[0] != 1:
+            raise ValueError(
+                f"Each input must be one image; got a batch of {inputs['pixel_values'].shape[0]}. Pass a list of "
+                "images instead."
+            )
+        return inputs
+
+    def _forward(self, model_inputs):
+        encoded = self.model.encode(model_inputs["pixel_values"].to(self.model.dtype))
+        reconstruction = self.model.decode(encoded.codes).reconstruction  # (B, C, H, W)
+        return {"reconstruction": reconstruction, "codes": encoded.codes}
+
+    def postprocess(self, model_outputs, return_codes: bool = False, output_type: str = "pil"):
+        images = self.image_processor.postprocess(model_outputs["reconstruction"].float(), output_type=output_type)
+        result = {"image": images[0]}
+        if return_codes:
+            result["codes"] = model_outputs["codes"][0]  # (h, w)
+        return result
+
+
+class VQVAEGenerationPipeline(Pipeline):
+    r"""
+    Draws images from a [`VQVAEPriorForCausalLM`]: sample grids of codes (per class for a class-conditional prior,
+    with optional classifier-free guidance), then decode them with the prior's VQ-VAE. Task `"vqvae-generation"`.
+
+    The VQ-VAE is the `vqvae` argument (folder, Hub id or [`VQVAEModel`]) or, by default, the one named in the
+    prior's `vqvae_reference.json`. Its codebook size must match the prior's. Images are postprocessed with the
+    VQ-VAE's image processor (or the `image_processor` given to `pipeline`).
+
+    Args:
+        model ([`VQVAEPriorForCausalLM`]):
+            The prior.
+        vqvae (`str`, `os.PathLike` or [`VQVAEModel`], *optional*):
+            The VQ-VAE that decodes the codes; defaults to the one the prior records.
+        vqvae_revision (`str`, *optional*):
+            Hub revision of `vqvae` when it is a name.
+
+    Example:
+
+    ```python
+    >>> import hf_vqvae
+    >>> from transformers import pipeline
+
+    >>> generate = pipeline("vqvae-generation", model="outputs/prior-cifar10")  # or vqvae="outputs/vqvae-cifar10"
+    >>> samples = generate(["cat", 5], num_images=2, guidance_scale=2.0, temperature=1.0, seed=0)
+    >>> [(s["class_label"], s["label"]) for s in samples]
+    [(3, 'cat'), (3, 'cat'), (5, 'dog'), (5, 'dog')]
+    >>> unconditional = generate(num_images=4, seed=0)
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = False  # the prior has none: images are the VQ-VAE's
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, model, *args, vqvae=None, vqvae_revision=None, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        if not isinstance(self.model, VQVAEPriorForCausalLM):
+            raise TypeError(
+                f"'vqvae-generation' needs a `VQVAEPriorForCausalLM`; got {type(self.model).__name__}. For a VQ-VAE "
+                "use 'vqvae-reconstruction'."
+            )
+        self.vqvae, image_processor = load_vqvae_for_prior(self.model, vqvae, revision=vqvae_revision)
+        self.vqvae.to(self.device)
+        if self.image_processor is None:
+            self.image_processor = image_processor
+        self.model.eval()  # class dropout only belongs in training
+
+    def __call__(self, class_labels=None, **kwargs) -> list[dict[str, Any]]:
+        r"""
+        Generate images, `num_images` per class label (or `num_images` unconditional ones), in one batch.
+
+        Args:
+            class_labels (`int`, `str` or a list of them, *optional*):
+                Classes to draw, as ids or names (`config.id2label`); `None` draws unconditional samples (also from
+                a class-conditional prior trained with `class_dropout_prob > 0`).
+            num_images (`int`, *optional*, defaults to 1):
+                Images per class label, or in total when `class_labels` is `None`.
+            guidance_scale (`float`, *optional*):
+                Classifier-free guidance scale (needs `class_labels`); 1 or `None` is plain conditional sampling.
+            temperature (`float`, *optional*):
+                Softmax temperature (> 0).
+            top_k (`int`, *optional*):
+                Sample among the `top_k` most likely codes only (0: all).
+            top_p (`float`, *optional*):
+                Nucleus sampling: the smallest set of codes with probability >= `top_p`, in (0, 1].
+            do_sample (`bool`, *optional*, defaults to `True`):
+                `False` takes the most likely code at each step.
+            seed (`int`, *optional*):
+                Seed of the sampling (the global random state is left untouched): the same seed and arguments give
+                the same images.
+            generate_kwargs (`dict`, *optional*):
+                Other arguments of `generate`.
+            return_codes (`bool`, *optional*, defaults to `False`):
+                Also return each image's codes.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"` (uint8 `(H, W, C)`) or `"pt"` (float `(C, H, W)` in [0, 1]).
+
+        Returns:
+            `list[dict]`, one per image, class by class: `image`, `class_label` (`int` or `None`), `label` (the class
+            name or `None`) and, with `return_codes=True`, `codes` (`torch.LongTensor` of shape `(h, w)`).
+        """
+        # The whole request is one input: a list of classes is one batch, not a dataset of inputs.
+        return super().__call__({"class_labels": class_labels}, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        num_images=None,
+        guidance_scale=None,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        do_sample=None,
+        seed=None,
+        generate_kwargs=None,
+        return_codes=None,
+        output_type=None,
+    ):
+        preprocess_params, forward_params, postprocess_params = {}, {}, {}
+        if num_images is not None:
+            if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+                raise ValueError(f"`num_images` must be a positive integer; got {num_images!r}.")
+            preprocess_params["num_images"] = num_images
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0; got {temperature}.")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"`top_k` must be an integer >= 0 (0 keeps every code); got {top_k!r}.")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"`top_p` must lie in (0, 1]; got {top_p}.")
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        sampling = {name: value for name, value in sampling.items() if value is not None}
+        if generate_kwargs is not None or sampling:
+            forward_params["generate_kwargs"] = {**(generate_kwargs or {}), **sampling}
+        for name, value in (("guidance_scale", guidance_scale), ("seed", seed), ("do_sample", do_sample)):
+            if value is not None:
+                forward_params[name] = value
+        if return_codes is not None:
+            postprocess_params["return_codes"] = bool(return_codes)
+        if output_type is not None:
+            _check_output_type(output_type)
+            postprocess_params["output_type"] = output_type
+        return preprocess_params, forward_params, postprocess_params
+
+    def _class_ids(self, class_labels) -> list[int] | None:
+        """Class ids from ids and/or names; `None` for unconditional samples."""
+        if class_labels is None:
+            return None
+        config = self.model.config
+        if config.num_classes == 0:
+            raise ValueError("This prior is unconditional (`num_classes` = 0); call it without `class_labels`.")
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.flatten().tolist()
+        elif isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        names = {str(name): int(index) for index, name in (config.id2label or {}).items()}
+        ids = []
+        for label in class_labels:
+            if isinstance(label, str):
+                if label not in names:
+                    raise ValueError(f"Unknown class name {label!r}; the prior's classes are {list(names)}.")
+                label = names[label]
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < config.num_classes:
+                raise ValueError(
+                    f"Class labels must be names or ids in [0, {config.num_classes}); got {label!r}."
+                )
+            ids.append(label)
+        if not ids:
+            raise ValueError("`class_labels` is empty; pass at least one class, or `None` for unconditional samples.")
+        return ids
+
+    def preprocess(self, inputs, num_images: int = 1):
+        ids = self._class_ids(inputs["class_labels"])
+        if ids is None:
+            return {"class_labels": None, "num_samples": num_images}
+        class_labels = torch.tensor([c for c in ids for _ in range(num_images)], dtype=torch.long)  # (N,)
+        return {"class_labels": class_labels, "num_samples": len(class_labels)}
+
+    def _forward(self, model_inputs, guidance_scale=None, seed=None, do_sample=True, generate_kwargs=None):
+        codes = self.model.generate_codes(
+            num_samples=model_inputs["num_samples"],
+            class_labels=model_inputs["class_labels"],
+            guidance_scale=guidance_scale,
+            do_sample=do_sample,
+            seed=seed,
+            **(generate_kwargs or {}),
+        )  # (N, h, w)
+        images = self.vqvae.decode(codes.to(self.vqvae.device)).reconstruction  # (N, C, H, W)
+        return {"codes": codes, "images": images, "class_labels": model_inputs["class_labels"]}
+
+    def postprocess(self, model_outputs, return_codes: bool = False, output_type: str = "pil"):
+        images = self.image_processor.postprocess(model_outputs["images"].float(), output_type=output_type)
+        class_labels = model_outputs["class_labels"]
+        id2label = self.model.config.id2label or {}
+        results = []
+        for index in range(len(model_outputs["codes"])):
+            class_label = None if class_labels is None else int(class_labels[index])
+            result = {
+                "image": images[index],
+                "class_label": class_label,
+                "label": None if class_label is None else id2label.get(class_label, str(class_label)),
+            }
+            if return_codes:
+                result["codes"] = model_outputs["codes"][index]
+            results.append(result)
+        return results
+
+
+__all__ = [
+    "VQVAE_REFERENCE_NAME",
+    "VQVAEGenerationPipeline",
+    "VQVAEReconstructionPipeline",
+    "load_vqvae_for_prior",
+    "load_vqvae_reference",
+    "save_vqvae_reference",
+]

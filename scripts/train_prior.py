@@ -1,0 +1,700 @@
+"""Train or fine-tune the autoregressive prior over the codes of a frozen VQ-VAE, with Accelerate.
+
+The trained VQ-VAE encodes the dataset to codes once. The codes are cached in `<output_dir>/codes/<split>.pt` with
+the settings that made them (the VQ-VAE's weight fingerprint, the image processor, the data): a cache made by another
+VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`, class-conditional
+with `--label_column`) is then trained on the cached codes, and the VQ-VAE only decodes the sample grids: the two models
+are never trained together (van den Oord et al., 2017, section 3).
+
+A laptop-sized class-conditional run on the CIFAR-10 sample shipped in the repository:
+
+    accelerate launch scripts/train_prior.py --vqvae_model_name_or_path outputs/vqvae-cifar10 \
+        --config_overrides hidden_size=128,num_hidden_layers=4,num_attention_heads=4,intermediate_size=512 \
+        --train_data_files "data/cifar10_sample/train-*.parquet" \
+        --validation_data_files "data/cifar10_sample/test-*.parquet" --label_column label \
+        --max_train_steps 500 --train_batch_size 64 --output_dir outputs/prior-cifar10
+
+Then draw samples with `scripts/sample.py --prior outputs/prior-cifar10` (the prior's folder records its VQ-VAE in
+`vqvae_reference.json`) or `pipeline("vqvae-generation", model="outputs/prior-cifar10")`.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from datasets import ClassLabel
+from tqdm.auto import tqdm
+from train_vqvae import _previous_elapsed, parse_overrides  # the same conventions as the VQ-VAE script
+from transformers import get_scheduler
+
+from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorCodeMapping, VQVAEPriorConfig, VQVAEPriorForCausalLM
+from hf_vqvae.pipelines import VQVAE_REFERENCE_NAME, save_vqvae_reference
+from hf_vqvae.training_utils import (
+    HUB_IGNORE_PATTERNS,
+    atomic_write_text,
+    checkpoint_step,
+    fill_model_card,
+    find_image_column,
+    format_metrics_table,
+    load_image_dataset,
+    make_image_grid,
+    model_fingerprint,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_pretrained_atomic,
+    write_json,
+)
+
+
+logger = get_logger(__name__)
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "prior_model_card.md"
+# Settings derived from the VQ-VAE and the data, never taken from a config file or `--config_overrides`.
+DERIVED_CONFIG_KEYS = ("vocab_size", "max_position_embeddings", "bos_token_id", "pad_token_id", "eos_token_id",
+                       "id2label", "label2id")
+MAX_DEFAULT_SAMPLE_CLASSES = 10
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # Models
+    parser.add_argument("--vqvae_model_name_or_path", required=True,
+                        help="The trained VQ-VAE (folder or Hub id) whose codes the prior models; it stays frozen.")
+    parser.add_argument("--vqvae_revision", default=None, help="Hub revision of the VQ-VAE.")
+    parser.add_argument("--pretrained_prior_name_or_path", default=None,
+                        help="Fine-tune this prior (folder or Hub id) instead of training one from scratch; its "
+                             "codebook size, grid and number of classes must match the VQ-VAE and the data.")
+    parser.add_argument("--prior_config_name_or_path", default=None,
+                        help="A prior config.json, or a folder/Hub id holding one, for a prior trained from scratch "
+                             "(default: the `VQVAEPriorConfig` defaults). Codebook size, grid and classes always come "
+                             "from the VQ-VAE and the data.")
+    parser.add_argument("--config_overrides", default=None,
+                        help="Comma-separated key=value settings of the prior config, e.g. "
+                             "'hidden_size=128,num_hidden_layers=4,class_dropout_prob=0.1'.")
+    parser.add_argument("--revision", default=None, help="Hub revision of the pretrained prior or config.")
+    # Data
+    parser.add_argument("--dataset_name", default=None,
+                        help="A Hub dataset, or the builder of `--*_data_files` (default parquet).")
+    parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
+    parser.add_argument("--train_data_dir", default=None, help="A local image folder (`imagefolder`).")
+    parser.add_argument("--train_data_files", nargs="+", default=None, help="Files or globs of the training split.")
+    parser.add_argument("--validation_data_files", nargs="+", default=None,
+                        help="Files or globs of the validation split.")
+    parser.add_argument("--train_split", default="train", help="Split to train on.")
+    parser.add_argument("--validation_split", default="test",
+                        help="Split whose NLL is measured; skipped when the dataset has none (samples are still drawn).")
+    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
+    parser.add_argument("--label_column", default=None,
+                        help="A ClassLabel column: train a class-conditional prior with one class per label name.")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
+    parser.add_argument("--cache_dir", default=None, help="Where `datasets` and the Hub cache downloads.")
+    # Codes cache
+    parser.add_argument("--codes_cache_dir", default=None,
+                        help="Where the encoded codes are cached, one `<split>.pt` per split (default: "
+                             "`<output_dir>/codes`); share it between runs on the same VQ-VAE and data.")
+    parser.add_argument("--overwrite_codes_cache", action="store_true",
+                        help="Re-encode when the cache was made with another VQ-VAE or other data (default: error).")
+    parser.add_argument("--encode_batch_size", type=int, default=256, help="Images encoded at once by the VQ-VAE.")
+    # Optimisation
+    parser.add_argument("--output_dir", default="outputs/prior", help="Where checkpoints and the prior are written.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for reproducible training and sample grids.")
+    parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size (images) per process.")
+    parser.add_argument("--eval_batch_size", type=int, default=256, help="Validation batch size per process.")
+    parser.add_argument("--num_train_epochs", type=int, default=10, help="Epochs, unless `--max_train_steps` is set.")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps (overrides epochs).")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
+    parser.add_argument("--learning_rate", type=float, default=3e-4, help="Peak learning rate.")
+    parser.add_argument("--lr_scheduler", default="cosine",
+                        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...")
+    parser.add_argument("--lr_warmup_steps", type=int, default=100, help="Warm-up optimizer steps.")
+    parser.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    parser.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (0.95 as in GPT training).")
+    parser.add_argument("--adam_weight_decay", type=float, default=0.01,
+                        help="AdamW weight decay of the weight matrices and embeddings (not of biases and norms).")
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                        help="Mixed precision of the prior (default: Accelerate's config). The codes are encoded in "
+                             "fp32.")
+    # Checkpoints, logging, validation
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint every N steps.")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
+    parser.add_argument("--resume_from_checkpoint", default=None,
+                        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.")
+    parser.add_argument("--validation_steps", type=int, default=1000,
+                        help="Every N optimizer steps, measure the validation NLL and write a sample grid.")
+    parser.add_argument("--num_validation_samples", type=int, default=8,
+                        help="Samples per class in each grid (one row per class), or in total for an unconditional "
+                             "prior (rows of 8).")
+    parser.add_argument("--validation_classes", type=int, nargs="+", default=None,
+                        help=f"Class ids of the sample grids (default: the first {MAX_DEFAULT_SAMPLE_CLASSES}).")
+    parser.add_argument("--validation_guidance_scale", type=float, default=None,
+                        help="Classifier-free guidance scale of the sample grids (class-conditional priors).")
+    parser.add_argument("--validation_temperature", type=float, default=1.0, help="Temperature of the sample grids.")
+    parser.add_argument("--logging_steps", type=int, default=10, help="Log training losses every N steps.")
+    parser.add_argument("--report_to", default="tensorboard",
+                        help="Accelerate trackers: tensorboard, wandb, all, or none.")
+    parser.add_argument("--tracker_project_name", default="train_prior", help="Project name for the trackers.")
+    # Hub
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the final folder to the Hub.")
+    parser.add_argument("--hub_model_id", default=None, help="Hub repository, e.g. `org/vqvae-prior-cifar10`.")
+    parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
+    parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+    args = parser.parse_args(argv)
+
+    if args.pretrained_prior_name_or_path is not None and args.prior_config_name_or_path is not None:
+        raise ValueError("Give at most one of `--pretrained_prior_name_or_path` and `--prior_config_name_or_path`.")
+    if args.dataset_name is None and args.train_data_dir is None and args.train_data_files is None:
+        raise ValueError("Give the data: `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
+    for name in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                 "validation_steps", "logging_steps", "num_train_epochs", "encode_batch_size",
+                 "num_validation_samples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
+    for name in ("max_train_steps", "checkpoints_total_limit", "max_train_samples", "max_eval_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
+    if args.lr_warmup_steps < 0:
+        raise ValueError(f"`--lr_warmup_steps` must be >= 0; got {args.lr_warmup_steps}.")
+    if not args.validation_temperature > 0:
+        raise ValueError(f"`--validation_temperature` must be > 0; got {args.validation_temperature}.")
+    if args.validation_guidance_scale not in (None, 1.0) and args.label_column is None:
+        raise ValueError("`--validation_guidance_scale` needs a class-conditional prior: give `--label_column`.")
+    if args.validation_classes is not None and args.label_column is None:
+        raise ValueError("`--validation_classes` needs a class-conditional prior: give `--label_column`.")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("`--push_to_hub` needs `--hub_model_id`, e.g. `--hub_model_id org/vqvae-prior-cifar10`.")
+    if args.codes_cache_dir is None:
+        args.codes_cache_dir = str(Path(args.output_dir) / "codes")
+    args.config_overrides = parse_overrides(args.config_overrides)
+    if args.pretrained_prior_name_or_path is not None and args.config_overrides:
+        raise ValueError("`--config_overrides` change the architecture; they cannot apply to a pretrained prior.")
+    derived = sorted({"codebook_size", "grid_size", "num_classes", *DERIVED_CONFIG_KEYS} & args.config_overrides.keys())
+    if derived:
+        raise ValueError(f"`--config_overrides` cannot set {derived}: they follow from the VQ-VAE "
+                         "(`codebook_size`, `grid_size`) and `--label_column` (`num_classes`).")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------- codes
+
+
+def describe_source(args, split: str, max_samples: int | None) -> dict:
+    """What the codes of `split` are made from; local data files by absolute path and size (a changed file differs)."""
+    patterns = {args.train_split: args.train_data_files, args.validation_split: args.validation_data_files}.get(split)
+    files = None
+    if args.train_data_files is not None:
+        files = {str(Path(p).resolve()): os.path.getsize(p) for pattern in patterns or [] for p in glob.glob(pattern)}
+    return {
+        "dataset_name": args.dataset_name,
+        "dataset_config_name": args.dataset_config_name,
+        "train_data_dir": str(Path(args.train_data_dir).resolve()) if args.train_data_dir else None,
+        "data_files": files,
+        "split": split,
+        "max_samples": max_samples,
+    }
+
+
+@torch.no_grad()
+def encode_split(vqvae, image_processor, dataset, image_column: str, batch_size: int, device, disable: bool):
+    """Codes (N, h, w) of every image of `dataset`, in order, as compact integers."""
+
+    def transform(examples):
+        return {"pixel_values": image_processor(examples[image_column], return_tensors="pt")["pixel_values"]}
+
+    loader = torch.utils.data.DataLoader(
+        dataset.with_transform(transform), batch_size=batch_size, shuffle=False,
+        collate_fn=lambda examples: torch.stack([e["pixel_values"] for e in examples]),
+        generator=torch.Generator(),  # draws nothing from the global RNG
+    )
+    codes = [vqvae.encode(pixel_values.to(device)).codes.cpu() for pixel_values in
+             tqdm(loader, desc="Encoding", unit="batch", disable=disable)]
+    dtype = torch.int16 if vqvae.config.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
+    return torch.cat(codes).to(dtype)  # (N, h, w)
+
+
+def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, split, settings, max_samples):
+    """
+    `{"codes": (N, h, w), "labels": (N,) or None}` of a split, from the cache when it was made with the same
+    `settings`, else encoded (on the main process) and cached. A cache with other settings is an error unless
+    `--overwrite_codes_cache`.
+    """
+    path = Path(args.codes_cache_dir) / f"{split}.pt"
+    payload = None
+    if path.exists():  # every process checks, so that all fail alike
+        payload = torch.load(path, weights_only=True)
+        if payload.get("settings") != settings:
+            saved = payload.get("settings") or {}
+            differences = sorted(k for k in set(settings) | set(saved) if saved.get(k) != settings.get(k))
+            if not args.overwrite_codes_cache:
+                raise ValueError(
+                    f"The codes cache {path} was made with other settings (different: {', '.join(differences)}): "
+                    "another VQ-VAE or other data. Pass `--overwrite_codes_cache` to re-encode, or give another "
+                    "`--codes_cache_dir`."
+                )
+            accelerator.print(f"`--overwrite_codes_cache`: re-encoding {path} (different: {', '.join(differences)}).")
+            payload = None
+    accelerator.wait_for_everyone()
+    if payload is not None:
+        accelerator.print(f"Reusing the codes cache {path} ({len(payload['codes'])} images).")
+        return payload
+
+    if accelerator.is_main_process:
+        if max_samples is not None:
+            dataset = dataset.select(range(min(max_samples, len(dataset))))
+        start = time.time()
+        codes = encode_split(vqvae, image_processor, dataset, settings["image_column"], args.encode_batch_size,
+                             accelerator.device, disable=not accelerator.is_local_main_process)
+        labels = None
+        if args.label_column is not None:
+            labels = torch.tensor(list(dataset[args.label_column]), dtype=torch.long)  # (N,)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}")
+        torch.save({"settings": settings, "codes": codes, "labels": labels}, tmp)
+        os.replace(tmp, path)  # atomic: an interrupted run leaves no truncated cache
+        accelerator.print(f"Encoded {len(codes)} images of split {split!r} to codes in {path} "
+                          f"({time.time() - start:.1f} s).")
+    accelerator.wait_for_everyone()
+    return torch.load(path, weights_only=True)
+
+
+def get_codes(args, accelerator, vqvae, image_processor):
+    """The codes (and labels) of the training and validation splits, and the class names (`None`: unconditional)."""
+    data_files = None
+    if args.train_data_files:
+        data_files = {args.train_split: args.train_data_files}
+        if args.validation_data_files:
+            data_files[args.validation_split] = args.validation_data_files
+    with accelerator.main_process_first():
+        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files,
+                                     args.cache_dir)
+    if args.train_split not in dataset:
+        raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
+    splits = {args.train_split: args.max_train_samples}
+    if args.validation_split in dataset and args.validation_split != args.train_split:
+        splits[args.validation_split] = args.max_eval_samples
+
+    class_names = None
+    if args.label_column is not None:
+        train = dataset[args.train_split]
+        if args.label_column not in train.column_names:
+            raise ValueError(f"`--label_column` {args.label_column!r} is not one of the columns {train.column_names}.")
+        feature = train.features[args.label_column]
+        if not isinstance(feature, ClassLabel):
+            raise ValueError(f"`--label_column` {args.label_column!r} must be a `ClassLabel` column (it gives the "
+                             f"number and names of the classes); got {feature}. Cast it with "
+                             "`dataset.cast_column(name, ClassLabel(names=[...]))`.")
+        class_names = list(feature.names)
+        unknown = [c for c in args.validation_classes or [] if not 0 <= c < len(class_names)]
+        if unknown:
+            raise ValueError(f"`--validation_classes` {unknown} are not class ids of `--label_column` "
+                             f"{args.label_column!r}, which has {len(class_names)} classes.")
+
+    fingerprint = model_fingerprint(vqvae)
+    codes = {}
+    for split, max_samples in splits.items():
+        settings = {
+            "vqvae_fingerprint": fingerprint,
+            "image_processor": image_processor.to_dict(),
+            "source": describe_source(args, split, max_samples),
+            "image_column": find_image_column(dataset[split], args.image_column),
+            "label_column": args.label_column,
+        }
+        settings = json.loads(json.dumps(settings, default=str))  # plain types, as saved and compared
+        payload = load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset[split], split, settings,
+                                       max_samples)
+        grid = tuple(payload["codes"].shape[1:])
+        if grid != tuple(vqvae.config.latent_size()):
+            raise ValueError(f"The VQ-VAE encodes this data to {grid} grids but `latent_size()` is "
+                             f"{vqvae.config.latent_size()} (`image_size` {vqvae.config.image_size}); make its "
+                             "image processor resize to `image_size`.")
+        labels = payload["labels"]
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise ValueError(f"Split {split!r} has labels outside [0, {len(class_names)}) (e.g. -1 for unlabeled "
+                             "images); give a labelled split or leave out `--label_column`.")
+        codes[split] = payload
+    return codes, class_names
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM:
+    """A new prior sized for the VQ-VAE's codes and the data's classes, or the pretrained one, checked against them."""
+    required = {
+        "codebook_size": vqvae_config.codebook_size,
+        "grid_size": tuple(vqvae_config.latent_size()),
+        "num_classes": len(class_names) if class_names else 0,
+    }
+    labels = {}
+    if class_names:
+        labels = {"id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
+    if args.pretrained_prior_name_or_path is not None:
+        prior = VQVAEPriorForCausalLM.from_pretrained(args.pretrained_prior_name_or_path, revision=args.revision,
+                                                      cache_dir=args.cache_dir)
+        mismatched = {k: (getattr(prior.config, k), v) for k, v in required.items() if getattr(prior.config, k) != v}
+        if mismatched:
+            details = ", ".join(f"`{k}` {have} (needed: {need})" for k, (have, need) in mismatched.items())
+            raise ValueError(f"The pretrained prior does not fit this VQ-VAE and data: {details}. Train one from "
+                             "scratch with `--prior_config_name_or_path` instead.")
+        if labels:
+            prior.config.id2label, prior.config.label2id = labels["id2label"], labels["label2id"]
+        return prior
+    if args.prior_config_name_or_path is not None:
+        config_dict, _ = VQVAEPriorConfig.get_config_dict(args.prior_config_name_or_path, revision=args.revision)
+        for key in ("codebook_size", "grid_size", "num_classes", *DERIVED_CONFIG_KEYS):
+            config_dict.pop(key, None)  # recomputed from the VQ-VAE and the data
+        config = VQVAEPriorConfig.from_dict({**config_dict, **args.config_overrides, **required, **labels})
+    else:
+        config = VQVAEPriorConfig(**args.config_overrides, **required, **labels)
+    return VQVAEPriorForCausalLM(config)
+
+
+def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping):
+    """Train and validation dataloaders of `{"input_ids", "labels"}` batches of shape (B, 1 + h * w)."""
+
+    def dataset(payload):
+        tensors = [payload["codes"]] + ([payload["labels"]] if args.label_column is not None else [])
+        return torch.utils.data.TensorDataset(*tensors)
+
+    def collate(items):
+        grids = torch.stack([item[0] for item in items]).long()  # (B, h, w)
+        class_labels = torch.stack([item[1] for item in items]) if args.label_column is not None else None
+        return {"input_ids": mapping.codes_to_input_ids(grids, class_labels), "labels": mapping.codes_to_labels(grids)}
+
+    train = codes[args.train_split]
+    train_dataloader = torch.utils.data.DataLoader(
+        dataset(train), batch_size=args.train_batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+        # Its own generator: starting an epoch then draws nothing from the global RNG, which a resumed run restores
+        # (class dropout draws from it).
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    if len(train_dataloader) == 0:
+        raise ValueError(f"The training split has {len(train['codes'])} images, fewer than one batch of "
+                         f"{args.train_batch_size}; lower `--train_batch_size`.")
+    validation_dataloader = None
+    if args.validation_split in codes and args.validation_split != args.train_split:
+        validation_dataloader = torch.utils.data.DataLoader(
+            dataset(codes[args.validation_split]), batch_size=args.eval_batch_size, shuffle=False,
+            collate_fn=collate, generator=torch.Generator(),
+        )
+    return train_dataloader, validation_dataloader
+
+
+# ---------------------------------------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def evaluate_nll(accelerator, model, dataloader, vqvae_config) -> dict:
+    """
+    Negative log-likelihood of the codes under the prior over the whole validation split (each process evaluates its
+    shard; `gather_for_metrics` drops the duplicated tail), per code in nats and bits, and as the `log p(z)` part of
+    the bits/dim bound (paper section 3.3) next to the uniform prior's `log2(K)` bits per code.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    total_nats, num_images = 0.0, 0
+    for batch in dataloader:
+        logits = unwrapped(input_ids=batch["input_ids"], use_cache=False).logits  # (B, 1 + h*w, V)
+        # Position t predicts token t + 1: the prompt's logits predict the first code.
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:], reduction="none")
+        nll = accelerator.gather_for_metrics(nll.sum(1))  # (B,) nats per image
+        total_nats += float(nll.sum())
+        num_images += nll.numel()
+    unwrapped.train(was_training)
+    config = unwrapped.config
+    nats_per_code = total_nats / (num_images * config.num_codes)
+    num_dims = vqvae_config.num_channels * vqvae_config.image_size**2
+    return {
+        "num_images": num_images,
+        "nll_nats_per_code": nats_per_code,
+        "nll_bits_per_code": nats_per_code / math.log(2),
+        "perplexity": math.exp(nats_per_code),
+        "uniform_prior_bits_per_code": math.log2(config.codebook_size),
+        "prior_bits_per_dim": total_nats / (num_images * num_dims * math.log(2)),
+    }
+
+
+@torch.no_grad()
+def sample_grid(args, prior, vqvae, image_processor, class_names):
+    """A grid of decoded samples (one row per class, fixed seed) and the number of distinct codes in it."""
+    prior.eval()
+    if class_names:
+        classes = args.validation_classes or list(range(min(len(class_names), MAX_DEFAULT_SAMPLE_CLASSES)))
+        class_labels = [c for c in classes for _ in range(args.num_validation_samples)]
+        codes = prior.generate_codes(class_labels=class_labels, guidance_scale=args.validation_guidance_scale,
+                                     temperature=args.validation_temperature, seed=args.seed)
+        per_row = args.num_validation_samples
+    else:
+        codes = prior.generate_codes(num_samples=args.num_validation_samples, temperature=args.validation_temperature,
+                                     seed=args.seed)
+        per_row = 8
+    prior.train()
+    images = image_processor.postprocess(vqvae.decode(codes.to(vqvae.device)).reconstruction.float().cpu())
+    rows = [images[start : start + per_row] for start in range(0, len(images), per_row)]
+    return make_image_grid(rows), int(codes.unique().numel())
+
+
+def log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader, class_names, global_step,
+                   elapsed):
+    """Whole-split NLL (when there is a validation split) and a PNG grid of samples decoded by the VQ-VAE."""
+    metrics = {}
+    if validation_dataloader is not None:
+        metrics = evaluate_nll(accelerator, model, validation_dataloader, vqvae.config)
+    metrics.update(step=global_step, elapsed_seconds=round(elapsed, 1))
+    if accelerator.is_main_process:
+        grid, codes_used = sample_grid(args, accelerator.unwrap_model(model), vqvae, image_processor, class_names)
+        sample_dir = Path(args.output_dir) / "samples"
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        grid.save(sample_dir / f"step-{global_step}.png")
+        metrics.update(sample_codes_used=codes_used, sample_file=f"samples/step-{global_step}.png")
+        with open(Path(args.output_dir) / "validation_log.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+    accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"},
+                    step=global_step)
+    if "nll_bits_per_code" in metrics:
+        accelerator.print(f"step {global_step}: val NLL {metrics['nll_nats_per_code']:.4f} nats/code "
+                          f"({metrics['nll_bits_per_code']:.4f} bits/code, uniform prior "
+                          f"{metrics['uniform_prior_bits_per_code']:.2f}), perplexity {metrics['perplexity']:.1f}")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------- card, hub
+
+
+def validation_curve(log_file: Path) -> str:
+    """A Markdown table of the validation NLL against training steps and time, from `validation_log.jsonl`."""
+    if not log_file.exists():
+        return "No validation was run."
+    by_step = {}
+    for line in log_file.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            by_step[entry["step"]] = entry  # a re-run's entry for the same step replaces the earlier one
+    rows = ["| step | training time (min) | NLL (nats/code) | NLL (bits/code) | perplexity | samples |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for step, m in sorted(by_step.items()):
+        nll = (f"{m['nll_nats_per_code']:.4f} | {m['nll_bits_per_code']:.4f} | {m['perplexity']:.1f}"
+               if "nll_nats_per_code" in m else "- | - | -")
+        rows.append(f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {nll} | {m.get('sample_file', '-')} |")
+    return "\n".join(rows)
+
+
+def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, reference: dict):
+    """Fill `prior_model_card.md` with this run's arguments, VQ-VAE and measured metrics, as `README.md`."""
+    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token",)}
+    log = Path(output_dir) / "validation_log.jsonl"
+    samples = sorted(Path(output_dir).glob("samples/step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
+    classes = (", ".join(f"{i}: {name}" for i, name in sorted(config.id2label.items())) if config.num_classes
+               else "none (unconditional)")
+    evaluation = {k: v for k, v in (metrics or {}).items() if k not in ("sample_file",)}
+    values = {
+        "model_id": args.hub_model_id or Path(output_dir).name,
+        "vqvae_model_name_or_path": args.vqvae_model_name_or_path,
+        "vqvae_fingerprint": reference["vqvae_fingerprint"],
+        "base_model": args.pretrained_prior_name_or_path or "none (trained from scratch)",
+        "datasets": args.dataset_name or ", ".join(args.train_data_files or [args.train_data_dir or "local"]),
+        "codebook_size": config.codebook_size,
+        "grid": "x".join(str(n) for n in config.grid_size),
+        "classes": classes,
+        # The prior's own settings, not the generic ones of every transformers config.
+        "architecture": format_metrics_table({k: getattr(config, k) for k in type(config).__annotations__}),
+        "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
+        "training_time": f"{train_seconds / 60:.1f} minutes",
+        "evaluation": format_metrics_table(evaluation) if "num_images" in evaluation else "No validation split was given.",
+        "validation_curve": validation_curve(log),
+        "samples": f"![samples]({samples[-1].relative_to(output_dir).as_posix()})" if samples else "No samples.",
+    }
+    atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
+
+
+def push_folder(args):
+    """Upload the output folder (not its checkpoints, logs or codes cache); on failure say so and keep the files."""
+    from huggingface_hub import create_repo, upload_folder
+
+    ignore = list(HUB_IGNORE_PATTERNS)
+    codes_dir = Path(args.codes_cache_dir).resolve()
+    if codes_dir.is_relative_to(Path(args.output_dir).resolve()):
+        relative = codes_dir.relative_to(Path(args.output_dir).resolve()).as_posix()
+        ignore += [relative, f"{relative}/**"]
+    try:
+        repo_id = create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo,
+                              token=args.hub_token).repo_id
+        commit = upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=ignore,
+                               commit_message="Upload VQ-VAE prior trained with hf_vqvae", token=args.hub_token)
+    except Exception as error:  # any failure: network, auth, server
+        logger.error(f"Upload to the Hub repository {args.hub_model_id!r} failed: {error}. The trained prior is "
+                     f"intact in {args.output_dir}; upload it later with `hf upload`.", main_process_only=True)
+        raise SystemExit(1) from error
+    logger.info(f"Uploaded {args.output_dir} to {commit.commit_url}", main_process_only=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+
+
+def main(args):
+    project_config = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs"))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project_config,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    # The frozen VQ-VAE: it encodes the data once and decodes the sample grids, and is never trained here.
+    vqvae = VQVAEModel.from_pretrained(args.vqvae_model_name_or_path, revision=args.vqvae_revision,
+                                       cache_dir=args.cache_dir)
+    vqvae = vqvae.to(accelerator.device).eval().requires_grad_(False)
+    try:
+        image_processor = VQVAEImageProcessor.from_pretrained(args.vqvae_model_name_or_path,
+                                                              revision=args.vqvae_revision)
+    except OSError:
+        image_processor = VQVAEImageProcessor.from_model_config(vqvae.config)
+    codes, class_names = get_codes(args, accelerator, vqvae, image_processor)
+
+    model = build_prior(args, vqvae.config, class_names)
+    mapping = model.code_mapping
+    train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping)
+
+    # Derive the step budget before the schedule needs it. Each process gets 1/num_processes of the batches.
+    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    # Weight decay on matrices and embeddings only, not on biases and LayerNorms (as in GPT-2 / nanoGPT).
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.adam_weight_decay},
+         {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
+        lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
+    if validation_dataloader is not None:
+        validation_dataloader = accelerator.prepare(validation_dataloader)
+    # From the sharded loader: with several processes, an epoch has fewer steps than the unsharded loader has batches.
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+
+    # Checkpoints hold the prior as a `save_pretrained` folder (weights, config, generation config).
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for m in models:
+                accelerator.unwrap_model(m).save_pretrained(Path(output_dir) / "prior")
+        while weights:
+            weights.pop()
+
+    def load_model_hook(models, input_dir):
+        while models:
+            m = models.pop()
+            loaded = VQVAEPriorForCausalLM.from_pretrained(Path(input_dir) / "prior")
+            accelerator.unwrap_model(m).load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    if accelerator.is_main_process and args.report_to != "none":
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+
+    global_step = 0
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if args.resume_from_checkpoint is not None and checkpoint is None:
+        accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+    first_epoch = global_step // steps_per_epoch
+    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    unwrapped_config = accelerator.unwrap_model(model).config
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    conditioning = f"{unwrapped_config.num_classes} classes" if unwrapped_config.num_classes else "unconditional"
+    accelerator.print(f"{len(train_dataloader.dataset)} training images of {unwrapped_config.grid_size} codes "
+                      f"(K = {unwrapped_config.codebook_size}, {conditioning}), {num_epochs} epochs, "
+                      f"{args.max_train_steps} steps of {total_batch} images on {accelerator.num_processes} "
+                      f"process(es); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    start_time = time.time()
+    # Elapsed time carries over a resume through the validation log.
+    time_offset = _previous_elapsed(args.output_dir, global_step)
+    metrics = None
+    model.train()
+    for epoch in range(first_epoch, num_epochs):
+        batches = train_dataloader
+        if epoch == first_epoch and batches_to_skip:
+            batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
+        batches.set_epoch(epoch)  # this epoch's shuffling order, also on the skipping loader of a resumed run
+        for batch in batches:
+            if global_step >= args.max_train_steps:
+                break
+            with accelerator.accumulate(model):
+                output = model(input_ids=batch["input_ids"], labels=batch["labels"])
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if global_step % args.logging_steps == 0:
+                loss = output.loss.item()  # mean NLL per code (nats) of this batch, class dropout included
+                logs = {"train/loss": loss, "train/bits_per_code": loss / math.log(2),
+                        "train/lr": lr_scheduler.get_last_lr()[0]}
+                progress.set_postfix(loss=f"{loss:.4f}")
+                accelerator.log(logs, step=global_step)
+            if global_step % args.validation_steps == 0 or global_step == args.max_train_steps:
+                metrics = log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader,
+                                         class_names, global_step, time_offset + time.time() - start_time)
+            # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    train_seconds = time_offset + time.time() - start_time
+    if metrics is None:
+        # E.g. a run resumed at its last step: the card still gets measured numbers and samples.
+        metrics = log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader,
+                                 class_names, global_step, train_seconds)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_pretrained_atomic(args.output_dir, unwrapped)
+        # The prior does not hold its VQ-VAE: record which one it needs (read by sample.py and the pipeline).
+        reference = save_vqvae_reference(args.output_dir, args.vqvae_model_name_or_path, vqvae, args.vqvae_revision)
+        if "num_images" in metrics:
+            write_json(Path(args.output_dir) / "eval_results.json", metrics)
+        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, reference)
+        accelerator.print(f"Saved the prior to {args.output_dir} (its VQ-VAE is named in {VQVAE_REFERENCE_NAME})")
+    accelerator.end_training()
+    if accelerator.is_main_process and args.push_to_hub:
+        push_folder(args)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,119 @@
+"""Smoke tests of `scripts/benchmark.py`: its `--quick` mode on tiny sizes, so that the script cannot rot.
+
+Only the quantizer and prior sections run here (a few seconds); the timings themselves are not checked.
+"""
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+
+SCRIPT = REPO_ROOT / "scripts" / "benchmark.py"
+
+spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+
+OPTIONAL = ("diffusers", "vector_quantize_pytorch")
+
+
+def run_quick(output, *extra):
+    """`python scripts/benchmark.py --quick ...` in this process, on one thread; returns the sections."""
+    threads = torch.get_num_threads()
+    try:
+        args = benchmark.parse_args(["--quick", "--threads", "1", "--repeats", "2", "--output", str(output), *extra])
+        return benchmark.main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("bench") / "BENCHMARKS.md"
+    sections = run_quick(output, "--only", "quantizer,prior")
+    return output.read_text(), {section.title: section for section in sections}
+
+
+def column(section, name: str) -> list[str]:
+    index = section.columns.index(name)
+    return [row[index] for row in section.rows]
+
+
+def test_quick_run_writes_a_report_with_tables(quick_run):
+    text, sections = quick_run
+    assert set(sections) == {"Quantizer layer", "Prior sampling"}
+    assert text.startswith("# hf_vqvae benchmarks")
+    assert "**QUICK MODE**" in text
+    for item in ("- Date:", "- Command: `python scripts/benchmark.py --quick", "- Versions:", "torch 2.",
+                 "- Machine:", "- Load from other processes during the whole run:"):
+        assert item in text, item
+    assert "## Quantizer layer" in text and "## Prior sampling" in text
+    assert "## Whole model" not in text and "## Tokenization" not in text
+    for section in sections.values():
+        # One Markdown table per section: header, separator, one line per row, all with the same number of cells.
+        table = benchmark.markdown_table(section.columns, section.rows)
+        assert table in text
+        assert all(len(row) == len(section.columns) for row in section.rows)
+        assert section.rows and "result" in section.columns
+        assert set(column(section, "result")) <= {"", "PASS", "**FAIL**"}
+        assert section.cpu is not None and section.cpu.wall_seconds > 0
+
+
+def test_quantizer_rows_time_ours_against_the_bare_matmul(quick_run):
+    quantizer = quick_run[1]["Quantizer layer"]
+    names = column(quantizer, "implementation")
+    workloads = set(zip(column(quantizer, "workload"), names))
+    assert ("inference", "bare matmul `x @ E.T`") in workloads
+    for workload in ("inference", "training, loss rule", "training, EMA rule"):
+        assert any(w == workload and n.startswith("hf_vqvae") for w, n in workloads), workload
+    for row in quantizer.rows:
+        assert float(row[quantizer.columns.index("median (ms)")].replace(",", "")) > 0
+    # On seeded standard-normal data there are no near-ties: ours matches the float64 reference exactly.
+    ours_codes = [codes for name, codes in zip(names, column(quantizer, "codes != ours")) if name.startswith("hf_")]
+    assert ours_codes and set(ours_codes) == {"0 vs float64"}
+
+
+def test_prior_rows_compare_cached_uncached_and_gpt2(quick_run):
+    prior = quick_run[1]["Prior sampling"]
+    assert column(prior, "sampler") == ["ours, cached", "ours, uncached", "GPT-2 `generate`, cached"]
+    assert all(float(value.replace(",", "")) > 0 for value in column(prior, "tokens/s"))
+    assert any("in 0 of" in note for note in prior.notes)  # greedy: cache and no cache choose the same codes
+
+
+def test_optional_libraries_choose_the_same_codes(quick_run):
+    for module in OPTIONAL:
+        pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[bench]')")
+    quantizer = quick_run[1]["Quantizer layer"]
+    others = {(row[0], row[1]): row for row in quantizer.rows if not row[1].startswith(("hf_vqvae", "bare"))}
+    assert {name for _, name in others} == {"diffusers `VectorQuantizer`", "vector-quantize-pytorch `VectorQuantize`"}
+    assert len(others) == 5  # diffusers: inference and loss rule; vector-quantize-pytorch: also the EMA rule
+    codes = quantizer.columns.index("codes != ours")
+    assert {row[codes] for row in others.values()} == {"0"}
+    assert all(row[quantizer.columns.index("ours faster by")].endswith("x") for row in others.values())
+
+
+def test_missing_optional_library_is_a_note_not_an_error(tmp_path, monkeypatch):
+    # `None` in sys.modules makes `import` raise ImportError, as if the package were not installed.
+    for name in list(sys.modules):
+        if name.split(".")[0] in OPTIONAL:
+            monkeypatch.setitem(sys.modules, name, None)
+    for name in OPTIONAL:
+        monkeypatch.setitem(sys.modules, name, None)
+    output = tmp_path / "BENCHMARKS.md"
+    (section,) = run_quick(output, "--only", "quantizer")
+    assert all(row[1].startswith(("hf_vqvae", "bare")) for row in section.rows)
+    text = output.read_text()
+    for package in ("`diffusers` is not installed", "`vector-quantize-pytorch` is not installed"):
+        assert package in text
+    assert 'pip install -e ".[bench]"' in text
+
+
+def test_parse_args_checks_the_sections():
+    assert benchmark.parse_args(["--only", "prior,quantizer"]).sections == ["quantizer", "prior"]
+    with pytest.raises(ValueError, match="`--only` takes names from"):
+        benchmark.parse_args(["--only", "quantiser"])
+    with pytest.raises(ValueError, match="`--repeats` must be >= 1"):
+        benchmark.parse_args(["--repeats", "0"])
