@@ -1,6 +1,6 @@
 """Serve a local git repo through olah (a real Hub mirror server, offline mode) and load a model from it by revision.
 
-olah refuses uploads, so `tests/hub_server.py` is what the fast tests use; this slow test checks the same client
+olah refuses uploads, so `tests/hub_server.py` is what the fast tests use; this test checks the same client
 calls against an independent implementation. It needs the `olah-cli` executable (`pip install olah` in any venv):
 set `OLAH_BIN=/path/to/olah-cli` or put it on `PATH`.
 """
@@ -22,7 +22,6 @@ from hub_fixtures import hub_env_vars, run_python
 OLAH_BIN = os.environ.get("OLAH_BIN") or shutil.which("olah-cli")
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(OLAH_BIN is None, reason="olah is not installed: set OLAH_BIN or put `olah-cli` on PATH."),
     pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to build the mirrored repo."),
 ]
