@@ -17,6 +17,8 @@ import argparse
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +119,9 @@ def parse_args(argv=None):
     parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
     parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
     args = parser.parse_args(argv)
+    # For the model card: the arguments as given, any token hidden.
+    given = sys.argv[1:] if argv is None else list(argv)
+    args.command_line = shlex.join("***" if args.hub_token and a == args.hub_token else a for a in given)
 
     sources = [args.pretrained_model_name_or_path, args.model_config_name_or_path, args.preset]
     if sum(s is not None for s in sources) > 1:
@@ -267,10 +272,11 @@ def validation_curve(log_file: Path) -> str:
     return "\n".join(rows)
 
 
-def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float):
-    """Fill `model_card.md` with this run's arguments and measured metrics, as `README.md` of `output_dir`."""
-    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token",)}
+def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, command: str):
+    """Fill `model_card.md` with this run's command, arguments and measured metrics, as `README.md` of `output_dir`."""
+    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token", "command_line")}
     values = {
+        "command": command,
         "model_id": args.hub_model_id or Path(output_dir).name,
         "base_model": args.pretrained_model_name_or_path or "none (trained from scratch)",
         "datasets": args.dataset_name or ", ".join(args.train_data_files or [args.train_data_dir or "local"]),
@@ -351,7 +357,8 @@ def main(args):
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     if accelerator.is_main_process and args.report_to != "none":
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        tracker_config = {k: v for k, v in vars(args).items()
+                          if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
     global_step = 0
@@ -438,7 +445,10 @@ def main(args):
         save_pretrained_atomic(args.output_dir, unwrapped, image_processor)
         if metrics is not None:
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
-        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds)
+        # The launch as it ran, Accelerate's settings included.
+        command = (f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
+                   f"{accelerator.mixed_precision} scripts/train_vqvae.py {args.command_line}")
+        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, command)
         accelerator.print(f"Saved the model to {args.output_dir}")
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
