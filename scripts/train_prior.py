@@ -613,7 +613,8 @@ def main(args):
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     if accelerator.is_main_process and args.report_to != "none":
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        tracker_config = {k: v for k, v in vars(args).items()
+                          if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
     global_step = 0
