@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -180,8 +181,9 @@ def reconstruction_grid(image_processor, pixel_values, reconstruction, per_row: 
 def atomic_write_text(path: str | os.PathLike, text: str):
     """Write a text file so that readers see the old or the new content, never a part."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    with os.fdopen(fd, "w") as f:
+    # A unique name in the same folder (so the rename is atomic), created with the usual permissions (umask).
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
+    with open(tmp, "x") as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -275,7 +277,7 @@ def format_metrics_table(metrics: dict) -> str:
     """A Markdown table of `name | value` rows."""
     lines = ["| metric | value |", "| --- | --- |"]
     for name, value in metrics.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         lines.append(f"| {name} | {shown} |")
     return "\n".join(lines)
 
