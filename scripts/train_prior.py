@@ -692,6 +692,8 @@ def main(args):
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
         save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, reference)
         accelerator.print(f"Saved the prior to {args.output_dir} (its VQ-VAE is named in {VQVAE_REFERENCE_NAME})")
+    # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
         push_folder(args)

@@ -450,6 +450,8 @@ def main(args):
                    f"{accelerator.mixed_precision} scripts/train_vqvae.py {args.command_line}")
         save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, command)
         accelerator.print(f"Saved the model to {args.output_dir}")
+    # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
         push_folder(args)

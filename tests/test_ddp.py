@@ -21,7 +21,7 @@ from hf_vqvae.quantizer import VectorQuantizer
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 WORLD_SIZE = 2
-JOIN_TIMEOUT = 120  # seconds: a hung collective fails the test instead of blocking CI
+JOIN_TIMEOUT = 300  # seconds: a hung collective fails the test instead of blocking CI (a slow machine needs ~60)
 NUM_STEPS = 5
 BATCH = 48
 SIZES = {"codebook_size": 16, "codebook_dim": 4}
