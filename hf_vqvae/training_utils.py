@@ -249,6 +249,29 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     return final
 
 
+def register_pretrained_hooks(accelerator, model_class, subfolder: str):
+    """
+    Make `accelerator.save_state` / `load_state` keep the model as a `save_pretrained` folder `subfolder` inside each
+    checkpoint (weights, buffers and config, readable with `model_class.from_pretrained`) instead of a bare state dict.
+    """
+
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / subfolder)
+        while weights:
+            weights.pop()
+
+    def load_model_hook(models, input_dir):
+        while models:
+            model = models.pop()
+            loaded = model_class.from_pretrained(Path(input_dir) / subfolder)
+            accelerator.unwrap_model(model).load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint to resume from: a path, or `latest` (the newest complete one in `output_dir`, if any)."""
     if resume_from_checkpoint is None:
@@ -260,6 +283,36 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.
     if not path.is_dir():
         raise ValueError(f"`--resume_from_checkpoint` {resume_from_checkpoint!r} is not a checkpoint folder.")
     return path
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    commit_message: str,
+    repo_type: str = "model",
+    private: bool = False,
+    token: str | None = None,
+    ignore_patterns: list[str] | None = None,
+) -> str:
+    """
+    Create the Hub repository if needed and upload `folder` (without checkpoints, logs and temporary files by default);
+    return the commit URL. Any failure (network, auth, server) raises `RuntimeError` saying that the local files are
+    intact and how to upload them later.
+    """
+    from huggingface_hub import create_repo, upload_folder
+
+    try:
+        created = create_repo(repo_id, repo_type=repo_type, exist_ok=True, private=private, token=token).repo_id
+        commit = upload_folder(repo_id=created, repo_type=repo_type, folder_path=str(folder), token=token,
+                               ignore_patterns=HUB_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns,
+                               commit_message=commit_message)
+    except Exception as error:  # any failure: network, auth, server
+        kind, flag = ("dataset repository", " --repo-type dataset") if repo_type == "dataset" else ("repository", "")
+        raise RuntimeError(
+            f"Upload to the Hub {kind} {repo_id!r} failed: {error}. The files are intact in {folder}; upload them "
+            f"later with `hf upload{flag} {repo_id} {folder}`."
+        ) from error
+    return commit.commit_url
 
 
 # ---------------------------------------------------------------------------------------------------------- cards
@@ -319,6 +372,8 @@ __all__ = [
     "load_image_dataset",
     "make_image_grid",
     "model_fingerprint",
+    "push_folder",
+    "register_pretrained_hooks",
     "reconstruction_grid",
     "resolve_checkpoint",
     "save_checkpoint",

@@ -46,7 +46,7 @@ from datasets import Features, List, Value
 from datasets import Image as ImageFeature
 from tqdm.auto import tqdm
 
-from hf_vqvae import VQVAEImageTokenizer, __version__
+from hf_vqvae import VQVAEImageTokenizer, __version__, training_utils
 from hf_vqvae.training_utils import (
     HUB_IGNORE_PATTERNS,
     atomic_write_text,
@@ -401,23 +401,17 @@ def write_dataset_card(output_dir: Path, args, layout: VQVAEImageTokenizer, spli
     atomic_write_text(output_dir / "README.md", card)
 
 
-def push_folder(args):
-    """Upload the output folder as a dataset repo; on failure say so and keep the local files."""
-    from huggingface_hub import create_repo, upload_folder
-
+def push_folder(args) -> str:
+    """Upload the output folder as a dataset repo; on failure say so, keep the local files and exit 1."""
     try:
-        repo_id = create_repo(args.hub_dataset_id, repo_type="dataset", exist_ok=True, private=args.hub_private_repo,
-                              token=args.hub_token).repo_id
-        commit = upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=args.output_dir,
-                               ignore_patterns=UPLOAD_IGNORE_PATTERNS, token=args.hub_token,
-                               commit_message="Upload image tokens made with hf_vqvae")
-    except Exception as error:  # any failure: network, auth, server
-        logger.error(f"Upload to the Hub dataset repository {args.hub_dataset_id!r} failed: {error}. The tokens are "
-                     f"intact in {args.output_dir}; upload them later with `hf upload --repo-type dataset`.",
-                     main_process_only=True)
+        url = training_utils.push_folder(args.output_dir, args.hub_dataset_id, "Upload image tokens made with hf_vqvae",
+                                         repo_type="dataset", private=args.hub_private_repo, token=args.hub_token,
+                                         ignore_patterns=UPLOAD_IGNORE_PATTERNS)
+    except RuntimeError as error:
+        logger.error(str(error), main_process_only=True)
         raise SystemExit(1) from error
-    logger.info(f"Uploaded {args.output_dir} to {commit.commit_url}", main_process_only=True)
-    return commit.commit_url
+    logger.info(f"Uploaded {args.output_dir} to {url}", main_process_only=True)
+    return url
 
 
 # ---------------------------------------------------------------------------------------------------------- main

@@ -36,7 +36,14 @@ from tqdm.auto import tqdm
 from train_vqvae import _previous_elapsed, parse_overrides  # the same conventions as the VQ-VAE script
 from transformers import get_scheduler
 
-from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorCodeMapping, VQVAEPriorConfig, VQVAEPriorForCausalLM
+from hf_vqvae import (
+    VQVAEImageProcessor,
+    VQVAEModel,
+    VQVAEPriorCodeMapping,
+    VQVAEPriorConfig,
+    VQVAEPriorForCausalLM,
+    training_utils,
+)
 from hf_vqvae.pipelines import VQVAE_REFERENCE_NAME, save_vqvae_reference
 from hf_vqvae.training_utils import (
     HUB_IGNORE_PATTERNS,
@@ -48,6 +55,7 @@ from hf_vqvae.training_utils import (
     load_image_dataset,
     make_image_grid,
     model_fingerprint,
+    register_pretrained_hooks,
     resolve_checkpoint,
     save_checkpoint,
     save_pretrained_atomic,
@@ -519,24 +527,19 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
 
 
 def push_folder(args):
-    """Upload the output folder (not its checkpoints, logs or codes cache); on failure say so and keep the files."""
-    from huggingface_hub import create_repo, upload_folder
-
+    """Upload the output folder (not its checkpoints, logs or codes cache); on failure say so, keep the files, exit 1."""
     ignore = list(HUB_IGNORE_PATTERNS)
     codes_dir = Path(args.codes_cache_dir).resolve()
     if codes_dir.is_relative_to(Path(args.output_dir).resolve()):
         relative = codes_dir.relative_to(Path(args.output_dir).resolve()).as_posix()
         ignore += [relative, f"{relative}/**"]
     try:
-        repo_id = create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo,
-                              token=args.hub_token).repo_id
-        commit = upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=ignore,
-                               commit_message="Upload VQ-VAE prior trained with hf_vqvae", token=args.hub_token)
-    except Exception as error:  # any failure: network, auth, server
-        logger.error(f"Upload to the Hub repository {args.hub_model_id!r} failed: {error}. The trained prior is "
-                     f"intact in {args.output_dir}; upload it later with `hf upload`.", main_process_only=True)
+        url = training_utils.push_folder(args.output_dir, args.hub_model_id, "Upload VQ-VAE prior trained with hf_vqvae",
+                                         private=args.hub_private_repo, token=args.hub_token, ignore_patterns=ignore)
+    except RuntimeError as error:
+        logger.error(str(error), main_process_only=True)
         raise SystemExit(1) from error
-    logger.info(f"Uploaded {args.output_dir} to {commit.commit_url}", main_process_only=True)
+    logger.info(f"Uploaded {args.output_dir} to {url}", main_process_only=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -596,21 +599,7 @@ def main(args):
     num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
 
     # Checkpoints hold the prior as a `save_pretrained` folder (weights, config, generation config).
-    def save_model_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            for m in models:
-                accelerator.unwrap_model(m).save_pretrained(Path(output_dir) / "prior")
-        while weights:
-            weights.pop()
-
-    def load_model_hook(models, input_dir):
-        while models:
-            m = models.pop()
-            loaded = VQVAEPriorForCausalLM.from_pretrained(Path(input_dir) / "prior")
-            accelerator.unwrap_model(m).load_state_dict(loaded.state_dict())
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_pretrained_hooks(accelerator, VQVAEPriorForCausalLM, "prior")
 
     if accelerator.is_main_process and args.report_to != "none":
         tracker_config = {k: v for k, v in vars(args).items()

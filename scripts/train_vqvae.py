@@ -29,9 +29,8 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from hf_vqvae import VQVAEConfig, VQVAEImageProcessor, VQVAEModel
+from hf_vqvae import VQVAEConfig, VQVAEImageProcessor, VQVAEModel, training_utils
 from hf_vqvae.training_utils import (
-    HUB_IGNORE_PATTERNS,
     atomic_write_text,
     checkpoint_step,
     evaluate_reconstruction,
@@ -40,6 +39,7 @@ from hf_vqvae.training_utils import (
     format_metrics_table,
     load_image_dataset,
     reconstruction_grid,
+    register_pretrained_hooks,
     resolve_checkpoint,
     save_checkpoint,
     save_pretrained_atomic,
@@ -340,21 +340,7 @@ def main(args):
     num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
 
     # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
-    def save_model_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            for m in models:
-                accelerator.unwrap_model(m).save_pretrained(Path(output_dir) / "vqvae")
-        while weights:
-            weights.pop()
-
-    def load_model_hook(models, input_dir):
-        while models:
-            m = models.pop()
-            loaded = VQVAEModel.from_pretrained(Path(input_dir) / "vqvae")
-            accelerator.unwrap_model(m).load_state_dict(loaded.state_dict())
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_pretrained_hooks(accelerator, VQVAEModel, "vqvae")
 
     if accelerator.is_main_process and args.report_to != "none":
         tracker_config = {k: v for k, v in vars(args).items()
@@ -471,19 +457,14 @@ def check_quantizer_in_sync(accelerator, model):
 
 
 def push_folder(args):
-    """Upload the output folder (not its checkpoints or logs); on failure say so and keep the local files."""
-    from huggingface_hub import create_repo, upload_folder
-
+    """Upload the output folder (not its checkpoints or logs); on failure say so, keep the files and exit 1."""
     try:
-        repo_id = create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo,
-                              token=args.hub_token).repo_id
-        commit = upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=HUB_IGNORE_PATTERNS,
-                               commit_message="Upload VQ-VAE trained with hf_vqvae", token=args.hub_token)
-    except Exception as error:  # any failure: network, auth, server
-        logger.error(f"Upload to the Hub repository {args.hub_model_id!r} failed: {error}. The trained model is "
-                     f"intact in {args.output_dir}; upload it later with `huggingface-cli upload`.", main_process_only=True)
+        url = training_utils.push_folder(args.output_dir, args.hub_model_id, "Upload VQ-VAE trained with hf_vqvae",
+                                         private=args.hub_private_repo, token=args.hub_token)
+    except RuntimeError as error:
+        logger.error(str(error), main_process_only=True)
         raise SystemExit(1) from error
-    logger.info(f"Uploaded {args.output_dir} to {commit.commit_url}", main_process_only=True)
+    logger.info(f"Uploaded {args.output_dir} to {url}", main_process_only=True)
 
 
 def _previous_elapsed(output_dir, global_step) -> float:
