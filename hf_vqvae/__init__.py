@@ -5,11 +5,20 @@ Importing the package registers its classes with transformers' Auto classes (`Au
 folders carry their code.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoModel, AutoModelForCausalLM
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .anomaly import (
+    NearestNeighborBaseline,
+    PCABaseline,
+    VQVAEAnomalyOutput,
+    VQVAEAnomalyScorer,
+    anomaly_metrics,
+    render_anomaly_heatmap,
+)
 from .configuration_vqvae import VQVAEConfig
 from .configuration_vqvae_prior import VQVAEPriorConfig
+from .feature_extraction_vqvae import VQVAEFeatureExtractor
 from .image_processing_vqvae import VQVAEImageProcessor
 from .modeling_vqvae import (
     VQVAEDecoderOutput,
@@ -19,7 +28,7 @@ from .modeling_vqvae import (
     VQVAEPreTrainedModel,
 )
 from .modeling_vqvae_prior import VQVAEPriorCodeMapping, VQVAEPriorForCausalLM, VQVAEPriorPreTrainedModel
-from .pipelines import VQVAEGenerationPipeline, VQVAEReconstructionPipeline
+from .pipelines import VQVAEAnomalyPipeline, VQVAEGenerationPipeline, VQVAEReconstructionPipeline
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .tokenization_vqvae import VQVAEImageTokenizer
 
@@ -29,6 +38,7 @@ __version__ = "0.1.0"
 AutoConfig.register(VQVAEConfig.model_type, VQVAEConfig, exist_ok=True)
 AutoModel.register(VQVAEConfig, VQVAEModel, exist_ok=True)
 AutoImageProcessor.register(VQVAEConfig, image_processor_classes={"pil": VQVAEImageProcessor}, exist_ok=True)
+AutoFeatureExtractor.register(VQVAEConfig, VQVAEFeatureExtractor, exist_ok=True)
 AutoConfig.register(VQVAEPriorConfig.model_type, VQVAEPriorConfig, exist_ok=True)
 AutoModelForCausalLM.register(VQVAEPriorConfig, VQVAEPriorForCausalLM, exist_ok=True)
 # `save_pretrained` then copies the modeling files and writes `auto_map`, so that a saved folder loads with
@@ -36,6 +46,7 @@ AutoModelForCausalLM.register(VQVAEPriorConfig, VQVAEPriorForCausalLM, exist_ok=
 VQVAEConfig.register_for_auto_class()
 VQVAEModel.register_for_auto_class("AutoModel")
 VQVAEImageProcessor.register_for_auto_class("AutoImageProcessor")
+VQVAEFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 VQVAEPriorConfig.register_for_auto_class()
 VQVAEPriorForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 # `pipeline("vqvae-reconstruction", model=vqvae_folder)` and `pipeline("vqvae-generation", model=prior_folder)`.
@@ -45,12 +56,22 @@ PIPELINE_REGISTRY.register_pipeline(
 PIPELINE_REGISTRY.register_pipeline(
     "vqvae-generation", pipeline_class=VQVAEGenerationPipeline, pt_model=AutoModelForCausalLM, type="image"
 )
+# `pipeline("vqvae-anomaly", model=vqvae_folder, prior=prior_folder)`: anomaly scores and heat maps.
+PIPELINE_REGISTRY.register_pipeline(
+    "vqvae-anomaly", pipeline_class=VQVAEAnomalyPipeline, pt_model=AutoModel, type="image"
+)
 
 __all__ = [
+    "NearestNeighborBaseline",
+    "PCABaseline",
     "QuantizerOutput",
+    "VQVAEAnomalyOutput",
+    "VQVAEAnomalyPipeline",
+    "VQVAEAnomalyScorer",
     "VQVAEConfig",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",
+    "VQVAEFeatureExtractor",
     "VQVAEGenerationPipeline",
     "VQVAEImageProcessor",
     "VQVAEImageTokenizer",
@@ -64,4 +85,6 @@ __all__ = [
     "VQVAEReconstructionPipeline",
     "VectorQuantizer",
     "__version__",
+    "anomaly_metrics",
+    "render_anomaly_heatmap",
 ]

@@ -514,6 +514,27 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
+    @torch.no_grad()
+    def code_log_likelihood(self, codes: torch.LongTensor, class_labels: ClassLabels = None) -> torch.FloatTensor:
+        r"""
+        `log p(z_t | z_<t)` (nats) of every code of a batch of grids under the prior, by teacher forcing: summed over
+        the grid, it is the `log p(z)` of the paper's bits/dim bound (section 3.3).
+
+        Args:
+            codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
+                Codes in `[0, codebook_size)`.
+            class_labels (`int`, `list[int]` or `torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class of each grid (`log p(z | class)`); `None` for the unconditional prompt.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, h, w)`, in float32.
+        """
+        input_ids = self.code_mapping.codes_to_input_ids(codes.to(self.device), class_labels)  # (B, 1 + h*w)
+        logits = self(input_ids=input_ids, use_cache=False).logits  # (B, 1 + h*w, V)
+        # Position t predicts token t + 1: the prompt's logits predict the first code.
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        return log_probs.gather(-1, input_ids[:, 1:, None]).view(codes.shape)
+
     def generate_codes(
         self,
         num_samples: int | None = None,

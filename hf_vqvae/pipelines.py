@@ -2,6 +2,8 @@
 
 - `"vqvae-reconstruction"` ([`VQVAEReconstructionPipeline`]): image -> codes -> image with a [`VQVAEModel`].
 - `"vqvae-generation"` ([`VQVAEGenerationPipeline`]): samples of a [`VQVAEPriorForCausalLM`] decoded by its VQ-VAE.
+- `"vqvae-anomaly"` ([`VQVAEAnomalyPipeline`]): anomaly scores and heat maps from a [`VQVAEModel`] and, optionally, a
+  prior (see `hf_vqvae.anomaly`).
 
 A prior folder does not hold its VQ-VAE: `scripts/train_prior.py` records which one it was trained on in
 `vqvae_reference.json` (name or path, revision and a fingerprint of the weights), and the generation pipeline loads it
@@ -15,6 +17,8 @@ from there unless it is given `vqvae=`.
 >>> reconstruct("cat.png", return_codes=True)  # {"image": PIL.Image.Image, "codes": LongTensor (h, w)}
 >>> generate = pipeline("vqvae-generation", model="outputs/prior-cifar10")
 >>> generate(["cat", "dog"], num_images=4, guidance_scale=2.0, seed=0)  # 8 dicts: image, class_label, label
+>>> detect = pipeline("vqvae-anomaly", model="outputs/vqvae-cifar10", prior="outputs/prior-cifar10")
+>>> detect("cat.png", heatmap="prior_nll")  # {"reconstruction_error": float, "prior_nll": float, ..., "heatmap": PIL}
 ```
 """
 
@@ -28,6 +32,7 @@ from transformers import Pipeline
 from transformers.image_utils import load_image
 from transformers.utils import cached_file, logging
 
+from .anomaly import SCORE_NAMES, VQVAEAnomalyScorer, render_anomaly_heatmap
 from .image_processing_vqvae import VQVAEImageProcessor
 from .modeling_vqvae import VQVAEModel
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
@@ -155,6 +160,19 @@ def load_vqvae_for_prior(
     return model.eval(), image_processor
 
 
+def _preprocess_one_image(image_processor, image, timeout: float | None = None):
+    """`pixel_values` (1, C, H, W) of one image given as a path, URL or image."""
+    if isinstance(image, str):
+        image = load_image(image, timeout=timeout)
+    inputs = image_processor(image, return_tensors="pt")
+    if inputs["pixel_values"].shape[0] != 1:
+        raise ValueError(
+            f"Each input must be one image; got a batch of {inputs['pixel_values'].shape[0]}. Pass a list of "
+            "images instead."
+        )
+    return inputs
+
+
 def _check_output_type(output_type):
     if output_type not in _OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {list(_OUTPUT_TYPES)}; got {output_type!r}.")
@@ -236,15 +254,7 @@ class VQVAEReconstructionPipeline(Pipeline):
         return preprocess_params, {}, postprocess_params
 
     def preprocess(self, image, timeout: float | None = None):
-        if isinstance(image, str):
-            image = load_image(image, timeout=timeout)
-        inputs = self.image_processor(image, return_tensors="pt")  # pixel_values (1, C, H, W)
-        if inputs["pixel_values"].shape[0] != 1:
-            raise ValueError(
-                f"Each input must be one image; got a batch of {inputs['pixel_values'].shape[0]}. Pass a list of "
-                "images instead."
-            )
-        return inputs
+        return _preprocess_one_image(self.image_processor, image, timeout)
 
     def _forward(self, model_inputs):
         encoded = self.model.encode(model_inputs["pixel_values"].to(self.model.dtype))
@@ -448,8 +458,193 @@ class VQVAEGenerationPipeline(Pipeline):
         return results
 
 
+class VQVAEAnomalyPipeline(Pipeline):
+    r"""
+    Anomaly scores of images from a [`VQVAEModel`] trained on normal images and, optionally, a prior over its codes:
+    preprocess (the model's [`VQVAEImageProcessor`], which resizes to the model's `image_size`), score with
+    [`VQVAEAnomalyScorer`], and optionally draw a heat map over the preprocessed image. Task `"vqvae-anomaly"`.
+
+    Scores are deterministic (eval mode, no sampling); higher means more anomalous. `combined_score` needs the
+    statistics of normal images: pass `statistics=` (from [`VQVAEAnomalyScorer.fit`]) or call
+    [`~VQVAEAnomalyPipeline.fit`] with normal images first; until then it is `None`.
+
+    Args:
+        model ([`VQVAEModel`]):
+            The VQ-VAE.
+        prior (`str`, `os.PathLike` or [`VQVAEPriorForCausalLM`], *optional*):
+            A prior (folder, Hub id or model) trained on the codes of this VQ-VAE, for `prior_nll`.
+        prior_revision (`str`, *optional*):
+            Hub revision of `prior` when it is a name.
+        prior_class_label (`int` or `str`, *optional*):
+            The class a class-conditional prior is conditioned on (required for such a prior).
+        statistics (`dict`, *optional*):
+            The `statistics` of a [`VQVAEAnomalyScorer.fit`] with the same models, for `combined_score`.
+
+    Example:
+
+    ```python
+    >>> import hf_vqvae
+    >>> from transformers import pipeline
+
+    >>> detect = pipeline("vqvae-anomaly", model="outputs/vqvae-mnist-0", prior="outputs/prior-mnist-0")
+    >>> detect.fit(normal_images)  # for `combined_score`
+    >>> out = detect("digit.png", heatmap="prior_nll")
+    >>> out["combined_score"], out["heatmap"].size
+    (3.71, (28, 28))
+    >>> outs = detect([image_1, image_2], batch_size=2)  # a list of dicts
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = None  # optional: `from_model_config` when the folder has no preprocessor_config.json
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, model, *args, prior=None, prior_revision=None, prior_class_label=None, statistics=None,
+                 **kwargs):
+        super().__init__(model, *args, **kwargs)
+        if not isinstance(self.model, VQVAEModel):
+            raise TypeError(
+                f"'vqvae-anomaly' needs a `VQVAEModel`; got {type(self.model).__name__}. Pass the prior as `prior=`."
+            )
+        if self.image_processor is None:
+            self.image_processor = VQVAEImageProcessor.from_model_config(self.model.config)
+        self.model.eval()
+        self._loaded_priors = {}  # priors given by name, loaded once
+        self.scorer = self._make_scorer(prior, prior_revision, prior_class_label, statistics)
+
+    def _make_scorer(self, prior, prior_revision, prior_class_label, statistics) -> VQVAEAnomalyScorer:
+        if isinstance(prior, (str, os.PathLike)):
+            key = (str(prior), prior_revision)
+            if key not in self._loaded_priors:
+                self._loaded_priors[key] = VQVAEPriorForCausalLM.from_pretrained(prior, revision=prior_revision)
+            prior = self._loaded_priors[key]
+        elif prior is not None and not isinstance(prior, VQVAEPriorForCausalLM):
+            raise TypeError(
+                f"`prior` must be a prior folder, Hub id or `VQVAEPriorForCausalLM`; got {type(prior).__name__}."
+            )
+        if prior is not None:
+            prior = prior.to(self.device).eval()
+        return VQVAEAnomalyScorer(self.model, prior, class_label=prior_class_label, statistics=statistics)
+
+    def fit(self, images, batch_size: int = 64, timeout: float | None = None) -> dict:
+        r"""
+        Measure the score statistics of normal images, so that later calls return `combined_score`.
+
+        Args:
+            images (`list` of `str`, `PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+                At least 2 normal images (paths or URLs are loaded).
+            batch_size (`int`, *optional*, defaults to 64):
+                Images preprocessed and scored at once.
+            timeout (`float`, *optional*):
+                Seconds to wait for an image URL.
+
+        Returns:
+            `dict`: the statistics ([`VQVAEAnomalyScorer.fit`]), to pass as `statistics=` next time.
+        """
+        if not isinstance(images, (list, tuple)):
+            raise ValueError(f"`fit` takes a list of normal images; got {type(images).__name__}.")
+
+        def batches():
+            for start in range(0, len(images), batch_size):
+                chunk = [load_image(image, timeout=timeout) if isinstance(image, str) else image
+                         for image in images[start : start + batch_size]]
+                yield self.image_processor(chunk, return_tensors="pt")["pixel_values"].to(self.device)
+
+        return self.scorer.fit(batches()).statistics
+
+    def __call__(self, images, **kwargs) -> dict[str, Any] | list[dict[str, Any]]:
+        r"""
+        Score one image or a list of images.
+
+        Args:
+            images (`str`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                An image (a path or URL is loaded), or a list of images.
+            heatmap (`str`, *optional*):
+                Also return a heat map (`PIL.Image.Image`) of `"reconstruction_error"` or `"prior_nll"` (needs a
+                prior) over the preprocessed image.
+            heatmap_range (`tuple[float, float]`, *optional*):
+                Map values `(vmin, vmax)` drawn without and with full tint; default `(0, the image's maximum)`. Fix it
+                to compare images.
+            return_maps (`bool`, *optional*, defaults to `False`):
+                Also return `reconstruction_error_map` and `prior_nll_map` (`torch.FloatTensor` of shape `(H, W)`).
+            prior (`str`, `os.PathLike` or [`VQVAEPriorForCausalLM`], *optional*):
+                A prior for this call instead of the pipeline's (folders are loaded once and kept).
+            prior_revision (`str`, *optional*):
+                Hub revision of `prior` when it is a name.
+            prior_class_label (`int` or `str`, *optional*):
+                The class a class-conditional prior is conditioned on, for this call.
+            statistics (`dict`, *optional*):
+                Normal statistics for `combined_score` in this call. A call that changes the prior or its class
+                gets no `combined_score` unless it passes the statistics that go with them.
+            timeout (`float`, *optional*):
+                Seconds to wait for an image URL.
+            batch_size (`int`, *optional*, defaults to 1):
+                Images per forward pass, for a list of images.
+
+        Returns:
+            A `dict` per image (a list of them for a list): `reconstruction_error`, `prior_nll` and `combined_score`
+            (`float`, or `None` without a prior / before `fit`), and `heatmap` and the maps when asked.
+        """
+        return super().__call__(images, **kwargs)
+
+    def _sanitize_parameters(self, heatmap=None, heatmap_range=None, return_maps=None, timeout=None, prior=None,
+                             prior_revision=None, prior_class_label=None, statistics=None):
+        preprocess_params, forward_params, postprocess_params = {}, {}, {}
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        scorer = getattr(self, "scorer", None)  # `Pipeline.__init__` calls this before `scorer` exists
+        if prior is not None or prior_class_label is not None or statistics is not None:
+            # A scorer for this call only; the pipeline's own prior and statistics stay as they are.
+            scorer = self._make_scorer(prior if prior is not None else scorer.prior, prior_revision,
+                                       prior_class_label, statistics)
+            forward_params["scorer"] = scorer
+        if heatmap is not None:
+            if heatmap not in SCORE_NAMES:
+                raise ValueError(f"`heatmap` must be one of {list(SCORE_NAMES)} or None; got {heatmap!r}.")
+            if heatmap == "prior_nll" and (scorer is None or scorer.prior is None):
+                raise ValueError("`heatmap='prior_nll'` needs a prior: pass `prior=` to the pipeline or the call.")
+            postprocess_params["heatmap"] = heatmap
+        if heatmap_range is not None:
+            if not isinstance(heatmap_range, (list, tuple)) or len(heatmap_range) != 2:
+                raise ValueError(f"`heatmap_range` must be `(vmin, vmax)`; got {heatmap_range!r}.")
+            postprocess_params["heatmap_range"] = tuple(heatmap_range)
+        if return_maps is not None:
+            postprocess_params["return_maps"] = bool(return_maps)
+        # Maps are only computed when something needs them.
+        forward_params["return_maps"] = bool(return_maps) or heatmap is not None
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(self, image, timeout: float | None = None):
+        return _preprocess_one_image(self.image_processor, image, timeout)
+
+    def _forward(self, model_inputs, return_maps: bool = False, scorer: VQVAEAnomalyScorer | None = None):
+        pixel_values = model_inputs["pixel_values"]
+        output = (scorer or self.scorer).score(pixel_values.to(self.model.device), return_maps=return_maps)
+        maps_and_scores = {key: value for key, value in output.items() if key != "reconstruction"}
+        return {"pixel_values": pixel_values, **maps_and_scores}
+
+    def postprocess(self, model_outputs, heatmap: str | None = None, heatmap_range=None, return_maps: bool = False):
+        result = {}
+        for name in (*SCORE_NAMES, "combined_score"):
+            value = model_outputs.get(name)
+            result[name] = None if value is None else float(value[0])
+        if return_maps:
+            for name in ("reconstruction_error_map", "prior_nll_map"):
+                value = model_outputs.get(name)
+                result[name] = None if value is None else value[0].cpu()  # (H, W)
+        if heatmap is not None:
+            vmin, vmax = heatmap_range if heatmap_range is not None else (None, None)
+            result["heatmap"] = render_anomaly_heatmap(
+                model_outputs["pixel_values"][0], model_outputs[f"{heatmap}_map"][0], vmin=vmin, vmax=vmax
+            )
+        return result
+
+
 __all__ = [
     "VQVAE_REFERENCE_NAME",
+    "VQVAEAnomalyPipeline",
     "VQVAEGenerationPipeline",
     "VQVAEReconstructionPipeline",
     "load_vqvae_for_prior",

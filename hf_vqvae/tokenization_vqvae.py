@@ -26,6 +26,10 @@ special tokens, so `code_offset = len(text_tokenizer)` before they are added and
 
 A sequence whose image does not have exactly `h * w` code tokens raises `ValueError` unless the caller opts in to
 a repair with `on_wrong_length="truncate_or_pad"` (see [`~VQVAEImageTokenizer.ids_to_codes`]).
+
+Audio clips of a 1-D VQ-VAE use the same layout as a one-row grid: `grid_size=(1, n)` for clips of `n` codes
+(`n * downsample_factor` samples; shorter clips are padded with silence, longer ones cut), `<boi>` and `<eoi>` then
+delimiting the clip.
 """
 
 import json
@@ -39,6 +43,7 @@ from transformers import AddedToken, BatchEncoding
 from transformers.utils import logging
 from transformers.utils.hub import cached_file
 
+from .feature_extraction_vqvae import VQVAEFeatureExtractor
 from .image_processing_vqvae import VQVAEImageProcessor
 from .modeling_vqvae import VQVAEModel
 
@@ -77,7 +82,8 @@ class VQVAEImageTokenizer:
         model ([`VQVAEModel`], *optional*):
             The VQ-VAE; needed to tokenize images and to decode ids to images, not for the id mapping alone.
         image_processor ([`VQVAEImageProcessor`], *optional*):
-            Turns images into `pixel_values` and back; built from `model.config` when omitted.
+            Turns images into `pixel_values` and back; built from `model.config` when omitted. For a 1-D (audio)
+            model, a [`VQVAEFeatureExtractor`] instead, and `grid_size` is `(1, codes per clip)`.
 
     Example:
 
@@ -127,8 +133,13 @@ class VQVAEImageTokenizer:
         self.add_image_delimiters = bool(add_image_delimiters)
         self.use_pad_token = bool(use_pad_token)
         self.model = model
+        self.is_audio = model is not None and model.config.spatial_dims == 1
+        if self.is_audio and grid_size[0] != 1:
+            raise ValueError(f"A 1-D (audio) model's codes form one row: `grid_size` must be (1, codes per clip); "
+                             f"got {grid_size}.")
         if image_processor is None and model is not None:
-            image_processor = VQVAEImageProcessor.from_model_config(model.config)
+            processor_class = VQVAEFeatureExtractor if self.is_audio else VQVAEImageProcessor
+            image_processor = processor_class.from_model_config(model.config)
         self.image_processor = image_processor
 
         next_id = self.code_offset + self.codebook_size
@@ -143,8 +154,15 @@ class VQVAEImageTokenizer:
 
     @classmethod
     def from_model(cls, model: VQVAEModel, image_processor: VQVAEImageProcessor | None = None, **kwargs):
-        """Build the tokenizer of `model`, with the grid of `model.config.image_size` unless `grid_size` is given."""
-        kwargs.setdefault("grid_size", model.config.latent_size())
+        """
+        Build the tokenizer of `model`, with the grid of `model.config.image_size` unless `grid_size` is given (which
+        a 1-D model needs: `(1, codes per clip)`).
+        """
+        if model.config.spatial_dims == 1 and "grid_size" not in kwargs:
+            raise ValueError(f"For a 1-D (audio) model, give the clip length as `grid_size=(1, n)`: clips of n codes, "
+                             f"n * {model.config.downsample_factor} samples.")
+        if "grid_size" not in kwargs:
+            kwargs["grid_size"] = model.config.latent_size()
         return cls(codebook_size=model.config.codebook_size, model=model, image_processor=image_processor, **kwargs)
 
     @property
@@ -166,11 +184,14 @@ class VQVAEImageTokenizer:
 
         Args:
             codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
-                Codes in `[0, codebook_size)`, with `(h, w) == grid_size`.
+                Codes in `[0, codebook_size)`, with `(h, w) == grid_size`; `(batch_size, w)` for a one-row grid
+                (audio clips).
 
         Returns:
             `torch.LongTensor` of shape `(batch_size, num_image_tokens)`.
         """
+        if isinstance(codes, torch.Tensor) and codes.ndim == 2 and self.grid_size[0] == 1:
+            codes = codes[:, None]  # (batch, n) clip codes -> a one-row grid
         if not isinstance(codes, torch.Tensor) or codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_size:
             got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
             raise ValueError(f"`codes` must have shape (batch, {self.grid_size[0]}, {self.grid_size[1]}); got {got}.")
@@ -304,15 +325,18 @@ class VQVAEImageTokenizer:
             )
 
     @torch.no_grad()
-    def __call__(self, images, return_tensors: str = "pt") -> BatchEncoding:
+    def __call__(self, images, return_tensors: str = "pt", sampling_rate: int | None = None) -> BatchEncoding:
         """
-        Tokenize images.
+        Tokenize images (or audio clips, for a 1-D model).
 
         Args:
             images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
-                Images in any form [`VQVAEImageProcessor`] accepts.
+                Images in any form [`VQVAEImageProcessor`] accepts; for a 1-D model, waveforms in any form
+                [`VQVAEFeatureExtractor`] accepts.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 Only `"pt"` is supported.
+            sampling_rate (`int`, *optional*):
+                For audio: the waveforms' rate in Hz.
 
         Returns:
             [`~transformers.BatchEncoding`] with `input_ids` and `attention_mask`, each `(batch_size,
@@ -321,10 +345,18 @@ class VQVAEImageTokenizer:
         self._require_model("Tokenizing images")
         if return_tensors != "pt":
             raise ValueError(f"`return_tensors` must be 'pt'; got {return_tensors!r}.")
-        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
         parameter = next(self.model.parameters())
-        pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-        codes = self.model.encode(pixel_values).codes
+        if self.is_audio:
+            # Clips of exactly `grid_size[1]` codes: shorter ones padded with silence, longer ones cut.
+            length = self.grid_size[1] * self.model.config.downsample_factor
+            inputs = self.image_processor(images, sampling_rate=sampling_rate, padding="max_length",
+                                          max_length=length, truncation=True, return_tensors="pt")
+            codes = self.model.encode(input_values=inputs["input_values"].to(parameter.device, parameter.dtype))
+            codes = codes.codes[:, None]  # (batch, 1, n)
+        else:
+            pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
+            pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
+            codes = self.model.encode(pixel_values).codes
         if tuple(codes.shape[1:]) != self.grid_size:
             raise ValueError(
                 f"The images give a {tuple(codes.shape[1:])} code grid but this tokenizer expects {self.grid_size}; "
@@ -351,7 +383,8 @@ class VQVAEImageTokenizer:
             attention_mask (*optional*):
                 As in [`~VQVAEImageTokenizer.ids_to_codes`].
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`, `"np"` or `"pt"`, as in [`VQVAEImageProcessor.postprocess`].
+                `"pil"`, `"np"` or `"pt"`, as in [`VQVAEImageProcessor.postprocess`]. (A 1-D model gives numpy
+                waveforms, as [`VQVAEFeatureExtractor.postprocess`].)
             on_wrong_length (`str`, *optional*, defaults to `"error"`):
                 `"error"` or the opt-in repair `"truncate_or_pad"`, as in [`~VQVAEImageTokenizer.ids_to_codes`].
             fill_code (`int`, *optional*, defaults to 0):
@@ -360,6 +393,8 @@ class VQVAEImageTokenizer:
         self._require_model("Decoding ids to images")
         codes = self.ids_to_codes(input_ids, attention_mask, on_wrong_length=on_wrong_length, fill_code=fill_code)
         codes = codes.to(next(self.model.parameters()).device)
+        if self.is_audio:  # waveforms (numpy arrays) of the clip length
+            return self.image_processor.postprocess(self.model.decode(codes[:, 0]).reconstruction)
         reconstruction = self.model.decode(codes).reconstruction.float().cpu()
         return self.image_processor.postprocess(reconstruction, output_type=output_type)
 
@@ -577,8 +612,9 @@ class VQVAEImageTokenizer:
         if not load_model:
             return cls(**settings)
         model = VQVAEModel.from_pretrained(pretrained_model_name_or_path, **kwargs).eval()
+        processor_class = VQVAEFeatureExtractor if model.config.spatial_dims == 1 else VQVAEImageProcessor
         try:
-            image_processor = VQVAEImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+            image_processor = processor_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
         except OSError:
             image_processor = None
         settings.pop("codebook_size", None)

@@ -5,6 +5,7 @@ Like `diffusers.training_utils`, this module is for training and evaluation code
 
 import glob
 import hashlib
+import io
 import json
 import math
 import os
@@ -34,7 +35,7 @@ def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
     train_data_dir: str | None = None,
-    data_files: dict[str, list[str]] | None = None,
+    data_files: dict[str, str | list[str]] | None = None,
     cache_dir: str | None = None,
     streaming: bool = False,
 ):
@@ -50,6 +51,8 @@ def load_image_dataset(
             raise ValueError(f"`--train_data_dir` {train_data_dir!r} is not a folder.")
         return load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, streaming=streaming)
     if data_files:
+        # One path or glob per split, or a list of them, as `datasets.load_dataset` takes.
+        data_files = {split: [paths] if isinstance(paths, str) else list(paths) for split, paths in data_files.items()}
         missing = [p for paths in data_files.values() for p in paths if not glob.glob(p)]
         if missing:
             raise ValueError(f"No file matches {missing}; give existing paths or globs (relative to {os.getcwd()}).")
@@ -63,60 +66,182 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     """`image_column` checked against `dataset`, or the first column of feature type `Image`."""
     from datasets import Image as ImageFeature
 
-    if image_column is not None:
-        if image_column not in dataset.column_names:
-            raise ValueError(f"`--image_column` {image_column!r} is not one of the columns {dataset.column_names}.")
-        return image_column
+    return _find_column(dataset, image_column, ImageFeature, "image")
+
+
+def find_audio_column(dataset, audio_column: str | None = None) -> str:
+    """`audio_column` checked against `dataset`, or the first column of feature type `Audio`."""
+    from datasets import Audio
+
+    return _find_column(dataset, audio_column, Audio, "audio")
+
+
+def _find_column(dataset, column: str | None, feature_type: type, kind: str) -> str:
+    if column is not None:
+        if column not in dataset.column_names:
+            raise ValueError(f"`--{kind}_column` {column!r} is not one of the columns {dataset.column_names}.")
+        return column
     for name, feature in dataset.features.items():
-        if isinstance(feature, ImageFeature):
+        if isinstance(feature, feature_type):
             return name
-    raise ValueError(f"No column of type Image in {dataset.column_names}; name it with `--image_column`.")
+    raise ValueError(f"No column of type {feature_type.__name__} in {dataset.column_names}; name it with "
+                     f"`--{kind}_column`.")
 
 
-# ---------------------------------------------------------------------------------------------------------- metrics
+def decode_audio(value) -> dict:
+    """
+    `{"array": float32 (channels, time) or (time,), "sampling_rate": int}` from a `datasets` audio cell: the stored
+    `{"bytes", "path"}` (read with soundfile, so no FFmpeg or torchcodec is needed) or an already decoded dict.
+    """
+    if isinstance(value, dict) and "array" in value:
+        return {"array": np.asarray(value["array"], dtype=np.float32), "sampling_rate": value["sampling_rate"]}
+    try:
+        import soundfile
+    except ImportError as error:
+        raise ImportError("Reading audio files needs soundfile: `pip install soundfile` (or hf_vqvae[audio]).") from error
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        source = io.BytesIO(value["bytes"])
+    elif isinstance(value, dict) and value.get("path"):
+        source = value["path"]
+    else:
+        raise ValueError(f"Cannot read audio from {type(value).__name__}: expected a dict with `bytes` or `path`.")
+    array, rate = soundfile.read(source, dtype="float32", always_2d=True)  # (time, channels)
+    return {"array": array.T if array.shape[1] > 1 else array[:, 0], "sampling_rate": int(rate)}
+
+
+def make_preprocessing(
+    dataset, processor, data_column: str | None = None, speaker_column: str | None = None,
+    label_column: str | None = None,
+):
+    """
+    `(dataset, collate_fn)` that turn rows of `dataset` into model batches: `{"pixel_values"}` when `processor` is an
+    image processor, or `{"input_values", "attention_mask"}` when it is a [`VQVAEFeatureExtractor`] (audio decoded
+    with [`decode_audio`], padded per batch). `speaker_column` adds `"speaker_ids"` and `label_column` `"labels"`.
+    """
+    from datasets import Audio
+
+    from .feature_extraction_vqvae import VQVAEFeatureExtractor
+
+    extra = {"speaker_ids": speaker_column, "labels": label_column}
+    for key, column in extra.items():
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(f"Column {column!r} (for `{key}`) is not one of the columns {dataset.column_names}.")
+    extra = {key: column for key, column in extra.items() if column is not None}
+    audio = isinstance(processor, VQVAEFeatureExtractor)
+    if audio:
+        data_column = find_audio_column(dataset, data_column)
+        dataset = dataset.cast_column(data_column, Audio(decode=False))  # read with soundfile, no FFmpeg needed
+    else:
+        data_column = find_image_column(dataset, data_column)
+
+    def transform(examples):
+        if audio:
+            batch = {"audio": [decode_audio(value) for value in examples[data_column]]}
+        else:
+            batch = {"pixel_values": processor(examples[data_column], return_tensors="pt")["pixel_values"]}
+        batch.update({key: list(examples[column]) for key, column in extra.items()})
+        return batch
+
+    def collate(examples):
+        if audio:
+            batch = dict(processor([e["audio"] for e in examples], return_tensors="pt"))
+        else:
+            batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+        batch.update({key: torch.tensor([int(e[key]) for e in examples]) for key in extra})
+        return batch
+
+    return dataset.with_transform(transform), collate
+
+
+def random_crop(batch: dict, length: int, multiple: int) -> dict:
+    """
+    A random window of at most `length` samples from each waveform of an audio batch (`input_values`,
+    `attention_mask`), drawn from the global torch RNG (so a resumed run draws the same windows); the batch is cut to
+    the longest window, rounded up to `multiple`.
+    """
+    values, mask = batch["input_values"], batch["attention_mask"]
+    lengths = mask.long().sum(-1)
+    width = min(values.shape[-1], -(-length // multiple) * multiple)
+    starts = (torch.rand(len(values)) * (lengths - length).clamp(min=0).add(1).float()).long()
+    index = (starts[:, None] + torch.arange(width)[None]).clamp(max=values.shape[-1] - 1)
+    cropped = dict(batch)
+    cropped["input_values"] = values.gather(-1, index.to(values.device))
+    real = (torch.arange(width)[None] < (lengths - starts).clamp(max=length)[:, None]).to(mask.dtype)
+    cropped["attention_mask"] = real.to(mask.device)
+    cropped["input_values"] = cropped["input_values"] * cropped["attention_mask"]
+    return cropped
 
 
 class ReconstructionMetrics:
     """
     Accumulates reconstruction error and code usage over a whole evaluation pass (not per batch, so the result does
-    not depend on the batch size). Pixels are on the model's [-1, 1] scale; errors are reported on [0, 1].
+    not depend on the batch size). Pixels are on the model's [-1, 1] scale; errors are reported on [0, 1]. Waveforms
+    ([`~ReconstructionMetrics.update_signals`]) are compared over their real samples only, with the SNR in dB.
     """
 
     def __init__(self, codebook_size: int):
         self.codebook_size = codebook_size
-        self.squared_error = 0.0  # sum over images of per-image MSE
-        self.psnr_sum = 0.0
-        self.num_images = 0
+        self.squared_error = 0.0  # sum over examples of per-example MSE
+        self.ratio_sum = 0.0  # sum of per-example PSNR (images) or SNR (signals), dB
+        self.num_examples = 0
+        self.kind = None
         self.code_counts = torch.zeros(codebook_size, dtype=torch.float64)
+
+    def _set_kind(self, kind: str):
+        if self.kind not in (None, kind):
+            raise ValueError(f"These metrics hold {self.kind}; they cannot also take {kind}.")
+        self.kind = kind
 
     @torch.no_grad()
     def update(self, pixel_values: torch.Tensor, reconstruction: torch.Tensor, codes: torch.Tensor):
+        self._set_kind("images")
         target = (pixel_values.float() + 1) / 2
         output = ((reconstruction.float() + 1) / 2).clamp(0, 1)
         mse = (output - target).pow(2).flatten(1).mean(1)  # (B,)
         self.squared_error += float(mse.sum())
-        self.psnr_sum += float((-10 * torch.log10(mse.clamp(min=1e-10))).sum())
-        self.num_images += mse.numel()
+        self.ratio_sum += float((-10 * torch.log10(mse.clamp(min=1e-10))).sum())
+        self.num_examples += mse.numel()
         self.code_counts += torch.bincount(codes.flatten().cpu(), minlength=self.codebook_size).double()
 
+    @torch.no_grad()
+    def update_signals(self, input_values, reconstruction, attention_mask, codes, codes_mask):
+        """Waveforms `(B, T)` or `(B, 1, T)` and their reconstructions, over the samples where `attention_mask` is 1."""
+        self._set_kind("signals")
+        target = input_values.float().reshape(len(input_values), -1)
+        output = reconstruction.float().reshape(len(reconstruction), -1)
+        mask = attention_mask.float().reshape(len(attention_mask), -1)
+        error = ((output - target) ** 2 * mask).sum(-1)
+        power = (target**2 * mask).sum(-1)
+        self.squared_error += float((error / mask.sum(-1).clamp(min=1)).sum())
+        self.ratio_sum += float((10 * torch.log10(power.clamp(min=1e-10) / error.clamp(min=1e-10))).sum())
+        self.num_examples += len(target)
+        self.code_counts += torch.bincount(codes[codes_mask.bool()].cpu(), minlength=self.codebook_size).double()
+
     def merge(self, other: "ReconstructionMetrics"):
+        self._set_kind(other.kind)
         self.squared_error += other.squared_error
-        self.psnr_sum += other.psnr_sum
-        self.num_images += other.num_images
+        self.ratio_sum += other.ratio_sum
+        self.num_examples += other.num_examples
         self.code_counts += other.code_counts
 
     def compute(self) -> dict:
-        if self.num_images == 0:
-            raise ValueError("No images were evaluated.")
-        mse = self.squared_error / self.num_images
+        if self.num_examples == 0:
+            raise ValueError("No examples were evaluated.")
+        mse = self.squared_error / self.num_examples
         probs = self.code_counts / self.code_counts.sum()
         entropy = float(-(probs[probs > 0] * probs[probs > 0].log()).sum())
         used = int((self.code_counts > 0).sum())
+        if self.kind == "images":
+            quality = {
+                "num_images": self.num_examples,
+                "mse": mse,
+                "psnr": self.ratio_sum / self.num_examples,  # mean of per-image PSNR (dB)
+                "psnr_of_mean_mse": -10 * math.log10(max(mse, 1e-10)),
+            }
+        else:
+            quality = {"num_examples": self.num_examples, "mse": mse, "snr": self.ratio_sum / self.num_examples}
         return {
-            "num_images": self.num_images,
-            "mse": mse,
-            "psnr": self.psnr_sum / self.num_images,  # mean of per-image PSNR (dB)
-            "psnr_of_mean_mse": -10 * math.log10(max(mse, 1e-10)),
+            **quality,
             "codes_used": used,
             "dead_codes": self.codebook_size - used,
             "codebook_size": self.codebook_size,
@@ -128,9 +253,10 @@ class ReconstructionMetrics:
 @torch.no_grad()
 def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: int | None = None) -> dict:
     """
-    Reconstruction MSE and PSNR and codebook usage of `model` over every batch of `dataloader` (each a dict with
-    `pixel_values`). With an `accelerator`, each process evaluates its shard and the sums are added across processes
-    (`gather_for_metrics` drops the duplicated tail of uneven shards).
+    Reconstruction error and codebook usage of `model` over every batch of `dataloader`: MSE and PSNR for batches of
+    `pixel_values`, MSE and SNR over the real samples for batches of `input_values` (with `attention_mask`, and
+    `speaker_ids` for speaker-conditioned decoders). With an `accelerator`, each process evaluates its shard and the
+    results are gathered (`gather_for_metrics` drops the duplicated tail of uneven shards).
     """
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
     was_training = unwrapped.training
@@ -139,6 +265,17 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
     for step, batch in enumerate(dataloader):
         if max_batches is not None and step >= max_batches:
             break
+        if "input_values" in batch:
+            output = unwrapped(return_loss=False, **batch)
+            tensors = (batch["input_values"], output.reconstruction[:, 0], batch["attention_mask"], output.codes,
+                       output.codes_mask)
+            if accelerator is not None:
+                # Shards pad their batches to different lengths.
+                tensors = accelerator.gather_for_metrics(
+                    tuple(accelerator.pad_across_processes(t, dim=1) for t in tensors)
+                )
+            metrics.update_signals(*tensors)
+            continue
         pixel_values = batch["pixel_values"]
         output = unwrapped(pixel_values, return_loss=False)
         reconstruction, codes = output.reconstruction, output.codes
@@ -324,6 +461,25 @@ def fill_model_card(template: str, values: dict) -> str:
     if missing:
         raise ValueError(f"The model card template needs values for {missing}.")
     return re.sub(r"\{\{(\w+)\}\}", lambda m: str(values[m.group(1)]), template)
+
+
+def update_model_card(model_dir: str | os.PathLike, title: str, command: str, body: str):
+    """
+    Put `body` (e.g. a metrics table) and the `command` that measured it into `model_dir/README.md`, between markers
+    for `title`: a rerun replaces its own section and leaves the others.
+    """
+    card_file = Path(model_dir) / "README.md"
+    if not card_file.exists():
+        raise ValueError(f"`--model_card_section` needs a local model folder with a README.md; {card_file} is missing.")
+    begin, end = f"<!-- evaluation: {title} -->", f"<!-- end evaluation: {title} -->"
+    section = f"{begin}\n### {title}\n\n`{command}`\n\n{body}\n{end}"
+    card = card_file.read_text()
+    if begin in card and end in card:
+        card = card[: card.index(begin)] + section + card[card.index(end) + len(end) :]
+    else:
+        anchor = "\n## Citation"
+        card = card.replace(anchor, f"\n{section}\n{anchor}", 1) if anchor in card else f"{card}\n{section}\n"
+    atomic_write_text(card_file, card)
 
 
 def format_metrics_table(metrics: dict) -> str:

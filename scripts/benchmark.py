@@ -621,7 +621,7 @@ class PlainVQVAE(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        widths = [config.hidden_channels * m for m in config.channel_multipliers]
+        widths = list(config.stage_widths)
         width = widths[-1]
         # Registration order follows VQVAEModel's, so that `copy_weights` can pair the layers in order.
         self.down = nn.ModuleList(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)

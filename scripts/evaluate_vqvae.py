@@ -1,4 +1,4 @@
-"""Evaluate a VQ-VAE on a dataset split: reconstruction MSE and PSNR and codebook usage over the whole split, as JSON.
+"""Evaluate a VQ-VAE on a dataset split: reconstruction MSE and PSNR (SNR for audio) and codebook usage, as JSON.
 
     python scripts/evaluate_vqvae.py --model models/vqvae-cifar10 \
         --data_files "data/cifar10_sample/test-*.parquet" --output_file outputs/eval.json
@@ -17,13 +17,13 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from hf_vqvae import VQVAEImageProcessor, VQVAEModel
+from hf_vqvae import VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.training_utils import (
-    atomic_write_text,
     evaluate_reconstruction,
-    find_image_column,
     format_metrics_table,
     load_image_dataset,
+    make_preprocessing,
+    update_model_card,
     write_json,
 )
 
@@ -38,7 +38,11 @@ def parse_args(argv=None):
     parser.add_argument("--data_files", nargs="+", default=None, help="Files or globs of the split to evaluate.")
     parser.add_argument("--split", default="test", help="The split to evaluate.")
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N images.")
+    parser.add_argument("--audio_column", default=None,
+                        help="For 1-D models: column with the audio (default: first Audio column).")
+    parser.add_argument("--speaker_column", default=None,
+                        help="For speaker-conditioned 1-D models: column with integer speaker ids.")
+    parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N examples.")
     parser.add_argument("--batch_size", type=int, default=256, help="Batch size per process.")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
                         help="Mixed precision of the encoder/decoder (the quantizer stays fp32).")
@@ -57,10 +61,11 @@ def parse_args(argv=None):
 def main(args) -> dict:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = VQVAEModel.from_pretrained(args.model, revision=args.revision).eval()
+    processor_class = VQVAEImageProcessor if model.config.spatial_dims == 2 else VQVAEFeatureExtractor
     try:
-        image_processor = VQVAEImageProcessor.from_pretrained(args.model, revision=args.revision)
+        processor = processor_class.from_pretrained(args.model, revision=args.revision)
     except OSError:
-        image_processor = VQVAEImageProcessor.from_model_config(model.config)
+        processor = processor_class.from_model_config(model.config)
 
     data_files = {args.split: args.data_files} if args.data_files else None
     dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.data_dir, data_files)
@@ -69,15 +74,9 @@ def main(args) -> dict:
     split = dataset[args.split]
     if args.max_samples is not None:
         split = split.select(range(min(args.max_samples, len(split))))
-    image_column = find_image_column(split, args.image_column)
-
-    def transform(examples):
-        return {"pixel_values": image_processor(examples[image_column], return_tensors="pt")["pixel_values"]}
-
-    dataloader = torch.utils.data.DataLoader(
-        split.with_transform(transform), batch_size=args.batch_size,
-        collate_fn=lambda examples: {"pixel_values": torch.stack([e["pixel_values"] for e in examples])},
-    )
+    data_column = args.image_column if model.config.spatial_dims == 2 else args.audio_column
+    split, collate = make_preprocessing(split, processor, data_column, args.speaker_column)
+    dataloader = torch.utils.data.DataLoader(split, batch_size=args.batch_size, collate_fn=collate)
     model, dataloader = accelerator.prepare(model, dataloader)
     start = time.time()
     progress = tqdm(dataloader, desc="Evaluating", disable=not accelerator.is_local_main_process)
@@ -93,26 +92,10 @@ def main(args) -> dict:
             Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
             write_json(args.output_file, metrics)
         if args.model_card_section:
-            update_model_card(Path(args.model), args.model_card_section, metrics)
+            command = "python scripts/evaluate_vqvae.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            shown = {k: v for k, v in metrics.items() if k not in ("model", "data", "split")}
+            update_model_card(Path(args.model), args.model_card_section, command, format_metrics_table(shown))
     return metrics
-
-
-def update_model_card(model_dir: Path, title: str, metrics: dict):
-    """Put `metrics` and the command that measured them into `model_dir/README.md`, between markers for `title`."""
-    card_file = model_dir / "README.md"
-    if not card_file.exists():
-        raise ValueError(f"`--model_card_section` needs a local model folder with a README.md; {card_file} is missing.")
-    command = "python scripts/evaluate_vqvae.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    shown = {k: v for k, v in metrics.items() if k not in ("model", "data", "split")}
-    begin, end = f"<!-- evaluation: {title} -->", f"<!-- end evaluation: {title} -->"
-    section = f"{begin}\n### {title}\n\n`{command}`\n\n{format_metrics_table(shown)}\n{end}"
-    card = card_file.read_text()
-    if begin in card and end in card:
-        card = card[: card.index(begin)] + section + card[card.index(end) + len(end) :]
-    else:
-        anchor = "\n## Citation"
-        card = card.replace(anchor, f"\n{section}\n{anchor}", 1) if anchor in card else f"{card}\n{section}\n"
-    atomic_write_text(card_file, card)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch
 from transformers import pipeline
 
 import hf_vqvae  # noqa: F401 (registers the "vqvae-generation" pipeline)
-from hf_vqvae.training_utils import make_image_grid
+from hf_vqvae.training_utils import make_image_grid, write_json
 
 
 def parse_args(argv=None):
@@ -44,6 +44,10 @@ def parse_args(argv=None):
     parser.add_argument("--output_file", default="samples.png", help="Where the PNG grid is written.")
     parser.add_argument("--codes_file", default=None,
                         help="Also save the codes (N, h, w) and class labels with `torch.save` to this .pt file.")
+    parser.add_argument("--classifier", default=None,
+                        help="An image classifier folder (`scripts/train_classifier.py`): report the share of samples "
+                             "it assigns to the class they were drawn for (class-conditional priors).")
+    parser.add_argument("--results_file", default=None, help="Write that share (per class and overall) here as JSON.")
     parser.add_argument("--device", default=None,
                         help="Device to sample on, e.g. `cpu` or `cuda:0` (default: the first GPU if any, else CPU).")
     args = parser.parse_args(argv)
@@ -106,7 +110,36 @@ def main(args) -> dict:
         }, codes_file)
     print(f"Wrote {len(images)} samples in {len(rows)} row(s) to {output_file}"
           + (f" and their codes to {args.codes_file}" if args.codes_file else ""))
-    return {"output_file": str(output_file), "num_images": len(images), "num_rows": len(rows), "size": grid.size}
+    result = {"output_file": str(output_file), "num_images": len(images), "num_rows": len(rows), "size": grid.size}
+    if args.classifier is not None:
+        if not config.num_classes:
+            raise ValueError("`--classifier` scores class-conditional samples; this prior is unconditional.")
+        result["classifier"] = classify_samples(args.classifier, images, [o["class_label"] for o in outputs])
+        print(f"The classifier assigns {result['classifier']['accuracy']:.1%} of the samples to their requested "
+              f"class (chance {1 / config.num_classes:.1%}).")
+        if args.results_file:
+            write_json(args.results_file, {**result["classifier"], "arguments": vars(args)})
+    return result
+
+
+@torch.no_grad()
+def classify_samples(classifier_path: str, images, class_labels: list[int]) -> dict:
+    """The share of `images` that the classifier assigns to their requested class, overall and per class."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(classifier_path).eval()
+    processor = AutoImageProcessor.from_pretrained(classifier_path)
+    predicted = torch.cat([
+        model(processor(images[i : i + 256], return_tensors="pt")["pixel_values"]).logits.argmax(-1)
+        for i in range(0, len(images), 256)
+    ])
+    requested = torch.tensor(class_labels)
+    per_class = {
+        model.config.id2label.get(int(c), str(int(c))): float((predicted[requested == c] == c).float().mean())
+        for c in requested.unique()
+    }
+    return {"accuracy": float((predicted == requested).float().mean()), "per_class": per_class,
+            "num_samples": len(images), "classifier": str(classifier_path)}
 
 
 if __name__ == "__main__":

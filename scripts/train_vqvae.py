@@ -29,15 +29,16 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from hf_vqvae import VQVAEConfig, VQVAEImageProcessor, VQVAEModel, training_utils
+from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel, training_utils
 from hf_vqvae.training_utils import (
     atomic_write_text,
     checkpoint_step,
     evaluate_reconstruction,
     fill_model_card,
-    find_image_column,
     format_metrics_table,
     load_image_dataset,
+    make_preprocessing,
+    random_crop,
     reconstruction_grid,
     register_pretrained_hooks,
     resolve_checkpoint,
@@ -49,7 +50,7 @@ from hf_vqvae.training_utils import (
 
 logger = get_logger(__name__)
 
-PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet128}
+PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet128, "speech": VQVAEConfig.speech}
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
@@ -78,6 +79,13 @@ def parse_args(argv=None):
     parser.add_argument("--validation_split", default="test",
                         help="Split to validate on; validation is skipped when the dataset has none.")
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
+    parser.add_argument("--audio_column", default=None,
+                        help="For 1-D models: column with the audio (default: first Audio column).")
+    parser.add_argument("--speaker_column", default=None,
+                        help="For speaker-conditioned 1-D models: column with integer speaker ids.")
+    parser.add_argument("--max_audio_length", type=int, default=None,
+                        help="For 1-D models: train on random windows of at most this many samples (at the model's "
+                             "rate); validation uses whole recordings.")
     parser.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
     parser.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
@@ -187,8 +195,8 @@ def build_model(args) -> VQVAEModel:
     return VQVAEModel(config)
 
 
-def get_dataloaders(args, accelerator, image_processor):
-    """Train and validation dataloaders of `{"pixel_values": (B, C, H, W)}` batches."""
+def get_dataloaders(args, accelerator, config, processor):
+    """Train and validation dataloaders of model batches (`pixel_values`, or `input_values` for 1-D models)."""
     data_files = None
     if args.train_data_files:
         data_files = {args.train_split: args.train_data_files}
@@ -200,60 +208,81 @@ def get_dataloaders(args, accelerator, image_processor):
     if args.train_split not in dataset:
         raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
     train = dataset[args.train_split]
-    image_column = find_image_column(train, args.image_column)
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
     validation = dataset.get(args.validation_split)
     if validation is not None and args.max_eval_samples is not None:
         validation = validation.select(range(min(args.max_eval_samples, len(validation))))
-
-    def transform(examples):
-        return {"pixel_values": image_processor(examples[image_column], return_tensors="pt")["pixel_values"]}
-
-    def collate(examples):
-        pixel_values = torch.stack([e["pixel_values"] for e in examples])
-        return {"pixel_values": pixel_values}
+    data_column = args.image_column if config.spatial_dims == 2 else args.audio_column
+    if config.num_speakers > 0 and args.speaker_column is None:
+        raise ValueError(f"The model's decoder is conditioned on {config.num_speakers} speakers; name the column of "
+                         "speaker ids with `--speaker_column`.")
+    train, collate = make_preprocessing(train, processor, data_column, args.speaker_column)
 
     train_dataloader = torch.utils.data.DataLoader(
-        train.with_transform(transform), batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+        train, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
         collate_fn=collate, num_workers=args.dataloader_num_workers,
         # Its own generator: starting an epoch then draws nothing from the global RNG, which a resumed run restores
-        # (the quantizer's dead-code restarts and `--random_flip` draw from it).
+        # (the quantizer's dead-code restarts, `--random_flip` and audio windows draw from it).
         generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
-        raise ValueError(f"The training split has {len(train)} images, fewer than one batch of "
+        raise ValueError(f"The training split has {len(train)} examples, fewer than one batch of "
                          f"{args.train_batch_size}; lower `--train_batch_size`.")
     validation_dataloader = None
     if validation is not None:
+        validation, collate = make_preprocessing(validation, processor, data_column, args.speaker_column)
         validation_dataloader = torch.utils.data.DataLoader(
-            validation.with_transform(transform), batch_size=args.eval_batch_size, shuffle=False,
+            validation, batch_size=args.eval_batch_size, shuffle=False,
             collate_fn=collate, num_workers=args.dataloader_num_workers, generator=torch.Generator(),
         )
     return train_dataloader, validation_dataloader
 
 
-def log_validation(args, accelerator, model, image_processor, validation_dataloader, global_step, elapsed):
-    """Whole-pass reconstruction metrics and codebook usage, plus a PNG grid of originals over reconstructions."""
+def log_validation(args, accelerator, model, processor, validation_dataloader, global_step, elapsed):
+    """
+    Whole-pass reconstruction metrics and codebook usage, plus examples: a PNG grid of originals over reconstructions
+    (images), or WAV files of both (audio).
+    """
     metrics = evaluate_reconstruction(model, validation_dataloader, accelerator)
     metrics.update(step=global_step, elapsed_seconds=round(elapsed, 1))
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        pixel_values = next(iter(validation_dataloader))["pixel_values"][: args.num_validation_images]
+        batch = next(iter(validation_dataloader))
+        batch = {key: value[: args.num_validation_images].to(accelerator.device) for key, value in batch.items()}
         with torch.no_grad():
             unwrapped.eval()
-            reconstruction = unwrapped(pixel_values.to(accelerator.device), return_loss=False).reconstruction
+            reconstruction = unwrapped(return_loss=False, **batch).reconstruction
             unwrapped.train()
-        grid_dir = Path(args.output_dir) / "validation"
-        grid_dir.mkdir(parents=True, exist_ok=True)
-        reconstruction_grid(image_processor, pixel_values, reconstruction).save(grid_dir / f"step-{global_step}.png")
+        examples_dir = Path(args.output_dir) / "validation"
+        examples_dir.mkdir(parents=True, exist_ok=True)
+        if "pixel_values" in batch:
+            reconstruction_grid(processor, batch["pixel_values"], reconstruction).save(
+                examples_dir / f"step-{global_step}.png"
+            )
+        else:
+            write_audio_examples(processor, batch, reconstruction, examples_dir / f"step-{global_step}")
         with open(Path(args.output_dir) / "validation_log.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
     accelerator.log({f"val/{k}": v for k, v in metrics.items() if k not in ("step", "codebook_size")},
                     step=global_step)
-    accelerator.print(f"step {global_step}: val psnr {metrics['psnr']:.2f} dB, mse {metrics['mse']:.5f}, "
+    quality = f"psnr {metrics['psnr']:.2f}" if "psnr" in metrics else f"snr {metrics['snr']:.2f}"
+    accelerator.print(f"step {global_step}: val {quality} dB, mse {metrics['mse']:.5f}, "
                       f"codes used {metrics['codes_used']}/{metrics['codebook_size']}")
     return metrics
+
+
+def write_audio_examples(feature_extractor, batch, reconstruction, folder: Path):
+    """`original-i.wav` and `reconstruction-i.wav` for each example of an audio batch."""
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mask = batch["attention_mask"]
+    originals = feature_extractor.postprocess(batch["input_values"], mask)
+    reconstructions = feature_extractor.postprocess(reconstruction, mask)
+    for i, (original, decoded) in enumerate(zip(originals, reconstructions)):
+        soundfile.write(folder / f"original-{i}.wav", original, feature_extractor.sampling_rate)
+        soundfile.write(folder / f"reconstruction-{i}.wav", decoded, feature_extractor.sampling_rate)
 
 
 def validation_curve(log_file: Path) -> str:
@@ -265,11 +294,53 @@ def validation_curve(log_file: Path) -> str:
         if line.strip():
             entry = json.loads(line)
             by_step[entry["step"]] = entry  # a re-run's entry for the same step replaces the earlier one
-    rows = ["| step | training time (min) | PSNR (dB) | MSE | codes used |", "| --- | --- | --- | --- | --- |"]
+    quality = "psnr" if "psnr" in next(iter(by_step.values())) else "snr"  # images or signals
+    rows = [f"| step | training time (min, validation excluded) | {quality.upper()} (dB) | MSE | codes used |",
+            "| --- | --- | --- | --- | --- |"]
     for step, m in sorted(by_step.items()):
-        rows.append(f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {m['psnr']:.2f} | {m['mse']:.5f} | "
+        rows.append(f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {m[quality]:.2f} | {m['mse']:.5f} | "
                     f"{m['codes_used']}/{m['codebook_size']} |")
     return "\n".join(rows)
+
+
+IMAGE_USAGE = """from hf_vqvae import VQVAEImageProcessor, VQVAEModel
+
+model = VQVAEModel.from_pretrained("{model_id}")
+processor = VQVAEImageProcessor.from_pretrained("{model_id}")
+codes = model.encode(processor(images, return_tensors="pt").pixel_values).codes  # (batch, h, w)
+images = processor.postprocess(model.decode(codes).reconstruction)"""
+AUDIO_USAGE = """from hf_vqvae import VQVAEFeatureExtractor, VQVAEModel
+
+model = VQVAEModel.from_pretrained("{model_id}")
+extractor = VQVAEFeatureExtractor.from_pretrained("{model_id}")
+inputs = extractor(waveforms, sampling_rate={rate})  # a list of 1-D arrays
+encoded = model.encode(**inputs)  # encoded.codes (batch, length); encoded.codes_mask marks the real ones
+decoded = model.decode(encoded.codes{speakers}).reconstruction
+waveforms = extractor.postprocess(decoded, inputs["attention_mask"])"""
+
+
+def card_modality(config, model_id: str) -> dict:
+    """The model card's wording for an image model or a 1-D (audio) model."""
+    if config.spatial_dims == 2:
+        side = config.latent_size()
+        return {
+            "modality": "images", "modality_tag": "image-tokenizer",
+            "data_description": f"{config.image_size}x{config.image_size} images into a {side[0]}x{side[1]} grid of "
+                                f"discrete codes (K={config.codebook_size})",
+            "metric_description": "MSE on pixels scaled to [0, 1]; PSNR is the mean of per-image PSNR",
+            "usage": IMAGE_USAGE.format(model_id=model_id),
+        }
+    rate = config.sampling_rate or 16000
+    speakers = ", speaker_ids=speaker_ids" if config.num_speakers else ""
+    conditioning = f", with a decoder conditioned on {config.num_speakers} speakers" if config.num_speakers else ""
+    return {
+        "modality": "audio", "modality_tag": "audio-tokenizer",
+        "data_description": f"{rate} Hz mono audio into a sequence of discrete codes (K={config.codebook_size}), one "
+                            f"per {config.downsample_factor} samples ({rate / config.downsample_factor:g} per "
+                            f"second){conditioning}",
+        "metric_description": "MSE and SNR over the real samples of each recording, SNR averaged over recordings",
+        "usage": AUDIO_USAGE.format(model_id=model_id, rate=rate, speakers=speakers),
+    }
 
 
 def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, command: str):
@@ -286,8 +357,8 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
         "training_time": f"{train_seconds / 60:.1f} minutes",
         "evaluation": format_metrics_table(metrics) if metrics else "No validation split was given.",
         "validation_curve": validation_curve(Path(output_dir) / "validation_log.jsonl"),
-        "image_size": config.image_size,
     }
+    values.update(card_modality(config, values["model_id"]))
     atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
 
 
@@ -305,17 +376,20 @@ def main(args):
         os.makedirs(args.output_dir, exist_ok=True)
 
     model = build_model(args)
+    # Images go through the image processor; waveforms (1-D models) through the feature extractor.
+    processor_class = VQVAEImageProcessor if model.config.spatial_dims == 2 else VQVAEFeatureExtractor
     if args.pretrained_model_name_or_path is not None:
         try:
-            image_processor = VQVAEImageProcessor.from_pretrained(args.pretrained_model_name_or_path,
-                                                                  revision=args.revision)
+            processor = processor_class.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
         except OSError:
-            image_processor = VQVAEImageProcessor.from_model_config(model.config)
+            processor = processor_class.from_model_config(model.config)
     else:
-        image_processor = VQVAEImageProcessor.from_model_config(model.config)
+        processor = processor_class.from_model_config(model.config)
     if args.channels_last:
+        if model.config.spatial_dims != 2:
+            raise ValueError("`--channels_last` is a memory format for images; drop it for 1-D models.")
         model = model.to(memory_format=torch.channels_last)
-    train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, image_processor)
+    train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, model.config, processor)
 
     # Derive the step budget before the schedule needs it. Each process gets 1/num_processes of the batches.
     batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
@@ -365,9 +439,11 @@ def main(args):
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
     start_time = time.time()
-    # Elapsed time carries over a resume through the validation log.
+    # Elapsed training time carries over a resume through the validation log; validation passes do not count.
     time_offset = _previous_elapsed(args.output_dir, global_step)
+    validation_seconds = 0.0
     metrics = None
+    unwrapped_config = accelerator.unwrap_model(model).config
     model.train()
     for epoch in range(first_epoch, num_epochs):
         batches = train_dataloader
@@ -377,16 +453,20 @@ def main(args):
         for batch in batches:
             if global_step >= args.max_train_steps:
                 break
-            pixel_values = batch["pixel_values"]
-            if args.random_flip:
-                # Drawn here, not in the collate function: the dataloader fetches a batch ahead, and a resumed run
-                # must draw the same numbers as an uninterrupted one.
-                flip = torch.rand(len(pixel_values), device=pixel_values.device) < 0.5
-                pixel_values = torch.where(flip[:, None, None, None], pixel_values.flip(-1), pixel_values)
-            if args.channels_last:
-                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            # Random flips and audio windows are drawn here, not in the collate function: the dataloader fetches a
+            # batch ahead, and a resumed run must draw the same numbers as an uninterrupted one.
+            if "pixel_values" in batch:
+                pixel_values = batch["pixel_values"]
+                if args.random_flip:
+                    flip = torch.rand(len(pixel_values), device=pixel_values.device) < 0.5
+                    pixel_values = torch.where(flip[:, None, None, None], pixel_values.flip(-1), pixel_values)
+                if args.channels_last:
+                    pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+                batch = {"pixel_values": pixel_values}
+            elif args.max_audio_length is not None:
+                batch = random_crop(batch, args.max_audio_length, unwrapped_config.downsample_factor)
             with accelerator.accumulate(model):
-                output = model(pixel_values)
+                output = model(**batch)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -412,23 +492,25 @@ def main(args):
             if validation_dataloader is not None and (
                 global_step % args.validation_steps == 0 or global_step == args.max_train_steps
             ):
-                metrics = log_validation(args, accelerator, model, image_processor, validation_dataloader,
-                                         global_step, time_offset + time.time() - start_time)
+                validation_start = time.time()
+                metrics = log_validation(args, accelerator, model, processor, validation_dataloader,
+                                         global_step, time_offset + validation_start - start_time - validation_seconds)
+                validation_seconds += time.time() - validation_start
             # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
     progress.close()
 
     accelerator.wait_for_everyone()
-    train_seconds = time_offset + time.time() - start_time
+    train_seconds = time_offset + time.time() - start_time - validation_seconds
     check_quantizer_in_sync(accelerator, model)
     if metrics is None and validation_dataloader is not None:
         # E.g. a run resumed at its last step: the card still gets measured numbers.
-        metrics = log_validation(args, accelerator, model, image_processor, validation_dataloader, global_step,
+        metrics = log_validation(args, accelerator, model, processor, validation_dataloader, global_step,
                                  train_seconds)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        save_pretrained_atomic(args.output_dir, unwrapped, image_processor)
+        save_pretrained_atomic(args.output_dir, unwrapped, processor)
         if metrics is not None:
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
         # The launch as it ran, Accelerate's settings included.

@@ -188,11 +188,62 @@ def test_paper_cifar10_architecture_layers():
         ({"dead_code_threshold": -1.0}, "dead_code_threshold"),
         ({"num_res_blocks": -1}, "num_res_blocks"),
         ({"hidden_channels": 2.5}, "hidden_channels"),
+        ({"hidden_channels": 7, "channel_multipliers": (0.5, 1)}, "whole number"),
+        ({"reconstruction_loss": "l1"}, "reconstruction_loss"),
+        ({"reconstruction_loss_weight": 0.0}, "reconstruction_loss_weight"),
+        ({"num_speakers": -1}, "num_speakers"),
+        ({"spatial_dims": 1, "reconstruction_loss": "discretized_gaussian"}, "8-bit pixels"),
     ],
 )
 def test_invalid_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_tiny_config(**kwargs)
+
+
+def test_fractional_channel_multipliers_give_a_half_width_first_stage(tmp_path):
+    config = make_tiny_config(channel_multipliers=(0.5, 1.0))
+    assert config.channel_multipliers == (0.5, 1) and config.stage_widths == (4, 8)
+    model = VQVAEModel(config)
+    assert model.encoder.down[0].out_channels == 4 and model.decoder.up[-1].in_channels == 4
+    config.save_pretrained(tmp_path)
+    assert VQVAEConfig.from_pretrained(tmp_path).channel_multipliers == (0.5, 1)
+
+
+def test_reconstruction_loss_weight_scales_only_the_reconstruction_term(pixel_values):
+    torch.manual_seed(0)
+    model = VQVAEModel(make_tiny_config()).eval()
+    weighted = VQVAEModel(make_tiny_config(reconstruction_loss_weight=4.0)).eval()
+    weighted.load_state_dict(model.state_dict())
+    plain, heavy = model(pixel_values), weighted(pixel_values)
+    torch.testing.assert_close(heavy.loss - plain.loss, 3 * plain.reconstruction_loss)
+
+
+@pytest.mark.parametrize("mean, scale", [(0.01, 0.05), (0.9, 0.3), (-1.3, 0.01), (0.3, 3.0), (0.1, 1e-4)])
+def test_discretized_gaussian_is_a_distribution_over_the_256_values(mean, scale):
+    from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
+
+    values = torch.arange(256.0) * 2 / 255 - 1
+    log_p = discretized_gaussian_log_likelihood(values, torch.full_like(values, mean),
+                                                torch.full_like(values, float(torch.tensor(scale).log())))
+    assert float(log_p.exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    assert bool(torch.isfinite(log_p).all()) and bool((log_p <= 0).all())
+    # The most likely value is the one nearest the mean (clipped to the range); with a wide scale the open end bins win.
+    if scale <= 0.05:
+        assert int(log_p.argmax()) == int(((torch.tensor(mean).clamp(-1, 1) + 1) * 255 / 2).round())
+
+
+def test_discretized_gaussian_decoder_predicts_scales_and_its_loss_is_the_nll(pixel_values):
+    pixel_values = ((pixel_values + 1) * 255 / 2).round() * 2 / 255 - 1  # 8-bit levels
+    model = VQVAEModel(make_tiny_config(reconstruction_loss="discretized_gaussian")).eval()
+    output = model(pixel_values)
+    assert output.reconstruction.shape == output.reconstruction_log_scale.shape == pixel_values.shape
+    from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
+
+    nll = -discretized_gaussian_log_likelihood(pixel_values, output.reconstruction, output.reconstruction_log_scale)
+    torch.testing.assert_close(output.reconstruction_loss, nll.mean())
+    decoded = model.decode(output.codes)
+    torch.testing.assert_close(decoded.reconstruction, output.reconstruction)
+    torch.testing.assert_close(decoded.reconstruction_log_scale, output.reconstruction_log_scale)
 
 
 def test_downsampling_stages_are_configurable():

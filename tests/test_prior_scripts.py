@@ -407,3 +407,70 @@ def test_generation_pipeline_unconditional_prior_rejects_classes(vqvae_dir, tmp_
     assert len(generate(num_images=2, seed=0)) == 2
     with pytest.raises(ValueError, match="This prior is unconditional"):
         generate([0])
+
+
+# ---------------------------------------------------------------------------------------------------------- bits/dim
+
+import evaluate_bits_per_dim  # noqa: E402
+import train_classifier  # noqa: E402
+
+
+def test_code_log_likelihood_matches_the_training_loss(trained):
+    prior = VQVAEPriorForCausalLM.from_pretrained(trained["output"]).eval()
+    codes = torch.randint(0, prior.config.codebook_size, (3, *GRID))
+    log_likelihood = prior.code_log_likelihood(codes, [0, 1, 2])
+    assert log_likelihood.shape == (3, *GRID) and bool((log_likelihood <= 0).all())
+    mapping = prior.code_mapping
+    loss = prior(mapping.codes_to_input_ids(codes, [0, 1, 2]), labels=mapping.codes_to_labels(codes)).loss
+    torch.testing.assert_close(-log_likelihood.mean(), loss, rtol=1e-5, atol=1e-5)
+
+
+def test_bits_per_dim_script_reports_both_bounds(trained, vqvae_dir, tmp_path):
+    args = ["--model", str(vqvae_dir), "--prior", str(trained["output"]), "--data_files",
+            str(SAMPLE / "test-*.parquet"), "--max_samples", "20", "--scale_fit_data_files",
+            str(SAMPLE / "train-*.parquet"), "--scale_fit_samples", "40", "--batch_size", "10",
+            "--output_file", str(tmp_path / "bpd.json")]
+    results = evaluate_bits_per_dim.main(evaluate_bits_per_dim.parse_args(args))
+    assert results == json.loads((tmp_path / "bpd.json").read_text())
+    assert results["num_images"] == 20 and results["dims_per_image"] == 3 * 32 * 32 and results["codes_per_image"] == 64
+    # The uniform prior costs N log2 K bits per image; the bounds add the decoder's term.
+    assert results["uniform_prior_bits_per_dim"] == pytest.approx(64 * 4 / 3072)
+    for bound in ("uniform", "learned"):
+        assert results[f"bits_per_dim_{bound}_prior"] == pytest.approx(
+            results["decoder_bits_per_dim"] + results[f"{bound}_prior_bits_per_dim"])
+    assert 0 < results["decoder_scale"] < 1 and results["paper_vqvae"] == 4.67
+    assert any("marginalised over 10" in assumption for assumption in results["assumptions"])
+
+    # A prior trained on another VQ-VAE's codes is refused; an MSE decoder needs train images for its scale.
+    other = save_vqvae(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match="another VQ-VAE"):
+        evaluate_bits_per_dim.main(evaluate_bits_per_dim.parse_args(["--model", str(other), *args[2:]]))
+    with pytest.raises(ValueError, match="scale_fit_data_files"):
+        evaluate_bits_per_dim.main(evaluate_bits_per_dim.parse_args(args[:8]))
+
+
+def test_discretized_gaussian_decoder_gives_bits_per_dim_without_a_fitted_scale(tmp_path):
+    model_dir = save_vqvae(tmp_path / "dg", reconstruction_loss="discretized_gaussian")
+    results = evaluate_bits_per_dim.main(evaluate_bits_per_dim.parse_args([
+        "--model", str(model_dir), "--data_files", str(SAMPLE / "test-*.parquet"), "--max_samples", "8"]))
+    assert results["decoder_scale"] == "per-pixel, predicted by the decoder"
+    # An untrained decoder is no better than uniform over the 256 values by much: about 8 bits per dim.
+    assert 5 < results["decoder_bits_per_dim"] < 12 and "bits_per_dim_learned_prior" not in results
+
+
+def test_classifier_scores_the_share_of_samples_of_the_requested_class(trained, tmp_path):
+    classifier_dir = tmp_path / "classifier"
+    results = train_classifier.main(train_classifier.parse_args([
+        "--train_data_files", str(SAMPLE / "train-*.parquet"), "--validation_data_files",
+        str(SAMPLE / "test-*.parquet"), "--hidden_sizes", "8,16,32", "--num_train_epochs", "1",
+        "--train_batch_size", "100", "--output_dir", str(classifier_dir)]))
+    assert 0 <= results["test_accuracy"] <= 1 and len(results["curve"]) == 1
+    assert json.loads((classifier_dir / "results.json").read_text())["test_accuracy"] == results["test_accuracy"]
+    result = sample.main(sample.parse_args([
+        "--prior", str(trained["output"]), "--num_per_class", "2", "--classes", "0", "1", "--seed", "0",
+        "--output_file", str(tmp_path / "s.png"), "--classifier", str(classifier_dir),
+        "--results_file", str(tmp_path / "share.json")]))
+    share = result["classifier"]
+    assert share["num_samples"] == 4 and 0 <= share["accuracy"] <= 1 and set(share["per_class"]) == {"airplane",
+                                                                                                     "automobile"}
+    assert json.loads((tmp_path / "share.json").read_text())["accuracy"] == share["accuracy"]

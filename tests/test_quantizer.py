@@ -467,3 +467,27 @@ def test_state_dict_round_trip_restores_outputs_and_updates(use_ema):
         torch.manual_seed(step)
         fresh(batch)
     assert_same_state(state(fresh), state(trained))
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_mask_leaves_padding_out_of_losses_and_statistics(use_ema):
+    """Masked-out vectors (e.g. padding of a shorter waveform) get codes but count nowhere: the same losses,
+    perplexity, EMA statistics and code usage as a call on the real vectors alone."""
+    torch.manual_seed(0)
+    kwargs = {"codebook_size": 8, "codebook_dim": 3, "use_ema": use_ema, "dead_code_threshold": 0.5}
+    masked, alone = VectorQuantizer(**kwargs), VectorQuantizer(**kwargs)
+    alone.load_state_dict(masked.state_dict())
+    latents = torch.randn(2, 5, 3, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    torch.manual_seed(1)
+    out_masked = masked(latents, mask=mask)
+    torch.manual_seed(1)
+    out_alone = alone(latents[mask][None])
+    assert out_masked.codes.shape == (2, 5)
+    assert torch.equal(out_masked.codes[mask], out_alone.codes[0])
+    for name in ("codebook_loss", "commitment_loss", "perplexity"):
+        torch.testing.assert_close(getattr(out_masked, name), getattr(out_alone, name))
+    for name, buffer in masked.state_dict().items():
+        torch.testing.assert_close(buffer, alone.state_dict()[name], msg=name)
+    with pytest.raises(ValueError, match="mask"):
+        masked(latents, mask=mask[:, :3])

@@ -1,0 +1,220 @@
+"""Probe what the codes of a 1-D (audio) VQ-VAE keep: content and speaker (paper section 4.3), as JSON.
+
+    python scripts/evaluate_audio_codes.py --model models/vqvae-fsdd \
+        --train_data_files "../shared/data/fsdd/train-*.parquet" --test_data_files "../shared/data/fsdd/test-*.parquet" \
+        --label_columns digit speaker_id --untrained_baseline --output_file outputs/fsdd-probe.json
+
+Both splits are encoded whole (one code per `downsample_factor` samples; codes over padding are dropped). For each
+label column, probes fit on the train split are scored on the test split:
+
+- `linear_probe_accuracy`: multinomial logistic regression on each recording's bag of codes (the relative frequency
+  of each of the K codes);
+- `code_majority_accuracy`: the paper's measure. Each code is mapped to the label it occurs with most often in train.
+  A recording is predicted by the majority vote of its codes; `code_frame_accuracy` scores every code alone.
+
+With `--untrained_baseline`, the same probes run on an untrained model of the same architecture (seeded random
+weights) whose codebook is fit by k-means to its encoder outputs on the train split: a "far above chance" result means
+little unless it beats this. Reconstruction MSE and SNR on the test split come from the trained model. Needs the
+`audio` and `anomaly` extras (soundfile, scipy, scikit-learn).
+"""
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hf_vqvae import VQVAEFeatureExtractor, VQVAEModel
+from hf_vqvae.quantizer import VectorQuantizer
+from hf_vqvae.training_utils import (
+    evaluate_reconstruction,
+    load_image_dataset,
+    make_preprocessing,
+    update_model_card,
+    write_json,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="A 1-D VQ-VAE folder or Hub id.")
+    parser.add_argument("--revision", default=None, help="Hub revision of the model.")
+    parser.add_argument("--dataset_name", default=None, help="A Hub dataset, or the builder of the data files.")
+    parser.add_argument("--train_data_files", nargs="+", default=None, help="Files or globs of the train split.")
+    parser.add_argument("--test_data_files", nargs="+", default=None, help="Files or globs of the test split.")
+    parser.add_argument("--train_split", default="train", help="Split the probes are fit on.")
+    parser.add_argument("--test_split", default="test", help="Split the probes are scored on.")
+    parser.add_argument("--audio_column", default=None, help="Column with the audio (default: first Audio column).")
+    parser.add_argument("--speaker_column", default=None,
+                        help="Speaker ids for a speaker-conditioned decoder (reconstruction only).")
+    parser.add_argument("--label_columns", nargs="+", required=True, help="Integer label columns to probe.")
+    parser.add_argument("--untrained_baseline", action="store_true",
+                        help="Also probe an untrained encoder with a k-means codebook.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the untrained baseline and the probes.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Recordings per batch.")
+    parser.add_argument("--output_file", default=None, help="Write the results here as JSON.")
+    parser.add_argument("--model_card_section", default=None,
+                        help="Also write the results, with this command, into the model folder's README.md under "
+                             "this title.")
+    args = parser.parse_args(argv)
+    if args.dataset_name is None and (args.train_data_files is None or args.test_data_files is None):
+        raise ValueError("Give the data: `--dataset_name`, or both `--train_data_files` and `--test_data_files`.")
+    if args.batch_size < 1:
+        raise ValueError(f"`--batch_size` must be >= 1; got {args.batch_size}.")
+    return args
+
+
+@torch.no_grad()
+def encode_split(model, dataloader, description: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per recording: its codes over real samples, and its encoder outputs there `(length, D)`."""
+    codes, latents = [], []
+    for batch in tqdm(dataloader, desc=description):
+        output = model.encode(input_values=batch["input_values"], attention_mask=batch["attention_mask"])
+        for row_codes, row_latents, mask in zip(output.codes, output.latents.transpose(1, 2), output.codes_mask):
+            codes.append(row_codes[mask].numpy())
+            latents.append(row_latents[mask].float().numpy())
+    return codes, latents
+
+
+def bag_of_codes(codes: list[np.ndarray], codebook_size: int) -> np.ndarray:
+    """(N, K) relative frequency of each code in each recording."""
+    features = np.zeros((len(codes), codebook_size), dtype=np.float64)
+    for row, sequence in zip(features, codes):
+        np.add.at(row, sequence, 1.0)
+        row /= max(len(sequence), 1)
+    return features
+
+
+def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int, seed: int) -> dict:
+    """The linear probe and the paper's code-to-majority-label mapping, fit on train, scored on test."""
+    from sklearn.linear_model import LogisticRegression
+
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    classifier = LogisticRegression(max_iter=5000, C=10.0, random_state=seed)
+    classifier.fit(bag_of_codes(train_codes, codebook_size), train_labels)
+    linear = float((classifier.predict(bag_of_codes(test_codes, codebook_size)) == test_labels).mean())
+
+    # Each code -> the label it occurs with most often in train (codes never seen: the overall majority label).
+    pair_counts = Counter()
+    for sequence, label in zip(train_codes, train_labels):
+        pair_counts.update((int(code), int(label)) for code in sequence)
+    overall = Counter(train_labels.tolist()).most_common(1)[0][0]
+    best: dict[int, tuple[int, int]] = {}
+    for (code, label), count in pair_counts.items():
+        if count > best.get(code, (0, -1))[0]:
+            best[code] = (count, label)
+    code_label = np.array([best.get(code, (0, overall))[1] for code in range(codebook_size)])
+    frames_right = frames = recordings_right = 0
+    for sequence, label in zip(test_codes, test_labels):
+        votes = code_label[sequence]
+        frames_right += int((votes == label).sum())
+        frames += len(votes)
+        recordings_right += int(Counter(votes.tolist()).most_common(1)[0][0] == label) if len(votes) else 0
+    return {
+        "linear_probe_accuracy": linear,
+        "code_majority_accuracy": recordings_right / len(test_labels),
+        "code_frame_accuracy": frames_right / max(frames, 1),
+        "chance_accuracy": 1.0 / len(np.unique(train_labels)),
+        "codes_used_in_train": int(len(best)),
+    }
+
+
+def probe_all(train_codes, test_codes, train_split, test_split, label_columns, codebook_size, seed) -> dict:
+    return {
+        column: probe(train_codes, train_split[column], test_codes, test_split[column], codebook_size, seed)
+        for column in label_columns
+    }
+
+
+def untrained_codes(model, train_latents, test_latents, seed: int):
+    """Codes of an untrained encoder, with a codebook fit by k-means (our quantizer's own) to its train outputs."""
+    config = model.config
+    torch.manual_seed(seed)
+    quantizer = VectorQuantizer(codebook_size=config.codebook_size, codebook_dim=config.codebook_dim,
+                                use_kmeans_init=True, kmeans_iters=25)
+    quantizer.train()
+    with torch.no_grad():
+        quantizer(torch.from_numpy(np.concatenate(train_latents)))  # the first training call runs k-means
+    quantizer.eval()
+    with torch.no_grad():
+        encode = lambda latents: [quantizer(torch.from_numpy(x)).codes.numpy() for x in latents]  # noqa: E731
+        return encode(train_latents), encode(test_latents)
+
+
+def main(args) -> dict:
+    torch.manual_seed(args.seed)
+    model = VQVAEModel.from_pretrained(args.model, revision=args.revision).eval()
+    if model.config.spatial_dims != 1:
+        raise ValueError(f"{args.model} is an image model (`spatial_dims=2`); this script probes audio models.")
+    try:
+        feature_extractor = VQVAEFeatureExtractor.from_pretrained(args.model, revision=args.revision)
+    except OSError:
+        feature_extractor = VQVAEFeatureExtractor.from_model_config(model.config)
+    data_files = None
+    if args.train_data_files:
+        data_files = {args.train_split: args.train_data_files, args.test_split: args.test_data_files}
+    dataset = load_image_dataset(args.dataset_name, None, None, data_files)
+    for split in (args.train_split, args.test_split):
+        if split not in dataset:
+            raise ValueError(f"No split {split!r} in the dataset (splits: {list(dataset)}).")
+        for column in args.label_columns:
+            if column not in dataset[split].column_names:
+                raise ValueError(f"No column {column!r} in split {split!r} (columns: {dataset[split].column_names}).")
+    train_split, test_split = dataset[args.train_split], dataset[args.test_split]
+
+    def loader(split):
+        rows, collate = make_preprocessing(split, feature_extractor, args.audio_column, args.speaker_column)
+        return torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
+
+    start = time.time()
+    results = {"model": str(args.model), "codebook_size": model.config.codebook_size,
+               "downsample_factor": model.config.downsample_factor,
+               "code_rate_hz": feature_extractor.sampling_rate / model.config.downsample_factor}
+    results["reconstruction"] = evaluate_reconstruction(model, tqdm(loader(test_split), desc="Reconstructing"))
+    train_codes, _ = encode_split(model, loader(train_split), "Encoding train")
+    test_codes, _ = encode_split(model, loader(test_split), "Encoding test")
+    results["trained"] = probe_all(train_codes, test_codes, train_split, test_split, args.label_columns,
+                                   model.config.codebook_size, args.seed)
+    if args.untrained_baseline:
+        torch.manual_seed(args.seed)
+        untrained = VQVAEModel(model.config).eval()
+        _, train_latents = encode_split(untrained, loader(train_split), "Encoding train (untrained)")
+        _, test_latents = encode_split(untrained, loader(test_split), "Encoding test (untrained)")
+        baseline_train, baseline_test = untrained_codes(untrained, train_latents, test_latents, args.seed)
+        results["untrained_baseline"] = probe_all(baseline_train, baseline_test, train_split, test_split,
+                                                  args.label_columns, model.config.codebook_size, args.seed)
+    results["seconds"] = round(time.time() - start, 1)
+    if args.output_file:
+        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.output_file, results)
+    if args.model_card_section:
+        command = "python scripts/evaluate_audio_codes.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        update_model_card(args.model, args.model_card_section, command, format_probe_table(results))
+    return results
+
+
+def format_probe_table(results: dict) -> str:
+    """A Markdown table of the probes (trained model vs untrained baseline) and the reconstruction quality."""
+    rows = ["| label | measure | trained codes | untrained baseline | chance |", "| --- | --- | --- | --- | --- |"]
+    for column, trained in results["trained"].items():
+        baseline = results.get("untrained_baseline", {}).get(column, {})
+        for measure in ("linear_probe_accuracy", "code_majority_accuracy", "code_frame_accuracy"):
+            other = f"{baseline[measure]:.1%}" if measure in baseline else "-"
+            rows.append(f"| {column} | {measure} | {trained[measure]:.1%} | {other} | {trained['chance_accuracy']:.1%} |")
+    reconstruction = results["reconstruction"]
+    rows.append("")
+    rows.append(f"Test reconstruction: SNR {reconstruction['snr']:.2f} dB, MSE {reconstruction['mse']:.6f}, "
+                f"{reconstruction['codes_used']}/{reconstruction['codebook_size']} codes used; "
+                f"{results['code_rate_hz']:.0f} codes per second.")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    json.dump(main(parse_args()), sys.stdout, indent=2)
+    sys.stdout.write("\n")

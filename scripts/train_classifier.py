@@ -1,0 +1,120 @@
+"""Train a small image classifier (a transformers ResNet) to judge how recognisable a prior's class-conditional samples are.
+
+    accelerate launch scripts/train_classifier.py --train_data_files "../shared/data/cifar10/train-*.parquet" \
+        --validation_data_files "../shared/data/cifar10/test-*.parquet" --num_train_epochs 10 \
+        --output_dir models/classifier-cifar10
+
+The classifier is a stock `ResNetForImageClassification` (three stages of basic blocks), trained from scratch with
+random crops and flips on images prepared by `VQVAEImageProcessor` (pixels in [-1, 1], as the VQ-VAE decodes them).
+It is saved with its image processor and a `results.json` holding its accuracy on the validation split;
+`scripts/sample.py --classifier` then reports the share of samples it assigns to the requested class.
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import ResNetConfig, ResNetForImageClassification, get_scheduler
+
+from hf_vqvae import VQVAEImageProcessor
+from hf_vqvae.training_utils import load_image_dataset, make_preprocessing, save_pretrained_atomic, write_json
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train_data_files", nargs="+", required=True, help="Files or globs of the training split.")
+    parser.add_argument("--validation_data_files", nargs="+", required=True, help="Files or globs of the test split.")
+    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
+    parser.add_argument("--label_column", default="label", help="Column with the class ids.")
+    parser.add_argument("--image_size", type=int, default=32, help="Side of the (square) images.")
+    parser.add_argument("--hidden_sizes", default="64,128,256", help="Widths of the three ResNet stages.")
+    parser.add_argument("--num_train_epochs", type=int, default=10, help="Epochs over the training split.")
+    parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size.")
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate (one-cycle cosine).")
+    parser.add_argument("--weight_decay", type=float, default=5e-4, help="AdamW weight decay.")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Mixed precision.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed.")
+    parser.add_argument("--output_dir", default="outputs/classifier", help="Where the classifier is saved.")
+    args = parser.parse_args(argv)
+    args.hidden_sizes = [int(size) for size in args.hidden_sizes.split(",")]
+    if args.num_train_epochs < 1 or args.train_batch_size < 1 or len(args.hidden_sizes) != 3:
+        raise ValueError("`--num_train_epochs` and `--train_batch_size` must be >= 1 and `--hidden_sizes` three ints.")
+    return args
+
+
+def augment(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Random 4-pixel-padded crops and horizontal flips (drawn from the global RNG)."""
+    batch, _, height, width = pixel_values.shape
+    padded = F.pad(pixel_values, (4, 4, 4, 4), mode="reflect")
+    rows, cols = torch.randint(0, 9, (batch,)), torch.randint(0, 9, (batch,))
+    crops = torch.stack([padded[i, :, r : r + height, c : c + width] for i, (r, c) in enumerate(zip(rows, cols))])
+    flip = torch.rand(batch) < 0.5
+    return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+
+
+@torch.no_grad()
+def accuracy(model, dataloader) -> float:
+    model.eval()
+    right = total = 0
+    for batch in dataloader:
+        right += int((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum())
+        total += len(batch["labels"])
+    model.train()
+    return right / total
+
+
+def main(args) -> dict:
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    set_seed(args.seed)
+    dataset = load_image_dataset(data_files={"train": args.train_data_files, "test": args.validation_data_files})
+    names = dataset["train"].features[args.label_column].names
+    processor = VQVAEImageProcessor(size={"height": args.image_size, "width": args.image_size})
+
+    def loader(split, shuffle):
+        rows, collate = make_preprocessing(dataset[split], processor, args.image_column, label_column=args.label_column)
+        return torch.utils.data.DataLoader(rows, batch_size=args.train_batch_size, shuffle=shuffle, drop_last=shuffle,
+                                           collate_fn=collate, generator=torch.Generator().manual_seed(args.seed))
+
+    train_loader, test_loader = loader("train", True), loader("test", False)
+    config = ResNetConfig(num_channels=3, embedding_size=args.hidden_sizes[0] // 2, hidden_sizes=args.hidden_sizes,
+                          depths=[2, 2, 2], layer_type="basic", num_labels=len(names),
+                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    model = ResNetForImageClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps = args.num_train_epochs * len(train_loader)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=math.ceil(0.05 * steps), num_training_steps=steps)
+    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, test_loader, scheduler
+    )
+    start = time.time()
+    progress = tqdm(total=steps, desc="Steps", disable=not accelerator.is_local_main_process)
+    curve = []
+    for epoch in range(args.num_train_epochs):
+        for batch in train_loader:
+            loss = F.cross_entropy(model(augment(batch["pixel_values"])).logits.float(), batch["labels"])
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+        curve.append({"epoch": epoch + 1, "test_accuracy": accuracy(model, test_loader),
+                      "minutes": round((time.time() - start) / 60, 1)})
+        accelerator.print(f"epoch {epoch + 1}: test accuracy {curve[-1]['test_accuracy']:.2%}")
+    results = {"test_accuracy": curve[-1]["test_accuracy"], "curve": curve, "num_classes": len(names),
+               "parameters": sum(p.numel() for p in model.parameters()), "arguments": vars(args)}
+    if accelerator.is_main_process:
+        save_pretrained_atomic(args.output_dir, accelerator.unwrap_model(model), processor)
+        write_json(Path(args.output_dir) / "results.json", results)
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps({k: v for k, v in main(parse_args()).items() if k != "arguments"}, indent=2))

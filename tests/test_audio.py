@@ -1,0 +1,342 @@
+"""1-D (audio) VQ-VAEs: the model on waveforms, speaker conditioning, the feature extractor and the scripts on audio."""
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from safetensors.torch import load_file
+from test_scripts import launch, script_env
+from transformers import AutoFeatureExtractor, AutoModel
+
+from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEModel
+from hf_vqvae.training_utils import decode_audio, random_crop
+
+
+soundfile = pytest.importorskip("soundfile")
+pytest.importorskip("scipy")
+
+RATE = 8000
+
+
+def make_audio_config(**kwargs) -> VQVAEConfig:
+    """Six stride-2 stages (64x shorter codes) at widths 8-16, K=16, D=4, 8 kHz."""
+    settings = {"hidden_channels": 16, "channel_multipliers": (0.5,) * 2 + (1,) * 4, "num_res_blocks": 1,
+                "res_hidden_channels": 8, "codebook_size": 16, "codebook_dim": 4, "sampling_rate": RATE}
+    return VQVAEConfig.speech(**{**settings, **kwargs})
+
+
+def tone(length: int, frequency: float = 440.0, rate: int = RATE, amplitude: float = 0.5) -> np.ndarray:
+    return (amplitude * np.sin(2 * np.pi * frequency * np.arange(length) / rate)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------ model
+
+
+def test_speech_preset_is_the_papers_encoder():
+    config = VQVAEConfig.speech()
+    assert config.spatial_dims == 1 and config.downsample_factor == 64 and config.codebook_size == 512
+    model = VQVAEModel(config)
+    assert [conv.kernel_size + conv.stride for conv in model.encoder.down] == [(4, 2)] * 6
+    assert model.main_input_name == "input_values"
+
+
+def test_shapes_of_encode_decode_and_forward():
+    model = VQVAEModel(make_audio_config()).eval()
+    input_values = torch.randn(3, 640) * 0.1
+    encoded = model.encode(input_values=input_values)
+    assert encoded.codes.shape == (3, 10) and encoded.codes.dtype == torch.long
+    assert encoded.latents.shape == encoded.quantized.shape == (3, 4, 10) and encoded.codes_mask is None
+    assert model.decode(encoded.codes).reconstruction.shape == (3, 1, 640)
+    output = model(input_values=input_values)
+    assert output.reconstruction.shape == (3, 1, 640) and output.loss.ndim == 0
+    # (batch, 1, time) is the same input as (batch, time) for a mono model.
+    assert torch.equal(model.encode(input_values=input_values[:, None]).codes, encoded.codes)
+
+
+def test_attention_mask_leaves_padding_out_of_the_loss_and_marks_real_codes():
+    torch.manual_seed(0)
+    model = VQVAEModel(make_audio_config()).eval()
+    input_values = torch.randn(2, 640) * 0.1
+    attention_mask = torch.ones(2, 640, dtype=torch.long)
+    attention_mask[1, 200:] = 0
+    output = model(input_values=input_values, attention_mask=attention_mask)
+    assert output.codes_mask.tolist()[1] == [True] * 4 + [False] * 6  # ceil(200 / 64) = 4 codes cover real samples
+    assert all(output.codes_mask[0])
+    error = (output.reconstruction[:, 0] - input_values) ** 2
+    expected = (error[0].sum() + error[1, :200].sum()) / (640 + 200)
+    torch.testing.assert_close(output.reconstruction_loss, expected)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_values=input_values, attention_mask=attention_mask[:, :100])
+
+
+def test_speaker_conditioning_changes_the_decoding_and_is_required():
+    config = make_audio_config(num_speakers=3)
+    model = VQVAEModel(config).eval()
+    codes = torch.randint(0, 16, (2, 5))
+    # Speaker embeddings start at zero (no conditioning); set them as training would.
+    for embedding in model.decoder.speaker_embeddings:
+        torch.nn.init.normal_(embedding.weight)
+    same = model.decode(codes, speaker_ids=torch.tensor([0, 0])).reconstruction
+    other = model.decode(codes, speaker_ids=torch.tensor([0, 2])).reconstruction
+    assert torch.equal(same[0], other[0]) and not torch.allclose(same[1], other[1])
+    with pytest.raises(ValueError, match="speaker_ids"):
+        model.decode(codes)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        model.decode(codes, speaker_ids=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="no speaker conditioning"):
+        VQVAEModel(make_audio_config()).decode(codes, speaker_ids=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.randn(2, 2, 640), "input_values"),  # two channels into a mono model
+        (torch.randn(2, 600), "multiple of 64"),
+        (torch.randn(2, 0), "input_values"),
+        (torch.randint(0, 5, (2, 640)), "float"),
+    ],
+)
+def test_bad_waveforms_fail_clearly(bad, match):
+    with pytest.raises(ValueError, match=match):
+        VQVAEModel(make_audio_config())(input_values=bad)
+
+
+def test_images_and_waveforms_are_not_mixed_up():
+    with pytest.raises(ValueError, match="1-D models"):
+        VQVAEModel(VQVAEConfig(hidden_channels=8, res_hidden_channels=8, codebook_size=16, codebook_dim=4))(
+            input_values=torch.randn(1, 64)
+        )
+    with pytest.raises(ValueError, match="exactly one"):
+        VQVAEModel(make_audio_config())()
+    with pytest.raises(ValueError, match="spatial_dims"):
+        VQVAEConfig(spatial_dims=3)
+
+
+def test_save_load_and_auto_classes(tmp_path):
+    model = VQVAEModel(make_audio_config(num_speakers=2, use_ema_codebook=True)).eval()
+    for embedding in model.decoder.speaker_embeddings:
+        torch.nn.init.normal_(embedding.weight)
+    model.save_pretrained(tmp_path)
+    VQVAEFeatureExtractor.from_model_config(model.config).save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, VQVAEModel) and loaded.config.spatial_dims == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    extractor = AutoFeatureExtractor.from_pretrained(tmp_path)
+    assert isinstance(extractor, VQVAEFeatureExtractor)
+    assert extractor.sampling_rate == RATE and extractor.pad_to_multiple_of == 64
+
+
+def test_trust_remote_code_without_the_package(tmp_path):
+    model = VQVAEModel(make_audio_config(num_speakers=2)).eval()
+    model.save_pretrained(tmp_path / "model")
+    VQVAEFeatureExtractor.from_model_config(model.config).save_pretrained(tmp_path / "model")
+    waveform = tone(700)
+    inputs = VQVAEFeatureExtractor.from_model_config(model.config)(waveform, sampling_rate=RATE)
+    torch.save({"waveform": waveform, "codes": model.encode(**inputs).codes}, tmp_path / "expected.pt")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r})]
+        sys.modules["hf_vqvae"] = None
+        import torch
+        from transformers import AutoFeatureExtractor, AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        extractor = AutoFeatureExtractor.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        expected = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=False)
+        inputs = extractor(expected["waveform"], sampling_rate={RATE})
+        assert type(model).__name__ == "VQVAEModel" and type(extractor).__name__ == "VQVAEFeatureExtractor"
+        assert torch.equal(model.encode(**inputs).codes, expected["codes"])
+        print("remote code ok")
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ feature extractor
+
+
+def test_feature_extractor_pads_to_the_downsampling_factor_and_round_trips():
+    extractor = VQVAEFeatureExtractor(sampling_rate=RATE, pad_to_multiple_of=64)
+    waves = [tone(1000), tone(700, 300.0, amplitude=0.2)]
+    inputs = extractor(waves, sampling_rate=RATE, return_gain=True)
+    assert inputs["input_values"].shape == (2, 1024) and inputs["input_values"].dtype == torch.float32
+    assert inputs["attention_mask"].sum(-1).tolist() == [1000, 700]
+    assert float(inputs["input_values"][1, 700:].abs().max()) == 0.0
+    # Peak normalisation to 0.9, undone by the returned gain.
+    assert inputs["input_values"].abs().amax(-1).tolist() == pytest.approx([0.9, 0.9], abs=1e-6)
+    restored = extractor.postprocess(inputs["input_values"], inputs["attention_mask"], inputs["gain"])
+    for original, back in zip(waves, restored):
+        np.testing.assert_allclose(back, original, atol=1e-6)
+
+
+def test_feature_extractor_resamples_mono_converts_and_reads_integer_pcm():
+    extractor = VQVAEFeatureExtractor(sampling_rate=RATE, do_normalize=False)
+    high = tone(1600, 440.0, rate=16000)
+    resampled = extractor(high, sampling_rate=16000, return_tensors="np")
+    assert resampled["attention_mask"].sum() == 800
+    np.testing.assert_allclose(resampled["input_values"][0, 100:700], tone(800)[100:700], atol=0.02)
+    stereo = np.stack([tone(500), np.zeros(500, dtype=np.float32)])
+    mono = extractor(stereo, sampling_rate=RATE, return_tensors="np")["input_values"][0, :500]
+    np.testing.assert_allclose(mono, tone(500) / 2, atol=1e-6)
+    pcm = (tone(500) * 32768).astype(np.int16)
+    from_pcm = extractor({"array": pcm, "sampling_rate": RATE}, return_tensors="np")["input_values"][0, :500]
+    np.testing.assert_allclose(from_pcm, tone(500), atol=1e-4)
+    cut = extractor([tone(1000)], sampling_rate=RATE, truncation=True, max_length=512)
+    assert cut["input_values"].shape == (1, 512)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda fe: fe(np.zeros(0), sampling_rate=RATE), "empty"),
+        (lambda fe: fe(np.full(100, np.nan), sampling_rate=RATE), "NaN"),
+        (lambda fe: fe(np.random.randn(1000, 2), sampling_rate=RATE), "transpose"),
+        (lambda fe: fe(np.zeros(100)), "sampling_rate"),
+        (lambda fe: fe(np.zeros(100), sampling_rate=-8000), "sampling_rate"),
+        (lambda fe: fe(["a", "b"], sampling_rate=RATE), "dtype"),
+        (lambda fe: fe([], sampling_rate=RATE), "empty batch"),
+        (lambda fe: fe(np.zeros(100), sampling_rate=RATE, truncation=True, max_length=100), "multiple of 64"),
+        (lambda fe: VQVAEFeatureExtractor(force_mono=False)(np.zeros((2, 100)), sampling_rate=16000), "mono"),
+    ],
+)
+def test_feature_extractor_rejects_bad_audio(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(VQVAEFeatureExtractor(sampling_rate=RATE))
+
+
+def test_random_crop_keeps_windows_inside_each_recording():
+    extractor = VQVAEFeatureExtractor(sampling_rate=RATE, do_normalize=False)
+    ramp = [np.arange(1, 3001, dtype=np.float32) / 4000, np.arange(1, 301, dtype=np.float32) / 4000]
+    batch = dict(extractor(ramp, sampling_rate=RATE))
+    torch.manual_seed(0)
+    cropped = random_crop(batch, 1000, 64)
+    assert cropped["input_values"].shape == (2, 1024)
+    assert cropped["attention_mask"].sum(-1).tolist() == [1000, 300]
+    first = cropped["input_values"][0, :1000] * 4000
+    torch.testing.assert_close(first, first[0] + torch.arange(1000.0))  # a contiguous window of the ramp
+    assert 1 <= first[0] <= 2001
+    torch.testing.assert_close(cropped["input_values"][1, :300] * 4000, torch.arange(1, 301.0))
+    assert float(cropped["input_values"][:, 1000:].abs().max()) == 0.0
+
+
+def test_decode_audio_reads_stored_wav_bytes():
+    buffer = io.BytesIO()
+    soundfile.write(buffer, tone(400), RATE, format="WAV", subtype="PCM_16")
+    decoded = decode_audio({"bytes": buffer.getvalue(), "path": "x.wav"})
+    assert decoded["sampling_rate"] == RATE and decoded["array"].shape == (400,)
+    np.testing.assert_allclose(decoded["array"], tone(400), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------- scripts
+
+
+def write_audio_parquet(path, num_per_class: int = 6, seed: int = 0):
+    """Recordings of two "digits" (tone pitch) by two "speakers" (loudness and a hum), as `datasets` stores Audio."""
+    from datasets import Audio, ClassLabel, Dataset, Features, Value
+
+    rng = np.random.default_rng(seed)
+    rows = {"audio": [], "digit": [], "speaker_id": []}
+    for digit, frequency in enumerate((300.0, 900.0)):
+        for speaker in range(2):
+            for _ in range(num_per_class):
+                length = int(rng.integers(500, 1500))
+                wave = tone(length, frequency, amplitude=0.3 + 0.3 * speaker) + 0.05 * tone(length, 50.0 * (speaker + 1))
+                buffer = io.BytesIO()
+                soundfile.write(buffer, wave, RATE, format="WAV", subtype="PCM_16")
+                rows["audio"].append({"bytes": buffer.getvalue(), "path": None})
+                rows["digit"].append(digit)
+                rows["speaker_id"].append(speaker)
+    # Stored as raw {bytes, path} structs, then typed as Audio by a cast (encoding Audio would need torchcodec).
+    features = Features({"audio": {"bytes": Value("binary"), "path": Value("string")},
+                         "digit": ClassLabel(num_classes=2), "speaker_id": ClassLabel(num_classes=2)})
+    dataset = Dataset.from_dict(rows, features=features).cast_column("audio", Audio(sampling_rate=RATE))
+    dataset.to_parquet(str(path))
+
+
+@pytest.fixture
+def audio_data(tmp_path):
+    write_audio_parquet(tmp_path / "train.parquet", seed=0)
+    write_audio_parquet(tmp_path / "test.parquet", num_per_class=2, seed=1)
+    config_dir = tmp_path / "audio_config"
+    make_audio_config(num_speakers=2, use_ema_codebook=True, dead_code_threshold=0.5).save_pretrained(config_dir)
+    return tmp_path, config_dir
+
+
+def audio_args(root, config_dir, output_dir, steps: int, *extra) -> list[str]:
+    return [
+        "--model_config_name_or_path", str(config_dir),
+        "--train_data_files", str(root / "train.parquet"), "--validation_data_files", str(root / "test.parquet"),
+        "--speaker_column", "speaker_id", "--max_audio_length", "640",
+        "--train_batch_size", "4", "--eval_batch_size", "4", "--max_train_steps", str(steps),
+        "--checkpointing_steps", "2", "--validation_steps", "2", "--num_validation_images", "2",
+        "--output_dir", str(output_dir), "--seed", "0", "--report_to", "none", *extra,
+    ]
+
+
+def test_train_and_evaluate_scripts_on_audio(audio_data):
+    root, config_dir = audio_data
+    output_dir = root / "out"
+    launch(audio_args(root, config_dir, output_dir, 4))
+    log = [json.loads(line) for line in (output_dir / "validation_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]
+    assert all(np.isfinite(entry["snr"]) and entry["num_examples"] == 8 for entry in log)
+    assert (output_dir / "validation" / "step-4" / "reconstruction-1.wav").exists()
+    assert "SNR (dB)" in (output_dir / "README.md").read_text()
+    assert isinstance(AutoFeatureExtractor.from_pretrained(output_dir), VQVAEFeatureExtractor)
+
+    # Stopped at step 2 and resumed, a run ends with the weights of the uninterrupted one (same audio windows drawn).
+    resumed = root / "resumed"
+    launch(audio_args(root, config_dir, resumed, 2))
+    launch(audio_args(root, config_dir, resumed, 4, "--resume_from_checkpoint", "latest"))
+    first, second = load_file(output_dir / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "evaluate_audio_codes.py"), "--model", str(output_dir),
+         "--train_data_files", str(root / "train.parquet"), "--test_data_files", str(root / "test.parquet"),
+         "--speaker_column", "speaker_id", "--label_columns", "digit", "speaker_id", "--untrained_baseline",
+         "--batch_size", "4", "--output_file", str(root / "probe.json"), "--model_card_section", "Probes"],
+        env=script_env(), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    probes = json.loads((root / "probe.json").read_text())
+    for part in ("trained", "untrained_baseline"):
+        for column in ("digit", "speaker_id"):
+            scores = probes[part][column]
+            assert 0.0 <= scores["linear_probe_accuracy"] <= 1.0 and scores["chance_accuracy"] == 0.5
+    assert probes["reconstruction"]["num_examples"] == 8
+    assert "### Probes" in (output_dir / "README.md").read_text()
+
+
+def test_clips_round_trip_through_token_ids(tmp_path):
+    from hf_vqvae import VQVAEImageTokenizer
+
+    model = VQVAEModel(make_audio_config()).eval()
+    with pytest.raises(ValueError, match="grid_size"):
+        VQVAEImageTokenizer.from_model(model)
+    tokenizer = VQVAEImageTokenizer.from_model(model, grid_size=(1, 8), code_offset=100)
+    waves = [tone(300), tone(700, 200.0)]  # 512 samples per clip: the first is padded, the second cut
+    encoding = tokenizer(waves, sampling_rate=RATE)
+    assert encoding["input_ids"].shape == (2, 10)  # <boi> 8 codes <eoi>
+    inputs = tokenizer.image_processor([w[:512] for w in waves], sampling_rate=RATE, padding="max_length",
+                                       max_length=512)
+    codes = model.encode(input_values=inputs["input_values"]).codes
+    assert torch.equal(encoding["input_ids"][:, 1:-1], codes + 100)
+    assert torch.equal(tokenizer.ids_to_codes(tokenizer.codes_to_ids(codes))[:, 0], codes)
+    decoded = tokenizer.batch_decode(encoding["input_ids"])
+    assert [w.shape for w in decoded] == [(512,), (512,)]
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = VQVAEImageTokenizer.from_pretrained(tmp_path)
+    assert reloaded.is_audio and reloaded.grid_size == (1, 8)
+    assert torch.equal(reloaded(waves, sampling_rate=RATE)["input_ids"], encoding["input_ids"])
