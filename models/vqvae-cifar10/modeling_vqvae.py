@@ -35,6 +35,8 @@ class VQVAEEncoderOutput(ModelOutput):
             `commitment_cost * ||z_e - sg[e]||^2` (eq. 3, third term).
         perplexity (`torch.FloatTensor` of shape `()`):
             `exp(entropy)` of this batch's code histogram (batch-size dependent).
+        codes_mask (`torch.BoolTensor` of shape `(batch_size, length)`, returned with an `attention_mask`):
+            For 1-D models: which codes cover real samples (the rest cover padding only).
     """
 
     latents: torch.FloatTensor | None = None
@@ -43,6 +45,7 @@ class VQVAEEncoderOutput(ModelOutput):
     codebook_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
+    codes_mask: torch.BoolTensor | None = None
 
 
 @dataclass
@@ -52,10 +55,14 @@ class VQVAEDecoderOutput(ModelOutput):
 
     Args:
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Decoded pixels, on the scale of `pixel_values` (about [-1, 1]); `height = h * downsample_factor`.
+            Decoded pixels, on the scale of `pixel_values` (about [-1, 1]); `height = h * downsample_factor`. With
+            `reconstruction_loss="discretized_gaussian"`, the mean of each pixel's distribution.
+        reconstruction_log_scale (`torch.FloatTensor` of the shape of `reconstruction`, discretized-Gaussian decoders):
+            Natural log of the scale (standard deviation) of each pixel's distribution.
     """
 
     reconstruction: torch.FloatTensor | None = None
+    reconstruction_log_scale: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -65,13 +72,15 @@ class VQVAEModelOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
-            `reconstruction_loss + codebook_loss + commitment_loss` (eq. 3, with the log-likelihood as MSE).
+            `config.reconstruction_loss_weight * reconstruction_loss + codebook_loss + commitment_loss` (eq. 3, with
+            the log-likelihood as a weighted MSE).
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Decoded pixels.
         codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
             Codes of the input.
         reconstruction_loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
-            Mean squared error between `reconstruction` and `pixel_values`.
+            Mean squared error between `reconstruction` and `pixel_values`; with
+            `reconstruction_loss="discretized_gaussian"`, the mean negative log-likelihood per pixel value (nats).
         codebook_loss (`torch.FloatTensor` of shape `()`):
             `||sg[z_e] - e||^2`; zero with an EMA codebook.
         commitment_loss (`torch.FloatTensor` of shape `()`):
@@ -82,6 +91,10 @@ class VQVAEModelOutput(ModelOutput):
             z_e(x).
         quantized (`torch.FloatTensor` of shape `(batch_size, codebook_dim, h, w)`):
             z_q(x).
+        codes_mask (`torch.BoolTensor` of shape `(batch_size, length)`, returned with an `attention_mask`):
+            For 1-D models: which codes cover real samples.
+        reconstruction_log_scale (`torch.FloatTensor` of the shape of `reconstruction`, discretized-Gaussian decoders):
+            Log-scale of each pixel's distribution.
     """
 
     loss: torch.FloatTensor | None = None
@@ -93,35 +106,73 @@ class VQVAEModelOutput(ModelOutput):
     perplexity: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
     quantized: torch.FloatTensor | None = None
+    codes_mask: torch.BoolTensor | None = None
+    reconstruction_log_scale: torch.FloatTensor | None = None
+
+
+def discretized_gaussian_log_likelihood(
+    pixel_values: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, num_bins: int = 256
+) -> torch.Tensor:
+    """
+    `log P(x)` of each pixel value under a Gaussian `N(mean, exp(log_scale)^2)` discretized to `num_bins` bins of
+    [-1, 1] (the bin of 8-bit value k is centred on `2k/255 - 1`; the end bins reach to -inf and +inf), so that
+    the probabilities of all bins sum to 1. Computed in float32; the shape of `pixel_values`.
+    """
+    x, mean, log_scale = pixel_values.float(), mean.float(), log_scale.float().clamp(min=-9.0)
+    half_bin = 1.0 / (num_bins - 1)
+    inv_scale = torch.exp(-log_scale)
+    upper = (x + half_bin - mean) * inv_scale
+    lower = (x - half_bin - mean) * inv_scale
+    normal = torch.distributions.Normal(0.0, 1.0)
+    log_cdf_upper = torch.special.log_ndtr(upper)
+    log_sf_lower = torch.special.log_ndtr(-lower)  # log(1 - cdf(lower))
+    # log(cdf(upper) - cdf(lower)), stably; fall back to the density times the bin width far in the tails.
+    log_bin = torch.where(
+        upper > 0,
+        log_sf_lower + torch.log1p(-torch.exp(torch.special.log_ndtr(-upper) - log_sf_lower).clamp(max=1 - 1e-12)),
+        log_cdf_upper + torch.log1p(-torch.exp(torch.special.log_ndtr(lower) - log_cdf_upper).clamp(max=1 - 1e-12)),
+    )
+    log_density = normal.log_prob((x - mean) * inv_scale) - log_scale + math.log(2 * half_bin)
+    log_bin = torch.where(torch.isfinite(log_bin) & (log_bin > -30), log_bin, log_density)
+    first, last = x < -1 + half_bin, x > 1 - half_bin
+    return torch.where(first, log_cdf_upper, torch.where(last, log_sf_lower, log_bin))
+
+
+def _conv_classes(spatial_dims: int) -> tuple[type[nn.Module], type[nn.Module]]:
+    """`(Conv, ConvTranspose)` for images (2) or signals such as audio (1)."""
+    return (nn.Conv2d, nn.ConvTranspose2d) if spatial_dims == 2 else (nn.Conv1d, nn.ConvTranspose1d)
 
 
 class VQVAEResidualBlock(nn.Module):
-    """x + conv1x1(relu(conv3x3(relu(x)))), the residual block of section 4.1."""
+    """x + conv1x1(relu(conv3x3(relu(x)))), the residual block of section 4.1 (window 3 and 1 in 1-D)."""
 
-    def __init__(self, channels: int, hidden_channels: int):
+    def __init__(self, channels: int, hidden_channels: int, spatial_dims: int = 2):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, hidden_channels, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(hidden_channels, channels, kernel_size=1)
+        conv, _ = _conv_classes(spatial_dims)
+        self.conv1 = conv(channels, hidden_channels, kernel_size=3, padding=1)
+        self.conv2 = conv(hidden_channels, channels, kernel_size=1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states + self.conv2(F.relu(self.conv1(F.relu(hidden_states))))
 
 
 class VQVAEEncoder(nn.Module):
-    """Pixels (B, C, H, W) -> latents z_e (B, D, H/f, W/f), f = `downsample_factor`."""
+    """Pixels (B, C, H, W) -> latents z_e (B, D, H/f, W/f), f = `downsample_factor`; (B, C, T) -> (B, D, T/f) in 1-D."""
 
     def __init__(self, config: VQVAEConfig):
         super().__init__()
-        widths = [config.hidden_channels * m for m in config.channel_multipliers]
+        conv, _ = _conv_classes(config.spatial_dims)
+        widths = list(config.stage_widths)
         in_widths = [config.num_channels] + widths[:-1]
         self.down = nn.ModuleList(
-            nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1) for c_in, c_out in zip(in_widths, widths)
+            conv(c_in, c_out, kernel_size=4, stride=2, padding=1) for c_in, c_out in zip(in_widths, widths)
         )
-        self.conv_in_res = nn.Conv2d(widths[-1], widths[-1], kernel_size=3, padding=1)
+        self.conv_in_res = conv(widths[-1], widths[-1], kernel_size=3, padding=1)
         self.res_blocks = nn.ModuleList(
-            VQVAEResidualBlock(widths[-1], config.res_hidden_channels) for _ in range(config.num_res_blocks)
+            VQVAEResidualBlock(widths[-1], config.res_hidden_channels, config.spatial_dims)
+            for _ in range(config.num_res_blocks)
         )
-        self.proj = nn.Conv2d(widths[-1], config.codebook_dim, kernel_size=1)
+        self.proj = conv(widths[-1], config.codebook_dim, kernel_size=1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden_states = pixel_values
@@ -134,29 +185,49 @@ class VQVAEEncoder(nn.Module):
 
 
 class VQVAEDecoder(nn.Module):
-    """Quantized latents (B, D, h, w) -> pixels (B, C, h*f, w*f): the encoder mirrored with transposed convolutions."""
+    """
+    Quantized latents (B, D, h, w) -> pixels (B, C, h*f, w*f): the encoder mirrored with transposed convolutions.
+    With `config.num_speakers > 0`, a learned per-speaker vector is added to the hidden states after the input
+    convolution and after every transposed convolution but the last.
+    """
 
     def __init__(self, config: VQVAEConfig):
         super().__init__()
-        widths = [config.hidden_channels * m for m in reversed(config.channel_multipliers)]
-        out_widths = widths[1:] + [config.num_channels]
-        self.conv_in = nn.Conv2d(config.codebook_dim, widths[0], kernel_size=3, padding=1)
+        conv, conv_transpose = _conv_classes(config.spatial_dims)
+        widths = list(reversed(config.stage_widths))
+        # A discretized-Gaussian decoder predicts a mean and a log-scale for every pixel value.
+        num_outputs = config.num_channels * (2 if config.reconstruction_loss == "discretized_gaussian" else 1)
+        out_widths = widths[1:] + [num_outputs]
+        self.conv_in = conv(config.codebook_dim, widths[0], kernel_size=3, padding=1)
         self.res_blocks = nn.ModuleList(
-            VQVAEResidualBlock(widths[0], config.res_hidden_channels) for _ in range(config.num_res_blocks)
+            VQVAEResidualBlock(widths[0], config.res_hidden_channels, config.spatial_dims)
+            for _ in range(config.num_res_blocks)
         )
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1) for c_in, c_out in zip(widths, out_widths)
+            conv_transpose(c_in, c_out, kernel_size=4, stride=2, padding=1) for c_in, c_out in zip(widths, out_widths)
         )
+        self.speaker_embeddings = None
+        if config.num_speakers > 0:
+            self.speaker_embeddings = nn.ModuleList(
+                nn.Embedding(config.num_speakers, width) for width in [widths[0]] + out_widths[:-1]
+            )
 
-    def forward(self, quantized: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.conv_in(quantized)
+    def forward(self, quantized: torch.Tensor, speaker_ids: torch.LongTensor | None = None) -> torch.Tensor:
+        spatial = (1,) * (quantized.ndim - 2)
+
+        def condition(hidden_states, index):
+            if self.speaker_embeddings is None:
+                return hidden_states
+            return hidden_states + self.speaker_embeddings[index](speaker_ids).view(*speaker_ids.shape, -1, *spatial)
+
+        hidden_states = condition(self.conv_in(quantized), 0)
         for block in self.res_blocks:
             hidden_states = block(hidden_states)
         hidden_states = F.relu(hidden_states)
         for i, conv in enumerate(self.up):
             hidden_states = conv(hidden_states)  # each doubles H and W
             if i < len(self.up) - 1:
-                hidden_states = F.relu(hidden_states)
+                hidden_states = F.relu(condition(hidden_states, i + 1))
         return hidden_states
 
 
@@ -172,12 +243,15 @@ class VQVAEPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         # PyTorch's default init for ReLU conv nets (transformers' N(0, 0.02) trains these much more slowly).
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
                 bound = 1 / math.sqrt(fan_in)
                 init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, VQVAEDecoder) and module.speaker_embeddings is not None:
+            for embedding in module.speaker_embeddings:  # speaker conditioning starts as none
+                init.zeros_(embedding.weight)
         elif isinstance(module, VectorQuantizer):
             size = module.codebook_size
             init.uniform_(module.codebook.weight, -1.0 / size, 1.0 / size)
@@ -228,31 +302,89 @@ class VQVAEModel(VQVAEPreTrainedModel):
             kmeans_iters=config.kmeans_iters,
         )
         self.decoder = VQVAEDecoder(config)
+        if config.spatial_dims == 1:
+            self.main_input_name = "input_values"
         self.post_init()
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         factor = self.config.downsample_factor
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else None
+        spatial = 2 + self.config.spatial_dims
         if (
             shape is None
             or not pixel_values.is_floating_point()
-            or len(shape) != 4
+            or len(shape) != spatial
             or shape[1] != self.config.num_channels
-            or shape[2] % factor
-            or shape[3] % factor
-            or shape[2] == 0
-            or shape[3] == 0
+            or any(side % factor or side == 0 for side in shape[2:])
         ):
             got = f"{shape} ({pixel_values.dtype})" if shape is not None else type(pixel_values).__name__
+            if self.config.spatial_dims == 1:
+                raise ValueError(
+                    f"`input_values` must be a float tensor of shape (batch, {self.config.num_channels}, time) (or "
+                    f"(batch, time) for mono) with time a positive multiple of {factor} (`downsample_factor`); got "
+                    f"{got}. Pad or crop the audio, or use VQVAEFeatureExtractor."
+                )
             raise ValueError(
                 f"`pixel_values` must be a float tensor of shape (batch, {self.config.num_channels}, H, W) with H and "
                 f"W positive multiples of {factor} (`downsample_factor`); got {got}. Resize or pad the images, or use "
                 "VQVAEImageProcessor."
             )
 
-    def encode(self, pixel_values: torch.FloatTensor, return_dict: bool | None = None) -> VQVAEEncoderOutput | tuple:
+    def _inputs(self, pixel_values, input_values) -> torch.Tensor:
+        """The model input as `(batch, channels, *spatial)`, from `pixel_values` (images) or `input_values` (audio)."""
+        if (pixel_values is None) == (input_values is None):
+            raise ValueError("Pass exactly one of `pixel_values` (images) and `input_values` (signals such as audio).")
+        if input_values is not None:
+            if self.config.spatial_dims != 1:
+                raise ValueError("`input_values` are for 1-D models (`spatial_dims=1`); pass images as `pixel_values`.")
+            if isinstance(input_values, torch.Tensor) and input_values.ndim == 2 and self.config.num_channels == 1:
+                input_values = input_values[:, None]  # (batch, time) mono -> (batch, 1, time)
+            pixel_values = input_values
+        self._check_pixel_values(pixel_values)
+        return pixel_values
+
+    def _latent_mask(self, attention_mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
+        """`(batch, length)` bool mask of the codes that cover real samples; None without `attention_mask`."""
+        if attention_mask is None:
+            return None
+        if self.config.spatial_dims != 1:
+            raise ValueError("`attention_mask` is for 1-D models (padded signals); images take none.")
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (inputs.shape[0],
+                                                                                           inputs.shape[-1]):
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(f"`attention_mask` must have shape (batch, time) = {(inputs.shape[0], inputs.shape[-1])}"
+                             f"; got {got}.")
+        factor = self.config.downsample_factor
+        lengths = attention_mask.long().sum(-1)
+        num_codes = (lengths + factor - 1) // factor
+        return torch.arange(inputs.shape[-1] // factor, device=inputs.device)[None] < num_codes[:, None].to(inputs.device)
+
+    def _check_speaker_ids(self, speaker_ids, batch_size: int):
+        num_speakers = self.config.num_speakers
+        if num_speakers == 0:
+            if speaker_ids is not None:
+                raise ValueError("This model has no speaker conditioning (`config.num_speakers=0`); drop `speaker_ids`.")
+            return None
+        if speaker_ids is None:
+            raise ValueError(f"This decoder is conditioned on the speaker: pass `speaker_ids` (one id in "
+                             f"[0, {num_speakers}) per example).")
+        speaker_ids = torch.as_tensor(speaker_ids, device=self.device)
+        if speaker_ids.dtype.is_floating_point or tuple(speaker_ids.shape) != (batch_size,) or (
+            speaker_ids.numel() and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= num_speakers)
+        ):
+            raise ValueError(f"`speaker_ids` must be {batch_size} integers in [0, {num_speakers}); got "
+                             f"{speaker_ids.tolist()}.")
+        return speaker_ids.long()
+
+    def encode(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+        input_values: torch.FloatTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+    ) -> VQVAEEncoderOutput | tuple:
         r"""
-        Encode images to latents and codes.
+        Encode images (or signals) to latents and codes.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -260,57 +392,81 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 `config.downsample_factor`.
             return_dict (`bool`, *optional*):
                 Return a [`VQVAEEncoderOutput`] (default) or a plain tuple.
+            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
+                For 1-D models, instead of `pixel_values`: waveforms (see [`VQVAEFeatureExtractor`]).
+            attention_mask (`torch.LongTensor` of shape `(batch_size, time)`, *optional*):
+                For 1-D models: 1 on real samples, 0 on padding. Codes over padding only are excluded from the
+                losses and codebook statistics, and `codes_mask` marks the real ones.
 
         Returns:
             [`VQVAEEncoderOutput`] or `tuple`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_pixel_values(pixel_values)
-        latents = self.encoder(pixel_values)  # (B, D, h, w)
-        quantizer_output = self.quantizer(latents.permute(0, 2, 3, 1))  # channels last: (B, h, w, D)
+        inputs = self._inputs(pixel_values, input_values)
+        codes_mask = self._latent_mask(attention_mask, inputs)
+        latents = self.encoder(inputs)  # (B, D, *grid)
+        quantizer_output = self.quantizer(latents.movedim(1, -1), mask=codes_mask)  # channels last: (B, *grid, D)
         output = VQVAEEncoderOutput(
             latents=latents,
-            quantized=quantizer_output.quantized.permute(0, 3, 1, 2),
+            quantized=quantizer_output.quantized.movedim(-1, 1),
             codes=quantizer_output.codes,
             codebook_loss=quantizer_output.codebook_loss,
             commitment_loss=quantizer_output.commitment_loss,
             perplexity=quantizer_output.perplexity,
+            codes_mask=codes_mask,
         )
         return output if return_dict else output.to_tuple()
 
-    def decode(self, codes: torch.LongTensor, return_dict: bool | None = None) -> VQVAEDecoderOutput | tuple:
+    def decode(
+        self, codes: torch.LongTensor, return_dict: bool | None = None, speaker_ids: torch.LongTensor | None = None
+    ) -> VQVAEDecoderOutput | tuple:
         r"""
-        Decode a grid of codes to images.
+        Decode a grid of codes to images (or a sequence of codes to signals).
 
         Args:
-            codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
+            codes (`torch.LongTensor` of shape `(batch_size, h, w)`, or `(batch_size, length)` for 1-D models):
                 Code indices in `[0, config.codebook_size)`.
             return_dict (`bool`, *optional*):
                 Return a [`VQVAEDecoderOutput`] (default) or a plain tuple.
+            speaker_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Required when `config.num_speakers > 0`: the speaker to decode as (swap it to convert the voice).
 
         Returns:
             [`VQVAEDecoderOutput`] or `tuple`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if not isinstance(codes, torch.Tensor) or codes.ndim != 3:
+        expected = 1 + self.config.spatial_dims
+        if not isinstance(codes, torch.Tensor) or codes.ndim != expected:
             got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            shape = "(batch, h, w)" if expected == 3 else "(batch, length)"
             raise ValueError(
-                f"`codes` must be a long tensor of shape (batch, h, w); got {got}. Add a batch dimension with "
-                "`codes[None]` for a single grid."
+                f"`codes` must be a long tensor of shape {shape}; got {got}. Add a batch dimension with "
+                "`codes[None]` for a single example."
             )
-        quantized = self.quantizer.lookup(codes).permute(0, 3, 1, 2)  # (B, D, h, w), fp32
+        speaker_ids = self._check_speaker_ids(speaker_ids, codes.shape[0])
+        quantized = self.quantizer.lookup(codes).movedim(-1, 1)  # (B, D, *grid), fp32
         quantized = quantized.to(self.decoder.conv_in.weight.dtype)
-        output = VQVAEDecoderOutput(reconstruction=self.decoder(quantized))
+        reconstruction, log_scale = self._split_decoder_output(self.decoder(quantized, speaker_ids))
+        output = VQVAEDecoderOutput(reconstruction=reconstruction, reconstruction_log_scale=log_scale)
         return output if return_dict else output.to_tuple()
+
+    def _split_decoder_output(self, decoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(mean, log_scale)` for a discretized-Gaussian decoder, `(reconstruction, None)` otherwise."""
+        if self.config.reconstruction_loss != "discretized_gaussian":
+            return decoded, None
+        return decoded.split(self.config.num_channels, dim=1)
 
     def forward(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         return_loss: bool = True,
         return_dict: bool | None = None,
+        input_values: torch.FloatTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        speaker_ids: torch.LongTensor | None = None,
     ) -> VQVAEModelOutput | tuple:
         r"""
-        Encode, quantize and decode `pixel_values`, and compute the training loss.
+        Encode, quantize and decode the input, and compute the training loss.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -319,17 +475,36 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 Compute `loss` and `reconstruction_loss`.
             return_dict (`bool`, *optional*):
                 Return a [`VQVAEModelOutput`] (default) or a plain tuple.
+            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
+                For 1-D models, instead of `pixel_values`.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, time)`, *optional*):
+                For 1-D models: 1 on real samples, 0 on padding; the reconstruction loss covers real samples only.
+            speaker_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Required when `config.num_speakers > 0`.
 
         Returns:
             [`VQVAEModelOutput`] or `tuple`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoded = self.encode(pixel_values, return_dict=True)
-        reconstruction = self.decoder(encoded.quantized)
+        inputs = self._inputs(pixel_values, input_values)
+        encoded = self.encode(inputs if self.config.spatial_dims == 2 else None, return_dict=True,
+                              input_values=inputs if self.config.spatial_dims == 1 else None,
+                              attention_mask=attention_mask)
+        speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
+        reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized, speaker_ids))
         loss = reconstruction_loss = None
         if return_loss:
-            reconstruction_loss = F.mse_loss(reconstruction.float(), pixel_values.float())
-            loss = reconstruction_loss + encoded.codebook_loss + encoded.commitment_loss
+            if log_scale is not None:
+                error = -discretized_gaussian_log_likelihood(inputs, reconstruction, log_scale)
+            else:
+                error = (reconstruction.float() - inputs.float()) ** 2
+            if attention_mask is None:
+                reconstruction_loss = error.mean()
+            else:
+                weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
+                reconstruction_loss = (error * weights).sum() / weights.sum().clamp(min=1.0)
+            loss = (self.config.reconstruction_loss_weight * reconstruction_loss + encoded.codebook_loss
+                    + encoded.commitment_loss)
         output = VQVAEModelOutput(
             loss=loss,
             reconstruction=reconstruction,
@@ -340,11 +515,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
             perplexity=encoded.perplexity,
             latents=encoded.latents,
             quantized=encoded.quantized,
+            codes_mask=encoded.codes_mask,
+            reconstruction_log_scale=log_scale,
         )
         return output if return_dict else output.to_tuple()
 
 
 __all__ = [
+    "discretized_gaussian_log_likelihood",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",
     "VQVAEModel",

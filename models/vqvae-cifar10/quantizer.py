@@ -68,6 +68,13 @@ def _nearest(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return scores.max(dim=1).indices
 
 
+def _mean_squared_error(input: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `(input - target) ** 2`, over the entries where `weights` is 1 when given (0 if there are none)."""
+    if weights is None:
+        return F.mse_loss(input, target)
+    return ((input - target) ** 2 * weights).sum() / weights.sum().clamp(min=1.0)
+
+
 def _sample_rows(vectors: torch.Tensor, num: int) -> torch.Tensor:
     """`num` random rows of `vectors` (N, D), without replacement when there are enough."""
     if vectors.shape[0] >= num:
@@ -214,13 +221,17 @@ class VectorQuantizer(nn.Module):
             )
         return F.embedding(codes.long(), self.codebook.weight)
 
-    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """
         Quantize `latents`.
 
         Args:
             latents (`torch.FloatTensor` of shape `(..., codebook_dim)`):
                 z_e: the vectors to quantize (channels last).
+            mask (`torch.BoolTensor` of shape `(...)`, *optional*):
+                Which vectors are real data (e.g. not padding of a shorter waveform in a batch). Every vector gets a
+                code, but only the real ones enter the losses, the perplexity, the EMA statistics, the dead-code
+                restarts and the k-means initialisation. All vectors are real when omitted.
 
         Returns:
             [`QuantizerOutput`].
@@ -230,29 +241,37 @@ class VectorQuantizer(nn.Module):
                 f"`latents` must have its last dimension equal to `codebook_dim` ({self.codebook_dim}); got shape "
                 f"{tuple(latents.shape)}. Move the channel dimension last."
             )
+        if mask is not None and tuple(mask.shape) != tuple(latents.shape[:-1]):
+            raise ValueError(
+                f"`mask` must have the shape of `latents` without its last dimension, {tuple(latents.shape[:-1])}; "
+                f"got {tuple(mask.shape)}."
+            )
         flat = latents.reshape(-1, self.codebook_dim)  # (N, D)
+        keep = None if mask is None else mask.reshape(-1).bool()
+        real = flat if keep is None else flat[keep]  # the vectors that count
         if self.training and not bool(self.initialized):
-            self._kmeans_init(flat.detach())
-
+            self._kmeans_init((real if real.shape[0] else flat).detach())
         codes = self.nearest_codes(flat.detach())  # (N,)
         quantized = F.embedding(codes, self.codebook.weight).to(latents.dtype).view_as(latents)
-
         # Eq. 3: the codebook term moves only the codebook, the commitment term only the encoder (beta on it alone).
+        error_weights = None if keep is None else keep.to(torch.float32)[:, None].expand(-1, self.codebook_dim)
+        flat_quantized = quantized.reshape(-1, self.codebook_dim)
         if self.use_ema:
-            codebook_loss = latents.new_zeros(())
+            codebook_loss = latents.new_zeros((), dtype=torch.float32)
         else:
-            codebook_loss = F.mse_loss(quantized.float(), latents.detach().float())
-        commitment_loss = self.commitment_cost * F.mse_loss(latents.float(), quantized.detach().float())
+            codebook_loss = _mean_squared_error(flat_quantized.float(), flat.detach().float(), error_weights)
+        commitment_loss = self.commitment_cost * _mean_squared_error(
+            flat.float(), flat_quantized.detach().float(), error_weights
+        )
         # Straight-through estimator: forward exactly z_q, backward the identity to z_e.
         quantized = latents - latents.detach() + quantized.detach()
-
         with torch.no_grad():
-            counts = torch.bincount(codes, minlength=self.codebook_size).float()  # (K,)
+            real_codes = codes if keep is None else codes[keep]
+            counts = torch.bincount(real_codes, minlength=self.codebook_size).float()  # (K,)
             if self.training:
-                counts = self._update(flat.detach().float(), codes, counts)
+                counts = self._update(real.detach().float(), real_codes, counts, fallback=flat.detach().float())
             probs = counts / counts.sum().clamp(min=1.0)
             perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
-
         return QuantizerOutput(
             quantized=quantized,
             codes=codes.view(latents.shape[:-1]),
@@ -262,8 +281,13 @@ class VectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def _update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Training-time state updates, summed across ranks. Returns the global code counts."""
+    def _update(
+        self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, fallback: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Training-time state updates from the real vectors `flat` and their `codes`, summed across ranks. Returns the
+        global code counts. Dead codes restart at rows of `flat`, or of `fallback` when this rank has none.
+        """
         weight = self.codebook.weight
         embed_sum = None
         if self.use_ema:
@@ -289,7 +313,8 @@ class VectorQuantizer(nn.Module):
             dead = self.code_usage < self.dead_code_threshold
             num_dead = int(dead.sum())
             if num_dead:
-                replacements = _broadcast_from_first(_sample_rows(flat, num_dead).contiguous())
+                pool = flat if flat.shape[0] else fallback
+                replacements = _broadcast_from_first(_sample_rows(pool, num_dead).contiguous())
                 weight[dead] = replacements.to(weight.dtype)
                 # A restarted code gets a fresh record: usage at the threshold and a cluster of size 1.
                 self.code_usage[dead] = max(self.dead_code_threshold, 1.0)
