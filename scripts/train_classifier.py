@@ -13,6 +13,8 @@ It is saved with its image processor and a `results.json` holding its accuracy o
 import argparse
 import json
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +26,13 @@ from tqdm.auto import tqdm
 from transformers import ResNetConfig, ResNetForImageClassification, get_scheduler
 
 from hf_vqvae import VQVAEImageProcessor
-from hf_vqvae.training_utils import load_image_dataset, make_preprocessing, save_pretrained_atomic, write_json
+from hf_vqvae.training_utils import (
+    atomic_write_text,
+    load_image_dataset,
+    make_preprocessing,
+    save_pretrained_atomic,
+    write_json,
+)
 
 
 def parse_args(argv=None):
@@ -43,6 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="Seed.")
     parser.add_argument("--output_dir", default="outputs/classifier", help="Where the classifier is saved.")
     args = parser.parse_args(argv)
+    args.command_line = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     args.hidden_sizes = [int(size) for size in args.hidden_sizes.split(",")]
     if args.num_train_epochs < 1 or args.train_batch_size < 1 or len(args.hidden_sizes) != 3:
         raise ValueError("`--num_train_epochs` and `--train_batch_size` must be >= 1 and `--hidden_sizes` three ints.")
@@ -113,7 +122,41 @@ def main(args) -> dict:
     if accelerator.is_main_process:
         save_pretrained_atomic(args.output_dir, accelerator.unwrap_model(model), processor)
         write_json(Path(args.output_dir) / "results.json", results)
+        command = f"accelerate launch scripts/train_classifier.py {args.command_line}"
+        write_card(args.output_dir, results, command)
     return results
+
+
+def write_card(output_dir, results: dict, command: str):
+    """A short model card: what the classifier is for, the command that trained it and its measured accuracy."""
+    curve = "\n".join(f"| {row['epoch']} | {row['minutes']} | {row['test_accuracy']:.2%} |" for row in results["curve"])
+    card = f"""---
+library_name: transformers
+pipeline_tag: image-classification
+tags:
+- hf_vqvae
+---
+
+# CIFAR-10 classifier for judging samples
+
+A small `ResNetForImageClassification` ({results['parameters'] / 1e6:.2f}M parameters) trained from scratch by
+`scripts/train_classifier.py` of hf_vqvae, on images prepared by `VQVAEImageProcessor` (pixels in [-1, 1]). It is a
+judge, not a state-of-the-art classifier: `scripts/sample.py --classifier` reports the share of a prior's
+class-conditional samples that it assigns to the requested class.
+
+**Test accuracy: {results['test_accuracy']:.2%}** ({results['num_classes']} classes; chance {1 / results['num_classes']:.0%}).
+
+Command:
+
+```bash
+{command}
+```
+
+| epoch | minutes | test accuracy |
+| --- | --- | --- |
+{curve}
+"""
+    atomic_write_text(Path(output_dir) / "README.md", card)
 
 
 if __name__ == "__main__":

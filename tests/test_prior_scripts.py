@@ -466,6 +466,7 @@ def test_classifier_scores_the_share_of_samples_of_the_requested_class(trained, 
         "--train_batch_size", "100", "--output_dir", str(classifier_dir)]))
     assert 0 <= results["test_accuracy"] <= 1 and len(results["curve"]) == 1
     assert json.loads((classifier_dir / "results.json").read_text())["test_accuracy"] == results["test_accuracy"]
+    assert f"{results['test_accuracy']:.2%}" in (classifier_dir / "README.md").read_text()
     result = sample.main(sample.parse_args([
         "--prior", str(trained["output"]), "--num_per_class", "2", "--classes", "0", "1", "--seed", "0",
         "--output_file", str(tmp_path / "s.png"), "--classifier", str(classifier_dir),

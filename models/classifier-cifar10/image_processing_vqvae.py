@@ -1,0 +1,418 @@
+"""Image processor for the VQ-VAE: images in, `pixel_values` in [-1, 1] out, and back again with `postprocess`.
+
+This file is also copied into saved model folders for `trust_remote_code=True` loading, so it imports only torch,
+numpy, PIL, transformers and the standard library.
+"""
+
+import numbers
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import ImageInput, PILImageResampling
+from transformers.processing_utils import ImagesKwargs
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+# Channels of `pixel_values` for each supported `image_mode`.
+_MODE_CHANNELS = {"RGB": 3, "L": 1}
+_RETURN_TENSORS = ("pt", "np", None)
+_OUTPUT_TYPES = ("pil", "np", "pt")
+_SETTINGS = (
+    "image_mode",
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+
+
+class _VQVAEImageProcessorKwargs(ImagesKwargs, total=False):
+    # Lets `from_pretrained(path, image_mode="L")` pass the override through `__init__` and its checks.
+    image_mode: str | None
+
+
+def _check_size(name: str, size, allow_shortest_edge: bool) -> dict[str, int]:
+    allowed = [{"height", "width"}] + ([{"shortest_edge"}] if allow_shortest_edge else [])
+    if not isinstance(size, dict) or set(size) not in allowed:
+        forms = '`{"height": h, "width": w}`' + (' or `{"shortest_edge": n}`' if allow_shortest_edge else "")
+        raise ValueError(f"`{name}` must be a dict {forms}; got {size!r}.")
+    for key, value in size.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"`{name}[{key!r}]` must be a positive integer; got {value!r}.")
+    return {key: int(value) for key, value in size.items()}
+
+
+def _check_channel_stats(name: str, value, num_channels: int, image_mode: str) -> float | list[float]:
+    values = [value] if isinstance(value, numbers.Real) else value
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, numbers.Real) for v in values):
+        raise TypeError(f"`{name}` must be a float or a list of floats; got {value!r}.")
+    if not isinstance(value, numbers.Real) and len(values) != num_channels:
+        raise ValueError(
+            f"`{name}` must be a single float or have one value per channel ({num_channels} for "
+            f"`image_mode={image_mode!r}`); got {len(values)} values {list(values)}. Fix its length or `image_mode`."
+        )
+    if not all(np.isfinite(v) for v in values) or (name == "image_std" and min(values) <= 0):
+        raise ValueError(
+            f"`{name}` values must be finite{' and positive' if name == 'image_std' else ''}; got {value!r}."
+        )
+    return float(value) if isinstance(value, numbers.Real) else [float(v) for v in values]
+
+
+def _check_settings(settings: dict) -> dict:
+    """Validates and normalises the processor settings (JSON-friendly, so `to_dict` round-trips)."""
+    settings = dict(settings)
+    image_mode = settings["image_mode"]
+    if image_mode not in _MODE_CHANNELS:
+        raise ValueError(f"`image_mode` must be one of {list(_MODE_CHANNELS)}; got {image_mode!r}.")
+    for name in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+        if not isinstance(settings[name], bool):
+            raise TypeError(f"`{name}` must be `True` or `False`; got {settings[name]!r}.")
+    settings["size"] = _check_size("size", settings["size"], allow_shortest_edge=True)
+    if settings["crop_size"] is None:
+        side = settings["size"].get("shortest_edge")
+        settings["crop_size"] = {"height": side, "width": side} if side else dict(settings["size"])
+    settings["crop_size"] = _check_size("crop_size", settings["crop_size"], allow_shortest_edge=False)
+    try:
+        settings["resample"] = PILImageResampling(settings["resample"])
+    except ValueError:
+        choices = ", ".join(f"{r.value} ({r.name})" for r in PILImageResampling)
+        raise ValueError(
+            f"`resample` must be a `PILImageResampling`, one of {choices}; got {settings['resample']!r}."
+        ) from None
+    factor = settings["rescale_factor"]
+    if not isinstance(factor, numbers.Real) or isinstance(factor, bool) or not 0 < factor < float("inf"):
+        raise ValueError(f"`rescale_factor` must be a positive float such as 1/255; got {factor!r}.")
+    settings["rescale_factor"] = float(factor)
+    for name in ("image_mean", "image_std"):
+        settings[name] = _check_channel_stats(name, settings[name], _MODE_CHANNELS[image_mode], image_mode)
+    return settings
+
+
+def _to_uint8(array: np.ndarray, index: int) -> np.ndarray:
+    """8-bit pixels from a uint8 array, or from a float array with values in [0, 1] (rounded, like saving a PNG)."""
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            f"Image {index} has dtype {array.dtype}; expected uint8 in [0, 255] or float in [0, 1]. Convert it, "
+            "e.g. with `array.astype(np.uint8)` or `tensor.to(torch.uint8)` for integers in [0, 255]."
+        )
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"Image {index} contains NaN or inf values; expected finite floats in [0, 1].")
+    low, high = array.min(), array.max()
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"Float image {index} must have values in [0, 1]; got values in [{low:.4g}, {high:.4g}]. Divide by 255 "
+            "if it holds [0, 255] pixels, use `(x + 1) / 2` for [-1, 1], or pass a uint8 array."
+        )
+    return np.round(array * 255).astype(np.uint8)
+
+
+def _to_channels_last(array: np.ndarray, channels_first_default: bool, index: int) -> np.ndarray:
+    """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} -> (H, W, C)."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    first, last = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
+    if first and last:
+        layout = "(C, H, W)" if channels_first_default else "(H, W, C)"
+        logger.warning_once(
+            f"Image of shape {tuple(array.shape)} could be (C, H, W) or (H, W, C); reading it as {layout}, the "
+            "usual layout for this input type. Pass a PIL image to avoid the ambiguity."
+        )
+        first = channels_first_default
+    if not (first or last):
+        raise ValueError(
+            f"Image {index} has shape {tuple(array.shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in "
+            "{1, 3, 4} (gray, RGB, RGBA). Convert other channel counts before processing."
+        )
+    return np.moveaxis(array, 0, -1) if first else array
+
+
+def _to_pil(image, index: int) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        array = (tensor.double() if tensor.is_floating_point() else tensor).numpy()  # bfloat16 has no numpy dtype
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise TypeError(
+            f"Image {index} is a `{type(image).__name__}`; expected a `PIL.Image.Image`, `numpy.ndarray` or "
+            "`torch.Tensor` (or a list of them). Load files first, e.g. with `PIL.Image.open(path)`."
+        )
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"Image {index} has {array.ndim} dimensions (shape {tuple(array.shape)}); expected 2 (H, W) or 3 "
+            "(H, W, C) / (C, H, W). Pass a batch as one 4-D array or tensor, or as a list of images."
+        )
+    if array.size == 0:
+        raise ValueError(f"Image {index} is empty (shape {tuple(array.shape)}).")
+    array = _to_channels_last(_to_uint8(array, index), isinstance(image, torch.Tensor), index)
+    return Image.fromarray(array[:, :, 0] if array.shape[-1] == 1 else np.ascontiguousarray(array))
+
+
+def _convert_mode(image: Image.Image, image_mode: str) -> Image.Image:
+    if image.mode == "F" or image.mode.startswith("I"):
+        raise ValueError(
+            f"PIL mode {image.mode!r} (16/32-bit) is not supported; expected an 8-bit image. Pass a float numpy "
+            "array scaled to [0, 1] instead."
+        )
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        # Transparent pixels have no colour of their own: show them over white, as image viewers do.
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+    if image.mode == image_mode:
+        return image
+    # Via RGB so that P, CMYK, YCbCr, 1, ... all work; RGB -> L is PIL's ITU-R 601-2 luma.
+    return image.convert("RGB").convert(image_mode)
+
+
+def _resize(image: Image.Image, size: dict[str, int], resample: PILImageResampling) -> Image.Image:
+    width, height = image.size
+    if "shortest_edge" in size:
+        scale = size["shortest_edge"] / min(width, height)
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    else:
+        target = (size["width"], size["height"])
+    return image if image.size == target else image.resize(target, resample=resample)
+
+
+def _center_crop(image: Image.Image, crop_size: dict[str, int]) -> Image.Image:
+    width, height = image.size
+    left, top = (width - crop_size["width"]) // 2, (height - crop_size["height"]) // 2
+    # PIL fills the part of the box outside a too-small image with black.
+    return image.crop((left, top, left + crop_size["width"], top + crop_size["height"]))
+
+
+class VQVAEImageProcessor(BaseImageProcessor):
+    r"""
+    Turns images into the `pixel_values` a [`VQVAEModel`] expects, and `pixel_values` back into images, the way a
+    tokenizer turns text into ids and back. Every input is first made an 8-bit image of mode `image_mode`, then
+    resized, cropped, rescaled and normalized; the defaults map pixels to [-1, 1].
+
+    Args:
+        image_mode (`str`, *optional*, defaults to `"RGB"`):
+            `"RGB"` (3 channels) or `"L"` (1 channel, e.g. MNIST). Gray inputs are replicated to RGB, RGB is turned
+            into L with PIL's luma formula, and transparent inputs (RGBA, LA, P with transparency) are composited
+            onto white. Float inputs in [0, 1] are rounded to 8 bits first.
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize the images to `size`.
+        size (`dict[str, int]`, *optional*, defaults to `{"height": 32, "width": 32}`):
+            Output size `{"height": h, "width": w}`, or `{"shortest_edge": n}` to scale the shorter side to `n`
+            keeping the aspect ratio (combine it with `do_center_crop` to get a fixed size).
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
+            Resampling filter used when resizing.
+        do_center_crop (`bool`, *optional*, defaults to `False`):
+            Whether to crop the center `crop_size` of the images after resizing (too-small images are padded with
+            black).
+        crop_size (`dict[str, int]`, *optional*, defaults to `size`, or an `n` x `n` square for `shortest_edge`):
+            Crop size `{"height": h, "width": w}`.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to multiply the 8-bit pixels by `rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            Scale factor applied when `do_rescale` is set.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to apply `(x - image_mean) / image_std` per channel.
+        image_mean (`float` or `list[float]`, *optional*, defaults to `0.5`):
+            Mean, a single float or one value per channel of `image_mode`.
+        image_std (`float` or `list[float]`, *optional*, defaults to `0.5`):
+            Standard deviation, a single float or one positive value per channel of `image_mode`.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from hf_vqvae.image_processing_vqvae import VQVAEImageProcessor
+
+    >>> processor = VQVAEImageProcessor(size={"height": 32, "width": 32})
+    >>> image = np.random.randint(0, 256, (48, 64, 3), dtype=np.uint8)
+    >>> pixel_values = processor(image, return_tensors="pt").pixel_values
+    >>> pixel_values.shape
+    torch.Size([1, 3, 32, 32])
+    >>> processor.postprocess(pixel_values, output_type="np").shape
+    (1, 32, 32, 3)
+    ```
+    """
+
+    model_input_names = ["pixel_values"]
+    valid_kwargs = _VQVAEImageProcessorKwargs
+
+    def __init__(
+        self,
+        image_mode: str = "RGB",
+        do_resize: bool = True,
+        size: dict[str, int] | None = None,
+        resample: PILImageResampling = PILImageResampling.BICUBIC,
+        do_center_crop: bool = False,
+        crop_size: dict[str, int] | None = None,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | list[float] = 0.5,
+        image_std: float | list[float] = 0.5,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        settings = {
+            "image_mode": image_mode,
+            "do_resize": do_resize,
+            "size": {"height": 32, "width": 32} if size is None else size,
+            "resample": resample,
+            "do_center_crop": do_center_crop,
+            "crop_size": crop_size,
+            "do_rescale": do_rescale,
+            "rescale_factor": rescale_factor,
+            "do_normalize": do_normalize,
+            "image_mean": image_mean,
+            "image_std": image_std,
+        }
+        for name, value in _check_settings(settings).items():
+            setattr(self, name, value)
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "VQVAEImageProcessor":
+        """
+        The processor a VQ-VAE config expects: square `config.image_size` images, RGB when `config.num_channels` is 3
+        and L when it is 1. `kwargs` override any setting.
+        """
+        if config.num_channels not in (1, 3):
+            raise ValueError(f"`config.num_channels` must be 1 or 3 for images; got {config.num_channels}.")
+        settings = {
+            "image_mode": "RGB" if config.num_channels == 3 else "L",
+            "size": {"height": config.image_size, "width": config.image_size},
+        }
+        return cls(**{**settings, **kwargs})
+
+    def __call__(self, images: ImageInput, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+        """Same as [`~VQVAEImageProcessor.preprocess`]."""
+        return self.preprocess(images, return_tensors=return_tensors, **kwargs)
+
+    def preprocess(self, images: ImageInput, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+        r"""
+        Converts an image or a batch of images to `pixel_values`.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                One image or a batch. Arrays and tensors may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4},
+                uint8 in [0, 255] or float in [0, 1]; a 4-D array or tensor is a batch. Images may differ in size.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"` for a `torch.Tensor`, `"np"` for a `np.ndarray`, `None` for a list of `np.ndarray`.
+            kwargs:
+                Overrides, for this call only, of any constructor setting (`size`, `do_normalize`, ...).
+
+        Returns:
+            [`BatchFeature`]: with `pixel_values`, float32 of shape `(batch_size, num_channels, height, width)`, where
+            `num_channels` is 3 for `image_mode="RGB"` and 1 for `"L"`.
+        """
+        unknown = sorted(set(kwargs) - set(_SETTINGS))
+        if unknown:
+            raise TypeError(
+                f"Unknown setting(s) {unknown} for `VQVAEImageProcessor`; valid ones are {list(_SETTINGS)}."
+            )
+        if return_tensors not in _RETURN_TENSORS:
+            raise ValueError(f"`return_tensors` must be one of {list(_RETURN_TENSORS)}; got {return_tensors!r}.")
+        s = _check_settings({name: kwargs.get(name, getattr(self, name)) for name in _SETTINGS})
+
+        if isinstance(images, (list, tuple)):
+            images = list(images)
+        elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)  # a batch (B, ...) -> B images
+        else:
+            images = [images]
+        if not images:
+            raise ValueError("`images` is empty; expected at least one image.")
+
+        shape = (-1, 1, 1)
+        mean, std = np.reshape(s["image_mean"], shape), np.reshape(s["image_std"], shape)
+        pixel_values = []
+        for index, image in enumerate(images):
+            image = _convert_mode(_to_pil(image, index), s["image_mode"])
+            if s["do_resize"]:
+                image = _resize(image, s["size"], s["resample"])
+            if s["do_center_crop"]:
+                image = _center_crop(image, s["crop_size"])
+            array = np.asarray(image, dtype=np.float64)
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
+            if s["do_rescale"]:
+                array = array * s["rescale_factor"]
+            if s["do_normalize"]:
+                array = (array - mean) / std
+            pixel_values.append(array.astype(np.float32))
+
+        if return_tensors is None:
+            return BatchFeature(data={"pixel_values": pixel_values})
+        shapes = sorted({a.shape for a in pixel_values})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"Processed images have different shapes {shapes} and cannot be stacked. Use `size={{'height': h, "
+                "'width': w}`, or `do_center_crop=True` with `shortest_edge`, or `return_tensors=None` for a list."
+            )
+        batch = np.stack(pixel_values)  # (B, C, H, W)
+        return BatchFeature(data={"pixel_values": torch.from_numpy(batch) if return_tensors == "pt" else batch})
+
+    def postprocess(
+        self, pixel_values: torch.Tensor | np.ndarray, output_type: str = "pil"
+    ) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        r"""
+        Undoes the normalization and rescaling of [`~VQVAEImageProcessor.preprocess`] (not the resize or crop), e.g.
+        on a model's `reconstruction`. Values are clamped to the valid pixel range.
+
+        Args:
+            pixel_values (`torch.FloatTensor` or `np.ndarray` of shape `(batch_size, num_channels, height, width)`):
+                Processed images; a single `(num_channels, height, width)` image is also accepted.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"` for a list of `PIL.Image.Image` of mode `image_mode`, `"np"` for a uint8 `np.ndarray` of shape
+                `(batch_size, height, width, num_channels)`, `"pt"` for a float `torch.Tensor` of shape
+                `(batch_size, num_channels, height, width)` with values in [0, 1].
+
+        Returns:
+            `list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`, depending on `output_type`.
+        """
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {list(_OUTPUT_TYPES)}; got {output_type!r}.")
+        if isinstance(pixel_values, torch.Tensor):
+            pixel_values = pixel_values.detach().cpu().double().numpy()
+        if not isinstance(pixel_values, np.ndarray) or not np.issubdtype(pixel_values.dtype, np.floating):
+            got = getattr(pixel_values, "dtype", type(pixel_values).__name__)
+            raise TypeError(
+                "`pixel_values` must be a float `torch.Tensor` or `np.ndarray` as returned by `preprocess` or the "
+                f"model; got {got}. uint8 images need no postprocessing."
+            )
+        array = pixel_values.astype(np.float64)
+        array = array[None] if array.ndim == 3 else array
+        num_channels = _MODE_CHANNELS[self.image_mode]
+        if array.ndim != 4 or array.shape[1] != num_channels:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch_size, {num_channels}, height, width) or ({num_channels}, "
+                f"height, width) for `image_mode={self.image_mode!r}`; got {tuple(pixel_values.shape)}."
+            )
+        if not np.isfinite(array).all():
+            raise ValueError("`pixel_values` contains NaN or inf values; expected finite floats.")
+
+        shape = (1, -1, 1, 1)
+        if self.do_normalize:
+            array = array * np.reshape(self.image_std, shape) + np.reshape(self.image_mean, shape)
+        if self.do_rescale:
+            array = array / self.rescale_factor
+        array = np.clip(array, 0, 255)  # (B, C, H, W) in 8-bit units
+        if output_type == "pt":
+            return torch.from_numpy((array / 255).astype(np.float32))
+        # Round, not truncate, so that preprocess -> postprocess gives back the same uint8 pixels.
+        array = np.round(array).astype(np.uint8).transpose(0, 2, 3, 1)  # (B, H, W, C)
+        if output_type == "np":
+            return array
+        return [Image.fromarray(a[:, :, 0] if num_channels == 1 else a) for a in array]
+
+
+__all__ = ["VQVAEImageProcessor"]
