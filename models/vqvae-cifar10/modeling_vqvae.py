@@ -402,11 +402,15 @@ class VQVAEModel(VQVAEPreTrainedModel):
             [`VQVAEEncoderOutput`] or `tuple`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        inputs = self._inputs(pixel_values, input_values)
+        output = self._encode(self._inputs(pixel_values, input_values), attention_mask)
+        return output if return_dict else output.to_tuple()
+
+    def _encode(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> VQVAEEncoderOutput:
+        """`encode` on checked inputs `(batch, channels, *spatial)`."""
         codes_mask = self._latent_mask(attention_mask, inputs)
         latents = self.encoder(inputs)  # (B, D, *grid)
         quantizer_output = self.quantizer(latents.movedim(1, -1), mask=codes_mask)  # channels last: (B, *grid, D)
-        output = VQVAEEncoderOutput(
+        return VQVAEEncoderOutput(
             latents=latents,
             quantized=quantizer_output.quantized.movedim(-1, 1),
             codes=quantizer_output.codes,
@@ -415,7 +419,6 @@ class VQVAEModel(VQVAEPreTrainedModel):
             perplexity=quantizer_output.perplexity,
             codes_mask=codes_mask,
         )
-        return output if return_dict else output.to_tuple()
 
     def decode(
         self, codes: torch.LongTensor, return_dict: bool | None = None, speaker_ids: torch.LongTensor | None = None
@@ -487,9 +490,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         inputs = self._inputs(pixel_values, input_values)
-        encoded = self.encode(inputs if self.config.spatial_dims == 2 else None, return_dict=True,
-                              input_values=inputs if self.config.spatial_dims == 1 else None,
-                              attention_mask=attention_mask)
+        encoded = self._encode(inputs, attention_mask)
         speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
         reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized, speaker_ids))
         loss = reconstruction_loss = None
