@@ -57,15 +57,18 @@ def _broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _nearest(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
     """Index of the nearest row of `codebook` (K, D) for each row of `vectors` (N, D), by squared L2 distance."""
-    # argmin_k ||x - e_k||^2 = argmax_k (2 x.e_k - ||e_k||^2), since ||x||^2 is the same for every k. Appending a
-    # constant 1 to x and -||e_k||^2 to e_k makes that one matrix product with no (N, K) bias pass; `max(1).indices`
-    # is a faster reduction than `argmin` on CPU.
-    ones = vectors.new_ones(vectors.shape[0], 1)
-    weights = torch.cat([2 * codebook, -(codebook * codebook).sum(1, keepdim=True)], dim=1)  # (K, D + 1)
-    scores = torch.cat([vectors, ones], dim=1) @ weights.t()  # (N, K)
-    return scores.max(dim=1).indices
+    # argmin_k ||x - e_k||^2 = argmax_k (2 x.e_k - ||e_k||^2), since ||x||^2 is the same for every k. The scores are
+    # made and reduced `chunk_size` rows at a time, so that each (chunk, K) block is still in cache when `max` reads
+    # it (one (N, K) matrix would go to memory and back); `max(1).indices` is a faster reduction than `argmin` on CPU.
+    weights = (2 * codebook).t()  # (D, K)
+    bias = -(codebook * codebook).sum(1)  # (K,)
+    codes = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
+    for start in range(0, vectors.shape[0], chunk_size):
+        scores = torch.addmm(bias, vectors[start : start + chunk_size], weights)  # (chunk, K)
+        codes[start : start + chunk_size] = scores.max(dim=1).indices
+    return codes
 
 
 def _mean_squared_error(input: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -263,8 +266,8 @@ class VectorQuantizer(nn.Module):
         commitment_loss = self.commitment_cost * _mean_squared_error(
             flat.float(), flat_quantized.detach().float(), error_weights
         )
-        # Straight-through estimator: forward exactly z_q, backward the identity to z_e.
-        quantized = latents - latents.detach() + quantized.detach()
+        # Straight-through estimator: forward exactly z_q, backward the identity to z_e (nothing to do without grad).
+        quantized = latents - latents.detach() + quantized.detach() if latents.requires_grad else quantized.detach()
         with torch.no_grad():
             real_codes = codes if keep is None else codes[keep]
             counts = torch.bincount(real_codes, minlength=self.codebook_size).float()  # (K,)

@@ -345,18 +345,36 @@ class VQVAEImageTokenizer:
         self._require_model("Tokenizing images")
         if return_tensors != "pt":
             raise ValueError(f"`return_tensors` must be 'pt'; got {return_tensors!r}.")
+        if not self.is_audio:
+            return self.encode_pixel_values(self.image_processor(images, return_tensors="pt")["pixel_values"])
+        # Clips of exactly `grid_size[1]` codes: shorter ones padded with silence, longer ones cut.
         parameter = next(self.model.parameters())
+        length = self.grid_size[1] * self.model.config.downsample_factor
+        inputs = self.image_processor(images, sampling_rate=sampling_rate, padding="max_length", max_length=length,
+                                      truncation=True, return_tensors="pt")
+        codes = self.model.encode(input_values=inputs["input_values"].to(parameter.device, parameter.dtype)).codes
+        return self._codes_to_encoding(codes[:, None])  # (batch, 1, n)
+
+    @torch.no_grad()
+    def encode_pixel_values(self, pixel_values: torch.FloatTensor) -> BatchEncoding:
+        """
+        Tokenize images that the image processor has already prepared (e.g. in a data-loading thread or worker).
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                The `pixel_values` of `image_processor(images, return_tensors="pt")`.
+
+        Returns:
+            [`~transformers.BatchEncoding`] as [`~VQVAEImageTokenizer.__call__`].
+        """
+        self._require_model("Tokenizing images")
         if self.is_audio:
-            # Clips of exactly `grid_size[1]` codes: shorter ones padded with silence, longer ones cut.
-            length = self.grid_size[1] * self.model.config.downsample_factor
-            inputs = self.image_processor(images, sampling_rate=sampling_rate, padding="max_length",
-                                          max_length=length, truncation=True, return_tensors="pt")
-            codes = self.model.encode(input_values=inputs["input_values"].to(parameter.device, parameter.dtype))
-            codes = codes.codes[:, None]  # (batch, 1, n)
-        else:
-            pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
-            pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-            codes = self.model.encode(pixel_values).codes
+            raise ValueError("`encode_pixel_values` is for image models; call the tokenizer on waveforms instead.")
+        parameter = next(self.model.parameters())
+        pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
+        return self._codes_to_encoding(self.model.encode(pixel_values).codes)
+
+    def _codes_to_encoding(self, codes: torch.LongTensor) -> BatchEncoding:
         if tuple(codes.shape[1:]) != self.grid_size:
             raise ValueError(
                 f"The images give a {tuple(codes.shape[1:])} code grid but this tokenizer expects {self.grid_size}; "

@@ -351,8 +351,8 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
         "model_id": args.hub_model_id or Path(output_dir).name,
         "base_model": args.pretrained_model_name_or_path or "none (trained from scratch)",
         "datasets": args.dataset_name or ", ".join(args.train_data_files or [args.train_data_dir or "local"]),
-        "architecture": format_metrics_table({k: v for k, v in config.to_dict().items() if not k.startswith("_")
-                                              and k not in ("architectures", "auto_map", "transformers_version")}),
+        # The model's own settings, not the generic ones of every transformers config.
+        "architecture": format_metrics_table({k: getattr(config, k) for k in type(config).__annotations__}),
         "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
         "training_time": f"{train_seconds / 60:.1f} minutes",
         "evaluation": format_metrics_table(metrics) if metrics else "No validation split was given.",

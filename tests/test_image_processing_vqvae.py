@@ -88,6 +88,14 @@ def test_value_range_and_extremes():
     assert torch.all(processor(np.full((32, 32, 3), 255, np.uint8)).pixel_values == 1)
 
 
+def test_batch_arithmetic_matches_a_float64_reference():
+    processor = VQVAEImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    images = [random_uint8(32, 32, 3) for _ in range(4)]
+    reference = np.stack([(image.astype(np.float64) / 255 - processor.image_mean) / processor.image_std
+                          for image in images]).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(processor(images, return_tensors="np").pixel_values, reference, atol=1e-6, rtol=0)
+
+
 def test_return_tensors_variants():
     processor = VQVAEImageProcessor()
     image = random_uint8(32, 32, 3)

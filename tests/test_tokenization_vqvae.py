@@ -106,6 +106,8 @@ def test_images_to_ids_equals_model_encode(tokenizer):
     pixel_values = tokenizer.image_processor(images)["pixel_values"]
     codes = tokenizer.model.encode(pixel_values).codes
     assert torch.equal(tokenizer.ids_to_codes(encoding["input_ids"]), codes)
+    # Images the processor has already prepared (e.g. in a data-loading thread) give the same ids.
+    assert torch.equal(tokenizer.encode_pixel_values(pixel_values)["input_ids"], encoding["input_ids"])
 
 
 def test_ids_to_images_equals_model_decode(tokenizer):
