@@ -350,6 +350,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags(*names: str) -> dict[str, bool]:
+    """Whether the CPU reports each flag of `names` (e.g. `amx_bf16`) in /proc/cpuinfo (False when unreadable)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return {name: name in flags for name in names}
+
+
+def op_profile(call: Callable[[], object], repeats: int = 3) -> dict[str, float]:
+    """Self CPU milliseconds per call of each aten op of `call` (after one warm-up call), from `torch.profiler`."""
+    call()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(repeats):
+            call()
+    return {event.key: event.self_cpu_time_total / 1e3 / repeats for event in profiler.key_averages()
+            if event.key.startswith("aten::")}
+
+
+def compare_profiles(profiles: dict[str, dict[str, float]], top: int = 8) -> str:
+    """A Markdown table of the `top` ops by the first profile's time, with every profile's ms per call and total."""
+    names = list(profiles)
+    keys = sorted(set().union(*profiles.values()), key=lambda key: -max(p.get(key, 0.0) for p in profiles.values()))
+    rows = [[f"`{key}`", *(fmt(profiles[name].get(key, 0.0)) for name in names)] for key in keys[:top]]
+    rows.append(["all aten ops", *(fmt(sum(profiles[name].values())) for name in names)])
+    return markdown_table(["op (self CPU ms per call)", *names], rows)
+
+
 def git_revision() -> str:
     try:
         revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
@@ -861,6 +890,17 @@ def bench_model(args, sizes: Sizes) -> Section:
 
     add_rows("training", train_timings, train_gflop, train_batch)
     add_rows("encode", encode_timings, encode_gflop, encode_batch)
+    bf16_speedup = train_timings["ours fp32"].median / train_timings["ours bf16"].median
+    if bf16_speedup < 1.8:
+        # What bounds bf16 here: where the time of a training step goes, op by op, in both precisions.
+        flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in
+                          cpu_flags("avx512_bf16", "amx_bf16", "amx_tile", "avx512f").items())
+        section.notes.append(
+            f"bf16 is {bf16_speedup:.2f}x fp32 here, below the 1.8x target. CPU flags: {flags}. Where a training "
+            "step's time goes (`torch.profiler`, self CPU time per op, 3 steps after a warm-up):\n\n"
+            + compare_profiles({"fp32": op_profile(train_step("ours fp32", train_pixels)),
+                                "bf16 + channels_last": op_profile(train_step("ours bf16", train_pixels))})
+        )
     return section
 
 
