@@ -489,5 +489,10 @@ def test_mask_leaves_padding_out_of_losses_and_statistics(use_ema):
         torch.testing.assert_close(getattr(out_masked, name), getattr(out_alone, name))
     for name, buffer in masked.state_dict().items():
         torch.testing.assert_close(buffer, alone.state_dict()[name], msg=name)
+    # The loss gradients reach the real vectors as in the call on them alone, and the padding not at all.
+    (grad_masked,) = torch.autograd.grad(out_masked.codebook_loss + out_masked.commitment_loss, latents)
+    (grad_alone,) = torch.autograd.grad(out_alone.codebook_loss + out_alone.commitment_loss, latents)
+    torch.testing.assert_close(grad_masked[mask], grad_alone[mask])
+    assert not grad_masked[~mask].any()
     with pytest.raises(ValueError, match="mask"):
         masked(latents, mask=mask[:, :3])
