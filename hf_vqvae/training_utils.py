@@ -1,8 +1,10 @@
-"""What the scripts in `scripts/` share: data loading, evaluation metrics, atomic checkpoints and saves, model cards.
+"""What the scripts in `scripts/` share: data loading, evaluation metrics, the training loop, atomic checkpoints and
+saves, model cards.
 
 Like `diffusers.training_utils`, this module is for training and evaluation code; the models never import it.
 """
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -12,7 +14,9 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +456,223 @@ def push_folder(
     return commit.commit_url
 
 
+# ---------------------------------------------------------------------------------------------------------- training
+
+
+def create_accelerator(args):
+    """
+    The `Accelerator` of a training script: gradient accumulation, mixed precision and trackers from `args`, logs in
+    `output_dir/logs`, and a seedable sampler (each epoch's order follows from the seed, so a resumed run sees the
+    same batches). Every RNG is seeded with `args.seed`, and the main process makes `args.output_dir`.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+    project_config = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs"))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project_config,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    return accelerator
+
+
+def load_training_dataset(args, accelerator):
+    """
+    The dataset of a training script's data arguments ([`load_image_dataset`]; `--train_data_files` and
+    `--validation_data_files` become the splits `--train_split` and `--validation_split`), loaded by the main process
+    first so that the others read its cache. It must hold `--train_split`.
+    """
+    data_files = None
+    if args.train_data_files:
+        data_files = {args.train_split: args.train_data_files}
+        if args.validation_data_files:
+            data_files[args.validation_split] = args.validation_data_files
+    with accelerator.main_process_first():
+        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files,
+                                     args.cache_dir)
+    if args.train_split not in dataset:
+        raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
+    return dataset
+
+
+def set_max_train_steps(args, accelerator, train_dataloader):
+    """
+    `args.max_train_steps` from `--num_train_epochs` when it is not given, before the schedule needs it. Each process
+    gets 1/num_processes of the batches of the (not yet sharded) `train_dataloader`.
+    """
+    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * math.ceil(batches_per_process / args.gradient_accumulation_steps)
+
+
+def prepare_training(args, accelerator, model, optimizer, train_dataloader, validation_dataloader=None):
+    """
+    The `--lr_scheduler` schedule of `optimizer` (warm-up and length in optimizer steps of each process), then the
+    model, optimizer, dataloaders and schedule through `accelerator.prepare`. Returns `(model, optimizer,
+    train_dataloader, validation_dataloader, lr_scheduler)`; `validation_dataloader` may be `None`.
+    """
+    from transformers import get_scheduler
+
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
+    if validation_dataloader is not None:
+        validation_dataloader = accelerator.prepare(validation_dataloader)
+    return model, optimizer, train_dataloader, validation_dataloader, lr_scheduler
+
+
+def init_trackers(args, accelerator):
+    """Start the `--report_to` trackers on the main process, with the run's plain arguments (never the Hub token)."""
+    if accelerator.is_main_process and args.report_to != "none":
+        tracker_config = {k: v for k, v in vars(args).items()
+                          if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+
+
+@dataclass
+class TrainingRun:
+    """
+    Where a training run stands: its budget of `max_train_steps` optimizer steps, its epochs of `steps_per_epoch`
+    steps (of the sharded loader), and the optimizer step `global_step` it has reached.
+    """
+
+    max_train_steps: int
+    steps_per_epoch: int
+    num_epochs: int
+    gradient_accumulation_steps: int
+    global_step: int = 0
+
+    @property
+    def first_epoch(self) -> int:
+        """The epoch the run starts (or resumes) in."""
+        return self.global_step // self.steps_per_epoch
+
+    @property
+    def batches_to_skip(self) -> int:
+        """Batches of `first_epoch` an earlier run has already trained on."""
+        return (self.global_step % self.steps_per_epoch) * self.gradient_accumulation_steps
+
+    def batches(self, accelerator, train_dataloader):
+        """
+        The training batches from `global_step` on, epoch by epoch, until `global_step` (advanced by the caller)
+        reaches `max_train_steps`. A resumed run skips the batches of its first epoch that it has already seen; every
+        epoch (the skipping one too) has its own shuffling order.
+        """
+        first_epoch, batches_to_skip = self.first_epoch, self.batches_to_skip
+        for epoch in range(first_epoch, self.num_epochs):
+            batches = train_dataloader
+            if epoch == first_epoch and batches_to_skip:
+                batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
+            batches.set_epoch(epoch)  # this epoch's shuffling order, also on the skipping loader of a resumed run
+            for batch in batches:
+                if self.global_step >= self.max_train_steps:
+                    break
+                yield batch
+
+    def is_validation_step(self, validation_steps: int) -> bool:
+        """Whether to validate now: every `validation_steps` optimizer steps, and at the last one."""
+        return self.global_step % validation_steps == 0 or self.global_step == self.max_train_steps
+
+    def summary(self, args, accelerator, model) -> str:
+        """The run's epochs, steps, batch size, processes and parameter count, for the line printed at its start."""
+        total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        return (f"{self.num_epochs} epochs, {self.max_train_steps} steps of {total_batch} images on "
+                f"{accelerator.num_processes} process(es); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+                "parameters")
+
+    def progress_bar(self, accelerator):
+        """A tqdm bar of the optimizer steps, on the local main process, starting at `global_step`."""
+        from tqdm.auto import tqdm
+
+        return tqdm(range(self.max_train_steps), initial=self.global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+
+
+def resume_training(args, accelerator, train_dataloader) -> TrainingRun:
+    """
+    The [`TrainingRun`] of a prepared (sharded) `train_dataloader`, resumed from `--resume_from_checkpoint` when it
+    names one (`accelerator.load_state`; the hooks of [`register_pretrained_hooks`] must be registered before):
+    the run continues at the checkpoint's step and data position.
+    """
+    # From the sharded loader: with several processes, an epoch has fewer steps than the unsharded loader has batches.
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    run = TrainingRun(max_train_steps=args.max_train_steps, steps_per_epoch=steps_per_epoch,
+                      num_epochs=math.ceil(args.max_train_steps / steps_per_epoch),
+                      gradient_accumulation_steps=args.gradient_accumulation_steps)
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if args.resume_from_checkpoint is not None and checkpoint is None:
+        accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        run.global_step = checkpoint_step(checkpoint)
+    return run
+
+
+def optimizer_step(args, accelerator, model, optimizer, lr_scheduler, loss):
+    """
+    Backpropagate `loss` and step the optimizer and schedule, inside `accelerator.accumulate(model)` (which holds
+    the step back until the last batch of an accumulation); gradients are clipped to `--max_grad_norm` (0: never).
+    """
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and args.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def save_checkpoint_if_due(args, accelerator, global_step: int):
+    """[`save_checkpoint`] every `--checkpointing_steps` optimizer steps, keeping `--checkpoints_total_limit`."""
+    if global_step % args.checkpointing_steps == 0:
+        save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+
+
+def previous_elapsed(output_dir: str | os.PathLike, global_step: int) -> float:
+    """Training seconds recorded up to `global_step` by an earlier run in `output_dir` (0 for a fresh run)."""
+    log = Path(output_dir) / "validation_log.jsonl"
+    if global_step == 0 or not log.exists():
+        return 0.0
+    seconds = [json.loads(line)["elapsed_seconds"] for line in log.read_text().splitlines() if line.strip()
+               and json.loads(line)["step"] <= global_step]
+    return max(seconds, default=0.0)
+
+
+class TrainingClock:
+    """
+    Training seconds of a run from now, plus those an earlier run recorded up to `global_step` in
+    `output_dir/validation_log.jsonl` ([`previous_elapsed`]), so that the time carries over a resume. Time spent in
+    [`~TrainingClock.paused`] blocks does not count.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, global_step: int):
+        self.start = time.time()
+        self.offset = previous_elapsed(output_dir, global_step)
+        self.excluded = 0.0
+
+    def elapsed(self) -> float:
+        """Training seconds so far."""
+        return self.offset + time.time() - self.start - self.excluded
+
+    @contextlib.contextmanager
+    def paused(self):
+        """A block left out of the training time (e.g. a validation pass); it gets the training seconds so far."""
+        start = time.time()
+        yield self.offset + start - self.start - self.excluded
+        self.excluded += time.time() - start
+
+
 # ---------------------------------------------------------------------------------------------------------- cards
 
 
@@ -518,21 +739,32 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "HUB_IGNORE_PATTERNS",
     "ReconstructionMetrics",
+    "TrainingClock",
+    "TrainingRun",
     "atomic_write_text",
     "checkpoint_step",
+    "create_accelerator",
     "evaluate_reconstruction",
     "fill_model_card",
     "find_image_column",
     "format_metrics_table",
+    "init_trackers",
     "list_checkpoints",
     "load_image_dataset",
+    "load_training_dataset",
     "make_image_grid",
     "model_fingerprint",
+    "optimizer_step",
+    "prepare_training",
+    "previous_elapsed",
     "push_folder",
     "register_pretrained_hooks",
     "reconstruction_grid",
     "resolve_checkpoint",
+    "resume_training",
     "save_checkpoint",
+    "save_checkpoint_if_due",
     "save_pretrained_atomic",
+    "set_max_train_steps",
     "write_json",
 ]

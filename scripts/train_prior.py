@@ -28,13 +28,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from datasets import ClassLabel
 from tqdm.auto import tqdm
-from train_vqvae import _previous_elapsed, parse_overrides  # the same conventions as the VQ-VAE script
-from transformers import get_scheduler
+from train_vqvae import parse_overrides  # the same conventions as the VQ-VAE script
 
 from hf_vqvae import (
     VQVAEImageProcessor,
@@ -47,18 +44,23 @@ from hf_vqvae import (
 from hf_vqvae.pipelines import VQVAE_REFERENCE_NAME, save_vqvae_reference
 from hf_vqvae.training_utils import (
     HUB_IGNORE_PATTERNS,
+    TrainingClock,
     atomic_write_text,
-    checkpoint_step,
+    create_accelerator,
     fill_model_card,
     find_image_column,
     format_metrics_table,
-    load_image_dataset,
+    init_trackers,
+    load_training_dataset,
     make_image_grid,
     model_fingerprint,
+    optimizer_step,
+    prepare_training,
     register_pretrained_hooks,
-    resolve_checkpoint,
-    save_checkpoint,
+    resume_training,
+    save_checkpoint_if_due,
     save_pretrained_atomic,
+    set_max_train_steps,
     write_json,
 )
 
@@ -277,16 +279,7 @@ def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, spl
 
 def get_codes(args, accelerator, vqvae, image_processor):
     """The codes (and labels) of the training and validation splits, and the class names (`None`: unconditional)."""
-    data_files = None
-    if args.train_data_files:
-        data_files = {args.train_split: args.train_data_files}
-        if args.validation_data_files:
-            data_files[args.validation_split] = args.validation_data_files
-    with accelerator.main_process_first():
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files,
-                                     args.cache_dir)
-    if args.train_split not in dataset:
-        raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
+    dataset = load_training_dataset(args, accelerator)
     splits = {args.train_split: args.max_train_samples}
     if args.validation_split in dataset and args.validation_split != args.train_split:
         splits[args.validation_split] = args.max_eval_samples
@@ -546,17 +539,7 @@ def push_folder(args):
 
 
 def main(args):
-    project_config = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs"))
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=project_config,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    set_seed(args.seed)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
+    accelerator = create_accelerator(args)
 
     # The frozen VQ-VAE: it encodes the data once and decodes the sample grids, and is never trained here.
     vqvae = VQVAEModel.from_pretrained(args.vqvae_model_name_or_path, revision=args.vqvae_revision,
@@ -573,10 +556,7 @@ def main(args):
     mapping = model.code_mapping
     train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping)
 
-    # Derive the step budget before the schedule needs it. Each process gets 1/num_processes of the batches.
-    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    set_max_train_steps(args, accelerator, train_dataloader)
     # Weight decay on matrices and embeddings only, not on biases and LayerNorms (as in GPT-2 / nanoGPT).
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -584,94 +564,51 @@ def main(args):
          {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
         lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
     )
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
+        args, accelerator, model, optimizer, train_dataloader, validation_dataloader
     )
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, lr_scheduler
-    )
-    if validation_dataloader is not None:
-        validation_dataloader = accelerator.prepare(validation_dataloader)
-    # From the sharded loader: with several processes, an epoch has fewer steps than the unsharded loader has batches.
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
-
     # Checkpoints hold the prior as a `save_pretrained` folder (weights, config, generation config).
     register_pretrained_hooks(accelerator, VQVAEPriorForCausalLM, "prior")
-
-    if accelerator.is_main_process and args.report_to != "none":
-        tracker_config = {k: v for k, v in vars(args).items()
-                          if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
-        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
-
-    global_step = 0
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if args.resume_from_checkpoint is not None and checkpoint is None:
-        accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = checkpoint_step(checkpoint)
-    first_epoch = global_step // steps_per_epoch
-    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    init_trackers(args, accelerator)
+    run = resume_training(args, accelerator, train_dataloader)
 
     unwrapped_config = accelerator.unwrap_model(model).config
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     conditioning = f"{unwrapped_config.num_classes} classes" if unwrapped_config.num_classes else "unconditional"
     accelerator.print(f"{len(train_dataloader.dataset)} training images of {unwrapped_config.grid_size} codes "
-                      f"(K = {unwrapped_config.codebook_size}, {conditioning}), {num_epochs} epochs, "
-                      f"{args.max_train_steps} steps of {total_batch} images on {accelerator.num_processes} "
-                      f"process(es); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
-                    disable=not accelerator.is_local_main_process)
-    start_time = time.time()
+                      f"(K = {unwrapped_config.codebook_size}, {conditioning}), {run.summary(args, accelerator, model)}")
+    progress = run.progress_bar(accelerator)
     # Elapsed time carries over a resume through the validation log.
-    time_offset = _previous_elapsed(args.output_dir, global_step)
+    clock = TrainingClock(args.output_dir, run.global_step)
     metrics = None
     model.train()
-    for epoch in range(first_epoch, num_epochs):
-        batches = train_dataloader
-        if epoch == first_epoch and batches_to_skip:
-            batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
-        batches.set_epoch(epoch)  # this epoch's shuffling order, also on the skipping loader of a resumed run
-        for batch in batches:
-            if global_step >= args.max_train_steps:
-                break
-            with accelerator.accumulate(model):
-                output = model(input_ids=batch["input_ids"], labels=batch["labels"])
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+    for batch in run.batches(accelerator, train_dataloader):
+        with accelerator.accumulate(model):
+            output = model(input_ids=batch["input_ids"], labels=batch["labels"])
+            optimizer_step(args, accelerator, model, optimizer, lr_scheduler, output.loss)
 
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if global_step % args.logging_steps == 0:
-                loss = output.loss.item()  # mean NLL per code (nats) of this batch, class dropout included
-                logs = {"train/loss": loss, "train/bits_per_code": loss / math.log(2),
-                        "train/lr": lr_scheduler.get_last_lr()[0]}
-                progress.set_postfix(loss=f"{loss:.4f}")
-                accelerator.log(logs, step=global_step)
-            if global_step % args.validation_steps == 0 or global_step == args.max_train_steps:
-                metrics = log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader,
-                                         class_names, global_step, time_offset + time.time() - start_time)
-            # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+        if not accelerator.sync_gradients:
+            continue
+        run.global_step += 1
+        progress.update(1)
+        if run.global_step % args.logging_steps == 0:
+            loss = output.loss.item()  # mean NLL per code (nats) of this batch, class dropout included
+            logs = {"train/loss": loss, "train/bits_per_code": loss / math.log(2),
+                    "train/lr": lr_scheduler.get_last_lr()[0]}
+            progress.set_postfix(loss=f"{loss:.4f}")
+            accelerator.log(logs, step=run.global_step)
+        if run.is_validation_step(args.validation_steps):
+            metrics = log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader,
+                                     class_names, run.global_step, clock.elapsed())
+        # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
+        save_checkpoint_if_due(args, accelerator, run.global_step)
     progress.close()
 
     accelerator.wait_for_everyone()
-    train_seconds = time_offset + time.time() - start_time
+    train_seconds = clock.elapsed()
     if metrics is None:
         # E.g. a run resumed at its last step: the card still gets measured numbers and samples.
         metrics = log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader,
-                                 class_names, global_step, train_seconds)
+                                 class_names, run.global_step, train_seconds)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped)

@@ -15,35 +15,33 @@ Two processes on CPU (real DDP with gloo; `--cpu --num_processes 2` would silent
 
 import argparse
 import json
-import math
-import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel, training_utils
 from hf_vqvae.training_utils import (
+    TrainingClock,
     atomic_write_text,
-    checkpoint_step,
+    create_accelerator,
     evaluate_reconstruction,
     fill_model_card,
     format_metrics_table,
-    load_image_dataset,
+    init_trackers,
+    load_training_dataset,
     make_preprocessing,
+    optimizer_step,
+    prepare_training,
     random_crop,
     reconstruction_grid,
     register_pretrained_hooks,
-    resolve_checkpoint,
-    save_checkpoint,
+    resume_training,
+    save_checkpoint_if_due,
     save_pretrained_atomic,
+    set_max_train_steps,
     write_json,
 )
 
@@ -197,16 +195,7 @@ def build_model(args) -> VQVAEModel:
 
 def get_dataloaders(args, accelerator, config, processor):
     """Train and validation dataloaders of model batches (`pixel_values`, or `input_values` for 1-D models)."""
-    data_files = None
-    if args.train_data_files:
-        data_files = {args.train_split: args.train_data_files}
-        if args.validation_data_files:
-            data_files[args.validation_split] = args.validation_data_files
-    with accelerator.main_process_first():
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files,
-                                     args.cache_dir)
-    if args.train_split not in dataset:
-        raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
+    dataset = load_training_dataset(args, accelerator)
     train = dataset[args.train_split]
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
@@ -363,17 +352,7 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
 
 
 def main(args):
-    project_config = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs"))
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=project_config,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    set_seed(args.seed)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
+    accelerator = create_accelerator(args)
 
     model = build_model(args)
     # Images go through the image processor; waveforms (1-D models) through the feature extractor.
@@ -391,122 +370,72 @@ def main(args):
         model = model.to(memory_format=torch.channels_last)
     train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, model.config, processor)
 
-    # Derive the step budget before the schedule needs it. Each process gets 1/num_processes of the batches.
-    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    set_max_train_steps(args, accelerator, train_dataloader)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
     )
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
+        args, accelerator, model, optimizer, train_dataloader, validation_dataloader
     )
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, lr_scheduler
-    )
-    if validation_dataloader is not None:
-        validation_dataloader = accelerator.prepare(validation_dataloader)
-    # From the sharded loader: with several processes, an epoch has fewer steps than the unsharded loader has batches.
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
-
     # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
     register_pretrained_hooks(accelerator, VQVAEModel, "vqvae")
+    init_trackers(args, accelerator)
+    run = resume_training(args, accelerator, train_dataloader)
 
-    if accelerator.is_main_process and args.report_to != "none":
-        tracker_config = {k: v for k, v in vars(args).items()
-                          if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
-        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
-
-    global_step = 0
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if args.resume_from_checkpoint is not None and checkpoint is None:
-        accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = checkpoint_step(checkpoint)
-    first_epoch = global_step // steps_per_epoch
-    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    accelerator.print(f"{len(train_dataloader.dataset)} training images, {num_epochs} epochs, "
-                      f"{args.max_train_steps} steps of {total_batch} images on {accelerator.num_processes} "
-                      f"process(es); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
-                    disable=not accelerator.is_local_main_process)
-    start_time = time.time()
+    accelerator.print(f"{len(train_dataloader.dataset)} training images, {run.summary(args, accelerator, model)}")
+    progress = run.progress_bar(accelerator)
     # Elapsed training time carries over a resume through the validation log; validation passes do not count.
-    time_offset = _previous_elapsed(args.output_dir, global_step)
-    validation_seconds = 0.0
+    clock = TrainingClock(args.output_dir, run.global_step)
     metrics = None
     unwrapped_config = accelerator.unwrap_model(model).config
     model.train()
-    for epoch in range(first_epoch, num_epochs):
-        batches = train_dataloader
-        if epoch == first_epoch and batches_to_skip:
-            batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
-        batches.set_epoch(epoch)  # this epoch's shuffling order, also on the skipping loader of a resumed run
-        for batch in batches:
-            if global_step >= args.max_train_steps:
-                break
-            # Random flips and audio windows are drawn here, not in the collate function: the dataloader fetches a
-            # batch ahead, and a resumed run must draw the same numbers as an uninterrupted one.
-            if "pixel_values" in batch:
-                pixel_values = batch["pixel_values"]
-                if args.random_flip:
-                    flip = torch.rand(len(pixel_values), device=pixel_values.device) < 0.5
-                    pixel_values = torch.where(flip[:, None, None, None], pixel_values.flip(-1), pixel_values)
-                if args.channels_last:
-                    pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-                batch = {"pixel_values": pixel_values}
-            elif args.max_audio_length is not None:
-                batch = random_crop(batch, args.max_audio_length, unwrapped_config.downsample_factor)
-            with accelerator.accumulate(model):
-                output = model(**batch)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+    for batch in run.batches(accelerator, train_dataloader):
+        # Random flips and audio windows are drawn here, not in the collate function: the dataloader fetches a batch
+        # ahead, and a resumed run must draw the same numbers as an uninterrupted one.
+        if "pixel_values" in batch:
+            pixel_values = batch["pixel_values"]
+            if args.random_flip:
+                flip = torch.rand(len(pixel_values), device=pixel_values.device) < 0.5
+                pixel_values = torch.where(flip[:, None, None, None], pixel_values.flip(-1), pixel_values)
+            if args.channels_last:
+                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            batch = {"pixel_values": pixel_values}
+        elif args.max_audio_length is not None:
+            batch = random_crop(batch, args.max_audio_length, unwrapped_config.downsample_factor)
+        with accelerator.accumulate(model):
+            output = model(**batch)
+            optimizer_step(args, accelerator, model, optimizer, lr_scheduler, output.loss)
 
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if global_step % args.logging_steps == 0:
-                logs = {
-                    "train/loss": output.loss.item(),
-                    "train/reconstruction_loss": output.reconstruction_loss.item(),
-                    "train/codebook_loss": output.codebook_loss.item(),
-                    "train/commitment_loss": output.commitment_loss.item(),
-                    "train/perplexity": output.perplexity.item(),
-                    "train/lr": lr_scheduler.get_last_lr()[0],
-                }
-                progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
-                accelerator.log(logs, step=global_step)
-            if validation_dataloader is not None and (
-                global_step % args.validation_steps == 0 or global_step == args.max_train_steps
-            ):
-                validation_start = time.time()
-                metrics = log_validation(args, accelerator, model, processor, validation_dataloader,
-                                         global_step, time_offset + validation_start - start_time - validation_seconds)
-                validation_seconds += time.time() - validation_start
-            # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+        if not accelerator.sync_gradients:
+            continue
+        run.global_step += 1
+        progress.update(1)
+        if run.global_step % args.logging_steps == 0:
+            logs = {
+                "train/loss": output.loss.item(),
+                "train/reconstruction_loss": output.reconstruction_loss.item(),
+                "train/codebook_loss": output.codebook_loss.item(),
+                "train/commitment_loss": output.commitment_loss.item(),
+                "train/perplexity": output.perplexity.item(),
+                "train/lr": lr_scheduler.get_last_lr()[0],
+            }
+            progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
+            accelerator.log(logs, step=run.global_step)
+        if validation_dataloader is not None and run.is_validation_step(args.validation_steps):
+            with clock.paused() as elapsed:
+                metrics = log_validation(args, accelerator, model, processor, validation_dataloader, run.global_step,
+                                         elapsed)
+        # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
+        save_checkpoint_if_due(args, accelerator, run.global_step)
     progress.close()
 
     accelerator.wait_for_everyone()
-    train_seconds = time_offset + time.time() - start_time - validation_seconds
+    train_seconds = clock.elapsed()
     check_quantizer_in_sync(accelerator, model)
     if metrics is None and validation_dataloader is not None:
         # E.g. a run resumed at its last step: the card still gets measured numbers.
-        metrics = log_validation(args, accelerator, model, processor, validation_dataloader, global_step,
+        metrics = log_validation(args, accelerator, model, processor, validation_dataloader, run.global_step,
                                  train_seconds)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
@@ -547,16 +476,6 @@ def push_folder(args):
         logger.error(str(error), main_process_only=True)
         raise SystemExit(1) from error
     logger.info(f"Uploaded {args.output_dir} to {url}", main_process_only=True)
-
-
-def _previous_elapsed(output_dir, global_step) -> float:
-    """Training seconds recorded up to `global_step` by an earlier run in `output_dir` (0 for a fresh run)."""
-    log = Path(output_dir) / "validation_log.jsonl"
-    if global_step == 0 or not log.exists():
-        return 0.0
-    seconds = [json.loads(line)["elapsed_seconds"] for line in log.read_text().splitlines() if line.strip()
-               and json.loads(line)["step"] <= global_step]
-    return max(seconds, default=0.0)
 
 
 if __name__ == "__main__":
