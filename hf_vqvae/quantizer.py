@@ -57,18 +57,33 @@ def _broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 8192) -> torch.Tensor:
     """Index of the nearest row of `codebook` (K, D) for each row of `vectors` (N, D), by squared L2 distance."""
-    # argmin_k ||x - e_k||^2 = argmax_k (2 x.e_k - ||e_k||^2), since ||x||^2 is the same for every k. The scores are
-    # made and reduced `chunk_size` rows at a time, so that each (chunk, K) block is still in cache when `max` reads
-    # it (one (N, K) matrix would go to memory and back); `max(1).indices` is a faster reduction than `argmin` on CPU.
-    weights = (2 * codebook).t()  # (D, K)
-    bias = -(codebook * codebook).sum(1)  # (K,)
+    # argmin_k ||x - e_k||^2 = argmax_k (2 x.e_k - ||e_k||^2), since ||x||^2 is the same for every k. Appending a
+    # constant 1 to x and -||e_k||^2 to e_k makes that one matrix product with no (N, K) bias pass. Chunks of rows
+    # bound the (chunk, K) score matrix, however many vectors come.
+    weights = torch.cat([2 * codebook, -(codebook * codebook).sum(1, keepdim=True)], dim=1).t()  # (D + 1, K)
     codes = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
     for start in range(0, vectors.shape[0], chunk_size):
-        scores = torch.addmm(bias, vectors[start : start + chunk_size], weights)  # (chunk, K)
-        codes[start : start + chunk_size] = scores.max(dim=1).indices
+        chunk = vectors[start : start + chunk_size]
+        scores = torch.cat([chunk, chunk.new_ones(chunk.shape[0], 1)], dim=1) @ weights  # (chunk, K)
+        codes[start : start + chunk_size] = _argmax_rows(scores)
     return codes
+
+
+def _argmax_rows(scores: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """
+    Index of the maximum of each row of `scores` (N, K), the first one on ties: `scores.max(1).indices`, about twice
+    as fast on CPU, where a reduction with indices is not vectorised and `amax` is. The maxima of blocks of `block`
+    scores (`amax`), the first best block, then the first best score within it.
+    """
+    num_rows, k = scores.shape
+    if k % block or k < 2 * block:
+        return scores.max(dim=1).indices
+    blocks = scores.view(num_rows, k // block, block)
+    best_block = blocks.amax(dim=2).max(dim=1).indices  # (N,)
+    rows = torch.arange(num_rows, device=scores.device)
+    return best_block * block + blocks[rows, best_block].max(dim=1).indices
 
 
 class _QuantizeWithLosses(torch.autograd.Function):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_vqvae.quantizer import QuantizerOutput, VectorQuantizer
+from hf_vqvae.quantizer import QuantizerOutput, VectorQuantizer, _argmax_rows
 
 
 K, D = 8, 4
@@ -496,3 +496,25 @@ def test_mask_leaves_padding_out_of_losses_and_statistics(use_ema):
     assert not grad_masked[~mask].any()
     with pytest.raises(ValueError, match="mask"):
         masked(latents, mask=mask[:, :3])
+
+
+@pytest.mark.parametrize("num_codes", [512, 200, 64])
+def test_blockwise_argmax_is_the_first_maximum(num_codes):
+    """The blockwise search (K a multiple of 64) and its fallback return the first maximum of each row, as argmax."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(300, num_codes, generator=generator)
+    # Ties across blocks and within one, and a row of equal values: the first index must win.
+    scores[0, [3, 70 % num_codes, 400 % num_codes]] = 100.0
+    scores[1, [65 % num_codes, 66 % num_codes]] = 100.0
+    scores[2] = 1.0
+    expected = torch.tensor([int(torch.nonzero(row == row.max())[0]) for row in scores])
+    assert torch.equal(_argmax_rows(scores), expected)
+
+
+def test_nearest_codes_of_a_large_codebook_match_float64():
+    generator = torch.Generator().manual_seed(0)
+    quantizer = VectorQuantizer(codebook_size=512, codebook_dim=16)
+    quantizer.codebook.weight.data.normal_(generator=generator)
+    vectors = torch.randn(20000, 16, generator=generator)  # more than one chunk of rows
+    expected = torch.cdist(vectors.double(), quantizer.codebook.weight.double()).argmin(1)
+    assert torch.equal(quantizer.nearest_codes(vectors), expected)
