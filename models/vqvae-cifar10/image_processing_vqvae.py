@@ -333,32 +333,37 @@ class VQVAEImageProcessor(BaseImageProcessor):
         if not images:
             raise ValueError("`images` is empty; expected at least one image.")
 
-        shape = (-1, 1, 1)
-        mean, std = np.reshape(s["image_mean"], shape), np.reshape(s["image_std"], shape)
-        pixel_values = []
+        # Per image only the PIL work (mode, resize, crop) down to a uint8 (H, W, C) array; the arithmetic is one
+        # float32 pass over the stacked batch: x * (rescale / std) - mean / std, numerically (x * rescale - mean) / std.
+        arrays = []
         for index, image in enumerate(images):
             image = _convert_mode(_to_pil(image, index), s["image_mode"])
             if s["do_resize"]:
                 image = _resize(image, s["size"], s["resample"])
             if s["do_center_crop"]:
                 image = _center_crop(image, s["crop_size"])
-            array = np.asarray(image, dtype=np.float64)
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
-            if s["do_rescale"]:
-                array = array * s["rescale_factor"]
-            if s["do_normalize"]:
-                array = (array - mean) / std
-            pixel_values.append(array.astype(np.float32))
+            array = np.asarray(image)
+            arrays.append(array[:, :, None] if array.ndim == 2 else array)
+        scale = np.float32(s["rescale_factor"] if s["do_rescale"] else 1.0)
+        mean = np.asarray(s["image_mean"] if s["do_normalize"] else 0.0, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(s["image_std"] if s["do_normalize"] else 1.0, dtype=np.float32).reshape(-1, 1, 1)
+        multiplier, offset = scale / std, -mean / std  # (C or 1, 1, 1)
+
+        def to_pixel_values(uint8: np.ndarray) -> np.ndarray:  # (..., H, W, C) -> (..., C, H, W) float32
+            pixels = np.ascontiguousarray(np.moveaxis(uint8, -1, -3), dtype=np.float32)
+            pixels *= multiplier
+            pixels += offset
+            return pixels
 
         if return_tensors is None:
-            return BatchFeature(data={"pixel_values": pixel_values})
-        shapes = sorted({a.shape for a in pixel_values})
+            return BatchFeature(data={"pixel_values": [to_pixel_values(array) for array in arrays]})
+        shapes = sorted({(a.shape[2], a.shape[0], a.shape[1]) for a in arrays})
         if len(shapes) > 1:
             raise ValueError(
                 f"Processed images have different shapes {shapes} and cannot be stacked. Use `size={{'height': h, "
                 "'width': w}`, or `do_center_crop=True` with `shortest_edge`, or `return_tensors=None` for a list."
             )
-        batch = np.stack(pixel_values)  # (B, C, H, W)
+        batch = to_pixel_values(np.stack(arrays))  # (B, C, H, W)
         return BatchFeature(data={"pixel_values": torch.from_numpy(batch) if return_tensors == "pt" else batch})
 
     def postprocess(
