@@ -33,7 +33,6 @@ import re
 import resource
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -340,26 +339,16 @@ def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     device_type = next(image_tokenizer.model.parameters()).device.type
 
-    def prepare(batch_start: int) -> tuple[pa.Table, torch.Tensor]:  # read, decode and process one batch
+    ids, kept = [], []
+    for batch_start in range(start, stop, args.batch_size):
         table = rows.read(batch_start, min(batch_start + args.batch_size, stop))
         images = [to_pil(value, plan["image_feature"]) for value in table.column(plan["image_column"]).to_pylist()]
-        return table, image_tokenizer.image_processor(images, return_tensors="pt")["pixel_values"]
-
-    ids, kept = [], []
-    batch_starts = range(start, stop, args.batch_size)
-    # One thread prepares the next batch while this one encodes (PIL decoding and numpy release the GIL); batches
-    # are read one after another, in order.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-data") as pool:
-        pending = pool.submit(prepare, batch_starts[0]) if batch_starts else None
-        for index in range(len(batch_starts)):
-            table, pixel_values = pending.result()
-            if index + 1 < len(batch_starts):
-                pending = pool.submit(prepare, batch_starts[index + 1])
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
-            ids.append(batch_ids.numpy().astype(args.ids_dtype))
-            kept.append(table.select(plan["keep_columns"]))
-            progress.update(table.num_rows)
+        pixel_values = image_tokenizer.image_processor(images, return_tensors="pt")["pixel_values"]
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
+        ids.append(batch_ids.numpy().astype(args.ids_dtype))
+        kept.append(table.select(plan["keep_columns"]))
+        progress.update(len(images))
     ids = np.concatenate(ids)  # (rows, num_image_tokens)
     offsets = np.arange(0, ids.size + 1, ids.shape[1], dtype=np.int32)
     columns = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.reshape(-1)))}
