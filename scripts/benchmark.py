@@ -1060,7 +1060,7 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
             "processor -> `encode` -> token ids; no parquet writing), against the bare encoder forward "
             "(`model.encoder`, no quantizer) and `model.encode` (encoder + quantizer) on the same batches, decoded "
             "beforehand. Each sample is a whole pass over the split. Then the script itself, in a separate "
-            "process, tokenizes the train split: its throughput and peak resident memory (`ru_maxrss`, from its "
+            "process, tokenizes the train split: its throughput and peak resident memory (`VmHWM`, from its "
             "`tokenization_stats.json`)."
         ),
         columns=["workload", "images", "batch", "median (s/pass)", "IQR (s)", "images/s", "x bare encoder",
@@ -1140,7 +1140,7 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
                                  fmt(timing.iqr), fmt(num_rows / timing.median), f"{ratio:.3f}", "", target, result])
         section.notes.append(f"Test-split passes: {repeats} timed samples each (at most 3), interleaved.")
 
-        # Peak memory of the script on the train split, in its own process (ru_maxrss is a per-process maximum).
+        # Peak memory of the script on the train split, in its own process (its own high-water mark, not this process's).
         output_dir = workdir / "train-tokens"
         command = [sys.executable, str(REPO_ROOT / "scripts" / "tokenize_dataset.py"), "--model", str(model_dir),
                    "--data_files", f"train={cifar10_dir / 'train-*.parquet'}", "--output_dir", str(output_dir),
