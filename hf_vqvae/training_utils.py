@@ -644,9 +644,8 @@ def previous_elapsed(output_dir: str | os.PathLike, global_step: int) -> float:
     log = Path(output_dir) / "validation_log.jsonl"
     if global_step == 0 or not log.exists():
         return 0.0
-    seconds = [json.loads(line)["elapsed_seconds"] for line in log.read_text().splitlines() if line.strip()
-               and json.loads(line)["step"] <= global_step]
-    return max(seconds, default=0.0)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return max((r["elapsed_seconds"] for r in records if r["step"] <= global_step), default=0.0)
 
 
 class TrainingClock:

@@ -371,7 +371,7 @@ def op_profile(call: Callable[[], object], repeats: int = 3) -> dict[str, float]
 
 
 def compare_profiles(profiles: dict[str, dict[str, float]], top: int = 8) -> str:
-    """A Markdown table of the `top` ops by the first profile's time, with every profile's ms per call and total."""
+    """A Markdown table of the `top` ops by their largest time in any profile: each profile's ms per call, and totals."""
     names = list(profiles)
     keys = sorted(set().union(*profiles.values()), key=lambda key: -max(p.get(key, 0.0) for p in profiles.values()))
     rows = [[f"`{key}`", *(fmt(profiles[name].get(key, 0.0)) for name in names)] for key in keys[:top]]

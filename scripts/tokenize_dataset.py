@@ -352,14 +352,12 @@ def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args
     """Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns."""
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     device_type = next(image_tokenizer.model.parameters()).device.type
-
     ids, kept = [], []
     for batch_start in range(start, stop, args.batch_size):
         table = rows.read(batch_start, min(batch_start + args.batch_size, stop))
         images = [to_pil(value, plan["image_feature"]) for value in table.column(plan["image_column"]).to_pylist()]
-        pixel_values = image_tokenizer.image_processor(images, return_tensors="pt")["pixel_values"]
         with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
+            batch_ids = image_tokenizer(images)["input_ids"]  # (B, num_image_tokens)
         ids.append(batch_ids.numpy().astype(args.ids_dtype))
         kept.append(table.select(plan["keep_columns"]))
         progress.update(len(images))
