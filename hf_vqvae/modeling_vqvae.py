@@ -304,7 +304,27 @@ class VQVAEModel(VQVAEPreTrainedModel):
         self.decoder = VQVAEDecoder(config)
         if config.spatial_dims == 1:
             self.main_input_name = "input_values"
+        self._encoder_frozen = False
         self.post_init()
+
+    def freeze_encoder(self):
+        """
+        Fix the encoder and the codebook, so that training changes only the decoder: every input keeps its codes (a
+        prior trained on them stays valid) while the decoder learns to reconstruct better. Their parameters stop
+        requiring gradients, and they stay in eval mode through `train()`, so the EMA codebook and its dead-code
+        restarts no longer update.
+        """
+        self._encoder_frozen = True
+        for module in (self.encoder, self.quantizer):
+            module.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._encoder_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         factor = self.config.downsample_factor

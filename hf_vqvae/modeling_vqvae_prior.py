@@ -22,6 +22,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .configuration_vqvae_prior import VQVAEPriorConfig
 
 
+# transformers 5.24 renamed the key/value cache of model inputs and outputs from `past_key_values` to `cache`, and its
+# `generate` passes and reads the new name. The prior accepts both names and returns the cache under the field that
+# the installed transformers declares.
+CACHE_OUTPUT_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 # One class per sample (`int` in [0, num_classes)), a single class for the whole batch, or `None` for unconditional.
 ClassLabels = int | list[int] | torch.LongTensor | None
 
@@ -219,15 +224,15 @@ class VQVAEPriorAttention(nn.Module):
         self.proj.is_residual_projection = True  # scaled init, see `_init_weights`
         self.resid_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         batch_size, length, hidden_size = hidden_states.shape
         # (B, T, 3C) -> three (B, nh, T, hd)
         query, key, value = (
             t.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
             for t in self.qkv(hidden_states).split(hidden_size, dim=-1)
         )
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hd), S = past + T
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, nh, S, hd), S = past + T
         total = key.shape[2]
         if total == length:
             mask, is_causal = None, True
@@ -271,8 +276,8 @@ class VQVAEPriorBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = VQVAEPriorMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), past_key_values)
+    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), cache)
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
@@ -287,10 +292,10 @@ class VQVAEPriorTransformer(nn.Module):
         self.layers = nn.ModuleList(VQVAEPriorBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids, position_ids, past_key_values: Cache | None = None) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, cache: Cache | None = None) -> torch.Tensor:
         hidden_states = self.dropout(self.embed_tokens(input_ids) + self.embed_positions(position_ids))  # (B, T, C)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, past_key_values)
+            hidden_states = layer(hidden_states, cache)
         return self.norm(hidden_states)
 
 
@@ -449,10 +454,11 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         r"""
@@ -466,29 +472,36 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
                 Accepted for `generate`; must be all ones (sequences are never padded).
             position_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*):
                 Positions of the tokens; default `cached + arange(seq_len)`.
-            past_key_values ([`~transformers.Cache`], *optional*):
+            cache ([`~transformers.Cache`], *optional*):
                 Keys and values of the tokens seen so far, updated in place.
             labels (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*):
                 Targets aligned with `input_ids` (shifted inside): codes, or -100 to ignore a position. See
                 [`VQVAEPriorCodeMapping.codes_to_labels`].
             use_cache (`bool`, *optional*):
-                Return `past_key_values`; defaults to `config.use_cache` outside training, `False` in training.
+                Return the cache; defaults to `config.use_cache` outside training, `False` in training.
             return_dict (`bool`, *optional*):
                 Return a [`~transformers.modeling_outputs.CausalLMOutputWithPast`] (default) or a plain tuple.
+            past_key_values ([`~transformers.Cache`], *optional*):
+                The name of `cache` before transformers 5.24 (its `generate` passes it so); pass one of the two.
             kwargs:
                 Passed to the loss (e.g. `num_items_in_batch` for gradient accumulation).
 
         Returns:
             [`~transformers.modeling_outputs.CausalLMOutputWithPast`] or `tuple`: `loss` (`torch.FloatTensor` of
             shape `()`, mean cross-entropy over the kept labels), `logits` (`torch.FloatTensor` of shape
-            `(batch_size, seq_len, vocab_size)`, prompt ids at the dtype's minimum) and `past_key_values`.
+            `(batch_size, seq_len, vocab_size)`, prompt ids at the dtype's minimum) and the cache
+            (`cache` from transformers 5.24 on, `past_key_values` before: see `CACHE_OUTPUT_FIELD`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("Pass the key/value cache once, as `cache` (or `past_key_values`); got both.")
+            cache = past_key_values
+        past_length = cache.get_seq_length() if cache is not None else 0
         self._check_inputs(input_ids, attention_mask, position_ids, labels, past_length)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
         batch_size, length = input_ids.shape
         if position_ids is None:
@@ -499,7 +512,7 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
             prompts = torch.where(drop, self.config.bos_token_id, input_ids[:, 0])
             input_ids = torch.cat([prompts.unsqueeze(1), input_ids[:, 1:]], dim=1)
 
-        hidden_states = self.prior(input_ids, position_ids, past_key_values)  # (B, T, C)
+        hidden_states = self.prior(input_ids, position_ids, cache)  # (B, T, C)
         logits = self.lm_head(hidden_states)  # (B, T, vocab_size)
         # Prompt ids are never predicted (not a buffer: transformers builds models on the meta device).
         is_prompt_id = torch.arange(self.config.vocab_size, device=logits.device) >= self.config.codebook_size  # (V,)
@@ -508,12 +521,9 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None
-        )
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_OUTPUT_FIELD: cache if use_cache else None})
         return output if return_dict else output.to_tuple()
 
-    @torch.no_grad()
     @torch.no_grad()
     def code_log_likelihood(self, codes: torch.LongTensor, class_labels: ClassLabels = None) -> torch.FloatTensor:
         r"""

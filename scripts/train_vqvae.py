@@ -65,6 +65,9 @@ def parse_args(argv=None):
                         help="Comma-separated key=value settings applied to the config, e.g. "
                              "'hidden_channels=128,use_ema_codebook=true'.")
     parser.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
+    parser.add_argument("--freeze_encoder", action="store_true",
+                        help="Fine-tune the decoder alone: the encoder and codebook of the pretrained model stay fixed, "
+                             "so every image keeps its codes (and a prior trained on them stays valid).")
     # Data
     parser.add_argument("--dataset_name", default=None,
                         help="A Hub dataset, or the builder of `--*_data_files` (default parquet).")
@@ -184,7 +187,12 @@ def build_model(args) -> VQVAEModel:
                                            cache_dir=args.cache_dir)
         if args.config_overrides:
             raise ValueError("`--config_overrides` change the architecture; they cannot apply to a pretrained model.")
+        if args.freeze_encoder:
+            model.freeze_encoder()
         return model
+    if args.freeze_encoder:
+        raise ValueError("`--freeze_encoder` keeps a trained encoder and codebook fixed; it needs "
+                         "`--pretrained_model_name_or_path`.")
     if args.model_config_name_or_path is not None:
         config = VQVAEConfig.from_pretrained(args.model_config_name_or_path, revision=args.revision,
                                              **args.config_overrides)

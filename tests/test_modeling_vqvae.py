@@ -285,6 +285,26 @@ def test_forward_loss_is_sum_of_named_terms(tiny_vqvae_config, pixel_values):
     assert model(pixel_values, return_loss=False).loss is None
 
 
+def test_freeze_encoder_trains_the_decoder_alone(pixel_values):
+    model = VQVAEModel(make_tiny_config(use_ema_codebook=True, dead_code_threshold=0.5))
+    model(pixel_values)  # the first training forward initialises the codebook (k-means)
+    model.freeze_encoder()
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("encoder.", "quantizer."))}
+    codes = model.encode(pixel_values).codes
+    model.train()
+    assert model.training and model.decoder.training
+    assert not model.encoder.training and not model.quantizer.training  # no EMA updates or dead-code restarts
+    assert {p.requires_grad for n, p in model.named_parameters()} == {True, False}
+    assert all(p.requires_grad == n.startswith("decoder.") for n, p in model.named_parameters())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        model(pixel_values).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+    assert torch.equal(model.encode(pixel_values).codes, codes)
+
+
 def test_codebook_loss_reaches_only_codebook_and_commitment_only_encoder(tiny_vqvae_config, pixel_values):
     model = VQVAEModel(tiny_vqvae_config)
     codebook = model.quantizer.codebook.weight

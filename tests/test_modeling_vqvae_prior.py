@@ -16,6 +16,7 @@ from test_modeling_vqvae import CommonModelTests
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from hf_vqvae import VQVAEPriorCodeMapping, VQVAEPriorConfig, VQVAEPriorForCausalLM
+from hf_vqvae.modeling_vqvae_prior import CACHE_OUTPUT_FIELD
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -227,9 +228,23 @@ def test_incremental_forward_with_cache_matches_full_forward():
     with torch.no_grad():
         full = model(input_ids, use_cache=False).logits
         cache = DynamicCache(config=model.config)
-        pieces = [model(input_ids[:, a:b], past_key_values=cache).logits for a, b in ((0, 2), (2, 5), (5, 6), (6, 7))]
+        pieces = [model(input_ids[:, a:b], cache=cache).logits for a, b in ((0, 2), (2, 5), (5, 6), (6, 7))]
     assert cache.get_seq_length() == 7
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_cache_is_also_accepted_under_its_name_before_transformers_5_24():
+    model = make_model()
+    input_ids = VQVAEPriorModelTester().get_dummy_inputs()["input_ids"]
+    with torch.no_grad():
+        full = model(input_ids, use_cache=False).logits
+        cache = DynamicCache(config=model.config)
+        first = model(input_ids[:, :3], past_key_values=cache)
+        rest = model(input_ids[:, 3:], past_key_values=cache)
+        assert getattr(first, CACHE_OUTPUT_FIELD) is cache
+        with pytest.raises(ValueError, match="once"):
+            model(input_ids, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+    assert torch.allclose(torch.cat([first.logits, rest.logits], dim=1), full, atol=1e-5)
 
 
 def test_residual_projections_get_the_scaled_init():
@@ -252,9 +267,9 @@ def test_use_cache_defaults():
     model = make_model()
     inputs = VQVAEPriorModelTester().get_dummy_inputs()
     with torch.no_grad():
-        assert isinstance(model(**inputs).past_key_values, DynamicCache)
-        assert model(**inputs, use_cache=False).past_key_values is None
-    assert model.train()(**inputs).past_key_values is None  # no cache in training unless asked
+        assert isinstance(getattr(model(**inputs), CACHE_OUTPUT_FIELD), DynamicCache)
+        assert getattr(model(**inputs, use_cache=False), CACHE_OUTPUT_FIELD) is None
+    assert getattr(model.train()(**inputs), CACHE_OUTPUT_FIELD) is None  # no cache in training unless asked
 
 
 def test_class_dropout_replaces_the_class_prompt_in_training_only():

@@ -153,9 +153,28 @@ def test_evaluate_script_writes_json(tmp_path, tiny_config_dir):
     assert metrics["codes_used"] + metrics["dead_codes"] == metrics["codebook_size"] == 16
 
 
+def test_freeze_encoder_fine_tunes_the_decoder_alone(tmp_path, tiny_config_dir):
+    pretrained = tmp_path / "pretrained"
+    launch(base_args(tiny_config_dir, pretrained, 2))
+    tuned = tmp_path / "tuned"
+    args = base_args(tiny_config_dir, tuned, 3, ["--learning_rate", "1e-2"])
+    args[args.index("--model_config_name_or_path"): args.index("--model_config_name_or_path") + 2] = [
+        "--pretrained_model_name_or_path", str(pretrained), "--freeze_encoder"]
+    launch(args)
+    before, after = load_file(pretrained / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert before.keys() == after.keys()
+    for key in before:  # the codebook's EMA buffers included: they must not move either
+        if key.startswith(("encoder.", "quantizer.")):
+            assert torch.equal(before[key], after[key]), key
+    assert any(not torch.equal(before[key], after[key]) for key in before if key.startswith("decoder."))
+    assert "--freeze_encoder" in (tuned / "README.md").read_text()
+
+
 def test_bad_arguments_fail_clearly(tmp_path, tiny_config_dir):
     result = launch(base_args(tiny_config_dir, tmp_path / "x", 2, ["--push_to_hub"]), check=False)
     assert result.returncode != 0 and "needs `--hub_model_id`" in result.stderr
+    result = launch(base_args(tiny_config_dir, tmp_path / "z", 2, ["--freeze_encoder"]), check=False)
+    assert result.returncode != 0 and "needs `--pretrained_model_name_or_path`" in result.stderr
     result = launch(["--preset", "cifar10", "--train_data_files", str(tmp_path / "missing-*.parquet"),
                      "--output_dir", str(tmp_path / "y")], check=False)
     assert result.returncode != 0 and "No file matches" in result.stderr
