@@ -6,7 +6,7 @@
   prior (see `hf_vqvae.anomaly`).
 
 A prior folder does not hold its VQ-VAE: `scripts/train_prior.py` records which one it was trained on in
-`vqvae_reference.json` (name or path, revision and a fingerprint of the weights), and the generation pipeline loads it
+`vqvae_reference.json` (name or path, revision and a fingerprint of the encoder and codebook, which decide the codes), and the generation pipeline loads it
 from there unless it is given `vqvae=`.
 
 ```python
@@ -36,7 +36,7 @@ from .anomaly import SCORE_NAMES, VQVAEAnomalyScorer, render_anomaly_heatmap
 from .image_processing_vqvae import VQVAEImageProcessor
 from .modeling_vqvae import VQVAEModel
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
-from .training_utils import model_fingerprint
+from .training_utils import codes_fingerprint
 
 
 logger = logging.get_logger(__name__)
@@ -76,7 +76,7 @@ def save_vqvae_reference(
     reference = {
         "vqvae_model_name_or_path": name,
         "vqvae_revision": revision,
-        "vqvae_fingerprint": model_fingerprint(vqvae),
+        "vqvae_codes_fingerprint": codes_fingerprint(vqvae),  # decoder fine-tunes keep it
         "codebook_size": vqvae.config.codebook_size,
         "grid_size": list(vqvae.config.latent_size()),
         "image_size": vqvae.config.image_size,
@@ -152,10 +152,11 @@ def load_vqvae_for_prior(
             f"{prior.config.codebook_size} codes: they do not belong together. Pass the VQ-VAE the prior was trained "
             f"on (its {VQVAE_REFERENCE_NAME} names it)."
         )
-    if reference is not None and reference.get("vqvae_fingerprint") not in (None, model_fingerprint(model)):
+    if reference is not None and reference.get("vqvae_codes_fingerprint") not in (None, codes_fingerprint(model)):
         logger.warning(
-            f"The VQ-VAE's weights differ from those the prior was trained on ({reference['vqvae_model_name_or_path']}"
-            f", {VQVAE_REFERENCE_NAME}); its samples decode to noise unless the codebook is the same."
+            f"The VQ-VAE's encoder or codebook differ from those the prior was trained on "
+            f"({reference['vqvae_model_name_or_path']}, {VQVAE_REFERENCE_NAME}); its samples decode to noise unless "
+            "the codebook is the same."
         )
     return model.eval(), image_processor
 

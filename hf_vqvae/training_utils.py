@@ -711,16 +711,27 @@ def format_metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def model_fingerprint(model: torch.nn.Module, prefixes: tuple[str, ...] | None = None) -> str:
     """
-    sha256 of a model's weights and buffers (names and raw bytes, in name order): a model retrained in place under the
-    same name gets another fingerprint, so caches built with the old one are not reused by mistake.
+    sha256 of a model's weights and buffers (names and raw bytes, in name order), or of those whose names start with
+    one of `prefixes`: a model retrained in place under the same name gets another fingerprint, so caches built with
+    the old one are not reused by mistake.
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if prefixes is not None and not name.startswith(prefixes):
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def codes_fingerprint(vqvae: torch.nn.Module) -> str:
+    """
+    The [`model_fingerprint`] of what decides a VQ-VAE's codes: its encoder and quantizer. A decoder fine-tuned with
+    `freeze_encoder` keeps it, so the priors, code caches and tokenized datasets made with the model stay valid.
+    """
+    return model_fingerprint(vqvae, prefixes=("encoder.", "quantizer."))
 
 
 def write_json(path: str | os.PathLike, data: dict):
@@ -752,6 +763,7 @@ __all__ = [
     "load_image_dataset",
     "load_training_dataset",
     "make_image_grid",
+    "codes_fingerprint",
     "model_fingerprint",
     "optimizer_step",
     "prepare_training",

@@ -30,10 +30,10 @@ from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
 from hf_vqvae.pipelines import load_vqvae_reference
 from hf_vqvae.training_utils import (
+    codes_fingerprint,
     format_metrics_table,
     load_image_dataset,
     make_preprocessing,
-    model_fingerprint,
     update_model_card,
     write_json,
 )
@@ -138,7 +138,7 @@ def main(args) -> dict:
     if args.prior is not None:
         prior = VQVAEPriorForCausalLM.from_pretrained(args.prior).eval()
         reference = load_vqvae_reference(args.prior)
-        if reference is not None and reference.get("vqvae_fingerprint") not in (None, model_fingerprint(model)):
+        if reference is not None and reference.get("vqvae_codes_fingerprint") not in (None, codes_fingerprint(model)):
             raise ValueError(f"The prior {args.prior} was trained on the codes of another VQ-VAE "
                              f"({reference['vqvae_model_name_or_path']}); its log p(z) means nothing for this one.")
         if tuple(prior.config.grid_size) != model.config.latent_size():

@@ -50,10 +50,10 @@ from hf_vqvae import VQVAEImageTokenizer, __version__, training_utils
 from hf_vqvae.training_utils import (
     HUB_IGNORE_PATTERNS,
     atomic_write_text,
+    codes_fingerprint,
     fill_model_card,
     find_image_column,
     load_image_dataset,
-    model_fingerprint,
     write_json,
 )
 
@@ -87,7 +87,7 @@ token layout of `hf_vqvae.VQVAEImageTokenizer`, with the columns {{kept}} of the
 {{layout}}
 
 Row-major order, no row-end tokens. The layout is also in `image_tokenizer_config.json`; the settings of the run
-(model fingerprint, source, shard size, precision) are in `tokenization_config.json`.
+(fingerprint of the model's encoder and codebook, source, shard size, precision) are in `tokenization_config.json`.
 
 ## Splits
 
@@ -498,7 +498,7 @@ def main(args) -> dict:
     plans = {split: plan_split(dataset[split], split, args, image_tokenizer.num_image_tokens) for split in splits}
 
     settings = {
-        "model_fingerprint": model_fingerprint(image_tokenizer.model),
+        "codes_fingerprint": codes_fingerprint(image_tokenizer.model),
         "image_processor": image_tokenizer.image_processor.to_dict(),
         "image_tokenizer": image_tokenizer.to_dict(),
         "ids_dtype": args.ids_dtype,

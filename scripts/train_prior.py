@@ -1,7 +1,7 @@
 """Train or fine-tune the autoregressive prior over the codes of a frozen VQ-VAE, with Accelerate.
 
 The trained VQ-VAE encodes the dataset to codes once. The codes are cached in `<output_dir>/codes/<split>.pt` with
-the settings that made them (the VQ-VAE's weight fingerprint, the image processor, the data): a cache made by another
+the settings that made them (a fingerprint of the VQ-VAE's encoder and codebook, the image processor, the data): a cache made by another
 VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`, class-conditional
 with `--label_column`) is then trained on the cached codes, and the VQ-VAE only decodes the sample grids: the two models
 are never trained together (van den Oord et al., 2017, section 3).
@@ -46,6 +46,7 @@ from hf_vqvae.training_utils import (
     HUB_IGNORE_PATTERNS,
     TrainingClock,
     atomic_write_text,
+    codes_fingerprint,
     create_accelerator,
     fill_model_card,
     find_image_column,
@@ -53,7 +54,6 @@ from hf_vqvae.training_utils import (
     init_trackers,
     load_training_dataset,
     make_image_grid,
-    model_fingerprint,
     optimizer_step,
     prepare_training,
     register_pretrained_hooks,
@@ -300,11 +300,11 @@ def get_codes(args, accelerator, vqvae, image_processor):
             raise ValueError(f"`--validation_classes` {unknown} are not class ids of `--label_column` "
                              f"{args.label_column!r}, which has {len(class_names)} classes.")
 
-    fingerprint = model_fingerprint(vqvae)
+    fingerprint = codes_fingerprint(vqvae)  # a decoder fine-tune of the VQ-VAE keeps its codes
     codes = {}
     for split, max_samples in splits.items():
         settings = {
-            "vqvae_fingerprint": fingerprint,
+            "vqvae_codes_fingerprint": fingerprint,
             "image_processor": image_processor.to_dict(),
             "source": describe_source(args, split, max_samples),
             "image_column": find_image_column(dataset[split], args.image_column),
@@ -502,7 +502,7 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
     values = {
         "model_id": args.hub_model_id or Path(output_dir).name,
         "vqvae_model_name_or_path": args.vqvae_model_name_or_path,
-        "vqvae_fingerprint": reference["vqvae_fingerprint"],
+        "vqvae_codes_fingerprint": reference["vqvae_codes_fingerprint"],
         "base_model": args.pretrained_prior_name_or_path or "none (trained from scratch)",
         "datasets": args.dataset_name or ", ".join(args.train_data_files or [args.train_data_dir or "local"]),
         "codebook_size": config.codebook_size,

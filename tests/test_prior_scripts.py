@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -19,13 +20,15 @@ from safetensors.torch import load_file
 from test_scripts import SAMPLE, script_env
 from transformers import pipeline
 
+import hf_vqvae.pipelines
 from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
 from hf_vqvae.pipelines import (
     VQVAE_REFERENCE_NAME,
     VQVAEGenerationPipeline,
     VQVAEReconstructionPipeline,
+    load_vqvae_for_prior,
 )
-from hf_vqvae.training_utils import model_fingerprint
+from hf_vqvae.training_utils import codes_fingerprint, model_fingerprint
 
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -131,7 +134,7 @@ def test_train_prior_saves_a_complete_folder(trained, vqvae_dir):
 
     reference = json.loads((output / VQVAE_REFERENCE_NAME).read_text())
     assert reference["vqvae_model_name_or_path"] == str(vqvae_dir.resolve())
-    assert reference["vqvae_fingerprint"] == model_fingerprint(VQVAEModel.from_pretrained(vqvae_dir))
+    assert reference["vqvae_codes_fingerprint"] == codes_fingerprint(VQVAEModel.from_pretrained(vqvae_dir))
 
     entries = [json.loads(line) for line in (output / "validation_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in entries] == [3, 6]
@@ -144,7 +147,7 @@ def test_train_prior_saves_a_complete_folder(trained, vqvae_dir):
 
     card = (output / "README.md").read_text()
     assert "{{" not in card and "library_name: hf_vqvae" in card and str(vqvae_dir) in card
-    assert reference["vqvae_fingerprint"] in card and "3: cat" in card and "| 6 |" in card
+    assert reference["vqvae_codes_fingerprint"] in card and "3: cat" in card and "| 6 |" in card
     assert '"max_train_steps": 6' in card and "![samples](samples/step-6.png)" in card
 
 
@@ -173,7 +176,7 @@ def test_codes_cache_of_another_vqvae_is_refused_then_rebuilt(trained, tmp_path)
                                                    "label", "--codes_cache_dir", str(codes_dir)])
     result = run_prior(args, launcher=False, check=False)
     assert result.returncode != 0
-    assert "was made with other settings (different: vqvae_fingerprint)" in result.stderr
+    assert "was made with other settings (different: vqvae_codes_fingerprint)" in result.stderr
     assert "--overwrite_codes_cache" in result.stderr
 
     # Rebuilt on request (in this process: the same code path, without a second launch). Without `--label_column`
@@ -189,7 +192,7 @@ def test_codes_cache_of_another_vqvae_is_refused_then_rebuilt(trained, tmp_path)
     assert class_names is None and codes["train"]["labels"] is None
     assert codes["train"]["codes"].shape == (64, *GRID) and codes["test"]["codes"].shape == (24, *GRID)
     saved = torch.load(cache / "train.pt", weights_only=True)["settings"]
-    assert saved["vqvae_fingerprint"] == model_fingerprint(vqvae) and saved["label_column"] is None
+    assert saved["vqvae_codes_fingerprint"] == codes_fingerprint(vqvae) and saved["label_column"] is None
     pixel_values = VQVAEImageProcessor.from_pretrained(other)(
         load_images(SAMPLE / "train-00000-of-00001.parquet", 2), return_tensors="pt").pixel_values
     assert torch.equal(codes["train"]["codes"][:2].long(), vqvae.encode(pixel_values).codes)
@@ -380,6 +383,17 @@ def test_generation_pipeline(trained, vqvae_dir, tmp_path):
     with pytest.raises(ValueError, match="`codebook_size` 32 but the prior models 16 codes"):
         pipeline("vqvae-generation", model=str(trained["output"]),
                  vqvae=VQVAEModel(make_tiny_config(image_size=32, codebook_size=32)))
+    # A VQ-VAE with a fine-tuned decoder still decodes this prior's codes; another encoder or codebook does not.
+    tuned = VQVAEModel.from_pretrained(vqvae_dir)
+    with torch.no_grad():
+        tuned.decoder.conv_in.weight.add_(0.1)
+    with mock.patch.object(hf_vqvae.pipelines.logger, "warning") as warning:
+        load_vqvae_for_prior(generate.model, tuned)
+        assert not warning.called
+        with torch.no_grad():
+            tuned.encoder.proj.weight.add_(0.1)
+        load_vqvae_for_prior(generate.model, tuned)
+        assert "encoder or codebook differ" in warning.call_args.args[0]
     # A prior folder without vqvae_reference.json needs `vqvae=`.
     VQVAEPriorForCausalLM.from_pretrained(trained["output"]).save_pretrained(tmp_path / "bare_prior")
     with pytest.raises(ValueError, match="pass one"):
