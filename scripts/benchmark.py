@@ -1056,7 +1056,7 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         title="Tokenization",
         description=(
             "CIFAR-10 to code tokens with `scripts/tokenize_dataset.py`. In this process, on the test split: the "
-            "script's own reading and tokenizing loop (`tokenize_rows`: Arrow rows -> PNG decode -> image "
+            "script's own reading and tokenizing loop (`tokenize_rows`: Arrow rows -> JPEG decode (`decode_image`) -> image "
             "processor -> `encode` -> token ids; no parquet writing), against the bare encoder forward "
             "(`model.encoder`, no quantizer) and `model.encode` (encoder + quantizer) on the same batches, decoded "
             "beforehand. Each sample is a whole pass over the split. Then the script itself, in a separate "
@@ -1073,6 +1073,7 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
                              "(`--cifar10_dir`).")
         return section
     tokenize_dataset = load_tokenize_script()
+    from hf_vqvae.training_utils import decode_image
     batch_size = sizes.tokenize_batch_size
     with tempfile.TemporaryDirectory(prefix="hf_vqvae-bench-") as tmp:
         workdir = Path(tmp)
@@ -1097,7 +1098,7 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         pixel_batches = []  # the same batches the tokenizing loop sees, decoded once
         for start in range(0, num_rows, batch_size):
             table = rows.read(start, min(start + batch_size, num_rows))
-            images = [tokenize_dataset.to_pil(value, plan["image_feature"])
+            images = [decode_image(value, plan["image_feature"])
                       for value in table.column(plan["image_column"]).to_pylist()]
             pixel_batches.append(image_tokenizer.image_processor(images, return_tensors="pt")["pixel_values"])
 

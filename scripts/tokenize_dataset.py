@@ -51,6 +51,7 @@ from hf_vqvae.training_utils import (
     HUB_IGNORE_PATTERNS,
     atomic_write_text,
     codes_fingerprint,
+    decode_image,
     fill_model_card,
     find_image_column,
     load_image_dataset,
@@ -255,15 +256,6 @@ def count_rows(dataset, split: str, streaming: bool, limit: int | None = None) -
     return count
 
 
-def to_pil(value, image_feature):
-    """A stored image cell (`{"bytes", "path"}`, bytes or a path) as a PIL image."""
-    if isinstance(value, (bytes, bytearray)):
-        value = {"bytes": bytes(value), "path": None}
-    elif isinstance(value, str):
-        value = {"bytes": None, "path": value}
-    return image_feature.decode_example(value)
-
-
 # ---------------------------------------------------------------------------------------------------------- settings
 
 
@@ -355,7 +347,8 @@ def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args
     ids, kept = [], []
     for batch_start in range(start, stop, args.batch_size):
         table = rows.read(batch_start, min(batch_start + args.batch_size, stop))
-        images = [to_pil(value, plan["image_feature"]) for value in table.column(plan["image_column"]).to_pylist()]
+        images = [decode_image(value, plan["image_feature"])
+                  for value in table.column(plan["image_column"]).to_pylist()]
         with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             batch_ids = image_tokenizer(images)["input_ids"]  # (B, num_image_tokens)
         ids.append(batch_ids.numpy().astype(args.ids_dtype))

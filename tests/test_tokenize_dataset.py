@@ -5,12 +5,14 @@ the reference: resuming, two processes and the Hub round trip must reproduce it 
 """
 
 import importlib.util
+import io
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import datasets
 import numpy as np
@@ -350,3 +352,38 @@ def test_image_tokens_in_a_stock_text_model_end_to_end(model_dir, reference_run)
     image = image_tokenizer.decode(short, on_wrong_length="truncate_or_pad")
     assert image.size == (32, 32)
     assert np.asarray(image).dtype == np.uint8
+
+
+def _jpeg(image: Image.Image, **save_kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **save_kwargs)
+    return buffer.getvalue()
+
+
+def test_decode_image_gives_pils_pixels_faster_and_falls_back_to_pil():
+    from hf_vqvae import training_utils
+    from hf_vqvae.training_utils import decode_image
+
+    # The sample stores PNG files; the full CIFAR-10 copy stores JPEG ones, as most photo datasets do.
+    pngs = pq.read_table(sorted(SAMPLE.glob("test-*.parquet"))[0]).column("img").to_pylist()[:64]
+    cells = [{"bytes": _jpeg(datasets.Image().decode_example(cell), quality=90), "path": None} for cell in pngs]
+    fast = [decode_image(cell) for cell in cells]
+    slow = [np.asarray(datasets.Image().decode_example(cell).convert("RGB")) for cell in cells]
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.shape == (32, 32, 3) for a in fast)
+    assert all(np.array_equal(a, b) for a, b in zip(fast, slow))  # the same libjpeg-turbo, the same pixels
+    processor = VQVAEImageProcessor(size={"height": 32, "width": 32})
+    assert torch.equal(processor(fast, return_tensors="pt")["pixel_values"],
+                       processor([Image.fromarray(b) for b in slow], return_tensors="pt")["pixel_values"])
+    gray = VQVAEImageProcessor(size={"height": 32, "width": 32}, image_mode="L")
+    assert torch.equal(gray(fast, return_tensors="pt")["pixel_values"],
+                       gray([Image.fromarray(b) for b in slow], return_tensors="pt")["pixel_values"])
+
+    # EXIF (it may rotate the image: only PIL applies it), PNG, and JPEG without simplejpeg: PIL, via `datasets`.
+    wide = Image.fromarray(np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3) * 10)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    rotated = decode_image(_jpeg(wide, exif=exif.tobytes()))
+    assert isinstance(rotated, Image.Image) and rotated.size == (2, 4)
+    assert isinstance(decode_image(pngs[0]), Image.Image)
+    with mock.patch.object(training_utils, "_jpeg_decoder", return_value=None):
+        assert isinstance(decode_image(cells[0]), Image.Image)
