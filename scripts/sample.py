@@ -9,13 +9,15 @@ The VQ-VAE is the one named in the prior's `vqvae_reference.json` (written by `s
 """
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 import torch
 from transformers import pipeline
 
 import hf_vqvae  # noqa: F401 (registers the "vqvae-generation" pipeline)
-from hf_vqvae.training_utils import make_image_grid, write_json
+from hf_vqvae.training_utils import make_image_grid, update_model_card, write_json
 
 
 def parse_args(argv=None):
@@ -48,9 +50,13 @@ def parse_args(argv=None):
                         help="An image classifier folder (`scripts/train_classifier.py`): report the share of samples "
                              "it assigns to the class they were drawn for (class-conditional priors).")
     parser.add_argument("--results_file", default=None, help="Write that share (per class and overall) here as JSON.")
+    parser.add_argument("--model_card_section", default=None,
+                        help="With `--classifier`: also write that share, with this command, into the prior folder's "
+                             "README.md under this title (replacing an earlier section of the same title).")
     parser.add_argument("--device", default=None,
                         help="Device to sample on, e.g. `cpu` or `cuda:0` (default: the first GPU if any, else CPU).")
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(sys.argv[1:] if argv is None else argv)
 
     for name in ("num_per_class", "num_columns"):
         if getattr(args, name) < 1:
@@ -63,6 +69,8 @@ def parse_args(argv=None):
         raise ValueError(f"`--top_k` must be >= 0 (0 keeps every code); got {args.top_k}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"`--top_p` must lie in (0, 1]; got {args.top_p}.")
+    if args.model_card_section is not None and args.classifier is None:
+        raise ValueError("`--model_card_section` records the classifier's score: add `--classifier`.")
     if Path(args.output_file).suffix.lower() != ".png":
         raise ValueError(f"`--output_file` must end in .png; got {args.output_file!r}.")
     # Class ids as ints, names as strings.
@@ -119,7 +127,19 @@ def main(args) -> dict:
               f"class (chance {1 / config.num_classes:.1%}).")
         if args.results_file:
             write_json(args.results_file, {**result["classifier"], "arguments": vars(args)})
+        if args.model_card_section:
+            command = f"python scripts/sample.py {args.command_line}"
+            update_model_card(args.prior, args.model_card_section, command, classifier_table(result["classifier"]))
     return result
+
+
+def classifier_table(scores: dict) -> str:
+    """A Markdown table of the share of samples assigned to their requested class: per class, then overall."""
+    lines = ["| requested class | samples assigned to it |", "| --- | --- |"]
+    lines += [f"| {name} | {share:.1%} |" for name, share in scores["per_class"].items()]
+    lines.append(f"| all ({scores['num_samples']} samples; chance {1 / scores['num_classes']:.0%}) | "
+                 f"{scores['accuracy']:.1%} |")
+    return "\n".join(lines) + f"\n\nClassifier: `{scores['classifier']}`."
 
 
 @torch.no_grad()
@@ -139,7 +159,7 @@ def classify_samples(classifier_path: str, images, class_labels: list[int]) -> d
         for c in requested.unique()
     }
     return {"accuracy": float((predicted == requested).float().mean()), "per_class": per_class,
-            "num_samples": len(images), "classifier": str(classifier_path)}
+            "num_samples": len(images), "num_classes": model.config.num_labels, "classifier": str(classifier_path)}
 
 
 if __name__ == "__main__":

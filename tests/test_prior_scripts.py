@@ -489,3 +489,16 @@ def test_classifier_scores_the_share_of_samples_of_the_requested_class(trained, 
     assert share["num_samples"] == 4 and 0 <= share["accuracy"] <= 1 and set(share["per_class"]) == {"airplane",
                                                                                                      "automobile"}
     assert json.loads((tmp_path / "share.json").read_text())["accuracy"] == share["accuracy"]
+
+    # The share goes into the prior's card with the command that measured it; a rerun replaces that section.
+    prior_dir = shutil.copytree(trained["output"], tmp_path / "prior", ignore=shutil.ignore_patterns("checkpoint-*"))
+    for _ in range(2):
+        sample.main(sample.parse_args([
+            "--prior", str(prior_dir), "--num_per_class", "2", "--classes", "0", "1", "--seed", "0",
+            "--output_file", str(tmp_path / "s.png"), "--classifier", str(classifier_dir),
+            "--model_card_section", "Class-conditional samples"]))
+    card = (prior_dir / "README.md").read_text()
+    assert card.count("### Class-conditional samples") == 1 and "--classifier" in card
+    assert f"| all (4 samples; chance 10%) | {share['accuracy']:.1%} |" in card
+    with pytest.raises(ValueError, match="add `--classifier`"):
+        sample.parse_args(["--prior", str(prior_dir), "--model_card_section", "x"])
