@@ -61,7 +61,8 @@ def save_vqvae_reference(
         save_directory (`str` or `os.PathLike`):
             The prior's folder.
         vqvae_model_name_or_path (`str`):
-            Hub id or folder of the VQ-VAE; an existing local folder is recorded as an absolute path.
+            Hub id or folder of the VQ-VAE; an existing local folder is recorded relative to `save_directory`, so
+            that the two folders can move together (e.g. `../vqvae-cifar10` for models side by side).
         vqvae ([`VQVAEModel`]):
             The VQ-VAE itself, for its fingerprint, codebook size and grid.
         revision (`str`, *optional*):
@@ -72,7 +73,7 @@ def save_vqvae_reference(
     """
     name = str(vqvae_model_name_or_path)
     if Path(name).is_dir():
-        name = str(Path(name).resolve())
+        name = Path(os.path.relpath(Path(name).resolve(), Path(save_directory).resolve())).as_posix()
     reference = {
         "vqvae_model_name_or_path": name,
         "vqvae_revision": revision,
@@ -132,6 +133,9 @@ def load_vqvae_for_prior(
                 "`pipeline('vqvae-generation', model=prior, vqvae='path/or/hub-id')`."
             )
         vqvae, revision = reference["vqvae_model_name_or_path"], reference.get("vqvae_revision")
+        beside = Path(prior.name_or_path) / vqvae
+        if not os.path.isabs(vqvae) and Path(prior.name_or_path).is_dir() and beside.is_dir():
+            vqvae = str(beside)  # recorded relative to the prior's folder
     image_processor = None
     if isinstance(vqvae, (str, os.PathLike)):
         model = VQVAEModel.from_pretrained(vqvae, revision=revision)
