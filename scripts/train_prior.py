@@ -23,6 +23,8 @@ import glob
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -160,6 +162,9 @@ def parse_args(argv=None):
     parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
     parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
     args = parser.parse_args(argv)
+    # For the model card: the arguments as given, any token hidden.
+    given = sys.argv[1:] if argv is None else list(argv)
+    args.command_line = shlex.join("***" if args.hub_token and a == args.hub_token else a for a in given)
 
     if args.pretrained_prior_name_or_path is not None and args.prior_config_name_or_path is not None:
         raise ValueError("Give at most one of `--pretrained_prior_name_or_path` and `--prior_config_name_or_path`.")
@@ -491,9 +496,10 @@ def validation_curve(log_file: Path) -> str:
     return "\n".join(rows)
 
 
-def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, reference: dict):
-    """Fill `prior_model_card.md` with this run's arguments, VQ-VAE and measured metrics, as `README.md`."""
-    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token",)}
+def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, reference: dict,
+                    command: str):
+    """Fill `prior_model_card.md` with this run's command, arguments, VQ-VAE and measured metrics, as `README.md`."""
+    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token", "command_line")}
     log = Path(output_dir) / "validation_log.jsonl"
     samples = sorted(Path(output_dir).glob("samples/step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
     classes = (", ".join(f"{i}: {name}" for i, name in sorted(config.id2label.items())) if config.num_classes
@@ -512,6 +518,7 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
         "architecture": format_metrics_table({k: getattr(config, k) for k in type(config).__annotations__}),
         "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
         "training_time": f"{train_seconds / 60:.1f} minutes",
+        "command": command,
         "evaluation": format_metrics_table(evaluation) if "num_images" in evaluation else "No validation split was given.",
         "validation_curve": validation_curve(log),
         "samples": f"![samples]({samples[-1].relative_to(output_dir).as_posix()})" if samples else "No samples.",
@@ -616,7 +623,10 @@ def main(args):
         reference = save_vqvae_reference(args.output_dir, args.vqvae_model_name_or_path, vqvae, args.vqvae_revision)
         if "num_images" in metrics:
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
-        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, reference)
+        # The launch as it ran, Accelerate's settings included.
+        command = (f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
+                   f"{accelerator.mixed_precision} scripts/train_prior.py {args.command_line}")
+        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, reference, command)
         accelerator.print(f"Saved the prior to {args.output_dir} (its VQ-VAE is named in {VQVAE_REFERENCE_NAME})")
     # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).
     accelerator.wait_for_everyone()

@@ -149,6 +149,7 @@ def test_train_prior_saves_a_complete_folder(trained, vqvae_dir):
     card = (output / "README.md").read_text()
     assert "{{" not in card and "library_name: hf_vqvae" in card and str(vqvae_dir) in card
     assert reference["vqvae_codes_fingerprint"] in card and "3: cat" in card and "| 6 |" in card
+    assert "scripts/train_prior.py --vqvae_model_name_or_path" in card and '"command_line"' not in card
     assert '"max_train_steps": 6' in card and "![samples](samples/step-6.png)" in card
 
 
