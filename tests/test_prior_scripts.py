@@ -504,3 +504,13 @@ def test_classifier_scores_the_share_of_samples_of_the_requested_class(trained, 
     assert f"| all (4 samples; chance 10%) | {share['accuracy']:.1%} |" in card
     with pytest.raises(ValueError, match="add `--classifier`"):
         sample.parse_args(["--prior", str(prior_dir), "--model_card_section", "x"])
+
+
+def test_the_shipped_prior_finds_and_matches_the_shipped_vqvae():
+    prior_dir = REPO_ROOT / "models" / "prior-cifar10"
+    reference = json.loads((prior_dir / VQVAE_REFERENCE_NAME).read_text())
+    assert reference["vqvae_model_name_or_path"] == "../vqvae-cifar10"  # found beside it, from any working directory
+    generate = pipeline("vqvae-generation", model=str(prior_dir))
+    assert codes_fingerprint(generate.vqvae) == reference["vqvae_codes_fingerprint"]
+    sample = generate([8], num_images=1, guidance_scale=2.0, seed=0, return_codes=True)[0]
+    assert sample["label"] == "ship" and sample["image"].size == (32, 32) and sample["codes"].shape == (8, 8)
