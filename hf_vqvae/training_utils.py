@@ -83,8 +83,9 @@ def decode_image(value, image_feature=None):
     An image cell of a `datasets` Image column read without decoding (`{"bytes", "path"}`, bytes or a path), decoded.
 
     JPEG bytes without EXIF data go to simplejpeg when it is installed: libjpeg-turbo called directly, the same pixels
-    as PIL (which wraps the same library) but about ten times faster on small images such as CIFAR-10's, where PIL's
-    per-file parsing dominates. They come back as a uint8 `(H, W, 3)` RGB array. Everything else (and every JPEG
+    as PIL (which wraps the same library) without PIL's per-file parsing, which dominates on small images such as
+    CIFAR-10's (BENCHMARKS.md: the tokenization data path fell from 117 to 43 us per image). They come back as a uint8
+    `(H, W, 3)` RGB array. Everything else (and every JPEG
     without simplejpeg) is `image_feature.decode_example` (default `datasets.Image()`): a PIL image, EXIF orientation
     applied. [`VQVAEImageProcessor`] takes either form; grayscale models convert the RGB array as they convert a PIL
     image (RGB to L luma).
