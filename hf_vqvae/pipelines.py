@@ -6,8 +6,8 @@
   prior (see `hf_vqvae.anomaly`).
 
 A prior folder does not hold its VQ-VAE: `scripts/train_prior.py` records which one it was trained on in
-`vqvae_reference.json` (name or path, revision and a fingerprint of the encoder and codebook, which decide the codes), and the generation pipeline loads it
-from there unless it is given `vqvae=`.
+`vqvae_reference.json` (name or path, revision and a fingerprint of the encoder and codebook, which decide the codes),
+and the generation pipeline loads it from there unless it is given `vqvae=`.
 
 ```python
 >>> import hf_vqvae  # registers the tasks
@@ -133,9 +133,9 @@ def load_vqvae_for_prior(
                 "`pipeline('vqvae-generation', model=prior, vqvae='path/or/hub-id')`."
             )
         vqvae, revision = reference["vqvae_model_name_or_path"], reference.get("vqvae_revision")
-        beside = Path(prior.name_or_path) / vqvae
-        if not os.path.isabs(vqvae) and Path(prior.name_or_path).is_dir() and beside.is_dir():
-            vqvae = str(beside)  # recorded relative to the prior's folder
+        beside = Path(prior.name_or_path) / vqvae  # a local folder is recorded relative to the prior's
+        if beside.is_dir():
+            vqvae = str(beside)
     image_processor = None
     if isinstance(vqvae, (str, os.PathLike)):
         model = VQVAEModel.from_pretrained(vqvae, revision=revision)

@@ -5,6 +5,7 @@ Like `diffusers.training_utils`, this module is for training and evaluation code
 """
 
 import contextlib
+import functools
 import glob
 import hashlib
 import io
@@ -12,7 +13,9 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -66,6 +69,7 @@ def load_image_dataset(
     return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming)
 
 
+@functools.cache  # a failed import would otherwise search sys.path again for every image
 def _jpeg_decoder():
     """simplejpeg's `decode_jpeg` if it is installed (the `train` extra), else `None`."""
     try:
@@ -782,6 +786,12 @@ def codes_fingerprint(vqvae: torch.nn.Module) -> str:
     return model_fingerprint(vqvae, prefixes=("encoder.", "quantizer."))
 
 
+def command_line(argv: list[str] | None = None, secret: str | None = None) -> str:
+    """The script's arguments (`argv`, default `sys.argv[1:]`) as one shell-quoted string, `secret` shown as `***`."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join("***" if secret and a == secret else a for a in given)
+
+
 def write_json(path: str | os.PathLike, data: dict):
     """Atomically write `data` as indented JSON (numpy scalars converted)."""
 
@@ -801,7 +811,10 @@ __all__ = [
     "TrainingRun",
     "atomic_write_text",
     "checkpoint_step",
+    "codes_fingerprint",
+    "command_line",
     "create_accelerator",
+    "decode_image",
     "evaluate_reconstruction",
     "fill_model_card",
     "find_image_column",
@@ -811,8 +824,6 @@ __all__ = [
     "load_image_dataset",
     "load_training_dataset",
     "make_image_grid",
-    "codes_fingerprint",
-    "decode_image",
     "model_fingerprint",
     "optimizer_step",
     "prepare_training",

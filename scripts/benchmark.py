@@ -1069,7 +1069,7 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         title="Tokenization",
         description=(
             "CIFAR-10 to code tokens with `scripts/tokenize_dataset.py`. In this process, on the test split: the "
-            "script's own reading and tokenizing loop (`tokenize_rows`: Arrow rows -> JPEG decode (`decode_image`) -> image "
+            "script's own reading and tokenizing loop (`tokenize_rows`: Arrow rows -> `decode_image` -> image "
             "processor -> `encode` -> token ids; no parquet writing), against the bare encoder forward "
             "(`model.encoder`, no quantizer) and `model.encode` (encoder + quantizer) on the same batches, decoded "
             "beforehand. Each sample is a whole pass over the split. Then the script itself, in a separate "

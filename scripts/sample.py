@@ -9,15 +9,13 @@ The VQ-VAE is the one named in the prior's `vqvae_reference.json` (written by `s
 """
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 from transformers import pipeline
 
 import hf_vqvae  # noqa: F401 (registers the "vqvae-generation" pipeline)
-from hf_vqvae.training_utils import make_image_grid, update_model_card, write_json
+from hf_vqvae.training_utils import command_line, make_image_grid, update_model_card, write_json
 
 
 def parse_args(argv=None):
@@ -56,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None,
                         help="Device to sample on, e.g. `cpu` or `cuda:0` (default: the first GPU if any, else CPU).")
     args = parser.parse_args(argv)
-    args.command_line = shlex.join(sys.argv[1:] if argv is None else argv)
+    args.command_line = command_line(argv)
 
     for name in ("num_per_class", "num_columns"):
         if getattr(args, name) < 1:

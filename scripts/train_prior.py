@@ -1,8 +1,8 @@
 """Train or fine-tune the autoregressive prior over the codes of a frozen VQ-VAE, with Accelerate.
 
 The trained VQ-VAE encodes the dataset to codes once. The codes are cached in `<output_dir>/codes/<split>.pt` with
-the settings that made them (a fingerprint of the VQ-VAE's encoder and codebook, the image processor, the data): a cache made by another
-VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`, class-conditional
+the settings that made them (a fingerprint of the VQ-VAE's encoder and codebook, the image processor, the data): a
+cache made by another VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`, class-conditional
 with `--label_column`) is then trained on the cached codes, and the VQ-VAE only decodes the sample grids: the two models
 are never trained together (van den Oord et al., 2017, section 3).
 
@@ -23,8 +23,6 @@ import glob
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +47,7 @@ from hf_vqvae.training_utils import (
     TrainingClock,
     atomic_write_text,
     codes_fingerprint,
+    command_line,
     create_accelerator,
     fill_model_card,
     find_image_column,
@@ -162,9 +161,7 @@ def parse_args(argv=None):
     parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
     parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
     args = parser.parse_args(argv)
-    # For the model card: the arguments as given, any token hidden.
-    given = sys.argv[1:] if argv is None else list(argv)
-    args.command_line = shlex.join("***" if args.hub_token and a == args.hub_token else a for a in given)
+    args.command_line = command_line(argv, secret=args.hub_token)  # for the model card
 
     if args.pretrained_prior_name_or_path is not None and args.prior_config_name_or_path is not None:
         raise ValueError("Give at most one of `--pretrained_prior_name_or_path` and `--prior_config_name_or_path`.")

@@ -15,8 +15,6 @@ Two processes on CPU (real DDP with gloo; `--cpu --num_processes 2` would silent
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQ
 from hf_vqvae.training_utils import (
     TrainingClock,
     atomic_write_text,
+    command_line,
     create_accelerator,
     evaluate_reconstruction,
     fill_model_card,
@@ -128,9 +127,7 @@ def parse_args(argv=None):
     parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
     parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
     args = parser.parse_args(argv)
-    # For the model card: the arguments as given, any token hidden.
-    given = sys.argv[1:] if argv is None else list(argv)
-    args.command_line = shlex.join("***" if args.hub_token and a == args.hub_token else a for a in given)
+    args.command_line = command_line(argv, secret=args.hub_token)  # for the model card
 
     sources = [args.pretrained_model_name_or_path, args.model_config_name_or_path, args.preset]
     if sum(s is not None for s in sources) > 1:
