@@ -334,7 +334,7 @@ class VQVAEAnomalyScorer:
     def _score_batch(self, pixel_values: torch.Tensor, return_maps: bool) -> dict:
         vqvae = self.vqvae
         inputs = pixel_values.to(vqvae.device, vqvae.dtype)
-        codes = vqvae.encode(inputs).codes  # (B, h, w)
+        codes = vqvae.get_codes(inputs)  # (B, h, w)
         reconstruction = vqvae.decode(codes).reconstruction  # (B, C, H, W)
         error_map = (reconstruction.float() - pixel_values.to(vqvae.device).float()).pow(2).mean(1)  # (B, H, W)
         result = {

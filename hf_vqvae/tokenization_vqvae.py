@@ -352,7 +352,7 @@ class VQVAEImageTokenizer:
         length = self.grid_size[1] * self.model.config.downsample_factor
         inputs = self.image_processor(images, sampling_rate=sampling_rate, padding="max_length", max_length=length,
                                       truncation=True, return_tensors="pt")
-        codes = self.model.encode(input_values=inputs["input_values"].to(parameter.device, parameter.dtype)).codes
+        codes = self.model.get_codes(input_values=inputs["input_values"].to(parameter.device, parameter.dtype))
         return self._codes_to_encoding(codes[:, None])  # (batch, 1, n)
 
     @torch.no_grad()
@@ -372,7 +372,7 @@ class VQVAEImageTokenizer:
             raise ValueError("`encode_pixel_values` is for image models; call the tokenizer on waveforms instead.")
         parameter = next(self.model.parameters())
         pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-        return self._codes_to_encoding(self.model.encode(pixel_values).codes)
+        return self._codes_to_encoding(self.model.get_codes(pixel_values))
 
     def _codes_to_encoding(self, codes: torch.LongTensor) -> BatchEncoding:
         if tuple(codes.shape[1:]) != self.grid_size:

@@ -1070,9 +1070,9 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         description=(
             "CIFAR-10 to code tokens with `scripts/tokenize_dataset.py`. In this process, on the test split: the "
             "script's own reading and tokenizing loop (`tokenize_rows`: Arrow rows -> `decode_image` -> image "
-            "processor -> `encode` -> token ids; no parquet writing), against the bare encoder forward "
-            "(`model.encoder`, no quantizer) and `model.encode` (encoder + quantizer) on the same batches, decoded "
-            "beforehand. Each sample is a whole pass over the split. Then the script itself, in a separate "
+            "processor -> `get_codes` -> token ids; no parquet writing), against the bare encoder forward "
+            "(`model.encoder`, no quantizer) and `model.get_codes` (encoder + nearest codes) on the same batches, "
+            "decoded beforehand. Each sample is a whole pass over the split. Then the script itself, in a separate "
             "process, tokenizes the train split: its throughput and peak resident memory (`VmHWM`, from its "
             "`tokenization_stats.json`)."
         ),
@@ -1124,10 +1124,10 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
                 for pixels in pixel_batches:
                     model.encoder(pixels)
 
-        def encode_pass():
+        def codes_pass():
             with torch.no_grad():
                 for pixels in pixel_batches:
-                    model.encode(pixels)
+                    model.get_codes(pixels)
 
         # The tokens of the loop must be the codes of `encode` on the same batches.
         ids = tokenize_pass().column("input_ids").to_pylist()
@@ -1139,11 +1139,11 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
                              f"{num_rows} images (expected 0).")
 
         repeats = min(args.repeats, 3)
-        timings = time_interleaved({"encoder": encoder_pass, "encode": encode_pass, "tokenize": tokenize_pass},
+        timings = time_interleaved({"encoder": encoder_pass, "codes": codes_pass, "tokenize": tokenize_pass},
                                    min(args.warmup, 1), repeats, min_sample_seconds=0)
         encoder_time = timings["encoder"].median
         for name, label in (("encoder", "bare encoder forward (`model.encoder`)"),
-                            ("encode", "`model.encode` (encoder + quantizer)"),
+                            ("codes", "`model.get_codes` (encoder + nearest codes)"),
                             ("tokenize", "`tokenize_rows`: data path + encode + ids")):
             timing = timings[name]
             ratio = timing.median / encoder_time
@@ -1157,9 +1157,9 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         if per_image["tokenize"] > 1.15 * per_image["encoder"]:
             section.notes.append(
                 f"What bounds the ratio, per image: the bare encoder {per_image['encoder']:.0f} us; the quantizer "
-                f"(`encode` minus the encoder) {per_image['encode'] - per_image['encoder']:.0f} us; the data path "
-                f"(reading, decoding, the image processor and the ids: `tokenize_rows` minus `encode`) "
-                f"{per_image['tokenize'] - per_image['encode']:.0f} us. The 15% budget is "
+                f"(`get_codes` minus the encoder) {per_image['codes'] - per_image['encoder']:.0f} us; the data path "
+                f"(reading, decoding, the image processor and the ids: `tokenize_rows` minus `get_codes`) "
+                f"{per_image['tokenize'] - per_image['codes']:.0f} us. The 15% budget is "
                 f"{0.15 * per_image['encoder']:.0f} us; the quantizer's share is bounded by its nearest-code search "
                 "(see the quantizer section's profile)."
             )

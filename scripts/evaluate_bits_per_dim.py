@@ -87,7 +87,7 @@ def fit_scale(model, batches) -> float:
     """The single log-scale that maximises the discretized-Gaussian likelihood of the images given their codes."""
     pairs = []
     for pixel_values in batches:
-        reconstruction = model.decode(model.encode(pixel_values).codes).reconstruction
+        reconstruction = model.decode(model.get_codes(pixel_values)).reconstruction
         pairs.append((pixel_values, reconstruction))
 
     def mean_log_likelihood(log_scale: float) -> float:
@@ -162,7 +162,7 @@ def main(args) -> dict:
     with torch.no_grad():
         for pixel_values in batches:
             check_8bit(pixel_values)
-            codes = model.encode(pixel_values).codes
+            codes = model.get_codes(pixel_values)
             decoded = model.decode(codes)
             scales = decoded.reconstruction_log_scale
             if scales is None:

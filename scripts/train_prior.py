@@ -228,7 +228,7 @@ def encode_split(vqvae, image_processor, dataset, image_column: str, batch_size:
         collate_fn=lambda examples: torch.stack([e["pixel_values"] for e in examples]),
         generator=torch.Generator(),  # draws nothing from the global RNG
     )
-    codes = [vqvae.encode(pixel_values.to(device)).codes.cpu() for pixel_values in
+    codes = [vqvae.get_codes(pixel_values.to(device)).cpu() for pixel_values in
              tqdm(loader, desc="Encoding", unit="batch", disable=disable)]
     dtype = torch.int16 if vqvae.config.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
     return torch.cat(codes).to(dtype)  # (N, h, w)

@@ -21,6 +21,7 @@ import torch
 from accelerate.logging import get_logger
 
 from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel, training_utils
+from hf_vqvae.configuration_vqvae import TRAINING_ONLY_SETTINGS
 from hf_vqvae.training_utils import (
     TrainingClock,
     atomic_write_text,
@@ -62,7 +63,8 @@ def parse_args(argv=None):
                         help="A paper architecture for a model trained from scratch.")
     parser.add_argument("--config_overrides", default=None,
                         help="Comma-separated key=value settings applied to the config, e.g. "
-                             "'hidden_channels=128,use_ema_codebook=true'.")
+                             "'hidden_channels=128,use_ema_codebook=true'. A fine-tune takes only the settings of the "
+                             "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'.")
     parser.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
     parser.add_argument("--freeze_encoder", action="store_true",
                         help="Fine-tune the decoder alone: the encoder and codebook of the pretrained model stay fixed, "
@@ -178,12 +180,28 @@ def _split_top(text: str) -> list[str]:
     return parts + [current]
 
 
+def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict):
+    """A pretrained model takes only overrides that leave its weights' shapes alone (the loss and codebook updates)."""
+    single_output = ("mse", "log_mse")
+    for key, value in overrides.items():
+        if key in TRAINING_ONLY_SETTINGS:
+            continue
+        if key == "reconstruction_loss" and config.reconstruction_loss in single_output and value in single_output:
+            continue
+        raise ValueError(
+            f"`--config_overrides {key}={value}` would change the architecture of the pretrained model; a fine-tune "
+            f"can change only {', '.join(TRAINING_ONLY_SETTINGS)} and `reconstruction_loss` between 'mse' and "
+            "'log_mse'. Train from scratch (`--preset` or `--model_config_name_or_path`) to change the rest."
+        )
+
+
 def build_model(args) -> VQVAEModel:
     if args.pretrained_model_name_or_path is not None:
+        config = VQVAEConfig.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision,
+                                             cache_dir=args.cache_dir)
+        check_fine_tuning_overrides(config, args.config_overrides)
         model = VQVAEModel.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision,
-                                           cache_dir=args.cache_dir)
-        if args.config_overrides:
-            raise ValueError("`--config_overrides` change the architecture; they cannot apply to a pretrained model.")
+                                           cache_dir=args.cache_dir, **args.config_overrides)
         if args.freeze_encoder:
             model.freeze_encoder()
         return model

@@ -71,6 +71,12 @@ def test_attention_mask_leaves_padding_out_of_the_loss_and_marks_real_codes():
     error = (output.reconstruction[:, 0] - input_values) ** 2
     expected = (error[0].sum() + error[1, :200].sum()) / (640 + 200)
     torch.testing.assert_close(output.reconstruction_loss, expected)
+    # With "log_mse", each clip's MSE covers its real samples.
+    log_mse = VQVAEModel(make_audio_config(reconstruction_loss="log_mse")).eval()
+    log_mse.load_state_dict(model.state_dict())
+    per_clip = torch.stack([error[0].mean(), error[1, :200].mean()])
+    torch.testing.assert_close(log_mse(input_values=input_values, attention_mask=attention_mask).reconstruction_loss,
+                               per_clip.log().mean())
     with pytest.raises(ValueError, match="attention_mask"):
         model(input_values=input_values, attention_mask=attention_mask[:, :100])
 

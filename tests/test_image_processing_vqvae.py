@@ -51,6 +51,28 @@ def test_input_types_give_identical_pixel_values(variant):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6 if "float" in variant else 0)
 
 
+@pytest.mark.parametrize("settings", [
+    {},  # the default 32x32: arrays of that size skip PIL
+    {"do_resize": False},
+    {"size": {"shortest_edge": 32}, "do_center_crop": True},
+    {"do_resize": False, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}},
+    {"image_mode": "L"},
+])
+@pytest.mark.parametrize("shape", [(32, 32, 3), (32, 40, 3), (20, 24, 3)])
+def test_uint8_arrays_that_skip_pil_match_the_pil_path(settings, shape):
+    from hf_vqvae import image_processing_vqvae
+
+    processor = VQVAEImageProcessor(**settings)
+    image = random_uint8(*shape, seed=3)
+    checked = image_processing_vqvae._check_settings({name: getattr(processor, name)
+                                                      for name in image_processing_vqvae._SETTINGS})
+    skips = image_processing_vqvae._ready_array(image, checked) is not None
+    assert skips == (shape == (32, 32, 3) and settings.get("image_mode", "RGB") == "RGB"
+                     or settings == {"do_resize": False})
+    expected = processor([Image.fromarray(image)] * 2).pixel_values
+    assert torch.equal(processor([image, image[::-1, ::-1][::-1, ::-1]]).pixel_values, expected)
+
+
 def test_ambiguous_layouts_follow_the_input_type_convention():
     # (4, 4, 3) and (3, 4, 4) both fit (C, H, W) and (H, W, C): numpy is read as (H, W, C), torch as (C, H, W).
     processor = VQVAEImageProcessor(do_resize=False)

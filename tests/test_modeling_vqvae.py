@@ -218,6 +218,20 @@ def test_reconstruction_loss_weight_scales_only_the_reconstruction_term(pixel_va
     torch.testing.assert_close(heavy.loss - plain.loss, 3 * plain.reconstruction_loss)
 
 
+def test_log_mse_is_the_mean_over_images_of_each_images_log_mse(pixel_values):
+    torch.manual_seed(0)
+    model = VQVAEModel(make_tiny_config()).eval()
+    log_mse = VQVAEModel(make_tiny_config(reconstruction_loss="log_mse")).eval()
+    log_mse.load_state_dict(model.state_dict())
+    output = log_mse(pixel_values)
+    per_image = ((output.reconstruction - pixel_values) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(output.reconstruction_loss, per_image.log().mean())
+    torch.testing.assert_close(output.reconstruction, model(pixel_values).reconstruction)
+    # An exact reconstruction gives a finite loss (the floor), not -inf.
+    perfect = log_mse(output.reconstruction.detach())
+    assert bool(torch.isfinite(perfect.loss))
+
+
 @pytest.mark.parametrize("mean, scale", [(0.01, 0.05), (0.9, 0.3), (-1.3, 0.01), (0.3, 3.0), (0.1, 1e-4)])
 def test_discretized_gaussian_is_a_distribution_over_the_256_values(mean, scale):
     from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
@@ -272,6 +286,18 @@ def test_encode_decode_api(tiny_vqvae_config, pixel_values):
     with torch.no_grad():
         assert torch.allclose(model.decode(encoded.codes).reconstruction, model(pixel_values).reconstruction, atol=1e-6)
     assert isinstance(model.encode(pixel_values, return_dict=False), tuple)
+
+
+def test_get_codes_equals_encode_and_never_changes_the_codebook(pixel_values):
+    model = VQVAEModel(make_tiny_config(use_ema_codebook=True, use_kmeans_init=True, dead_code_threshold=1.0))
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    codes = model.get_codes(pixel_values)  # training mode, codebook not yet initialised: nothing may move
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
+    model.eval()
+    torch.testing.assert_close(model.get_codes(pixel_values), model.encode(pixel_values).codes, rtol=0, atol=0)
+    assert codes.shape == (2, 4, 4) and codes.dtype == torch.long
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.get_codes(pixel_values[0])
 
 
 def test_forward_loss_is_sum_of_named_terms(tiny_vqvae_config, pixel_values):

@@ -159,8 +159,11 @@ def test_freeze_encoder_fine_tunes_the_decoder_alone(tmp_path, tiny_config_dir):
     tuned = tmp_path / "tuned"
     args = base_args(tiny_config_dir, tuned, 3, ["--learning_rate", "1e-2"])
     args[args.index("--model_config_name_or_path"): args.index("--model_config_name_or_path") + 2] = [
-        "--pretrained_model_name_or_path", str(pretrained), "--freeze_encoder"]
+        "--pretrained_model_name_or_path", str(pretrained), "--freeze_encoder", "--config_overrides",
+        "reconstruction_loss=log_mse,ema_decay=0.9"]
     launch(args)
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["reconstruction_loss"] == "log_mse" and config["ema_decay"] == 0.9
     before, after = load_file(pretrained / "model.safetensors"), load_file(tuned / "model.safetensors")
     assert before.keys() == after.keys()
     for key in before:  # the codebook's EMA buffers included: they must not move either
@@ -175,6 +178,13 @@ def test_bad_arguments_fail_clearly(tmp_path, tiny_config_dir):
     assert result.returncode != 0 and "needs `--hub_model_id`" in result.stderr
     result = launch(base_args(tiny_config_dir, tmp_path / "z", 2, ["--freeze_encoder"]), check=False)
     assert result.returncode != 0 and "needs `--pretrained_model_name_or_path`" in result.stderr
+    pretrained = tmp_path / "pretrained"
+    launch(base_args(tiny_config_dir, pretrained, 1))
+    args = base_args(tiny_config_dir, tmp_path / "w", 2, ["--config_overrides", "hidden_channels=64"])
+    args[args.index("--model_config_name_or_path"): args.index("--model_config_name_or_path") + 2] = [
+        "--pretrained_model_name_or_path", str(pretrained)]
+    result = launch(args, check=False)
+    assert result.returncode != 0 and "would change the architecture" in result.stderr
     result = launch(["--preset", "cifar10", "--train_data_files", str(tmp_path / "missing-*.parquet"),
                      "--output_dir", str(tmp_path / "y")], check=False)
     assert result.returncode != 0 and "No file matches" in result.stderr
