@@ -3,6 +3,13 @@
 from transformers import PreTrainedConfig
 
 
+RECONSTRUCTION_LOSSES = ("mse", "log_mse", "discretized_gaussian")
+# Settings that change only the training loss or the codebook updates, never the weights' shapes: a pretrained model
+# may be fine-tuned with other values (`train_vqvae.py --config_overrides`).
+TRAINING_ONLY_SETTINGS = ("commitment_cost", "reconstruction_loss_weight", "ema_decay", "ema_epsilon",
+                          "dead_code_threshold")
+
+
 class VQVAEConfig(PreTrainedConfig):
     r"""
     Configuration of a [`VQVAEModel`]: the VQ-VAE of van den Oord, Vinyals and Kavukcuoglu, "Neural Discrete
@@ -46,7 +53,10 @@ class VQVAEConfig(PreTrainedConfig):
             The decoder's likelihood `log p(x|z)` in eq. 3. `"mse"`: mean squared error (a Gaussian of fixed scale);
             `"discretized_gaussian"`: the decoder also predicts a per-pixel log-scale, and the loss is the negative
             log-likelihood (nats per dimension) of the 8-bit pixel values under a Gaussian discretized to their 256
-            bins, a proper distribution that gives bits/dim directly (images only).
+            bins, a proper distribution that gives bits/dim directly (images only); `"log_mse"`: the mean over examples
+            of the log of each example's MSE, the negative log-likelihood of a Gaussian decoder whose variance is fitted
+            to each example by maximum likelihood (up to constants and a factor of half the dimension). It weighs each
+            example's relative error equally, as mean PSNR does, where `"mse"` weighs the hardest examples most.
         reconstruction_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the reconstruction MSE in the loss, relative to the codebook and commitment terms. A Gaussian
             decoder of fixed variance s^2 has -log p(x|z) = MSE / (2 s^2) + const, so this sets s. DeepMind's
@@ -149,9 +159,9 @@ class VQVAEConfig(PreTrainedConfig):
             raise ValueError(f"`codebook_size` must be at least 2; got {self.codebook_size}.")
         if not self.commitment_cost >= 0:
             raise ValueError(f"`commitment_cost` (beta) must be >= 0 (the paper uses 0.25); got {self.commitment_cost}.")
-        if self.reconstruction_loss not in ("mse", "discretized_gaussian"):
-            raise ValueError(f"`reconstruction_loss` must be 'mse' or 'discretized_gaussian'; got "
-                             f"{self.reconstruction_loss!r}.")
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"`reconstruction_loss` must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; "
+                             f"got {self.reconstruction_loss!r}.")
         if self.reconstruction_loss == "discretized_gaussian" and self.spatial_dims != 2:
             raise ValueError("`reconstruction_loss='discretized_gaussian'` models 8-bit pixels; use 'mse' for 1-D "
                              "signals.")

@@ -178,14 +178,36 @@ def _convert_mode(image: Image.Image, image_mode: str) -> Image.Image:
     return image.convert("RGB").convert(image_mode)
 
 
-def _resize(image: Image.Image, size: dict[str, int], resample: PILImageResampling) -> Image.Image:
-    width, height = image.size
+def _resize_target(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
+    """`(width, height)` of an image of `(width, height)` after resizing to `size`."""
     if "shortest_edge" in size:
         scale = size["shortest_edge"] / min(width, height)
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    else:
-        target = (size["width"], size["height"])
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return size["width"], size["height"]
+
+
+def _resize(image: Image.Image, size: dict[str, int], resample: PILImageResampling) -> Image.Image:
+    target = _resize_target(*image.size, size)
     return image if image.size == target else image.resize(target, resample=resample)
+
+
+def _ready_array(image, settings: dict) -> np.ndarray | None:
+    """
+    `image` itself when it is already what the PIL steps would make of it: a uint8 `(H, W, 3)` array for an RGB
+    processor, at the size that resizing and cropping keep. Else `None`. Decoded JPEGs (`decode_image`) and uint8
+    datasets come this way, and skip the round trip through PIL, the larger part of the per-image cost on small images.
+    """
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        return None
+    height, width = image.shape[:2]
+    if settings["image_mode"] != "RGB" or height in (1, 3, 4) or 0 in image.shape:  # (C, H, W)-ambiguous or empty
+        return None
+    if settings["do_resize"] and _resize_target(width, height, settings["size"]) != (width, height):
+        return None
+    crop = settings["crop_size"]
+    if settings["do_center_crop"] and (crop["width"], crop["height"]) != (width, height):
+        return None
+    return image
 
 
 def _center_crop(image: Image.Image, crop_size: dict[str, int]) -> Image.Image:
@@ -337,6 +359,10 @@ class VQVAEImageProcessor(BaseImageProcessor):
         # float32 pass over the stacked batch: x * (rescale / std) - mean / std, numerically (x * rescale - mean) / std.
         arrays = []
         for index, image in enumerate(images):
+            array = _ready_array(image, s)
+            if array is not None:
+                arrays.append(array)
+                continue
             image = _convert_mode(_to_pil(image, index), s["image_mode"])
             if s["do_resize"]:
                 image = _resize(image, s["size"], s["resample"])

@@ -16,6 +16,10 @@ from .quantizer import VectorQuantizer
 
 logger = logging.get_logger(__name__)
 
+# `reconstruction_loss="log_mse"` takes the log of max(MSE, this): far below any real reconstruction error (1e-10 in
+# [-1, 1] is 106 dB PSNR), it only keeps an exact reconstruction from giving -inf.
+LOG_MSE_FLOOR = 1e-10
+
 
 @dataclass
 class VQVAEEncoderOutput(ModelOutput):
@@ -79,8 +83,9 @@ class VQVAEModelOutput(ModelOutput):
         codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
             Codes of the input.
         reconstruction_loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
-            Mean squared error between `reconstruction` and `pixel_values`; with
-            `reconstruction_loss="discretized_gaussian"`, the mean negative log-likelihood per pixel value (nats).
+            Mean squared error between `reconstruction` and `pixel_values`; with `reconstruction_loss="log_mse"`, the
+            mean over examples of the log of each example's MSE; with `reconstruction_loss="discretized_gaussian"`,
+            the mean negative log-likelihood per pixel value (nats).
         codebook_loss (`torch.FloatTensor` of shape `()`):
             `||sg[z_e] - e||^2`; zero with an EMA codebook.
         commitment_loss (`torch.FloatTensor` of shape `()`):
@@ -284,6 +289,8 @@ class VQVAEModel(VQVAEPreTrainedModel):
     >>> codes = model.encode(pixel_values).codes  # (2, 4, 4), long
     >>> model.decode(codes).reconstruction.shape
     torch.Size([2, 3, 16, 16])
+    >>> torch.equal(model.get_codes(pixel_values), codes)  # the codes alone, without the losses
+    True
     ```
     """
 
@@ -304,7 +311,27 @@ class VQVAEModel(VQVAEPreTrainedModel):
         self.decoder = VQVAEDecoder(config)
         if config.spatial_dims == 1:
             self.main_input_name = "input_values"
+        self._encoder_frozen = False
         self.post_init()
+
+    def freeze_encoder(self):
+        """
+        Fix the encoder and the codebook, so that training changes only the decoder: every input keeps its codes (a
+        prior trained on them stays valid) while the decoder learns to reconstruct better. Their parameters stop
+        requiring gradients, and they stay in eval mode through `train()`, so the EMA codebook and its dead-code
+        restarts no longer update.
+        """
+        self._encoder_frozen = True
+        for module in (self.encoder, self.quantizer):
+            module.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._encoder_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         factor = self.config.downsample_factor
@@ -405,6 +432,26 @@ class VQVAEModel(VQVAEPreTrainedModel):
         output = self._encode(self._inputs(pixel_values, input_values), attention_mask)
         return output if return_dict else output.to_tuple()
 
+    def get_codes(
+        self, pixel_values: torch.FloatTensor | None = None, input_values: torch.FloatTensor | None = None
+    ) -> torch.LongTensor:
+        r"""
+        The codes of images (or signals) alone: `encode(...).codes`, without the quantized vectors, losses and
+        perplexity that `encode` computes beside them. The cheaper call when only the tokens are wanted; it never
+        changes the codebook, even in training mode.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                As for [`~VQVAEModel.encode`].
+            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
+                For 1-D models, instead of `pixel_values`.
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, h, w)` (`(batch_size, length)` for 1-D models).
+        """
+        latents = self.encoder(self._inputs(pixel_values, input_values)).movedim(1, -1)  # (B, *grid, D)
+        return self.quantizer.nearest_codes(latents.reshape(-1, latents.shape[-1])).view(latents.shape[:-1])
+
     def _encode(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> VQVAEEncoderOutput:
         """`encode` on checked inputs `(batch, channels, *spatial)`."""
         codes_mask = self._latent_mask(attention_mask, inputs)
@@ -500,9 +547,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
             else:
                 error = (reconstruction.float() - inputs.float()) ** 2
             if attention_mask is None:
-                reconstruction_loss = error.mean()
+                weights = torch.ones_like(error)
             else:
                 weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
+            if self.config.reconstruction_loss == "log_mse":
+                # Each example's MSE over its real values; the floor keeps a perfect reconstruction finite.
+                per_example = (error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0)
+                reconstruction_loss = per_example.clamp(min=LOG_MSE_FLOOR).log().mean()
+            else:
                 reconstruction_loss = (error * weights).sum() / weights.sum().clamp(min=1.0)
             loss = (self.config.reconstruction_loss_weight * reconstruction_loss + encoded.codebook_loss
                     + encoded.commitment_loss)
