@@ -227,9 +227,15 @@ def test_log_mse_is_the_mean_over_images_of_each_images_log_mse(pixel_values):
     per_image = ((output.reconstruction - pixel_values) ** 2).flatten(1).mean(1)
     torch.testing.assert_close(output.reconstruction_loss, per_image.log().mean())
     torch.testing.assert_close(output.reconstruction, model(pixel_values).reconstruction)
-    # An exact reconstruction gives a finite loss (the floor), not -inf.
-    perfect = log_mse(output.reconstruction.detach())
+    # An exact reconstruction (a decoder that outputs zeros, on all-zero images) gives the floor's log, not -inf.
+    from hf_vqvae.modeling_vqvae import LOG_MSE_FLOOR
+
+    last = log_mse.decoder.up[-1]  # the decoder's output layer
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    perfect = log_mse(torch.zeros_like(pixel_values))
     assert bool(torch.isfinite(perfect.loss))
+    torch.testing.assert_close(perfect.reconstruction_loss, torch.tensor(LOG_MSE_FLOOR).log())
 
 
 @pytest.mark.parametrize("mean, scale", [(0.01, 0.05), (0.9, 0.3), (-1.3, 0.01), (0.3, 3.0), (0.1, 1e-4)])

@@ -546,14 +546,16 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 error = -discretized_gaussian_log_likelihood(inputs, reconstruction, log_scale)
             else:
                 error = (reconstruction.float() - inputs.float()) ** 2
-            if attention_mask is None:
-                weights = torch.ones_like(error)
-            else:
+            weights = None
+            if attention_mask is not None:
                 weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
             if self.config.reconstruction_loss == "log_mse":
                 # Each example's MSE over its real values; the floor keeps a perfect reconstruction finite.
-                per_example = (error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0)
+                per_example = error.flatten(1).mean(1) if weights is None else (
+                    (error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
                 reconstruction_loss = per_example.clamp(min=LOG_MSE_FLOOR).log().mean()
+            elif weights is None:
+                reconstruction_loss = error.mean()
             else:
                 reconstruction_loss = (error * weights).sum() / weights.sum().clamp(min=1.0)
             loss = (self.config.reconstruction_loss_weight * reconstruction_loss + encoded.codebook_loss
