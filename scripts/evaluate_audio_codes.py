@@ -9,13 +9,16 @@ label column, probes fit on the train split are scored on the test split:
 
 - `linear_probe_accuracy`: multinomial logistic regression on each recording's bag of codes (the relative frequency
   of each of the K codes);
+- `segment_probe_accuracy`: the same on `--num_segments` bags, one per equal stretch of the recording, side by side
+  (a word is an ordered sequence of sounds, which one bag cannot see);
 - `code_majority_accuracy`: the paper's measure. Each code is mapped to the label it occurs with most often in train.
   A recording is predicted by the majority vote of its codes; `code_frame_accuracy` scores every code alone.
 
 With `--untrained_baseline`, the same probes run on an untrained model of the same architecture (seeded random
 weights) whose codebook is fit by k-means to its encoder outputs on the train split: a "far above chance" result means
-little unless it beats this. Reconstruction MSE and SNR on the test split come from the trained model. Needs the
-`audio` and `anomaly` extras (soundfile, scipy, scikit-learn).
+little unless it beats this. Its scores vary with the random weights by several points, so it runs for
+`--num_baseline_seeds` seeds and reports their mean, minimum and maximum. Reconstruction MSE and SNR on the test
+split come from the trained model. Needs the `audio` and `anomaly` extras (soundfile, scipy, scikit-learn).
 """
 
 import argparse
@@ -56,6 +59,10 @@ def parse_args(argv=None):
     parser.add_argument("--label_columns", nargs="+", required=True, help="Integer label columns to probe.")
     parser.add_argument("--untrained_baseline", action="store_true",
                         help="Also probe an untrained encoder with a k-means codebook.")
+    parser.add_argument("--num_baseline_seeds", type=int, default=3,
+                        help="Untrained baselines to average (seeds `--seed`, `--seed` + 1, ...).")
+    parser.add_argument("--num_segments", type=int, default=3,
+                        help="Equal stretches of each recording for `segment_probe_accuracy` (one bag of codes each).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the untrained baseline and the probes.")
     parser.add_argument("--batch_size", type=int, default=32, help="Recordings per batch.")
     parser.add_argument("--output_file", default=None, help="Write the results here as JSON.")
@@ -65,6 +72,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.dataset_name is None and (args.train_data_files is None or args.test_data_files is None):
         raise ValueError("Give the data: `--dataset_name`, or both `--train_data_files` and `--test_data_files`.")
+    if args.num_baseline_seeds < 1:
+        raise ValueError(f"`--num_baseline_seeds` must be >= 1; got {args.num_baseline_seeds}.")
+    if args.num_segments < 1:
+        raise ValueError(f"`--num_segments` must be >= 1; got {args.num_segments}.")
     if args.batch_size < 1:
         raise ValueError(f"`--batch_size` must be >= 1; got {args.batch_size}.")
     return args
@@ -91,14 +102,28 @@ def bag_of_codes(codes: list[np.ndarray], codebook_size: int) -> np.ndarray:
     return features
 
 
-def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int, seed: int) -> dict:
-    """The linear probe and the paper's code-to-majority-label mapping, fit on train, scored on test."""
+def segment_bags(codes: list[np.ndarray], codebook_size: int, num_segments: int) -> np.ndarray:
+    """(N, num_segments * K): one bag of codes per equal stretch of each recording, side by side."""
+    return np.concatenate([
+        bag_of_codes([np.array_split(sequence, num_segments)[index] for sequence in codes], codebook_size)
+        for index in range(num_segments)
+    ], axis=1)
+
+
+def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int, seed: int,
+          num_segments: int = 3) -> dict:
+    """The linear probes and the paper's code-to-majority-label mapping, fit on train, scored on test."""
     from sklearn.linear_model import LogisticRegression
 
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
-    classifier = LogisticRegression(max_iter=5000, C=10.0, random_state=seed)
-    classifier.fit(bag_of_codes(train_codes, codebook_size), train_labels)
-    linear = float((classifier.predict(bag_of_codes(test_codes, codebook_size)) == test_labels).mean())
+
+    def linear_accuracy(featurize) -> float:
+        classifier = LogisticRegression(max_iter=5000, C=10.0, random_state=seed)
+        classifier.fit(featurize(train_codes), train_labels)
+        return float((classifier.predict(featurize(test_codes)) == test_labels).mean())
+
+    linear = linear_accuracy(lambda codes: bag_of_codes(codes, codebook_size))
+    segments = linear_accuracy(lambda codes: segment_bags(codes, codebook_size, num_segments))
 
     # Each code -> the label it occurs with most often in train (codes never seen: the overall majority label).
     pair_counts = Counter()
@@ -118,6 +143,7 @@ def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int
         recordings_right += int(Counter(votes.tolist()).most_common(1)[0][0] == label) if len(votes) else 0
     return {
         "linear_probe_accuracy": linear,
+        "segment_probe_accuracy": segments,
         "code_majority_accuracy": recordings_right / len(test_labels),
         "code_frame_accuracy": frames_right / max(frames, 1),
         "chance_accuracy": 1.0 / len(np.unique(train_labels)),
@@ -125,11 +151,26 @@ def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int
     }
 
 
-def probe_all(train_codes, test_codes, train_split, test_split, label_columns, codebook_size, seed) -> dict:
+def probe_all(train_codes, test_codes, train_split, test_split, label_columns, codebook_size, seed,
+              num_segments) -> dict:
     return {
-        column: probe(train_codes, train_split[column], test_codes, test_split[column], codebook_size, seed)
+        column: probe(train_codes, train_split[column], test_codes, test_split[column], codebook_size, seed,
+                      num_segments)
         for column in label_columns
     }
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """Per label and measure: the mean over runs, with `<measure>_min` and `<measure>_max` beside it."""
+    summary = {}
+    for column, first in runs[0].items():
+        summary[column] = {}
+        for measure in first:
+            values = [run[column][measure] for run in runs]
+            summary[column][measure] = float(np.mean(values))
+            if measure.endswith("_accuracy") and measure != "chance_accuracy":
+                summary[column][f"{measure}_min"], summary[column][f"{measure}_max"] = min(values), max(values)
+    return summary
 
 
 def untrained_codes(model, train_latents, test_latents, seed: int):
@@ -180,15 +221,19 @@ def main(args) -> dict:
     train_codes, _ = encode_split(model, loader(train_split), "Encoding train")
     test_codes, _ = encode_split(model, loader(test_split), "Encoding test")
     results["trained"] = probe_all(train_codes, test_codes, train_split, test_split, args.label_columns,
-                                   model.config.codebook_size, args.seed)
+                                   model.config.codebook_size, args.seed, args.num_segments)
     if args.untrained_baseline:
-        torch.manual_seed(args.seed)
-        untrained = VQVAEModel(model.config).eval()
-        _, train_latents = encode_split(untrained, loader(train_split), "Encoding train (untrained)")
-        _, test_latents = encode_split(untrained, loader(test_split), "Encoding test (untrained)")
-        baseline_train, baseline_test = untrained_codes(untrained, train_latents, test_latents, args.seed)
-        results["untrained_baseline"] = probe_all(baseline_train, baseline_test, train_split, test_split,
-                                                  args.label_columns, model.config.codebook_size, args.seed)
+        runs = []
+        for seed in range(args.seed, args.seed + args.num_baseline_seeds):
+            torch.manual_seed(seed)
+            untrained = VQVAEModel(model.config).eval()
+            _, train_latents = encode_split(untrained, loader(train_split), f"Encoding train (untrained, seed {seed})")
+            _, test_latents = encode_split(untrained, loader(test_split), f"Encoding test (untrained, seed {seed})")
+            baseline_train, baseline_test = untrained_codes(untrained, train_latents, test_latents, seed)
+            runs.append(probe_all(baseline_train, baseline_test, train_split, test_split, args.label_columns,
+                                  model.config.codebook_size, seed, args.num_segments))
+        results["untrained_baseline"] = summarize_runs(runs)
+        results["untrained_baseline_runs"] = runs
     results["seconds"] = round(time.time() - start, 1)
     if args.output_file:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
@@ -201,11 +246,17 @@ def main(args) -> dict:
 
 def format_probe_table(results: dict) -> str:
     """A Markdown table of the probes (trained model vs untrained baseline) and the reconstruction quality."""
-    rows = ["| label | measure | trained codes | untrained baseline | chance |", "| --- | --- | --- | --- | --- |"]
+    num_runs = len(results.get("untrained_baseline_runs", []))
+    rows = [f"| label | measure | trained codes | untrained baseline (mean of {num_runs} seeds; min-max) | chance |",
+            "| --- | --- | --- | --- | --- |"]
     for column, trained in results["trained"].items():
         baseline = results.get("untrained_baseline", {}).get(column, {})
-        for measure in ("linear_probe_accuracy", "code_majority_accuracy", "code_frame_accuracy"):
-            other = f"{baseline[measure]:.1%}" if measure in baseline else "-"
+        for measure in ("linear_probe_accuracy", "segment_probe_accuracy", "code_majority_accuracy",
+                        "code_frame_accuracy"):
+            other = "-"
+            if measure in baseline:
+                other = (f"{baseline[measure]:.1%} ({baseline[measure + '_min']:.1%}-"
+                         f"{baseline[measure + '_max']:.1%})")
             rows.append(f"| {column} | {measure} | {trained[measure]:.1%} | {other} | {trained['chance_accuracy']:.1%} |")
     reconstruction = results["reconstruction"]
     rows.append("")

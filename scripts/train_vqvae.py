@@ -443,6 +443,8 @@ def main(args):
                 "train/perplexity": output.perplexity.item(),
                 "train/lr": lr_scheduler.get_last_lr()[0],
             }
+            if output.spectral_loss is not None:
+                logs["train/spectral_loss"] = output.spectral_loss.item()
             progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
             accelerator.log(logs, step=run.global_step)
         if validation_dataloader is not None and run.is_validation_step(args.validation_steps):

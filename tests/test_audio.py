@@ -15,6 +15,7 @@ from test_scripts import launch, script_env
 from transformers import AutoFeatureExtractor, AutoModel
 
 from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEModel
+from hf_vqvae.modeling_vqvae import multi_resolution_stft_loss
 from hf_vqvae.training_utils import decode_audio, random_crop
 
 
@@ -79,6 +80,43 @@ def test_attention_mask_leaves_padding_out_of_the_loss_and_marks_real_codes():
                                per_clip.log().mean())
     with pytest.raises(ValueError, match="attention_mask"):
         model(input_values=input_values, attention_mask=attention_mask[:, :100])
+
+
+def test_spectral_loss_compares_magnitudes_of_real_samples_only():
+    fft_sizes = (64, 128)
+    wave = torch.from_numpy(tone(640, 440.0) + tone(640, 1200.0, amplitude=0.2))[None, None]
+    assert multi_resolution_stft_loss(wave, wave, fft_sizes).item() == 0.0
+    # Phase-blind: a sign flip leaves every magnitude unchanged; another pitch does not.
+    assert multi_resolution_stft_loss(-wave, wave, fft_sizes).item() < 1e-4
+    other = torch.from_numpy(tone(640, 2000.0))[None, None]
+    assert multi_resolution_stft_loss(other, wave, fft_sizes).item() > 1.0
+    # Whatever the reconstruction puts over padding does not count.
+    attention_mask = torch.ones(1, 640, dtype=torch.long)
+    attention_mask[:, 400:] = 0
+    noisy_tail = wave.clone()
+    noisy_tail[..., 400:] = torch.randn(240)
+    assert multi_resolution_stft_loss(noisy_tail, wave, fft_sizes, attention_mask).item() == 0.0
+    assert multi_resolution_stft_loss(noisy_tail, wave, fft_sizes).item() > 0.1
+
+
+def test_spectral_loss_weight_adds_the_term_to_the_loss():
+    torch.manual_seed(0)
+    model = VQVAEModel(make_audio_config()).eval()
+    spectral = VQVAEModel(make_audio_config(spectral_loss_weight=0.5, spectral_loss_fft_sizes=[64, 256])).eval()
+    spectral.load_state_dict(model.state_dict())
+    input_values = torch.randn(2, 640) * 0.1
+    plain, output = model(input_values=input_values), spectral(input_values=input_values)
+    assert plain.spectral_loss is None and spectral.config.spectral_loss_fft_sizes == (64, 256)
+    expected = multi_resolution_stft_loss(output.reconstruction, input_values[:, None], (64, 256))
+    torch.testing.assert_close(output.spectral_loss, expected)
+    torch.testing.assert_close(output.loss, plain.loss + 0.5 * expected)
+    output.loss.backward()
+    with pytest.raises(ValueError, match="1-D signals"):
+        VQVAEConfig(spectral_loss_weight=1.0)
+    with pytest.raises(ValueError, match="spectral_loss_fft_sizes"):
+        make_audio_config(spectral_loss_fft_sizes=(4,))
+    with pytest.raises(ValueError, match="spectral_loss_weight"):
+        make_audio_config(spectral_loss_weight=-1.0)
 
 
 def test_speaker_conditioning_changes_the_decoding_and_is_required():
@@ -312,7 +350,8 @@ def test_train_and_evaluate_scripts_on_audio(audio_data):
         [sys.executable, str(REPO_ROOT / "scripts" / "evaluate_audio_codes.py"), "--model", str(output_dir),
          "--train_data_files", str(root / "train.parquet"), "--test_data_files", str(root / "test.parquet"),
          "--speaker_column", "speaker_id", "--label_columns", "digit", "speaker_id", "--untrained_baseline",
-         "--batch_size", "4", "--output_file", str(root / "probe.json"), "--model_card_section", "Probes"],
+         "--num_baseline_seeds", "2", "--batch_size", "4", "--output_file", str(root / "probe.json"),
+         "--model_card_section", "Probes"],
         env=script_env(), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -321,8 +360,28 @@ def test_train_and_evaluate_scripts_on_audio(audio_data):
         for column in ("digit", "speaker_id"):
             scores = probes[part][column]
             assert 0.0 <= scores["linear_probe_accuracy"] <= 1.0 and scores["chance_accuracy"] == 0.5
+            assert 0.0 <= scores["segment_probe_accuracy"] <= 1.0
     assert probes["reconstruction"]["num_examples"] == 8
+    runs = probes["untrained_baseline_runs"]
+    assert len(runs) == 2
+    for measure in ("linear_probe_accuracy", "segment_probe_accuracy", "code_majority_accuracy"):
+        values = [run["digit"][measure] for run in runs]
+        baseline = probes["untrained_baseline"]["digit"]
+        assert baseline[measure] == pytest.approx(np.mean(values))
+        assert (baseline[measure + "_min"], baseline[measure + "_max"]) == (min(values), max(values))
     assert "### Probes" in (output_dir / "README.md").read_text()
+
+
+def test_segment_bags_keep_the_order_of_sounds():
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from evaluate_audio_codes import bag_of_codes, segment_bags
+
+    rising, falling = np.array([0, 0, 1, 1, 2, 2]), np.array([2, 2, 1, 1, 0, 0])
+    assert np.array_equal(bag_of_codes([rising], 3), bag_of_codes([falling], 3))  # one bag cannot tell them apart
+    bags = segment_bags([rising, falling, np.array([1, 2])], 3, 3)
+    assert bags.shape == (3, 9)
+    assert bags[0].tolist() == [1, 0, 0, 0, 1, 0, 0, 0, 1] and bags[1].tolist() == [0, 0, 1, 0, 1, 0, 1, 0, 0]
+    assert bags[2].tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 0]  # a recording shorter than the segments: empty bags
 
 
 def test_clips_round_trip_through_token_ids(tmp_path):
