@@ -167,12 +167,10 @@ def multi_resolution_stft_loss(
     total = reconstruction.new_zeros(())
     for n_fft in sizes:
         window = torch.hann_window(n_fft, device=target.device)
-
-        def magnitude(signal):
-            spectrum = torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
-            return spectrum.abs().clamp(min=1e-7)
-
-        predicted, actual = magnitude(reconstruction), magnitude(target)
+        predicted, actual = (
+            torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs().clamp(min=1e-7)
+            for signal in (reconstruction, target)
+        )
         convergence = torch.linalg.vector_norm(actual - predicted) / torch.linalg.vector_norm(actual).clamp(min=1e-7)
         total = total + convergence + (predicted.log() - actual.log()).abs().mean()
     return total / len(sizes)

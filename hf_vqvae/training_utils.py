@@ -228,11 +228,15 @@ def random_crop(batch: dict, length: int, multiple: int) -> dict:
     return cropped
 
 
+SPECTRAL_DISTANCE_FFT = 256  # STFT size of the log-spectral distance of signals (32 ms at 8 kHz)
+
+
 class ReconstructionMetrics:
     """
     Accumulates reconstruction error and code usage over a whole evaluation pass (not per batch, so the result does
     not depend on the batch size). Pixels are on the model's [-1, 1] scale; errors are reported on [0, 1]. Waveforms
-    ([`~ReconstructionMetrics.update_signals`]) are compared over their real samples only, with the SNR in dB.
+    ([`~ReconstructionMetrics.update_signals`]) are compared over their real samples only, with the SNR and the
+    log-spectral distance in dB.
     """
 
     def __init__(self, codebook_size: int):
@@ -240,6 +244,8 @@ class ReconstructionMetrics:
         self.squared_error = 0.0  # sum over examples of per-example MSE
         self.ratio_sum = 0.0  # sum of per-example PSNR (images) or SNR (signals), dB
         self.num_examples = 0
+        self.spectral_distance_sum = 0.0  # signals: sum of per-example log-spectral distance (dB)
+        self.num_spectral_examples = 0  # signals at least one STFT frame long
         self.kind = None
         self.code_counts = torch.zeros(codebook_size, dtype=torch.float64)
 
@@ -272,12 +278,34 @@ class ReconstructionMetrics:
         self.ratio_sum += float((10 * torch.log10(power.clamp(min=1e-10) / error.clamp(min=1e-10))).sum())
         self.num_examples += len(target)
         self.code_counts += torch.bincount(codes[codes_mask.bool()].cpu(), minlength=self.codebook_size).double()
+        # Log-spectral distance: per STFT frame (256 samples, hop 64, Hann) that lies within the real samples, the RMS
+        # over frequencies of the difference of the log power spectra (dB), averaged over frames. Phase-blind, where
+        # the SNR counts every phase error.
+        n_fft, hop = SPECTRAL_DISTANCE_FFT, SPECTRAL_DISTANCE_FFT // 4
+        if target.shape[-1] < n_fft:
+            return
+        window = torch.hann_window(n_fft, device=target.device)
+        power_db = [
+            10 * torch.log10(torch.stft(signal * mask, n_fft, hop, window=window, center=False,
+                                        return_complex=True).abs().pow(2).clamp(min=1e-10))
+            for signal in (target, output)
+        ]  # (B, freq, frames)
+        per_frame = (power_db[0] - power_db[1]).pow(2).mean(1).sqrt()  # (B, frames)
+        lengths = mask.sum(-1)
+        frame_ends = torch.arange(per_frame.shape[-1], device=target.device) * hop + n_fft
+        real_frames = (frame_ends[None] <= lengths[:, None]).float()  # frames wholly inside each recording
+        counts = real_frames.sum(-1)
+        has_frames = counts > 0
+        self.spectral_distance_sum += float(((per_frame * real_frames).sum(-1)[has_frames] / counts[has_frames]).sum())
+        self.num_spectral_examples += int(has_frames.sum())
 
     def merge(self, other: "ReconstructionMetrics"):
         self._set_kind(other.kind)
         self.squared_error += other.squared_error
         self.ratio_sum += other.ratio_sum
         self.num_examples += other.num_examples
+        self.spectral_distance_sum += other.spectral_distance_sum
+        self.num_spectral_examples += other.num_spectral_examples
         self.code_counts += other.code_counts
 
     def compute(self) -> dict:
@@ -296,6 +324,8 @@ class ReconstructionMetrics:
             }
         else:
             quality = {"num_examples": self.num_examples, "mse": mse, "snr": self.ratio_sum / self.num_examples}
+            if self.num_spectral_examples:
+                quality["log_spectral_distance"] = self.spectral_distance_sum / self.num_spectral_examples
         return {
             **quality,
             "codes_used": used,

@@ -260,7 +260,9 @@ def format_probe_table(results: dict) -> str:
             rows.append(f"| {column} | {measure} | {trained[measure]:.1%} | {other} | {trained['chance_accuracy']:.1%} |")
     reconstruction = results["reconstruction"]
     rows.append("")
-    rows.append(f"Test reconstruction: SNR {reconstruction['snr']:.2f} dB, MSE {reconstruction['mse']:.6f}, "
+    distance = reconstruction.get("log_spectral_distance")
+    distance = "" if distance is None else f"log-spectral distance {distance:.2f} dB, "
+    rows.append(f"Test reconstruction: SNR {reconstruction['snr']:.2f} dB, {distance}MSE {reconstruction['mse']:.6f}, "
                 f"{reconstruction['codes_used']}/{reconstruction['codebook_size']} codes used; "
                 f"{results['code_rate_hz']:.0f} codes per second.")
     return "\n".join(rows)

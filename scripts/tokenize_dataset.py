@@ -33,6 +33,7 @@ import re
 import resource
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -340,20 +341,40 @@ def is_complete(path: Path, num_rows: int) -> bool:
 
 
 @torch.no_grad()
+def prepare_batch(image_processor, rows, start: int, stop: int, plan: dict) -> tuple[pa.Table, torch.Tensor]:
+    """The data path of rows `[start, stop)`: read, decode, prepare. Returns the kept columns and `pixel_values`."""
+    table = rows.read(start, stop)
+    images = [decode_image(value, plan["image_feature"]) for value in table.column(plan["image_column"]).to_pylist()]
+    return table.select(plan["keep_columns"]), image_processor(images, return_tensors="pt")["pixel_values"]
+
+
 def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args, progress) -> pa.Table:
-    """Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns."""
+    """
+    Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns. A
+    background thread reads, decodes and prepares (image processor) the next batch while the model encodes this one:
+    JPEG/PNG decoding and the convolutions release the GIL, so the data path overlaps the model.
+    """
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     device_type = next(image_tokenizer.model.parameters()).device.type
     ids, kept = [], []
-    for batch_start in range(start, stop, args.batch_size):
-        table = rows.read(batch_start, min(batch_start + args.batch_size, stop))
-        images = [decode_image(value, plan["image_feature"])
-                  for value in table.column(plan["image_column"]).to_pylist()]
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            batch_ids = image_tokenizer(images)["input_ids"]  # (B, num_image_tokens)
-        ids.append(batch_ids.numpy().astype(args.ids_dtype))
-        kept.append(table.select(plan["keep_columns"]))
-        progress.update(len(images))
+    batch_starts = range(start, stop, args.batch_size)
+
+    def prepare(batch_start: int) -> tuple[pa.Table, torch.Tensor]:
+        batch_stop = min(batch_start + args.batch_size, stop)
+        return prepare_batch(image_tokenizer.image_processor, rows, batch_start, batch_stop, plan)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-data") as pool:
+        pending = pool.submit(prepare, batch_starts[0]) if batch_starts else None
+        for index in range(len(batch_starts)):
+            table, pixel_values = pending.result()
+            if index + 1 < len(batch_starts):  # rows are read in order: one batch ahead, never more
+                pending = pool.submit(prepare, batch_starts[index + 1])
+            with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
+            ids.append(batch_ids.numpy().astype(args.ids_dtype))
+            kept.append(table)
+            progress.update(table.num_rows)
     ids = np.concatenate(ids)  # (rows, num_image_tokens)
     offsets = np.arange(0, ids.size + 1, ids.shape[1], dtype=np.int32)
     columns = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.reshape(-1)))}

@@ -16,7 +16,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 
 from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEModel
 from hf_vqvae.modeling_vqvae import multi_resolution_stft_loss
-from hf_vqvae.training_utils import decode_audio, random_crop
+from hf_vqvae.training_utils import ReconstructionMetrics, decode_audio, random_crop
 
 
 soundfile = pytest.importorskip("soundfile")
@@ -370,6 +370,29 @@ def test_train_and_evaluate_scripts_on_audio(audio_data):
         assert baseline[measure] == pytest.approx(np.mean(values))
         assert (baseline[measure + "_min"], baseline[measure + "_max"]) == (min(values), max(values))
     assert "### Probes" in (output_dir / "README.md").read_text()
+
+
+def test_signal_metrics_give_snr_and_log_spectral_distance_over_real_samples():
+    torch.manual_seed(0)
+    target = torch.randn(2, 1024) * 0.1
+    attention_mask = torch.ones(2, 1024, dtype=torch.long)
+    attention_mask[1, 600:] = 0
+    halved = target * 0.5
+    halved[1, 600:] = torch.randn(424)  # whatever lies over padding does not count
+    codes, codes_mask = torch.zeros(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.bool)
+    metrics = ReconstructionMetrics(codebook_size=4)
+    metrics.update_signals(target, halved, attention_mask, codes, codes_mask)
+    result = metrics.compute()
+    # Half the amplitude: SNR 20 log10(2) = 6.02 dB, and every power spectrum 6.02 dB lower.
+    assert result["snr"] == pytest.approx(20 * np.log10(2), abs=1e-3)
+    assert result["log_spectral_distance"] == pytest.approx(20 * np.log10(2), abs=1e-3)
+    exact = ReconstructionMetrics(codebook_size=4)
+    exact.update_signals(target, target, attention_mask, codes, codes_mask)
+    assert exact.compute()["log_spectral_distance"] == 0.0
+    # Clips shorter than one STFT frame get no spectral distance (and no crash).
+    short = ReconstructionMetrics(codebook_size=4)
+    short.update_signals(target[:, :128], halved[:, :128], attention_mask[:, :128], codes, codes_mask)
+    assert "log_spectral_distance" not in short.compute()
 
 
 def test_segment_bags_keep_the_order_of_sounds():
