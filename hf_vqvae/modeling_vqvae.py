@@ -155,7 +155,7 @@ def multi_resolution_stft_loss(
     Multi-resolution STFT loss of 1-D signals `(batch, channels, time)`: for each FFT size n (Hann window of n, hop
     n // 4), the spectral convergence `||S - S_hat||_F / ||S||_F` plus the mean L1 distance of log magnitudes, averaged
     over the sizes. Padding (`attention_mask == 0`) is zeroed in both signals first; sizes longer than the signal
-    are skipped (the smallest one always runs, on a zero-padded frame). Computed in float32.
+    are skipped (the smallest one always runs, on zero-padded frames). Computed in float32.
     """
     reconstruction, target = reconstruction.float().flatten(0, 1), target.float().flatten(0, 1)
     if attention_mask is not None:
@@ -168,7 +168,8 @@ def multi_resolution_stft_loss(
     for n_fft in sizes:
         window = torch.hann_window(n_fft, device=target.device)
         predicted, actual = (
-            torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs().clamp(min=1e-7)
+            torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, pad_mode="constant",
+                       return_complex=True).abs().clamp(min=1e-7)
             for signal in (reconstruction, target)
         )
         convergence = torch.linalg.vector_norm(actual - predicted) / torch.linalg.vector_norm(actual).clamp(min=1e-7)

@@ -97,6 +97,8 @@ def test_spectral_loss_compares_magnitudes_of_real_samples_only():
     noisy_tail[..., 400:] = torch.randn(240)
     assert multi_resolution_stft_loss(noisy_tail, wave, fft_sizes, attention_mask).item() == 0.0
     assert multi_resolution_stft_loss(noisy_tail, wave, fft_sizes).item() > 0.1
+    # A signal shorter than every FFT size still gets a loss (zero-padded frames of the smallest size).
+    assert multi_resolution_stft_loss(0.5 * wave[..., :64], wave[..., :64], (128, 256)).item() > 0.1
 
 
 def test_spectral_loss_weight_adds_the_term_to_the_loss():
