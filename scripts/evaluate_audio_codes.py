@@ -22,6 +22,7 @@ split come from the trained model. Needs the `audio` and `anomaly` extras (sound
 """
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -224,9 +225,13 @@ def main(args) -> dict:
                                    model.config.codebook_size, args.seed, args.num_segments)
     if args.untrained_baseline:
         runs = []
+        # Only the encoder matters here; without speaker conditioning, a seed gives the same encoder whatever the
+        # decoder, so models with and without a conditioned decoder share their baselines.
+        baseline_config = copy.deepcopy(model.config)
+        baseline_config.num_speakers = 0
         for seed in range(args.seed, args.seed + args.num_baseline_seeds):
             torch.manual_seed(seed)
-            untrained = VQVAEModel(model.config).eval()
+            untrained = VQVAEModel(baseline_config).eval()
             _, train_latents = encode_split(untrained, loader(train_split), f"Encoding train (untrained, seed {seed})")
             _, test_latents = encode_split(untrained, loader(test_split), f"Encoding test (untrained, seed {seed})")
             baseline_train, baseline_test = untrained_codes(untrained, train_latents, test_latents, seed)

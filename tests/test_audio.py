@@ -430,3 +430,28 @@ def test_clips_round_trip_through_token_ids(tmp_path):
     reloaded = VQVAEImageTokenizer.from_pretrained(tmp_path)
     assert reloaded.is_audio and reloaded.grid_size == (1, 8)
     assert torch.equal(reloaded(waves, sampling_rate=RATE)["input_ids"], encoding["input_ids"])
+
+
+# ---------------------------------------------------------------------------------------------------------- shipped
+
+
+@pytest.mark.parametrize("name", ["vqvae-fsdd", "vqvae-fsdd-speakers"])
+def test_shipped_fsdd_models_code_and_reconstruct_their_samples(name):
+    folder = REPO_ROOT / "models" / name
+    model = VQVAEModel.from_pretrained(folder).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    assert model.config.spatial_dims == 1 and model.config.downsample_factor == 64 and extractor.sampling_rate == RATE
+    wave, rate = soundfile.read(folder / "samples" / "original-0.wav", dtype="float32")
+    inputs = extractor([wave], sampling_rate=rate)
+    with torch.no_grad():
+        codes = model.get_codes(input_values=inputs["input_values"])
+        assert codes.shape == (1, inputs["input_values"].shape[-1] // 64)
+        # The clip's speaker is not stored beside it: a conditioned decoder is tried with every speaker.
+        speakers = [torch.tensor([s]) for s in range(model.config.num_speakers)] or [None]
+        outputs = [model.decode(codes, speaker_ids=speaker).reconstruction[:, 0] for speaker in speakers]
+    real = inputs["attention_mask"].bool()
+    target = inputs["input_values"][real]
+    snr = max(float(10 * torch.log10(target.pow(2).sum() / (output[real] - target).pow(2).sum())) for output in outputs)
+    assert snr > 2.0, snr  # one clip, not the card's mean; a silent or unrelated output gives about 0 dB
+    card = json.loads((folder / "eval_codes.json").read_text())
+    assert card["reconstruction"]["snr"] > 4.0 and card["trained"]["digit"]["chance_accuracy"] == 0.1

@@ -3,6 +3,13 @@
 from transformers import PreTrainedConfig
 
 
+RECONSTRUCTION_LOSSES = ("mse", "log_mse", "discretized_gaussian")
+# Settings that change only the training loss or the codebook updates, never the weights' shapes: a pretrained model
+# may be fine-tuned with other values (`train_vqvae.py --config_overrides`).
+TRAINING_ONLY_SETTINGS = ("commitment_cost", "reconstruction_loss_weight", "ema_decay", "ema_epsilon",
+                          "dead_code_threshold", "spectral_loss_weight", "spectral_loss_fft_sizes")
+
+
 class VQVAEConfig(PreTrainedConfig):
     r"""
     Configuration of a [`VQVAEModel`]: the VQ-VAE of van den Oord, Vinyals and Kavukcuoglu, "Neural Discrete
@@ -46,11 +53,21 @@ class VQVAEConfig(PreTrainedConfig):
             The decoder's likelihood `log p(x|z)` in eq. 3. `"mse"`: mean squared error (a Gaussian of fixed scale);
             `"discretized_gaussian"`: the decoder also predicts a per-pixel log-scale, and the loss is the negative
             log-likelihood (nats per dimension) of the 8-bit pixel values under a Gaussian discretized to their 256
-            bins, a proper distribution that gives bits/dim directly (images only).
+            bins, a proper distribution that gives bits/dim directly (images only); `"log_mse"`: the mean over examples
+            of the log of each example's MSE, the negative log-likelihood of a Gaussian decoder whose variance is fitted
+            to each example by maximum likelihood (up to constants and a factor of half the dimension). It weighs each
+            example's relative error equally, as mean PSNR does, where `"mse"` weighs the hardest examples most.
         reconstruction_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the reconstruction MSE in the loss, relative to the codebook and commitment terms. A Gaussian
             decoder of fixed variance s^2 has -log p(x|z) = MSE / (2 s^2) + const, so this sets s. DeepMind's
             reference divides the MSE by the data variance: about 4.0 for CIFAR-10 in [-1, 1] (variance ~0.25).
+        spectral_loss_weight (`float`, *optional*, defaults to 0.0):
+            For 1-D models: weight of a multi-resolution STFT loss added to the reconstruction loss (the spectral
+            convergence plus the L1 distance of log magnitudes, averaged over `spectral_loss_fft_sizes`, as in Parallel
+            WaveGAN and Jukebox). It ignores phase, which a deterministic decoder cannot predict from codes alone, so
+            the codes spend less on waveform detail and more on what is heard. 0 disables it (the paper's loss).
+        spectral_loss_fft_sizes (`tuple[int]`, *optional*, defaults to `(128, 256, 512, 1024)`):
+            FFT sizes of that loss (Hann window of the same length, hop of a quarter of it).
         use_ema_codebook (`bool`, *optional*, defaults to `False`):
             Update the codebook with exponential moving averages (paper appendix A.1) instead of the codebook loss.
         ema_decay (`float`, *optional*, defaults to 0.99):
@@ -99,6 +116,8 @@ class VQVAEConfig(PreTrainedConfig):
     commitment_cost: float = 0.25
     reconstruction_loss: str = "mse"
     reconstruction_loss_weight: float = 1.0
+    spectral_loss_weight: float = 0.0
+    spectral_loss_fft_sizes: list[int] | tuple[int, ...] = (128, 256, 512, 1024)
     use_ema_codebook: bool = False
     ema_decay: float = 0.99
     ema_epsilon: float = 1e-5
@@ -115,6 +134,7 @@ class VQVAEConfig(PreTrainedConfig):
             int(m) if isinstance(m, (int, float)) and not isinstance(m, bool) and float(m).is_integer() else m
             for m in self.channel_multipliers
         )
+        self.spectral_loss_fft_sizes = tuple(self.spectral_loss_fft_sizes)
         super().__post_init__(**kwargs)
         self.validate_vqvae()
 
@@ -149,14 +169,26 @@ class VQVAEConfig(PreTrainedConfig):
             raise ValueError(f"`codebook_size` must be at least 2; got {self.codebook_size}.")
         if not self.commitment_cost >= 0:
             raise ValueError(f"`commitment_cost` (beta) must be >= 0 (the paper uses 0.25); got {self.commitment_cost}.")
-        if self.reconstruction_loss not in ("mse", "discretized_gaussian"):
-            raise ValueError(f"`reconstruction_loss` must be 'mse' or 'discretized_gaussian'; got "
-                             f"{self.reconstruction_loss!r}.")
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"`reconstruction_loss` must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; "
+                             f"got {self.reconstruction_loss!r}.")
         if self.reconstruction_loss == "discretized_gaussian" and self.spatial_dims != 2:
             raise ValueError("`reconstruction_loss='discretized_gaussian'` models 8-bit pixels; use 'mse' for 1-D "
                              "signals.")
         if not self.reconstruction_loss_weight > 0:
             raise ValueError(f"`reconstruction_loss_weight` must be > 0; got {self.reconstruction_loss_weight}.")
+        if isinstance(self.spectral_loss_weight, bool) or not isinstance(self.spectral_loss_weight, (int, float)) or \
+                not self.spectral_loss_weight >= 0:
+            raise ValueError(f"`spectral_loss_weight` must be a number >= 0 (0 disables it); got "
+                             f"{self.spectral_loss_weight!r}.")
+        if self.spectral_loss_weight > 0 and self.spatial_dims != 1:
+            raise ValueError("`spectral_loss_weight > 0` is for 1-D signals (`spatial_dims=1`); images have no STFT "
+                             "loss. Set it to 0.")
+        if len(self.spectral_loss_fft_sizes) == 0 or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 8 for n in self.spectral_loss_fft_sizes
+        ):
+            raise ValueError("`spectral_loss_fft_sizes` must hold one or more integers >= 8, e.g. (128, 256, 512, "
+                             f"1024); got {self.spectral_loss_fft_sizes!r}.")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in (0, 1) (the paper uses 0.99); got {self.ema_decay}.")
         if not self.ema_epsilon > 0:

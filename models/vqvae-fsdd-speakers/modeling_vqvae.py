@@ -16,6 +16,10 @@ from .quantizer import VectorQuantizer
 
 logger = logging.get_logger(__name__)
 
+# `reconstruction_loss="log_mse"` takes the log of max(MSE, this): far below any real reconstruction error (1e-10 in
+# [-1, 1] is 106 dB PSNR), it only keeps an exact reconstruction from giving -inf.
+LOG_MSE_FLOOR = 1e-10
+
 
 @dataclass
 class VQVAEEncoderOutput(ModelOutput):
@@ -73,18 +77,22 @@ class VQVAEModelOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
             `config.reconstruction_loss_weight * reconstruction_loss + codebook_loss + commitment_loss` (eq. 3, with
-            the log-likelihood as a weighted MSE).
+            the log-likelihood as a weighted MSE), plus `config.spectral_loss_weight * spectral_loss` when set.
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Decoded pixels.
         codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
             Codes of the input.
         reconstruction_loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
-            Mean squared error between `reconstruction` and `pixel_values`; with
-            `reconstruction_loss="discretized_gaussian"`, the mean negative log-likelihood per pixel value (nats).
+            Mean squared error between `reconstruction` and `pixel_values`; with `reconstruction_loss="log_mse"`, the
+            mean over examples of the log of each example's MSE; with `reconstruction_loss="discretized_gaussian"`,
+            the mean negative log-likelihood per pixel value (nats).
         codebook_loss (`torch.FloatTensor` of shape `()`):
             `||sg[z_e] - e||^2`; zero with an EMA codebook.
         commitment_loss (`torch.FloatTensor` of shape `()`):
             `commitment_cost * ||z_e - sg[e]||^2`.
+        spectral_loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True` and
+        `config.spectral_loss_weight > 0`):
+            The multi-resolution STFT loss (see [`multi_resolution_stft_loss`]).
         perplexity (`torch.FloatTensor` of shape `()`):
             `exp(entropy)` of this batch's code histogram.
         latents (`torch.FloatTensor` of shape `(batch_size, codebook_dim, h, w)`):
@@ -108,6 +116,7 @@ class VQVAEModelOutput(ModelOutput):
     quantized: torch.FloatTensor | None = None
     codes_mask: torch.BoolTensor | None = None
     reconstruction_log_scale: torch.FloatTensor | None = None
+    spectral_loss: torch.FloatTensor | None = None
 
 
 def discretized_gaussian_log_likelihood(
@@ -136,6 +145,36 @@ def discretized_gaussian_log_likelihood(
     log_bin = torch.where(torch.isfinite(log_bin) & (log_bin > -30), log_bin, log_density)
     first, last = x < -1 + half_bin, x > 1 - half_bin
     return torch.where(first, log_cdf_upper, torch.where(last, log_sf_lower, log_bin))
+
+
+def multi_resolution_stft_loss(
+    reconstruction: torch.Tensor, target: torch.Tensor, fft_sizes: tuple[int, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    Multi-resolution STFT loss of 1-D signals `(batch, channels, time)`: for each FFT size n (Hann window of n, hop
+    n // 4), the spectral convergence `||S - S_hat||_F / ||S||_F` plus the mean L1 distance of log magnitudes, averaged
+    over the sizes. Padding (`attention_mask == 0`) is zeroed in both signals first; sizes longer than the signal
+    are skipped (the smallest one always runs, on zero-padded frames). Computed in float32.
+    """
+    reconstruction, target = reconstruction.float().flatten(0, 1), target.float().flatten(0, 1)
+    if attention_mask is not None:
+        mask = attention_mask.to(target.device, torch.float32).repeat_interleave(
+            target.shape[0] // attention_mask.shape[0], dim=0)
+        reconstruction, target = reconstruction * mask, target * mask
+    length = target.shape[-1]
+    sizes = [n for n in fft_sizes if n <= length] or [min(fft_sizes)]
+    total = reconstruction.new_zeros(())
+    for n_fft in sizes:
+        window = torch.hann_window(n_fft, device=target.device)
+        predicted, actual = (
+            torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, pad_mode="constant",
+                       return_complex=True).abs().clamp(min=1e-7)
+            for signal in (reconstruction, target)
+        )
+        convergence = torch.linalg.vector_norm(actual - predicted) / torch.linalg.vector_norm(actual).clamp(min=1e-7)
+        total = total + convergence + (predicted.log() - actual.log()).abs().mean()
+    return total / len(sizes)
 
 
 def _conv_classes(spatial_dims: int) -> tuple[type[nn.Module], type[nn.Module]]:
@@ -284,6 +323,8 @@ class VQVAEModel(VQVAEPreTrainedModel):
     >>> codes = model.encode(pixel_values).codes  # (2, 4, 4), long
     >>> model.decode(codes).reconstruction.shape
     torch.Size([2, 3, 16, 16])
+    >>> torch.equal(model.get_codes(pixel_values), codes)  # the codes alone, without the losses
+    True
     ```
     """
 
@@ -304,7 +345,27 @@ class VQVAEModel(VQVAEPreTrainedModel):
         self.decoder = VQVAEDecoder(config)
         if config.spatial_dims == 1:
             self.main_input_name = "input_values"
+        self._encoder_frozen = False
         self.post_init()
+
+    def freeze_encoder(self):
+        """
+        Fix the encoder and the codebook, so that training changes only the decoder: every input keeps its codes (a
+        prior trained on them stays valid) while the decoder learns to reconstruct better. Their parameters stop
+        requiring gradients, and they stay in eval mode through `train()`, so the EMA codebook and its dead-code
+        restarts no longer update.
+        """
+        self._encoder_frozen = True
+        for module in (self.encoder, self.quantizer):
+            module.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._encoder_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         factor = self.config.downsample_factor
@@ -405,6 +466,26 @@ class VQVAEModel(VQVAEPreTrainedModel):
         output = self._encode(self._inputs(pixel_values, input_values), attention_mask)
         return output if return_dict else output.to_tuple()
 
+    def get_codes(
+        self, pixel_values: torch.FloatTensor | None = None, input_values: torch.FloatTensor | None = None
+    ) -> torch.LongTensor:
+        r"""
+        The codes of images (or signals) alone: `encode(...).codes`, without the quantized vectors, losses and
+        perplexity that `encode` computes beside them. The cheaper call when only the tokens are wanted; it never
+        changes the codebook, even in training mode.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                As for [`~VQVAEModel.encode`].
+            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
+                For 1-D models, instead of `pixel_values`.
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, h, w)` (`(batch_size, length)` for 1-D models).
+        """
+        latents = self.encoder(self._inputs(pixel_values, input_values)).movedim(1, -1)  # (B, *grid, D)
+        return self.quantizer.nearest_codes(latents.reshape(-1, latents.shape[-1])).view(latents.shape[:-1])
+
     def _encode(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> VQVAEEncoderOutput:
         """`encode` on checked inputs `(batch, channels, *spatial)`."""
         codes_mask = self._latent_mask(attention_mask, inputs)
@@ -493,19 +574,30 @@ class VQVAEModel(VQVAEPreTrainedModel):
         encoded = self._encode(inputs, attention_mask)
         speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
         reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized, speaker_ids))
-        loss = reconstruction_loss = None
+        loss = reconstruction_loss = spectral_loss = None
         if return_loss:
             if log_scale is not None:
                 error = -discretized_gaussian_log_likelihood(inputs, reconstruction, log_scale)
             else:
                 error = (reconstruction.float() - inputs.float()) ** 2
-            if attention_mask is None:
+            weights = None
+            if attention_mask is not None:
+                weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
+            if self.config.reconstruction_loss == "log_mse":
+                # Each example's MSE over its real values; the floor keeps a perfect reconstruction finite.
+                per_example = error.flatten(1).mean(1) if weights is None else (
+                    (error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
+                reconstruction_loss = per_example.clamp(min=LOG_MSE_FLOOR).log().mean()
+            elif weights is None:
                 reconstruction_loss = error.mean()
             else:
-                weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
                 reconstruction_loss = (error * weights).sum() / weights.sum().clamp(min=1.0)
             loss = (self.config.reconstruction_loss_weight * reconstruction_loss + encoded.codebook_loss
                     + encoded.commitment_loss)
+            if self.config.spectral_loss_weight > 0:
+                spectral_loss = multi_resolution_stft_loss(reconstruction, inputs, self.config.spectral_loss_fft_sizes,
+                                                           attention_mask)
+                loss = loss + self.config.spectral_loss_weight * spectral_loss
         output = VQVAEModelOutput(
             loss=loss,
             reconstruction=reconstruction,
@@ -518,12 +610,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
             quantized=encoded.quantized,
             codes_mask=encoded.codes_mask,
             reconstruction_log_scale=log_scale,
+            spectral_loss=spectral_loss,
         )
         return output if return_dict else output.to_tuple()
 
 
 __all__ = [
     "discretized_gaussian_log_likelihood",
+    "multi_resolution_stft_loss",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",
     "VQVAEModel",
