@@ -1070,8 +1070,8 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         description=(
             "CIFAR-10 to code tokens with `scripts/tokenize_dataset.py`. In this process, on the test split: the "
             "script's own reading and tokenizing loop (`tokenize_rows`: Arrow rows -> `decode_image` -> image "
-            "processor in a thread, one batch ahead -> `get_codes` -> token ids; no parquet writing), against the "
-            "data path alone, the bare encoder forward "
+            "processor -> `get_codes` -> token ids; no parquet writing), against the data path alone, the bare "
+            "encoder forward "
             "(`model.encoder`, no quantizer) and `model.get_codes` (encoder + nearest codes) on the same batches, "
             "decoded beforehand. Each sample is a whole pass over the split. Then the script itself, in a separate "
             "process, tokenizes the train split: its throughput and peak resident memory (`VmHWM`, from its "
@@ -1119,12 +1119,6 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
             return tokenize_dataset.tokenize_rows(image_tokenizer, rows, 0, num_rows, plan, script_args,
                                                   _NoProgress())
 
-        def sequential_pass():  # the same loop without the thread: each batch's data path, then its codes
-            for start in range(0, num_rows, batch_size):
-                _, pixels = tokenize_dataset.prepare_batch(image_tokenizer.image_processor, rows, start,
-                                                           min(start + batch_size, num_rows), plan)
-                image_tokenizer.encode_pixel_values(pixels)
-
         def encoder_pass():
             with torch.no_grad():
                 for pixels in pixel_batches:
@@ -1159,13 +1153,12 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
 
         repeats = min(args.repeats, 3)
         timings = time_interleaved({"encoder": encoder_pass, "codes": codes_pass, "tokenize": tokenize_pass,
-                                    "sequential": sequential_pass, "matmul": matmul_pass, "data": data_pass},
+                                    "matmul": matmul_pass, "data": data_pass},
                                    min(args.warmup, 1), repeats, min_sample_seconds=0)
         encoder_time = timings["encoder"].median
         for name, label in (("encoder", "bare encoder forward (`model.encoder`)"),
                             ("codes", "`model.get_codes` (encoder + nearest codes)"),
-                            ("tokenize", "`tokenize_rows`: data path (next batch, in a thread) + `get_codes` + ids"),
-                            ("sequential", "the same without the thread (data path, then `get_codes` + ids)"),
+                            ("tokenize", "`tokenize_rows`: data path + `get_codes` + ids"),
                             ("matmul", "bare distance matmul `x @ E.T` on the latents alone, preallocated output"),
                             ("data", "data path alone (`prepare_batch`: read, decode, image processor)")):
             timing = timings[name]
@@ -1181,10 +1174,9 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
             section.notes.append(
                 f"What bounds the ratio, per image: the bare encoder {per_image['encoder']:.0f} us; the quantizer "
                 f"(`get_codes` minus the encoder) {per_image['codes'] - per_image['encoder']:.0f} us; the data path "
-                f"{per_image['data']:.0f} us alone, of which {per_image['tokenize'] - per_image['codes']:.0f} us "
-                "remain in the loop, where a thread prepares the next batch during the model (`tokenize_rows` minus "
-                f"`get_codes`; it includes the ids), and {per_image['sequential'] - per_image['codes']:.0f} us "
-                "in the same loop without the thread. The 15% budget is "
+                f"{per_image['data']:.0f} us alone (reading, decoding, the image processor) and "
+                f"{per_image['tokenize'] - per_image['codes']:.0f} us in the loop (`tokenize_rows` minus `get_codes`; "
+                "it includes the ids). The 15% budget is "
                 f"{0.15 * per_image['encoder']:.0f} us. The bare distance matmul alone, which any exact nearest-code "
                 f"search computes, costs {per_image['matmul']:.0f} us: "
                 f"{per_image['matmul'] / (0.15 * per_image['encoder']):.0%} of that budget before the per-row maximum "

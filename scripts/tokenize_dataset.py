@@ -33,7 +33,6 @@ import re
 import resource
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -349,32 +348,18 @@ def prepare_batch(image_processor, rows, start: int, stop: int, plan: dict) -> t
 
 
 def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args, progress) -> pa.Table:
-    """
-    Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns. A
-    background thread reads, decodes and prepares (image processor) the next batch while the model encodes this one:
-    JPEG/PNG decoding and the convolutions release the GIL, so the data path overlaps the model.
-    """
+    """Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns."""
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     device_type = next(image_tokenizer.model.parameters()).device.type
     ids, kept = [], []
-    batch_starts = range(start, stop, args.batch_size)
-
-    def prepare(batch_start: int) -> tuple[pa.Table, torch.Tensor]:
-        batch_stop = min(batch_start + args.batch_size, stop)
-        return prepare_batch(image_tokenizer.image_processor, rows, batch_start, batch_stop, plan)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-data") as pool:
-        pending = pool.submit(prepare, batch_starts[0]) if batch_starts else None
-        for index in range(len(batch_starts)):
-            table, pixel_values = pending.result()
-            if index + 1 < len(batch_starts):  # rows are read in order: one batch ahead, never more
-                pending = pool.submit(prepare, batch_starts[index + 1])
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
-            ids.append(batch_ids.numpy().astype(args.ids_dtype))
-            kept.append(table)
-            progress.update(table.num_rows)
+    for batch_start in range(start, stop, args.batch_size):
+        table, pixel_values = prepare_batch(image_tokenizer.image_processor, rows, batch_start,
+                                            min(batch_start + args.batch_size, stop), plan)
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
+        ids.append(batch_ids.numpy().astype(args.ids_dtype))
+        kept.append(table)
+        progress.update(table.num_rows)
     ids = np.concatenate(ids)  # (rows, num_image_tokens)
     offsets = np.arange(0, ids.size + 1, ids.shape[1], dtype=np.int32)
     columns = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.reshape(-1)))}
