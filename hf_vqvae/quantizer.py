@@ -57,9 +57,9 @@ def _broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-# Scores per chunk of `_nearest`: 2 ** 20 floats (4 MB; 2048 rows at K=512). A much larger score matrix is mapped
-# and first touched anew (page faults) on every call, which can cost more than the matmul that fills it; chunks of
-# this size are reused by the allocator (see the quantizer and tokenization sections of BENCHMARKS.md).
+# Scores per chunk of `_nearest`: 2 ** 20 floats (4 MB; 2048 rows at K=512). A much larger score matrix may be mapped
+# and first touched anew (page faults) on every call, which can cost more than the matmul that fills it, while chunks
+# of this size tend to be reused by the allocator; how much that saves depends on the allocator's state.
 SCORE_CHUNK_ELEMENTS = 1 << 20
 
 

@@ -339,7 +339,6 @@ def is_complete(path: Path, num_rows: int) -> bool:
         return False
 
 
-@torch.no_grad()
 def prepare_batch(image_processor, rows, start: int, stop: int, plan: dict) -> tuple[pa.Table, torch.Tensor]:
     """The data path of rows `[start, stop)`: read, decode, prepare. Returns the kept columns and `pixel_values`."""
     table = rows.read(start, stop)
@@ -347,6 +346,7 @@ def prepare_batch(image_processor, rows, start: int, stop: int, plan: dict) -> t
     return table.select(plan["keep_columns"]), image_processor(images, return_tensors="pt")["pixel_values"]
 
 
+@torch.no_grad()
 def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args, progress) -> pa.Table:
     """Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns."""
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
