@@ -105,10 +105,10 @@ def bag_of_codes(codes: list[np.ndarray], codebook_size: int) -> np.ndarray:
 
 def segment_bags(codes: list[np.ndarray], codebook_size: int, num_segments: int) -> np.ndarray:
     """(N, num_segments * K): one bag of codes per equal stretch of each recording, side by side."""
-    return np.concatenate([
-        bag_of_codes([np.array_split(sequence, num_segments)[index] for sequence in codes], codebook_size)
-        for index in range(num_segments)
-    ], axis=1)
+    parts = [np.array_split(sequence, num_segments) for sequence in codes]
+    return np.concatenate(
+        [bag_of_codes([pieces[index] for pieces in parts], codebook_size) for index in range(num_segments)], axis=1
+    )
 
 
 def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int, seed: int,
