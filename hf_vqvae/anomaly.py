@@ -259,12 +259,17 @@ class VQVAEAnomalyScorer:
                 "[-1, 1] with `x / 127.5 - 1`, or use `VQVAEImageProcessor`."
             )
         if len(shape) == 3 and shape[0] == channels:
-            raise ValueError(f"`pixel_values` must be {expected}; got one image {shape}. Add a batch dimension: "
-                             "`pixel_values[None]`.")
+            raise ValueError(
+                f"`pixel_values` must be {expected}; got one image {shape}. Add a batch dimension: "
+                "`pixel_values[None]`."
+            )
         if len(shape) != 4 or shape[1] != channels:
             mode = "RGB" if channels == 3 else "L"
-            hint = (f"The model takes {channels}-channel images: use `VQVAEImageProcessor(image_mode={mode!r})`."
-                    if len(shape) == 4 else "Stack the images into one batch.")
+            hint = (
+                f"The model takes {channels}-channel images: use `VQVAEImageProcessor(image_mode={mode!r})`."
+                if len(shape) == 4
+                else "Stack the images into one batch."
+            )
             raise ValueError(f"`pixel_values` must be {expected}; got shape {shape}. {hint}")
         if shape[0] == 0:
             raise ValueError(f"`pixel_values` holds no images; got shape {shape}.")
@@ -322,8 +327,10 @@ class VQVAEAnomalyScorer:
         if self.prior is not None:
             self.prior.eval()
         try:
-            chunks = [self._score_batch(pixel_values[start : start + self.batch_size], return_maps)
-                      for start in range(0, pixel_values.shape[0], self.batch_size)]
+            chunks = [
+                self._score_batch(pixel_values[start : start + self.batch_size], return_maps)
+                for start in range(0, pixel_values.shape[0], self.batch_size)
+            ]
         finally:
             self.vqvae.train(modes[0])
             if self.prior is not None:
@@ -561,8 +568,10 @@ class PCABaseline:
             raise ValueError("`PCABaseline` is not fitted: call `fit(normal_pixel_values)` first.")
         data = _flatten_images("pixel_values", pixel_values)
         if data.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"`pixel_values` have {data.shape[1]} values per image but the baseline was fitted on "
-                             f"{self.mean.shape[0]}; preprocess them the same way.")
+            raise ValueError(
+                f"`pixel_values` have {data.shape[1]} values per image but the baseline was fitted on "
+                f"{self.mean.shape[0]}; preprocess them the same way."
+            )
         scores = []
         for chunk in data.split(self.chunk_size):
             centered = chunk - self.mean  # (n, D)
@@ -608,8 +617,10 @@ class NearestNeighborBaseline:
             raise ValueError("`NearestNeighborBaseline` is not fitted: call `fit(normal_pixel_values)` first.")
         data = _flatten_images("pixel_values", pixel_values).float()
         if data.shape[1] != self.normal.shape[1]:
-            raise ValueError(f"`pixel_values` have {data.shape[1]} values per image but the baseline was fitted on "
-                             f"{self.normal.shape[1]}; preprocess them the same way.")
+            raise ValueError(
+                f"`pixel_values` have {data.shape[1]} values per image but the baseline was fitted on "
+                f"{self.normal.shape[1]}; preprocess them the same way."
+            )
         scores = []
         for queries in data.split(self.chunk_size):
             query_sq_norms = queries.pow(2).sum(1, keepdim=True)  # (n, 1)
@@ -652,14 +663,14 @@ def anomaly_metrics(scores: torch.Tensor | np.ndarray, is_anomaly: torch.Tensor 
         from sklearn.metrics import average_precision_score, roc_auc_score
     except ImportError as error:
         raise ImportError(
-            "`anomaly_metrics` needs scikit-learn: `pip install \"hf_vqvae[anomaly]\"` (or `pip install "
-            "scikit-learn`)."
+            '`anomaly_metrics` needs scikit-learn: `pip install "hf_vqvae[anomaly]"` (or `pip install scikit-learn`).'
         ) from error
     scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
     labels = np.asarray(is_anomaly.detach().cpu() if isinstance(is_anomaly, torch.Tensor) else is_anomaly)
     if scores.ndim != 1 or labels.shape != scores.shape:
-        raise ValueError(f"`scores` and `is_anomaly` must be 1-D of the same length; got shapes {scores.shape} and "
-                         f"{labels.shape}.")
+        raise ValueError(
+            f"`scores` and `is_anomaly` must be 1-D of the same length; got shapes {scores.shape} and {labels.shape}."
+        )
     if not np.isfinite(scores).all():
         raise ValueError(f"`scores` contains {int((~np.isfinite(scores)).sum())} NaN or inf values.")
     if not np.isin(labels, [0, 1]).all():
@@ -667,8 +678,10 @@ def anomaly_metrics(scores: torch.Tensor | np.ndarray, is_anomaly: torch.Tensor 
     labels = labels.astype(bool)
     num_anomalous = int(labels.sum())
     if num_anomalous == 0 or num_anomalous == len(labels):
-        raise ValueError(f"AUROC needs normal and anomalous images; got {len(labels) - num_anomalous} normal and "
-                         f"{num_anomalous} anomalous.")
+        raise ValueError(
+            f"AUROC needs normal and anomalous images; got {len(labels) - num_anomalous} normal and "
+            f"{num_anomalous} anomalous."
+        )
     return {
         "auroc": float(roc_auc_score(labels, scores)),
         "auprc": float(average_precision_score(labels, scores)),

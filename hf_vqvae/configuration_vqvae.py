@@ -6,8 +6,15 @@ from transformers import PreTrainedConfig
 RECONSTRUCTION_LOSSES = ("mse", "log_mse", "discretized_gaussian")
 # Settings that change only the training loss or the codebook updates, never the weights' shapes: a pretrained model
 # may be fine-tuned with other values (`train_vqvae.py --config_overrides`).
-TRAINING_ONLY_SETTINGS = ("commitment_cost", "reconstruction_loss_weight", "ema_decay", "ema_epsilon",
-                          "dead_code_threshold", "spectral_loss_weight", "spectral_loss_fft_sizes")
+TRAINING_ONLY_SETTINGS = (
+    "commitment_cost",
+    "reconstruction_loss_weight",
+    "ema_decay",
+    "ema_epsilon",
+    "dead_code_threshold",
+    "spectral_loss_weight",
+    "spectral_loss_fft_sizes",
+)
 
 
 class VQVAEConfig(PreTrainedConfig):
@@ -140,25 +147,42 @@ class VQVAEConfig(PreTrainedConfig):
 
     def validate_vqvae(self):
         """Check the settings and their combinations; raise `ValueError` naming the setting to change."""
-        for name in ("num_channels", "image_size", "hidden_channels", "res_hidden_channels", "codebook_size",
-                     "codebook_dim", "kmeans_iters"):
+        for name in (
+            "num_channels",
+            "image_size",
+            "hidden_channels",
+            "res_hidden_channels",
+            "codebook_size",
+            "codebook_dim",
+            "kmeans_iters",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
         if self.spatial_dims not in (1, 2):
-            raise ValueError(f"`spatial_dims` must be 1 (signals such as audio) or 2 (images); got {self.spatial_dims!r}.")
+            raise ValueError(
+                f"`spatial_dims` must be 1 (signals such as audio) or 2 (images); got {self.spatial_dims!r}."
+            )
         if isinstance(self.num_speakers, bool) or not isinstance(self.num_speakers, int) or self.num_speakers < 0:
-            raise ValueError(f"`num_speakers` must be an integer >= 0 (0: no speaker conditioning); got "
-                             f"{self.num_speakers!r}.")
+            raise ValueError(
+                f"`num_speakers` must be an integer >= 0 (0: no speaker conditioning); got {self.num_speakers!r}."
+            )
         if self.sampling_rate is not None and (
             isinstance(self.sampling_rate, bool) or not isinstance(self.sampling_rate, int) or self.sampling_rate < 1
         ):
             raise ValueError(f"`sampling_rate` must be a positive integer (Hz) or None; got {self.sampling_rate!r}.")
-        if isinstance(self.num_res_blocks, bool) or not isinstance(self.num_res_blocks, int) or self.num_res_blocks < 0:
+        if (
+            isinstance(self.num_res_blocks, bool)
+            or not isinstance(self.num_res_blocks, int)
+            or self.num_res_blocks < 0
+        ):
             raise ValueError(f"`num_res_blocks` must be an integer >= 0; got {self.num_res_blocks!r}.")
         if len(self.channel_multipliers) == 0 or any(
-            isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0
-            or not float(self.hidden_channels * m).is_integer() for m in self.channel_multipliers
+            isinstance(m, bool)
+            or not isinstance(m, (int, float))
+            or not m > 0
+            or not float(self.hidden_channels * m).is_integer()
+            for m in self.channel_multipliers
         ):
             raise ValueError(
                 "`channel_multipliers` must hold one positive number per stride-2 stage such that "
@@ -168,33 +192,48 @@ class VQVAEConfig(PreTrainedConfig):
         if self.codebook_size < 2:
             raise ValueError(f"`codebook_size` must be at least 2; got {self.codebook_size}.")
         if not self.commitment_cost >= 0:
-            raise ValueError(f"`commitment_cost` (beta) must be >= 0 (the paper uses 0.25); got {self.commitment_cost}.")
+            raise ValueError(
+                f"`commitment_cost` (beta) must be >= 0 (the paper uses 0.25); got {self.commitment_cost}."
+            )
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"`reconstruction_loss` must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; "
-                             f"got {self.reconstruction_loss!r}.")
+            raise ValueError(
+                f"`reconstruction_loss` must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; "
+                f"got {self.reconstruction_loss!r}."
+            )
         if self.reconstruction_loss == "discretized_gaussian" and self.spatial_dims != 2:
-            raise ValueError("`reconstruction_loss='discretized_gaussian'` models 8-bit pixels; use 'mse' for 1-D "
-                             "signals.")
+            raise ValueError(
+                "`reconstruction_loss='discretized_gaussian'` models 8-bit pixels; use 'mse' for 1-D signals."
+            )
         if not self.reconstruction_loss_weight > 0:
             raise ValueError(f"`reconstruction_loss_weight` must be > 0; got {self.reconstruction_loss_weight}.")
-        if isinstance(self.spectral_loss_weight, bool) or not isinstance(self.spectral_loss_weight, (int, float)) or \
-                not self.spectral_loss_weight >= 0:
-            raise ValueError(f"`spectral_loss_weight` must be a number >= 0 (0 disables it); got "
-                             f"{self.spectral_loss_weight!r}.")
+        if (
+            isinstance(self.spectral_loss_weight, bool)
+            or not isinstance(self.spectral_loss_weight, (int, float))
+            or not self.spectral_loss_weight >= 0
+        ):
+            raise ValueError(
+                f"`spectral_loss_weight` must be a number >= 0 (0 disables it); got {self.spectral_loss_weight!r}."
+            )
         if self.spectral_loss_weight > 0 and self.spatial_dims != 1:
-            raise ValueError("`spectral_loss_weight > 0` is for 1-D signals (`spatial_dims=1`); images have no STFT "
-                             "loss. Set it to 0.")
+            raise ValueError(
+                "`spectral_loss_weight > 0` is for 1-D signals (`spatial_dims=1`); images have no STFT "
+                "loss. Set it to 0."
+            )
         if len(self.spectral_loss_fft_sizes) == 0 or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 8 for n in self.spectral_loss_fft_sizes
         ):
-            raise ValueError("`spectral_loss_fft_sizes` must hold one or more integers >= 8, e.g. (128, 256, 512, "
-                             f"1024); got {self.spectral_loss_fft_sizes!r}.")
+            raise ValueError(
+                "`spectral_loss_fft_sizes` must hold one or more integers >= 8, e.g. (128, 256, 512, "
+                f"1024); got {self.spectral_loss_fft_sizes!r}."
+            )
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in (0, 1) (the paper uses 0.99); got {self.ema_decay}.")
         if not self.ema_epsilon > 0:
             raise ValueError(f"`ema_epsilon` must be > 0 (Laplace smoothing, e.g. 1e-5); got {self.ema_epsilon}.")
         if not self.dead_code_threshold >= 0:
-            raise ValueError(f"`dead_code_threshold` must be >= 0 (0 disables restarts); got {self.dead_code_threshold}.")
+            raise ValueError(
+                f"`dead_code_threshold` must be >= 0 (0 disables restarts); got {self.dead_code_threshold}."
+            )
         if self.spatial_dims == 2 and self.image_size % self.downsample_factor != 0:
             raise ValueError(
                 f"`image_size` ({self.image_size}) must be divisible by `downsample_factor` "
@@ -232,8 +271,18 @@ class VQVAEConfig(PreTrainedConfig):
     @classmethod
     def cifar10(cls, **kwargs) -> "VQVAEConfig":
         """The paper's CIFAR-10 architecture (section 4.1): 32x32 -> 8x8 codes, 256 hidden units, K=512, D=64."""
-        return cls(**{"image_size": 32, "hidden_channels": 256, "channel_multipliers": (1, 1), "num_res_blocks": 2,
-                      "res_hidden_channels": 256, "codebook_size": 512, "codebook_dim": 64, **kwargs})
+        return cls(
+            **{
+                "image_size": 32,
+                "hidden_channels": 256,
+                "channel_multipliers": (1, 1),
+                "num_res_blocks": 2,
+                "res_hidden_channels": 256,
+                "codebook_size": 512,
+                "codebook_dim": 64,
+                **kwargs,
+            }
+        )
 
     @classmethod
     def speech(cls, **kwargs) -> "VQVAEConfig":
@@ -241,15 +290,36 @@ class VQVAEConfig(PreTrainedConfig):
         The paper's audio encoder (section 4.3) on mono waveforms: six 1-D convolutions of stride 2 and window 4
         (64x shorter code sequences), K=512, 16 kHz. Pass `num_speakers` to condition the decoder on the speaker.
         """
-        return cls(**{"spatial_dims": 1, "num_channels": 1, "sampling_rate": 16000, "hidden_channels": 128,
-                      "channel_multipliers": (1,) * 6, "num_res_blocks": 2, "res_hidden_channels": 64,
-                      "codebook_size": 512, "codebook_dim": 64, **kwargs})
+        return cls(
+            **{
+                "spatial_dims": 1,
+                "num_channels": 1,
+                "sampling_rate": 16000,
+                "hidden_channels": 128,
+                "channel_multipliers": (1,) * 6,
+                "num_res_blocks": 2,
+                "res_hidden_channels": 64,
+                "codebook_size": 512,
+                "codebook_dim": 64,
+                **kwargs,
+            }
+        )
 
     @classmethod
     def imagenet128(cls, **kwargs) -> "VQVAEConfig":
         """The paper's ImageNet setup (section 4.2): 128x128 -> 32x32 codes, K=512."""
-        return cls(**{"image_size": 128, "hidden_channels": 256, "channel_multipliers": (1, 1), "num_res_blocks": 2,
-                      "res_hidden_channels": 256, "codebook_size": 512, "codebook_dim": 64, **kwargs})
+        return cls(
+            **{
+                "image_size": 128,
+                "hidden_channels": 256,
+                "channel_multipliers": (1, 1),
+                "num_res_blocks": 2,
+                "res_hidden_channels": 256,
+                "codebook_size": 512,
+                "codebook_dim": 64,
+                **kwargs,
+            }
+        )
 
 
 __all__ = ["VQVAEConfig"]

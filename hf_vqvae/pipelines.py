@@ -418,9 +418,7 @@ class VQVAEGenerationPipeline(Pipeline):
                     raise ValueError(f"Unknown class name {label!r}; the prior's classes are {list(names)}.")
                 label = names[label]
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < config.num_classes:
-                raise ValueError(
-                    f"Class labels must be names or ids in [0, {config.num_classes}); got {label!r}."
-                )
+                raise ValueError(f"Class labels must be names or ids in [0, {config.num_classes}); got {label!r}.")
             ids.append(label)
         if not ids:
             raise ValueError("`class_labels` is empty; pass at least one class, or `None` for unconditional samples.")
@@ -506,8 +504,9 @@ class VQVAEAnomalyPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def __init__(self, model, *args, prior=None, prior_revision=None, prior_class_label=None, statistics=None,
-                 **kwargs):
+    def __init__(
+        self, model, *args, prior=None, prior_revision=None, prior_class_label=None, statistics=None, **kwargs
+    ):
         super().__init__(model, *args, **kwargs)
         if not isinstance(self.model, VQVAEModel):
             raise TypeError(
@@ -553,8 +552,10 @@ class VQVAEAnomalyPipeline(Pipeline):
 
         def batches():
             for start in range(0, len(images), batch_size):
-                chunk = [load_image(image, timeout=timeout) if isinstance(image, str) else image
-                         for image in images[start : start + batch_size]]
+                chunk = [
+                    load_image(image, timeout=timeout) if isinstance(image, str) else image
+                    for image in images[start : start + batch_size]
+                ]
                 yield self.image_processor(chunk, return_tensors="pt")["pixel_values"].to(self.device)
 
         return self.scorer.fit(batches()).statistics
@@ -594,16 +595,26 @@ class VQVAEAnomalyPipeline(Pipeline):
         """
         return super().__call__(images, **kwargs)
 
-    def _sanitize_parameters(self, heatmap=None, heatmap_range=None, return_maps=None, timeout=None, prior=None,
-                             prior_revision=None, prior_class_label=None, statistics=None):
+    def _sanitize_parameters(
+        self,
+        heatmap=None,
+        heatmap_range=None,
+        return_maps=None,
+        timeout=None,
+        prior=None,
+        prior_revision=None,
+        prior_class_label=None,
+        statistics=None,
+    ):
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if timeout is not None:
             preprocess_params["timeout"] = timeout
         scorer = getattr(self, "scorer", None)  # `Pipeline.__init__` calls this before `scorer` exists
         if prior is not None or prior_class_label is not None or statistics is not None:
             # A scorer for this call only; the pipeline's own prior and statistics stay as they are.
-            scorer = self._make_scorer(prior if prior is not None else scorer.prior, prior_revision,
-                                       prior_class_label, statistics)
+            scorer = self._make_scorer(
+                prior if prior is not None else scorer.prior, prior_revision, prior_class_label, statistics
+            )
             forward_params["scorer"] = scorer
         if heatmap is not None:
             if heatmap not in SCORE_NAMES:

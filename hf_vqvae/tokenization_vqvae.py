@@ -135,8 +135,9 @@ class VQVAEImageTokenizer:
         self.model = model
         self.is_audio = model is not None and model.config.spatial_dims == 1
         if self.is_audio and grid_size[0] != 1:
-            raise ValueError(f"A 1-D (audio) model's codes form one row: `grid_size` must be (1, codes per clip); "
-                             f"got {grid_size}.")
+            raise ValueError(
+                f"A 1-D (audio) model's codes form one row: `grid_size` must be (1, codes per clip); got {grid_size}."
+            )
         if image_processor is None and model is not None:
             processor_class = VQVAEFeatureExtractor if self.is_audio else VQVAEImageProcessor
             image_processor = processor_class.from_model_config(model.config)
@@ -159,8 +160,10 @@ class VQVAEImageTokenizer:
         a 1-D model needs: `(1, codes per clip)`).
         """
         if model.config.spatial_dims == 1 and "grid_size" not in kwargs:
-            raise ValueError(f"For a 1-D (audio) model, give the clip length as `grid_size=(1, n)`: clips of n codes, "
-                             f"n * {model.config.downsample_factor} samples.")
+            raise ValueError(
+                f"For a 1-D (audio) model, give the clip length as `grid_size=(1, n)`: clips of n codes, "
+                f"n * {model.config.downsample_factor} samples."
+            )
         if "grid_size" not in kwargs:
             kwargs["grid_size"] = model.config.latent_size()
         return cls(codebook_size=model.config.codebook_size, model=model, image_processor=image_processor, **kwargs)
@@ -173,7 +176,11 @@ class VQVAEImageTokenizer:
     @property
     def special_token_ids(self) -> dict[str, int]:
         """Names and ids of the special tokens in use."""
-        names = {"boi_token_id": self.boi_token_id, "eoi_token_id": self.eoi_token_id, "pad_token_id": self.pad_token_id}
+        names = {
+            "boi_token_id": self.boi_token_id,
+            "eoi_token_id": self.eoi_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
         return {name: value for name, value in names.items() if value is not None}
 
     # ---------------------------------------------------------------- codes <-> ids (no model needed)
@@ -203,8 +210,10 @@ class VQVAEImageTokenizer:
             )
         ids = codes.long().flatten(1) + self.code_offset  # (B, h*w), row-major
         if self.add_image_delimiters:
-            ids = torch.cat([torch.full_like(ids[:, :1], self.boi_token_id), ids,
-                             torch.full_like(ids[:, :1], self.eoi_token_id)], dim=1)
+            ids = torch.cat(
+                [torch.full_like(ids[:, :1], self.boi_token_id), ids, torch.full_like(ids[:, :1], self.eoi_token_id)],
+                dim=1,
+            )
         return ids
 
     def ids_to_codes(
@@ -255,7 +264,9 @@ class VQVAEImageTokenizer:
         for index, (row, mask) in enumerate(zip(rows, masks)):
             if mask is not None:
                 if len(mask) != len(row):
-                    raise ValueError(f"Row {index}: `attention_mask` length {len(mask)} != `input_ids` length {len(row)}.")
+                    raise ValueError(
+                        f"Row {index}: `attention_mask` length {len(mask)} != `input_ids` length {len(row)}."
+                    )
                 row = [token for token, keep in zip(row, mask) if keep]
             grids.append(self._row_to_codes(row, index, on_wrong_length, fill_code))
         return torch.tensor(grids, dtype=torch.long).view(len(grids), *self.grid_size)
@@ -280,7 +291,11 @@ class VQVAEImageTokenizer:
             num_codes = next((i for i, token in enumerate(row) if not low <= token < high), len(row))
             logger.warning(
                 f"Sequence {index}: the image has {num_codes} code tokens instead of {expected}; "
-                + (f"keeping the first {expected}" if num_codes > expected else f"filling the rest with code {fill_code}")
+                + (
+                    f"keeping the first {expected}"
+                    if num_codes > expected
+                    else f"filling the rest with code {fill_code}"
+                )
                 + " (`on_wrong_length='truncate_or_pad'`)."
             )
             row = row[: min(num_codes, expected)] + [low + fill_code] * (expected - min(num_codes, expected))
@@ -313,8 +328,12 @@ class VQVAEImageTokenizer:
             ones, zeros = [1] * len(sequence), [0] * len(pad)
             input_ids.append(list(sequence) + pad if padding_side == "right" else pad + list(sequence))
             attention_mask.append(ones + zeros if padding_side == "right" else zeros + ones)
-        return BatchEncoding({"input_ids": torch.tensor(input_ids, dtype=torch.long),
-                              "attention_mask": torch.tensor(attention_mask, dtype=torch.long)})
+        return BatchEncoding(
+            {
+                "input_ids": torch.tensor(input_ids, dtype=torch.long),
+                "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
+            }
+        )
 
     # ---------------------------------------------------------------- images <-> ids (model needed)
 
@@ -350,8 +369,14 @@ class VQVAEImageTokenizer:
         # Clips of exactly `grid_size[1]` codes: shorter ones padded with silence, longer ones cut.
         parameter = next(self.model.parameters())
         length = self.grid_size[1] * self.model.config.downsample_factor
-        inputs = self.image_processor(images, sampling_rate=sampling_rate, padding="max_length", max_length=length,
-                                      truncation=True, return_tensors="pt")
+        inputs = self.image_processor(
+            images,
+            sampling_rate=sampling_rate,
+            padding="max_length",
+            max_length=length,
+            truncation=True,
+            return_tensors="pt",
+        )
         codes = self.model.get_codes(input_values=inputs["input_values"].to(parameter.device, parameter.dtype))
         return self._codes_to_encoding(codes[:, None])  # (batch, 1, n)
 
@@ -421,8 +446,9 @@ class VQVAEImageTokenizer:
         rows = _as_rows(input_ids, "input_ids")
         if len(rows) != 1:
             raise ValueError(f"`decode` takes one sequence; got {len(rows)}. Use `batch_decode` for a batch.")
-        return self.batch_decode(rows, output_type=output_type, on_wrong_length=on_wrong_length,
-                                 fill_code=fill_code)[0]
+        return self.batch_decode(rows, output_type=output_type, on_wrong_length=on_wrong_length, fill_code=fill_code)[
+            0
+        ]
 
     # ---------------------------------------------------------------- in a text model
 
@@ -487,8 +513,10 @@ class VQVAEImageTokenizer:
             text_tokenizer.add_tokens(tokens, special_tokens=True)
             ids = text_tokenizer.convert_tokens_to_ids(strings)
             if ids != list(range(code_offset, code_offset + len(strings))):
-                raise ValueError(f"The text tokenizer gave the image tokens ids {ids[:3]}... instead of "
-                                 f"{code_offset}, {code_offset + 1}, ...; it does not append added tokens in order.")
+                raise ValueError(
+                    f"The text tokenizer gave the image tokens ids {ids[:3]}... instead of "
+                    f"{code_offset}, {code_offset + 1}, ...; it does not append added tokens in order."
+                )
         image_tokenizer = type(self)(
             codebook_size=self.codebook_size,
             grid_size=self.grid_size,
@@ -564,7 +592,9 @@ class VQVAEImageTokenizer:
             `list[int]`: the allowed next ids.
         """
         if not self.add_image_delimiters:
-            raise ValueError("`prefix_allowed_tokens_fn` needs the begin/end-of-image tokens (`add_image_delimiters`).")
+            raise ValueError(
+                "`prefix_allowed_tokens_fn` needs the begin/end-of-image tokens (`add_image_delimiters`)."
+            )
         ids = input_ids.tolist()
         boi = len(ids) - 1 - ids[::-1].index(self.boi_token_id) if self.boi_token_id in ids else None
         if boi is None or self.eoi_token_id in ids[boi:]:
@@ -616,8 +646,10 @@ class VQVAEImageTokenizer:
         Remaining `kwargs` (e.g. `revision`, `cache_dir`) go to the downloads.
         """
         config_file = cached_file(
-            pretrained_model_name_or_path, IMAGE_TOKENIZER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False,
-            **kwargs
+            pretrained_model_name_or_path,
+            IMAGE_TOKENIZER_CONFIG_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            **kwargs,
         )
         settings = {}
         if config_file is not None:

@@ -136,8 +136,9 @@ def _find_column(dataset, column: str | None, feature_type: type, kind: str) -> 
     for name, feature in dataset.features.items():
         if isinstance(feature, feature_type):
             return name
-    raise ValueError(f"No column of type {feature_type.__name__} in {dataset.column_names}; name it with "
-                     f"`--{kind}_column`.")
+    raise ValueError(
+        f"No column of type {feature_type.__name__} in {dataset.column_names}; name it with `--{kind}_column`."
+    )
 
 
 def decode_audio(value) -> dict:
@@ -150,7 +151,9 @@ def decode_audio(value) -> dict:
     try:
         import soundfile
     except ImportError as error:
-        raise ImportError("Reading audio files needs soundfile: `pip install soundfile` (or hf_vqvae[audio]).") from error
+        raise ImportError(
+            "Reading audio files needs soundfile: `pip install soundfile` (or hf_vqvae[audio])."
+        ) from error
     if isinstance(value, dict) and value.get("bytes") is not None:
         source = io.BytesIO(value["bytes"])
     elif isinstance(value, dict) and value.get("path"):
@@ -162,7 +165,10 @@ def decode_audio(value) -> dict:
 
 
 def make_preprocessing(
-    dataset, processor, data_column: str | None = None, speaker_column: str | None = None,
+    dataset,
+    processor,
+    data_column: str | None = None,
+    speaker_column: str | None = None,
     label_column: str | None = None,
 ):
     """
@@ -286,8 +292,13 @@ class ReconstructionMetrics:
             return
         window = torch.hann_window(n_fft, device=target.device)
         power_db = [
-            10 * torch.log10(torch.stft(signal * mask, n_fft, hop, window=window, center=False,
-                                        return_complex=True).abs().pow(2).clamp(min=1e-10))
+            10
+            * torch.log10(
+                torch.stft(signal * mask, n_fft, hop, window=window, center=False, return_complex=True)
+                .abs()
+                .pow(2)
+                .clamp(min=1e-10)
+            )
             for signal in (target, output)
         ]  # (B, freq, frames)
         per_frame = (power_db[0] - power_db[1]).pow(2).mean(1).sqrt()  # (B, frames)
@@ -353,8 +364,13 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
             break
         if "input_values" in batch:
             output = unwrapped(return_loss=False, **batch)
-            tensors = (batch["input_values"], output.reconstruction[:, 0], batch["attention_mask"], output.codes,
-                       output.codes_mask)
+            tensors = (
+                batch["input_values"],
+                output.reconstruction[:, 0],
+                batch["attention_mask"],
+                output.codes,
+                output.codes_mask,
+            )
             if accelerator is not None:
                 # Shards pad their batches to different lengths.
                 tensors = accelerator.gather_for_metrics(
@@ -381,7 +397,9 @@ def make_image_grid(rows: list[list[Image.Image]], padding: int = 2) -> Image.Im
         raise ValueError("`rows` must hold at least one image.")
     width, height = rows[0][0].size
     num_cols = max(len(row) for row in rows)
-    grid = Image.new("RGB", (num_cols * (width + padding) + padding, len(rows) * (height + padding) + padding), "white")
+    grid = Image.new(
+        "RGB", (num_cols * (width + padding) + padding, len(rows) * (height + padding) + padding), "white"
+    )
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             grid.paste(image.convert("RGB"), (padding + c * (width + padding), padding + r * (height + padding)))
@@ -526,9 +544,14 @@ def push_folder(
 
     try:
         created = create_repo(repo_id, repo_type=repo_type, exist_ok=True, private=private, token=token).repo_id
-        commit = upload_folder(repo_id=created, repo_type=repo_type, folder_path=str(folder), token=token,
-                               ignore_patterns=HUB_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns,
-                               commit_message=commit_message)
+        commit = upload_folder(
+            repo_id=created,
+            repo_type=repo_type,
+            folder_path=str(folder),
+            token=token,
+            ignore_patterns=HUB_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns,
+            commit_message=commit_message,
+        )
     except Exception as error:  # any failure: network, auth, server
         kind, flag = ("dataset repository", " --repo-type dataset") if repo_type == "dataset" else ("repository", "")
         raise RuntimeError(
@@ -576,8 +599,9 @@ def load_training_dataset(args, accelerator):
         if args.validation_data_files:
             data_files[args.validation_split] = args.validation_data_files
     with accelerator.main_process_first():
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files,
-                                     args.cache_dir)
+        dataset = load_image_dataset(
+            args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files, args.cache_dir
+        )
     if args.train_split not in dataset:
         raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
     return dataset
@@ -590,7 +614,9 @@ def set_max_train_steps(args, accelerator, train_dataloader):
     """
     batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
     if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * math.ceil(batches_per_process / args.gradient_accumulation_steps)
+        args.max_train_steps = args.num_train_epochs * math.ceil(
+            batches_per_process / args.gradient_accumulation_steps
+        )
 
 
 def prepare_training(args, accelerator, model, optimizer, train_dataloader, validation_dataloader=None):
@@ -602,7 +628,8 @@ def prepare_training(args, accelerator, model, optimizer, train_dataloader, vali
     from transformers import get_scheduler
 
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
+        args.lr_scheduler,
+        optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
@@ -617,8 +644,9 @@ def prepare_training(args, accelerator, model, optimizer, train_dataloader, vali
 def init_trackers(args, accelerator):
     """Start the `--report_to` trackers on the main process, with the run's plain arguments (never the Hub token)."""
     if accelerator.is_main_process and args.report_to != "none":
-        tracker_config = {k: v for k, v in vars(args).items()
-                          if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
+        tracker_config = {
+            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
+        }
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
 
@@ -669,16 +697,22 @@ class TrainingRun:
     def summary(self, args, accelerator, model) -> str:
         """The run's epochs, steps, batch size, processes and parameter count, for the line printed at its start."""
         total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-        return (f"{self.num_epochs} epochs, {self.max_train_steps} steps of {total_batch} images on "
-                f"{accelerator.num_processes} process(es); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-                "parameters")
+        return (
+            f"{self.num_epochs} epochs, {self.max_train_steps} steps of {total_batch} images on "
+            f"{accelerator.num_processes} process(es); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+            "parameters"
+        )
 
     def progress_bar(self, accelerator):
         """A tqdm bar of the optimizer steps, on the local main process, starting at `global_step`."""
         from tqdm.auto import tqdm
 
-        return tqdm(range(self.max_train_steps), initial=self.global_step, desc="Steps",
-                    disable=not accelerator.is_local_main_process)
+        return tqdm(
+            range(self.max_train_steps),
+            initial=self.global_step,
+            desc="Steps",
+            disable=not accelerator.is_local_main_process,
+        )
 
 
 def resume_training(args, accelerator, train_dataloader) -> TrainingRun:
@@ -689,9 +723,12 @@ def resume_training(args, accelerator, train_dataloader) -> TrainingRun:
     """
     # From the sharded loader: with several processes, an epoch has fewer steps than the unsharded loader has batches.
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    run = TrainingRun(max_train_steps=args.max_train_steps, steps_per_epoch=steps_per_epoch,
-                      num_epochs=math.ceil(args.max_train_steps / steps_per_epoch),
-                      gradient_accumulation_steps=args.gradient_accumulation_steps)
+    run = TrainingRun(
+        max_train_steps=args.max_train_steps,
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=math.ceil(args.max_train_steps / steps_per_epoch),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    )
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if args.resume_from_checkpoint is not None and checkpoint is None:
         accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
@@ -772,7 +809,9 @@ def update_model_card(model_dir: str | os.PathLike, title: str, command: str, bo
     """
     card_file = Path(model_dir) / "README.md"
     if not card_file.exists():
-        raise ValueError(f"`--model_card_section` needs a local model folder with a README.md; {card_file} is missing.")
+        raise ValueError(
+            f"`--model_card_section` needs a local model folder with a README.md; {card_file} is missing."
+        )
     begin, end = f"<!-- evaluation: {title} -->", f"<!-- end evaluation: {title} -->"
     section = f"{begin}\n### {title}\n\n`{command}`\n\n{body}\n{end}"
     card = card_file.read_text()

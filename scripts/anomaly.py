@@ -71,79 +71,147 @@ NEVER = str(10**9)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # Models
-    parser.add_argument("--fit", action="store_true",
-                        help="Train a VQ-VAE (and a prior) on the normal training images, with scripts/train_vqvae.py "
-                             "and scripts/train_prior.py run in this process.")
-    parser.add_argument("--model", default=None,
-                        help="A trained VQ-VAE (folder or Hub id) to score with instead of `--fit`; `{class}` stands "
-                             "for the normal class id under `--one_class_protocol`.")
-    parser.add_argument("--prior", default=None,
-                        help="A prior trained on the codes of `--model` (folder or Hub id; `{class}` as for "
-                             "`--model`).")
-    parser.add_argument("--prior_class_label", type=int, default=None,
-                        help="The class a class-conditional `--prior` is conditioned on.")
-    parser.add_argument("--baselines_only", action="store_true",
-                        help="Run only the pixel-space baselines (no VQ-VAE).")
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="Train a VQ-VAE (and a prior) on the normal training images, with scripts/train_vqvae.py "
+        "and scripts/train_prior.py run in this process.",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="A trained VQ-VAE (folder or Hub id) to score with instead of `--fit`; `{class}` stands "
+        "for the normal class id under `--one_class_protocol`.",
+    )
+    parser.add_argument(
+        "--prior",
+        default=None,
+        help="A prior trained on the codes of `--model` (folder or Hub id; `{class}` as for `--model`).",
+    )
+    parser.add_argument(
+        "--prior_class_label",
+        type=int,
+        default=None,
+        help="The class a class-conditional `--prior` is conditioned on.",
+    )
+    parser.add_argument(
+        "--baselines_only", action="store_true", help="Run only the pixel-space baselines (no VQ-VAE)."
+    )
     # Training (--fit)
     parser.add_argument("--vqvae_steps", type=int, default=600, help="VQ-VAE optimizer steps per run (`--fit`).")
-    parser.add_argument("--prior_steps", type=int, default=400,
-                        help="Prior optimizer steps per run (`--fit`); 0 trains no prior.")
-    parser.add_argument("--train_batch_size", type=int, default=128,
-                        help="Training batch size of both models (capped at the number of normal images).")
-    parser.add_argument("--vqvae_config_overrides", default=None,
-                        help="`--config_overrides` of train_vqvae.py (on its cifar10 preset), e.g. "
-                             "'hidden_channels=64,res_hidden_channels=32,codebook_size=128,codebook_dim=32'. "
-                             "`num_channels` and `image_size` default to the data's.")
-    parser.add_argument("--prior_config_overrides", default=None,
-                        help="`--config_overrides` of train_prior.py, e.g. "
-                             "'hidden_size=128,num_hidden_layers=4,num_attention_heads=4,intermediate_size=512'.")
-    parser.add_argument("--vqvae_learning_rate", type=float, default=None,
-                        help="Learning rate of the VQ-VAE (default: train_vqvae.py's).")
-    parser.add_argument("--prior_learning_rate", type=float, default=None,
-                        help="Learning rate of the prior (default: train_prior.py's).")
-    parser.add_argument("--prior_lr_warmup_steps", type=int, default=None,
-                        help="Warm-up steps of the prior (default: a tenth of `--prior_steps`).")
-    parser.add_argument("--vqvae_extra_args", default="",
-                        help="More arguments for train_vqvae.py, as one string, e.g. '--lr_scheduler cosine' (write "
-                             "`--vqvae_extra_args=--flag` for a single flag).")
+    parser.add_argument(
+        "--prior_steps", type=int, default=400, help="Prior optimizer steps per run (`--fit`); 0 trains no prior."
+    )
+    parser.add_argument(
+        "--train_batch_size",
+        type=int,
+        default=128,
+        help="Training batch size of both models (capped at the number of normal images).",
+    )
+    parser.add_argument(
+        "--vqvae_config_overrides",
+        default=None,
+        help="`--config_overrides` of train_vqvae.py (on its cifar10 preset), e.g. "
+        "'hidden_channels=64,res_hidden_channels=32,codebook_size=128,codebook_dim=32'. "
+        "`num_channels` and `image_size` default to the data's.",
+    )
+    parser.add_argument(
+        "--prior_config_overrides",
+        default=None,
+        help="`--config_overrides` of train_prior.py, e.g. "
+        "'hidden_size=128,num_hidden_layers=4,num_attention_heads=4,intermediate_size=512'.",
+    )
+    parser.add_argument(
+        "--vqvae_learning_rate",
+        type=float,
+        default=None,
+        help="Learning rate of the VQ-VAE (default: train_vqvae.py's).",
+    )
+    parser.add_argument(
+        "--prior_learning_rate",
+        type=float,
+        default=None,
+        help="Learning rate of the prior (default: train_prior.py's).",
+    )
+    parser.add_argument(
+        "--prior_lr_warmup_steps",
+        type=int,
+        default=None,
+        help="Warm-up steps of the prior (default: a tenth of `--prior_steps`).",
+    )
+    parser.add_argument(
+        "--vqvae_extra_args",
+        default="",
+        help="More arguments for train_vqvae.py, as one string, e.g. '--lr_scheduler cosine' (write "
+        "`--vqvae_extra_args=--flag` for a single flag).",
+    )
     parser.add_argument("--prior_extra_args", default="", help="More arguments for train_prior.py, as one string.")
-    parser.add_argument("--statistics_holdout_fraction", type=float, default=0.1,
-                        help="With `--fit`: the fraction of normal training images kept out of model training and "
-                             "used to measure the score statistics of `combined_score` (at least 2 images).")
-    parser.add_argument("--overwrite_models", action="store_true",
-                        help="Retrain the models of a run even when `<output_dir>/<run>/` already holds them.")
+    parser.add_argument(
+        "--statistics_holdout_fraction",
+        type=float,
+        default=0.1,
+        help="With `--fit`: the fraction of normal training images kept out of model training and "
+        "used to measure the score statistics of `combined_score` (at least 2 images).",
+    )
+    parser.add_argument(
+        "--overwrite_models",
+        action="store_true",
+        help="Retrain the models of a run even when `<output_dir>/<run>/` already holds them.",
+    )
     # Data
-    parser.add_argument("--dataset_name", default=None,
-                        help="A Hub dataset, or the builder of `--*_data_files` (default parquet).")
+    parser.add_argument(
+        "--dataset_name", default=None, help="A Hub dataset, or the builder of `--*_data_files` (default parquet)."
+    )
     parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
-    parser.add_argument("--train_data_files", nargs="+", default=None,
-                        help="Files or globs of the training split (the normal images come from it).")
+    parser.add_argument(
+        "--train_data_files",
+        nargs="+",
+        default=None,
+        help="Files or globs of the training split (the normal images come from it).",
+    )
     parser.add_argument("--test_data_files", nargs="+", default=None, help="Files or globs of the test split.")
     parser.add_argument("--train_split", default="train", help="Split of the normal images.")
     parser.add_argument("--test_split", default="test", help="Split to score.")
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument("--label_column", default=None,
-                        help="Class column; test images outside `--normal_classes` are the anomalies.")
-    parser.add_argument("--normal_classes", default=None,
-                        help="Comma-separated normal classes (ids or names). Without `--one_class_protocol`, all of "
-                             "them are normal at once; with it, one run per class (default: every class).")
-    parser.add_argument("--one_class_protocol", action="store_true",
-                        help="One run per normal class: fit on that class, score the whole test split.")
+    parser.add_argument(
+        "--label_column", default=None, help="Class column; test images outside `--normal_classes` are the anomalies."
+    )
+    parser.add_argument(
+        "--normal_classes",
+        default=None,
+        help="Comma-separated normal classes (ids or names). Without `--one_class_protocol`, all of "
+        "them are normal at once; with it, one run per class (default: every class).",
+    )
+    parser.add_argument(
+        "--one_class_protocol",
+        action="store_true",
+        help="One run per normal class: fit on that class, score the whole test split.",
+    )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Use at most N normal training images.")
     parser.add_argument("--max_test_samples", type=int, default=None, help="Score only the first N test images.")
-    parser.add_argument("--max_fit_samples", type=int, default=2000,
-                        help="At most N normal images measure the score statistics of `combined_score` (held-out "
-                             "ones with `--fit`, else the first normal training images).")
+    parser.add_argument(
+        "--max_fit_samples",
+        type=int,
+        default=2000,
+        help="At most N normal images measure the score statistics of `combined_score` (held-out "
+        "ones with `--fit`, else the first normal training images).",
+    )
     parser.add_argument("--cache_dir", default=None, help="Where `datasets` caches the data.")
     # Baselines
-    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
-                        help="Pixel-space baselines to run with the same protocol (none: `--baselines` alone).")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=BASELINES,
+        default=list(BASELINES),
+        help="Pixel-space baselines to run with the same protocol (none: `--baselines` alone).",
+    )
     parser.add_argument("--pca_components", type=int, default=32, help="Principal components of the PCA baseline.")
     # Scoring and report
     parser.add_argument("--output_dir", default="outputs/anomaly", help="Where the report (and fitted models) go.")
     parser.add_argument("--eval_batch_size", type=int, default=256, help="Images scored at once.")
-    parser.add_argument("--num_grid_images", type=int, default=8,
-                        help="Most and least anomalous test images shown per run.")
+    parser.add_argument(
+        "--num_grid_images", type=int, default=8, help="Most and least anomalous test images shown per run."
+    )
     parser.add_argument("--histogram_bins", type=int, default=40, help="Bins of the score histograms.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of training and of the statistics hold-out split.")
     args = parser.parse_args(argv)
@@ -152,11 +220,14 @@ def parse_args(argv=None):
 
     modes = [args.fit, args.model is not None, args.baselines_only]
     if sum(modes) != 1:
-        raise ValueError("Give exactly one of `--fit` (train models on the normal images), `--model` (score with "
-                         "trained models) and `--baselines_only`.")
+        raise ValueError(
+            "Give exactly one of `--fit` (train models on the normal images), `--model` (score with "
+            "trained models) and `--baselines_only`."
+        )
     if args.prior is not None and args.model is None:
-        raise ValueError("`--prior` goes with `--model` (with `--fit` the prior is trained; `--prior_steps 0` skips "
-                         "it).")
+        raise ValueError(
+            "`--prior` goes with `--model` (with `--fit` the prior is trained; `--prior_steps 0` skips it)."
+        )
     if args.prior_class_label is not None and args.prior is None:
         raise ValueError("`--prior_class_label` conditions a class-conditional `--prior`; give `--prior`.")
     if args.dataset_name is None and (args.train_data_files is None and args.test_data_files is None):
@@ -165,14 +236,21 @@ def parse_args(argv=None):
         raise ValueError("Give the test split to score with `--test_data_files`.")
     needs_normal = args.fit or args.baselines_only or args.one_class_protocol
     if needs_normal and args.dataset_name is None and args.train_data_files is None:
-        raise ValueError("`--fit`, `--baselines_only` and `--one_class_protocol` need the normal images: give "
-                         "`--train_data_files`.")
+        raise ValueError(
+            "`--fit`, `--baselines_only` and `--one_class_protocol` need the normal images: give `--train_data_files`."
+        )
     if (args.one_class_protocol or args.normal_classes is not None) and args.label_column is None:
         raise ValueError("`--one_class_protocol` and `--normal_classes` need the class column: give `--label_column`.")
     if args.baselines_only and not args.baselines:
         raise ValueError("`--baselines_only` with no `--baselines` has nothing to run.")
-    for name in ("train_batch_size", "eval_batch_size", "vqvae_steps", "pca_components", "num_grid_images",
-                 "histogram_bins"):
+    for name in (
+        "train_batch_size",
+        "eval_batch_size",
+        "vqvae_steps",
+        "pca_components",
+        "num_grid_images",
+        "histogram_bins",
+    ):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
     if args.prior_steps < 0:
@@ -203,8 +281,9 @@ def load_splits(args):
         data_files = {args.test_split: args.test_data_files}
         if args.train_data_files is not None:
             data_files[args.train_split] = args.train_data_files
-    dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, data_files=data_files,
-                                 cache_dir=args.cache_dir)
+    dataset = load_image_dataset(
+        args.dataset_name, args.dataset_config_name, data_files=data_files, cache_dir=args.cache_dir
+    )
     if args.test_split not in dataset:
         raise ValueError(f"No split {args.test_split!r} in the dataset (splits: {list(dataset)}).")
     test = dataset[args.test_split]
@@ -282,8 +361,10 @@ def overrides_with_data_shape(overrides: str | None, image: Image.Image) -> str:
         items.append(f"num_channels={1 if image.mode in ('L', '1', 'I;16') else 3}")
     if not re.search(r"(^|,)\s*image_size\s*=", overrides or ""):
         if image.width != image.height:
-            raise ValueError(f"The images are {image.width}x{image.height}; set a square `image_size` in "
-                             "`--vqvae_config_overrides` (they are resized to it).")
+            raise ValueError(
+                f"The images are {image.width}x{image.height}; set a square `image_size` in "
+                "`--vqvae_config_overrides` (they are resized to it)."
+            )
         items.append(f"image_size={image.width}")
     return ",".join(items)
 
@@ -303,11 +384,32 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
         normal_train.to_parquet(str(data_file))
         train_vqvae = load_training_script("train_vqvae")
         overrides = overrides_with_data_shape(args.vqvae_config_overrides, normal_train[0][image_column])
-        argv = ["--train_data_files", str(data_file), "--image_column", image_column, "--output_dir", str(vqvae_dir),
-                "--config_overrides", overrides, "--max_train_steps", str(args.vqvae_steps),
-                "--train_batch_size", str(batch_size), "--seed", str(args.seed), "--report_to", "none",
-                "--mixed_precision", "no", "--checkpointing_steps", NEVER, "--validation_steps", NEVER,
-                "--logging_steps", "50"]
+        argv = [
+            "--train_data_files",
+            str(data_file),
+            "--image_column",
+            image_column,
+            "--output_dir",
+            str(vqvae_dir),
+            "--config_overrides",
+            overrides,
+            "--max_train_steps",
+            str(args.vqvae_steps),
+            "--train_batch_size",
+            str(batch_size),
+            "--seed",
+            str(args.seed),
+            "--report_to",
+            "none",
+            "--mixed_precision",
+            "no",
+            "--checkpointing_steps",
+            NEVER,
+            "--validation_steps",
+            NEVER,
+            "--logging_steps",
+            "50",
+        ]
         if args.vqvae_learning_rate is not None:
             argv += ["--learning_rate", str(args.vqvae_learning_rate)]
         if args.cache_dir is not None:
@@ -324,13 +426,38 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
             normal_train.to_parquet(str(data_file))
         train_prior = load_training_script("train_prior")
         warmup = args.prior_lr_warmup_steps if args.prior_lr_warmup_steps is not None else args.prior_steps // 10
-        argv = ["--vqvae_model_name_or_path", str(vqvae_dir), "--train_data_files", str(data_file),
-                "--image_column", image_column, "--output_dir", str(prior_dir),
-                "--max_train_steps", str(args.prior_steps), "--train_batch_size", str(batch_size),
-                "--lr_warmup_steps", str(warmup), "--seed", str(args.seed), "--report_to", "none",
-                "--mixed_precision", "no", "--checkpointing_steps", NEVER, "--validation_steps", NEVER,
-                "--logging_steps", "50", "--num_validation_samples", "4",
-                "--encode_batch_size", str(args.eval_batch_size)]
+        argv = [
+            "--vqvae_model_name_or_path",
+            str(vqvae_dir),
+            "--train_data_files",
+            str(data_file),
+            "--image_column",
+            image_column,
+            "--output_dir",
+            str(prior_dir),
+            "--max_train_steps",
+            str(args.prior_steps),
+            "--train_batch_size",
+            str(batch_size),
+            "--lr_warmup_steps",
+            str(warmup),
+            "--seed",
+            str(args.seed),
+            "--report_to",
+            "none",
+            "--mixed_precision",
+            "no",
+            "--checkpointing_steps",
+            NEVER,
+            "--validation_steps",
+            NEVER,
+            "--logging_steps",
+            "50",
+            "--num_validation_samples",
+            "4",
+            "--encode_batch_size",
+            str(args.eval_batch_size),
+        ]
         if args.prior_config_overrides:
             argv += ["--config_overrides", args.prior_config_overrides]
         if args.prior_learning_rate is not None:
@@ -355,8 +482,14 @@ def load_models(vqvae_path: str, prior_path: str | None):
 # ---------------------------------------------------------------------------------------------------------- figures
 
 
-def draw_histograms(scores: dict[str, np.ndarray], is_anomaly: np.ndarray | None, metrics: dict, bins: int,
-                    width: int = 520, panel_height: int = 130) -> Image.Image:
+def draw_histograms(
+    scores: dict[str, np.ndarray],
+    is_anomaly: np.ndarray | None,
+    metrics: dict,
+    bins: int,
+    width: int = 520,
+    panel_height: int = 130,
+) -> Image.Image:
     """One panel per score: the share of normal (blue) and anomalous (red) test images per bin, side by side."""
     margin, top = 10, 30
     image = Image.new("RGB", (width, len(scores) * (panel_height + top + 16)), "white")
@@ -372,8 +505,9 @@ def draw_histograms(scores: dict[str, np.ndarray], is_anomaly: np.ndarray | None
         if not high > low:
             low, high = low - 0.5, high + 0.5
         edges = np.linspace(low, high, bins + 1)
-        shares = [np.histogram(np.clip(values[mask], low, high), edges)[0] / max(1, int(mask.sum()))
-                  for _, _, mask in groups]
+        shares = [
+            np.histogram(np.clip(values[mask], low, high), edges)[0] / max(1, int(mask.sum())) for _, _, mask in groups
+        ]
         peak = max(float(share.max()) for share in shares) or 1.0
         title = name
         if name in metrics:
@@ -401,17 +535,29 @@ def heatmap_grids(scorer, pixel_values: torch.Tensor, order: np.ndarray, count: 
     outputs = {key: scorer.score(pixel_values[torch.as_tensor(idx)], return_maps=True) for key, idx in chosen.items()}
     map_names = [n for n in ("reconstruction_error_map", "prior_nll_map") if outputs["most-anomalous"][n] is not None]
     # One colour scale per map for both grids, so that they compare.
-    vmax = {n: float(torch.quantile(torch.cat([o[n].flatten() for o in outputs.values()]).float().cpu(), 0.99))
-            for n in map_names}
+    vmax = {
+        n: float(torch.quantile(torch.cat([o[n].flatten() for o in outputs.values()]).float().cpu(), 0.99))
+        for n in map_names
+    }
     scale = max(1, 64 // pixel_values.shape[-1])
     grids = {}
     for key, idx in chosen.items():
         images = image_processor.postprocess(pixel_values[torch.as_tensor(idx)].float(), output_type="pil")
-        rows = [[image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
-                 for image in images]]
+        rows = [
+            [
+                image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+                for image in images
+            ]
+        ]
         for name in map_names:
-            rows.append([render_anomaly_heatmap(pixel_values[i], outputs[key][name][j], vmin=0, vmax=vmax[name],
-                                                scale=scale) for j, i in enumerate(idx)])
+            rows.append(
+                [
+                    render_anomaly_heatmap(
+                        pixel_values[i], outputs[key][name][j], vmin=0, vmax=vmax[name], scale=scale
+                    )
+                    for j, i in enumerate(idx)
+                ]
+            )
         grids[key] = make_image_grid(rows)
     return grids
 
@@ -440,9 +586,14 @@ def mean_metrics(runs: dict) -> dict:
     for run in runs.values():
         for name, values in run.get("metrics", {}).items():
             columns.setdefault(name, []).append(values)
-    return {name: {"auroc": float(np.mean([v["auroc"] for v in values])),
-                   "auprc": float(np.mean([v["auprc"] for v in values])), "num_runs": len(values)}
-            for name, values in columns.items()}
+    return {
+        name: {
+            "auroc": float(np.mean([v["auroc"] for v in values])),
+            "auprc": float(np.mean([v["auprc"] for v in values])),
+            "num_runs": len(values),
+        }
+        for name, values in columns.items()
+    }
 
 
 def format_report(results: dict, args) -> str:
@@ -451,11 +602,17 @@ def format_report(results: dict, args) -> str:
     titles = [COLUMN_TITLES[c].format(k=args.pca_components) for c in columns]
     lines = ["# Anomaly detection report", "", "Produced by:", "", "```bash", results["command"], "```", ""]
     if results["protocol"] == "one-class":
-        lines += ["One-class protocol: each run trains on one class of the training split (normal) and scores the "
-                  "whole test split; the other classes are the anomalies. Higher scores mean more anomalous.", ""]
-    lines += [f"Models: {results['models']}. Test images: {results['num_test']}. `combined` is the sum of the "
-              "reconstruction error and the prior NLL, each standardised by its mean and standard deviation on normal "
-              "training images (held out of model training with `--fit`).", ""]
+        lines += [
+            "One-class protocol: each run trains on one class of the training split (normal) and scores the "
+            "whole test split; the other classes are the anomalies. Higher scores mean more anomalous.",
+            "",
+        ]
+    lines += [
+        f"Models: {results['models']}. Test images: {results['num_test']}. `combined` is the sum of the "
+        "reconstruction error and the prior NLL, each standardised by its mean and standard deviation on normal "
+        "training images (held out of model training with `--fit`).",
+        "",
+    ]
     for metric in ("auroc", "auprc"):
         lines += [f"## {metric.upper()} (%)", ""]
         if not columns:
@@ -470,13 +627,20 @@ def format_report(results: dict, args) -> str:
             cells = [f"**{100 * mean[c][metric]:.1f}**" if c in mean else "-" for c in columns]
             lines.append("| **mean** | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Scores and most/least anomalous test images", "",
-              "Histograms: share of normal (blue) and anomalous (red) test images per score bin. Grids: test images, "
-              "then their reconstruction-error map and (with a prior) prior-NLL map, one colour scale per map "
-              "(red to yellow = high).", ""]
+    lines += [
+        "## Scores and most/least anomalous test images",
+        "",
+        "Histograms: share of normal (blue) and anomalous (red) test images per score bin. Grids: test images, "
+        "then their reconstruction-error map and (with a prior) prior-NLL map, one colour scale per map "
+        "(red to yellow = high).",
+        "",
+    ]
     for run in runs.values():
-        links = [f"[{kind.replace('-', ' ')}]({run['figures'][kind]})"
-                 for kind in ("histograms", "most-anomalous", "least-anomalous") if kind in run["figures"]]
+        links = [
+            f"[{kind.replace('-', ' ')}]({run['figures'][kind]})"
+            for kind in ("histograms", "most-anomalous", "least-anomalous")
+            if kind in run["figures"]
+        ]
         lines.append(f"- {run['normal_label']} (ranked by `{run['ranked_by']}`): " + ", ".join(links))
     return "\n".join(lines) + "\n"
 
@@ -543,8 +707,10 @@ def main(args):
             permutation = np.random.default_rng(args.seed).permutation(len(normal_train))
             num_holdout = max(2, round(args.statistics_holdout_fraction * len(normal_train)))
             if len(normal_train) - num_holdout < 2:
-                raise ValueError(f"Run {run_name} has too few normal images ({len(normal_train)}) to train on and to "
-                                 "hold out for the statistics.")
+                raise ValueError(
+                    f"Run {run_name} has too few normal images ({len(normal_train)}) to train on and to "
+                    "hold out for the statistics."
+                )
             statistics_images = normal_train.select(np.sort(permutation[:num_holdout]))
             model_train = normal_train.select(np.sort(permutation[num_holdout:]))
             run["num_model_train"] = len(model_train)
@@ -553,15 +719,17 @@ def main(args):
         elif args.model is not None:
             class_id = str(normal_ids[0]) if normal_ids else ""
             if args.one_class_protocol and "{class}" not in args.model:
-                logger.warning(f"`--model` has no `{{class}}`: run {run_name} scores with the same VQ-VAE as the "
-                               "other runs.")
+                logger.warning(
+                    f"`--model` has no `{{class}}`: run {run_name} scores with the same VQ-VAE as the other runs."
+                )
             vqvae_path = args.model.replace("{class}", class_id)
             prior_path = args.prior.replace("{class}", class_id) if args.prior else None
         if not args.baselines_only:
             vqvae, prior, image_processor = load_models(str(vqvae_path), str(prior_path) if prior_path else None)
             run["models"] = {"vqvae": str(vqvae_path), "prior": str(prior_path) if prior_path else None}
-            scorer = VQVAEAnomalyScorer(vqvae, prior, class_label=args.prior_class_label,
-                                        batch_size=args.eval_batch_size)
+            scorer = VQVAEAnomalyScorer(
+                vqvae, prior, class_label=args.prior_class_label, batch_size=args.eval_batch_size
+            )
         else:
             image_processor = processor_for_data(test, image_column)
 
@@ -576,8 +744,15 @@ def main(args):
             if statistics_images is not None:
                 statistics_images = statistics_images.select(range(min(args.max_fit_samples, len(statistics_images))))
                 try:
-                    scorer.fit(preprocess(statistics_images, image_column, image_processor, args.eval_batch_size,
-                                          "Normal images (statistics)"))
+                    scorer.fit(
+                        preprocess(
+                            statistics_images,
+                            image_column,
+                            image_processor,
+                            args.eval_batch_size,
+                            "Normal images (statistics)",
+                        )
+                    )
                     run["statistics"] = scorer.statistics
                 except ValueError as error:  # e.g. a barely trained model gives every normal image the same score
                     logger.warning(f"Run {run_name}: no `combined_score`: {error}")
@@ -590,8 +765,9 @@ def main(args):
 
         if args.baselines and normal_train is not None:
             start = time.time()
-            normal_pixels = preprocess(normal_train, image_column, image_processor, args.eval_batch_size,
-                                       "Normal images (baselines)")
+            normal_pixels = preprocess(
+                normal_train, image_column, image_processor, args.eval_batch_size, "Normal images (baselines)"
+            )
             for name in args.baselines:
                 baseline = PCABaseline(args.pca_components) if name == "pca" else NearestNeighborBaseline()
                 scores[name] = baseline.fit(normal_pixels).score(pixel_values).numpy()

@@ -89,8 +89,14 @@ FULL = Sizes(
     train_batch_size=128,
     encode_batch_size=256,
     # ~3.4M parameters: 4 blocks of width 256 over 8x8 grids of K=512 codes.
-    prior_overrides={"codebook_size": 512, "grid_size": (8, 8), "hidden_size": 256, "num_hidden_layers": 4,
-                     "num_attention_heads": 8, "intermediate_size": 1024},
+    prior_overrides={
+        "codebook_size": 512,
+        "grid_size": (8, 8),
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "intermediate_size": 1024,
+    },
     sample_batch_sizes=(1, 32),
     tokenize_batch_size=256,
     tokenize_max_samples=None,
@@ -100,14 +106,25 @@ QUICK = Sizes(
     num_vectors=1024,
     codebook_size=128,
     codebook_dim=16,
-    model_overrides={"hidden_channels": 16, "res_hidden_channels": 16, "codebook_size": 32, "codebook_dim": 8,
-                     "num_res_blocks": 1},
+    model_overrides={
+        "hidden_channels": 16,
+        "res_hidden_channels": 16,
+        "codebook_size": 32,
+        "codebook_dim": 8,
+        "num_res_blocks": 1,
+    },
     diffusers_channels=(16, 16, 16),
     diffusers_norm_groups=8,
     train_batch_size=4,
     encode_batch_size=8,
-    prior_overrides={"codebook_size": 16, "grid_size": (2, 3), "hidden_size": 32, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "intermediate_size": 64},
+    prior_overrides={
+        "codebook_size": 16,
+        "grid_size": (2, 3),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
     sample_batch_sizes=(2,),
     tokenize_batch_size=16,
     tokenize_max_samples=32,
@@ -117,31 +134,55 @@ QUICK = Sizes(
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"Comma-separated sections to run, from {', '.join(SECTIONS)} (default: all).")
-    parser.add_argument("--quick", action="store_true",
-                        help="Smoke run: tiny sizes, 1 warm-up call and few repeats. Checks that the script works; "
-                             "its numbers are not benchmarks and BENCHMARKS.md says so.")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="Timed samples per measurement (default 10; 3 with --quick). The tokenize section "
-                             "passes over a whole split per sample and takes at most 3.")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="Untimed calls before timing (default 3; 1 with --quick).")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"Comma-separated sections to run, from {', '.join(SECTIONS)} (default: all).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Smoke run: tiny sizes, 1 warm-up call and few repeats. Checks that the script works; "
+        "its numbers are not benchmarks and BENCHMARKS.md says so.",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="Timed samples per measurement (default 10; 3 with --quick). The tokenize section "
+        "passes over a whole split per sample and takes at most 3.",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="Untimed calls before timing (default 3; 1 with --quick)."
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the whole run.")
-    parser.add_argument("--output", default=None,
-                        help="Markdown report to write (default: BENCHMARKS.md at the repository root; with --quick, "
-                             "BENCHMARKS.quick.md in the temporary folder, so that a smoke run never replaces real "
-                             "results).")
-    parser.add_argument("--cifar10_dir", default=str(DEFAULT_CIFAR10_DIR),
-                        help="Folder with the CIFAR-10 parquet files `train-*.parquet` and `test-*.parquet` "
-                             "(image column `img`); default ../shared/data/cifar10 next to the repository.")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL),
-                        help="VQ-VAE folder for the tokenize section (default models/vqvae-cifar10), or `random` for "
-                             "a randomly initialised `VQVAEConfig.cifar10()` (throughput only). With --quick, a "
-                             "missing folder falls back to `random`.")
-    parser.add_argument("--busy_threshold", type=float, default=0.10,
-                        help="Warn that the machine was busy when other processes used more than this share of one "
-                             "core on average during the run.")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="Markdown report to write (default: BENCHMARKS.md at the repository root; with --quick, "
+        "BENCHMARKS.quick.md in the temporary folder, so that a smoke run never replaces real "
+        "results).",
+    )
+    parser.add_argument(
+        "--cifar10_dir",
+        default=str(DEFAULT_CIFAR10_DIR),
+        help="Folder with the CIFAR-10 parquet files `train-*.parquet` and `test-*.parquet` "
+        "(image column `img`); default ../shared/data/cifar10 next to the repository.",
+    )
+    parser.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="VQ-VAE folder for the tokenize section (default models/vqvae-cifar10), or `random` for "
+        "a randomly initialised `VQVAEConfig.cifar10()` (throughput only). With --quick, a "
+        "missing folder falls back to `random`.",
+    )
+    parser.add_argument(
+        "--busy_threshold",
+        type=float,
+        default=0.10,
+        help="Warn that the machine was busy when other processes used more than this share of one "
+        "core on average during the run.",
+    )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -156,8 +197,9 @@ def parse_args(argv=None):
         args.warmup = (QUICK if args.quick else FULL).warmup
     args.min_sample_seconds = 0.0 if args.quick else MIN_SAMPLE_SECONDS
     if args.output is None:
-        args.output = str(Path(tempfile.gettempdir()) / "BENCHMARKS.quick.md" if args.quick
-                          else REPO_ROOT / "BENCHMARKS.md")
+        args.output = str(
+            Path(tempfile.gettempdir()) / "BENCHMARKS.quick.md" if args.quick else REPO_ROOT / "BENCHMARKS.md"
+        )
     for name in ("repeats", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
@@ -187,8 +229,9 @@ class Timing:
         return q3 - q1
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                     min_sample_seconds: float) -> dict[str, Timing]:
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], warmup: int, repeats: int, min_sample_seconds: float
+) -> dict[str, Timing]:
     """
     Warm up each call, then take `repeats` samples of each, round-robin (a, b, c, a, b, c, ...): a slow spell of the
     machine then lands on every alternative instead of on whichever ran during it. A sample repeats a short call
@@ -269,9 +312,11 @@ class CpuUsage:
     def describe(self, threshold: float) -> str:
         if self.other_cores is None:
             return "other processes' CPU time: unknown (no /proc/stat)"
-        text = (f"other processes used {self.other_seconds:.1f} CPU-s in {self.wall_seconds:.1f} s wall = "
-                f"**{100 * self.other_cores:.0f}% of one core** on average (this benchmark: "
-                f"{self.own_seconds:.1f} CPU-s)")
+        text = (
+            f"other processes used {self.other_seconds:.1f} CPU-s in {self.wall_seconds:.1f} s wall = "
+            f"**{100 * self.other_cores:.0f}% of one core** on average (this benchmark: "
+            f"{self.own_seconds:.1f} CPU-s)"
+        )
         if self.steal_seconds and self.steal_seconds >= 0.05:
             text += f"; hypervisor steal {self.steal_seconds:.1f} s"
         verdict = "MACHINE WAS BUSY" if self.is_busy(threshold) else "quiet"
@@ -353,8 +398,14 @@ def cpu_model() -> str:
 def cpu_flags(*names: str) -> dict[str, bool]:
     """Whether the CPU reports each flag of `names` (e.g. `amx_bf16`) in /proc/cpuinfo (False when unreadable)."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
+        flags = next(
+            (
+                line.split(":", 1)[1].split()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
     except OSError:
         flags = []
     return {name: name in flags for name in names}
@@ -366,8 +417,11 @@ def op_profile(call: Callable[[], object], repeats: int = 3) -> dict[str, float]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         for _ in range(repeats):
             call()
-    return {event.key: event.self_cpu_time_total / 1e3 / repeats for event in profiler.key_averages()
-            if event.key.startswith("aten::")}
+    return {
+        event.key: event.self_cpu_time_total / 1e3 / repeats
+        for event in profiler.key_averages()
+        if event.key.startswith("aten::")
+    }
 
 
 def compare_profiles(profiles: dict[str, dict[str, float]], top: int = 8) -> str:
@@ -381,10 +435,16 @@ def compare_profiles(profiles: dict[str, dict[str, float]], top: int = 8) -> str
 
 def git_revision() -> str:
     try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        revision = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{revision}{' (with uncommitted changes)' if dirty else ''}" if revision else "unknown"
@@ -404,19 +464,30 @@ def memory_total_gb() -> str:
 def render_report(args, sections: list[Section], usage: CpuUsage, started: datetime) -> str:
     from hf_vqvae import __version__
 
-    versions = ", ".join([f"hf_vqvae {__version__} (git {git_revision()})", f"torch {torch.__version__}",
-                          f"transformers {package_version('transformers')}",
-                          f"diffusers {package_version('diffusers')}",
-                          f"vector-quantize-pytorch {package_version('vector-quantize-pytorch')}",
-                          f"Python {platform.python_version()}"])
+    versions = ", ".join(
+        [
+            f"hf_vqvae {__version__} (git {git_revision()})",
+            f"torch {torch.__version__}",
+            f"transformers {package_version('transformers')}",
+            f"diffusers {package_version('diffusers')}",
+            f"vector-quantize-pytorch {package_version('vector-quantize-pytorch')}",
+            f"Python {platform.python_version()}",
+        ]
+    )
     lines = ["# hf_vqvae benchmarks", ""]
     if args.quick:
-        lines += ["> **QUICK MODE** (`--quick`): tiny sizes and a handful of calls, to check that the script runs. "
-                  "These numbers are not benchmarks; targets are judged on them only as a smoke test.", ""]
+        lines += [
+            "> **QUICK MODE** (`--quick`): tiny sizes and a handful of calls, to check that the script runs. "
+            "These numbers are not benchmarks; targets are judged on them only as a smoke test.",
+            "",
+        ]
     if usage.is_busy(args.busy_threshold):
-        lines += [f"> **The machine was busy during this run**: other processes used {100 * usage.other_cores:.0f}% "
-                  "of one core on average. Absolute numbers are unreliable; ratios measured side by side are less "
-                  "affected. Re-run on an idle machine before quoting them.", ""]
+        lines += [
+            f"> **The machine was busy during this run**: other processes used {100 * usage.other_cores:.0f}% "
+            "of one core on average. Absolute numbers are unreliable; ratios measured side by side are less "
+            "affected. Re-run on an idle machine before quoting them.",
+            "",
+        ]
     lines += [
         f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}, {usage.wall_seconds / 60:.1f} minutes",
         f"- Command: `{shlex.join(['python', 'scripts/benchmark.py', *args.argv])}`",
@@ -427,8 +498,11 @@ def render_report(args, sections: list[Section], usage: CpuUsage, started: datet
         f"- Method: {args.warmup} warm-up call(s), then {args.repeats} timed samples per measurement, the "
         "alternatives of a section interleaved round-robin; median and IQR (interquartile range) of "
         "`time.perf_counter`"
-        + (f"; short calls are repeated within a sample to last >= {args.min_sample_seconds * 1e3:.0f} ms."
-           if args.min_sample_seconds else "; one call per sample."),
+        + (
+            f"; short calls are repeated within a sample to last >= {args.min_sample_seconds * 1e3:.0f} ms."
+            if args.min_sample_seconds
+            else "; one call per sample."
+        ),
         "",
     ]
     for section in sections:
@@ -483,8 +557,17 @@ def bench_quantizer(args, sizes: Sizes) -> Section:
             "input and codebook. The bare matmul is `x @ E.T` on the `(N, D)` latents: the floor for any exact "
             "nearest-code search."
         ),
-        columns=["workload", "implementation", "median (ms)", "IQR (ms)", "x bare matmul", "ours faster by",
-                 "codes != ours", "target", "result"],
+        columns=[
+            "workload",
+            "implementation",
+            "median (ms)",
+            "IQR (ms)",
+            "x bare matmul",
+            "ours faster by",
+            "codes != ours",
+            "target",
+            "result",
+        ],
     )
     generator = torch.Generator().manual_seed(0)
     codebook = torch.randn(size, dim, generator=generator)
@@ -537,13 +620,15 @@ def bench_quantizer(args, sizes: Sizes) -> Section:
     calls[("inference", "bare matmul `x @ E.T`")] = lambda: flat @ codebook.t()
     norms = (codebook * codebook).sum(1)
     calls[("inference", "bare `addmm` + `argmin` (info)")] = lambda: torch.addmm(
-        norms, flat, codebook.t(), alpha=-2.0).argmin(1)
+        norms, flat, codebook.t(), alpha=-2.0
+    ).argmin(1)
     add_inference("hf_vqvae `VectorQuantizer`", make_ours(False), ours_inference)
     add_training("training, loss rule", "hf_vqvae `VectorQuantizer`", make_ours(False), ours_training)
     add_training("training, EMA rule", "hf_vqvae `VectorQuantizer(use_ema=True)`", make_ours(True), ours_training)
 
     diffusers_vae = optional_import("diffusers.models.autoencoders.vae", section, "diffusers `VectorQuantizer`")
     if diffusers_vae is not None:
+
         def make_diffusers():
             # legacy=False puts beta on the commitment term, as in the paper and in ours.
             quantizer = diffusers_vae.VectorQuantizer(size, dim, beta=0.25, legacy=False)
@@ -564,11 +649,19 @@ def bench_quantizer(args, sizes: Sizes) -> Section:
 
     vqtorch = optional_import("vector_quantize_pytorch", section, "vector-quantize-pytorch `VectorQuantize`")
     if vqtorch is not None:
+
         def make_vqtorch(use_ema: bool):
             # The plain straight-through estimator (its default is the rotation trick) and the paper's decay.
             rule = {} if use_ema else {"ema_update": False, "learnable_codebook": True}
-            quantizer = vqtorch.VectorQuantize(dim=dim, codebook_size=size, decay=0.99, commitment_weight=0.25,
-                                               accept_image_fmap=True, rotation_trick=False, **rule)
+            quantizer = vqtorch.VectorQuantize(
+                dim=dim,
+                codebook_size=size,
+                decay=0.99,
+                commitment_weight=0.25,
+                accept_image_fmap=True,
+                rotation_trick=False,
+                **rule,
+            )
             with torch.no_grad():
                 quantizer._codebook.embed.copy_(codebook[None])
                 quantizer._codebook.embed_avg.copy_(codebook[None])
@@ -583,10 +676,12 @@ def bench_quantizer(args, sizes: Sizes) -> Section:
             return quantized.permute(0, 2, 3, 1), loss, codes
 
         add_inference("vector-quantize-pytorch `VectorQuantize`", make_vqtorch(False), vqtorch_inference)
-        add_training("training, loss rule", "vector-quantize-pytorch `VectorQuantize`", make_vqtorch(False),
-                     vqtorch_training)
-        add_training("training, EMA rule", "vector-quantize-pytorch `VectorQuantize`", make_vqtorch(True),
-                     vqtorch_training)
+        add_training(
+            "training, loss rule", "vector-quantize-pytorch `VectorQuantize`", make_vqtorch(False), vqtorch_training
+        )
+        add_training(
+            "training, EMA rule", "vector-quantize-pytorch `VectorQuantize`", make_vqtorch(True), vqtorch_training
+        )
         section.notes.append(
             "vector-quantize-pytorch's loss rule (`learnable_codebook=True`) sends its single commitment loss to "
             "both the codebook and the input; ours and diffusers' split eq. 3 into a codebook and a commitment term."
@@ -623,10 +718,14 @@ def bench_quantizer(args, sizes: Sizes) -> Section:
             faster = f"{speedup:.2f}x"
             target, result = f"ours >= {minimum}x faster", verdict(speedup >= minimum)
             codes = str(count_mismatches(first_codes[(workload, name)], first_codes[ours_key]))
-        section.rows.append([workload, name, ms(timing.median), ms(timing.iqr), f"{ratio:.2f}", faster, codes,
-                             target, result])
-    missed = [(workload, name) for workload, name in ours_name.items()
-              if timings[(workload, name)].median / matmul > (1.5 if workload == "inference" else 2.5)]
+        section.rows.append(
+            [workload, name, ms(timing.median), ms(timing.iqr), f"{ratio:.2f}", faster, codes, target, result]
+        )
+    missed = [
+        (workload, name)
+        for workload, name in ours_name.items()
+        if timings[(workload, name)].median / matmul > (1.5 if workload == "inference" else 2.5)
+    ]
     if missed:
         profiles = {"bare matmul": op_profile(calls[("inference", "bare matmul `x @ E.T`")])}
         profiles.update({f"ours, {workload}": op_profile(calls[(workload, name)]) for workload, name in missed})
@@ -666,19 +765,25 @@ class PlainVQVAE(nn.Module):
         widths = list(config.stage_widths)
         width = widths[-1]
         # Registration order follows VQVAEModel's, so that `copy_weights` can pair the layers in order.
-        self.down = nn.ModuleList(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
-                                  for c_in, c_out in zip([config.num_channels] + widths[:-1], widths))
+        self.down = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
+            for c_in, c_out in zip([config.num_channels] + widths[:-1], widths)
+        )
         self.conv_in_res = nn.Conv2d(width, width, 3, padding=1)
-        self.encoder_blocks = nn.ModuleList(PlainResidualBlock(width, config.res_hidden_channels)
-                                            for _ in range(config.num_res_blocks))
+        self.encoder_blocks = nn.ModuleList(
+            PlainResidualBlock(width, config.res_hidden_channels) for _ in range(config.num_res_blocks)
+        )
         self.proj = nn.Conv2d(width, config.codebook_dim, 1)
         self.codebook = nn.Parameter(torch.empty(config.codebook_size, config.codebook_dim))
         up_widths = widths[::-1]
         self.conv_in = nn.Conv2d(config.codebook_dim, up_widths[0], 3, padding=1)
-        self.decoder_blocks = nn.ModuleList(PlainResidualBlock(up_widths[0], config.res_hidden_channels)
-                                            for _ in range(config.num_res_blocks))
-        self.up = nn.ModuleList(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
-                                for c_in, c_out in zip(up_widths, up_widths[1:] + [config.num_channels]))
+        self.decoder_blocks = nn.ModuleList(
+            PlainResidualBlock(up_widths[0], config.res_hidden_channels) for _ in range(config.num_res_blocks)
+        )
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+            for c_in, c_out in zip(up_widths, up_widths[1:] + [config.num_channels])
+        )
         self.commitment_cost = config.commitment_cost
 
     def encode(self, x):
@@ -759,8 +864,20 @@ def bench_model(args, sizes: Sizes) -> Section:
             "has no formula for CPU flash attention, under 1% of diffusers' FLOPs at an 8x8 latent); GFLOP/s = "
             "images/s x GFLOP/image, i.e. images/s per GFLOP of work per image."
         ),
-        columns=["workload", "implementation", "batch", "median (s/step)", "IQR (s)", "images/s", "GFLOP/image",
-                 "GFLOP/s", "ratio", "codes", "target", "result"],
+        columns=[
+            "workload",
+            "implementation",
+            "batch",
+            "median (s/step)",
+            "IQR (s)",
+            "images/s",
+            "GFLOP/image",
+            "GFLOP/s",
+            "ratio",
+            "codes",
+            "target",
+            "result",
+        ],
     )
     torch.manual_seed(0)
     ours = VQVAEModel(config)
@@ -777,9 +894,15 @@ def bench_model(args, sizes: Sizes) -> Section:
     if diffusers is not None:
         torch.manual_seed(0)
         vqmodel = diffusers.VQModel(
-            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=sizes.diffusers_channels, layers_per_block=1, latent_channels=64,
-            num_vq_embeddings=512, vq_embed_dim=64, norm_num_groups=sizes.diffusers_norm_groups, sample_size=32,
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=sizes.diffusers_channels,
+            layers_per_block=1,
+            latent_channels=64,
+            num_vq_embeddings=512,
+            vq_embed_dim=64,
+            norm_num_groups=sizes.diffusers_norm_groups,
+            sample_size=32,
         )
 
     # ---- identical codes (before any training step changes the weights)
@@ -793,7 +916,8 @@ def bench_model(args, sizes: Sizes) -> Section:
             bf16_codes = ours_bf16.encode(encode_pixels.contiguous(memory_format=torch.channels_last)).codes
         whole_model_changed = count_mismatches(bf16_codes, ours_codes)
     bf16_mismatch, bf16_total, latent_dtype = check_autocast_codes(
-        ours_bf16, train_pixels.contiguous(memory_format=torch.channels_last))
+        ours_bf16, train_pixels.contiguous(memory_format=torch.channels_last)
+    )
     section.notes.append(
         f"Codes: plain torch chose other codes than ours for {plain_mismatch} of {ours_codes.numel()} latents "
         "(same weights, fp32). In a bf16 autocast training step the quantizer received "
@@ -865,18 +989,25 @@ def bench_model(args, sizes: Sizes) -> Section:
         return call
 
     # FLOPs on a 2-image batch (they scale linearly with the batch); forward and backward for training.
-    train_gflop = {name: count_gflop(train_step(name, train_pixels[:2], with_optimizer=False), 2)
-                   for name in variants}
-    encode_gflop = {name: count_gflop(encode_call(name, encode_pixels[:2]), 2)
-                    for name in encoded if name in variants}
-    train_timings = time_interleaved({name: train_step(name, train_pixels) for name in variants}, args.warmup,
-                                     args.repeats, args.min_sample_seconds)
-    encode_timings = time_interleaved({name: encode_call(name, encode_pixels) for name in encoded
-                                       if name in variants}, args.warmup, args.repeats, args.min_sample_seconds)
+    train_gflop = {name: count_gflop(train_step(name, train_pixels[:2], with_optimizer=False), 2) for name in variants}
+    encode_gflop = {name: count_gflop(encode_call(name, encode_pixels[:2]), 2) for name in encoded if name in variants}
+    train_timings = time_interleaved(
+        {name: train_step(name, train_pixels) for name in variants}, args.warmup, args.repeats, args.min_sample_seconds
+    )
+    encode_timings = time_interleaved(
+        {name: encode_call(name, encode_pixels) for name in encoded if name in variants},
+        args.warmup,
+        args.repeats,
+        args.min_sample_seconds,
+    )
 
-    labels = {"ours fp32": "hf_vqvae `VQVAEModel`", "plain fp32": "plain torch (same layers)",
-              "ours bf16": "hf_vqvae `VQVAEModel`, bf16 + channels_last",
-              "plain bf16": "plain torch, bf16 + channels_last", "diffusers fp32": "diffusers `VQModel`"}
+    labels = {
+        "ours fp32": "hf_vqvae `VQVAEModel`",
+        "plain fp32": "plain torch (same layers)",
+        "ours bf16": "hf_vqvae `VQVAEModel`, bf16 + channels_last",
+        "plain bf16": "plain torch, bf16 + channels_last",
+        "diffusers fp32": "diffusers `VQModel`",
+    }
 
     def add_rows(workload: str, timings: dict, gflop: dict, batch: int):
         rate = {name: batch / timing.median for name, timing in timings.items()}
@@ -895,24 +1026,45 @@ def bench_model(args, sizes: Sizes) -> Section:
             elif name == "plain bf16":
                 ratio = f"{rate[name] / rate['plain fp32']:.2f}x plain fp32"
             elif name == "diffusers fp32":
-                ratio = (f"ours {rate['ours fp32'] / rate[name]:.2f}x its images/s, "
-                         f"{rate['ours fp32'] * gflop['ours fp32'] / (rate[name] * gflop[name]):.2f}x its GFLOP/s")
-            section.rows.append([workload, labels[name], str(batch), fmt(timing.median), fmt(timing.iqr),
-                                 fmt(rate[name]), fmt(gflop[name]), fmt(rate[name] * gflop[name]), ratio, codes,
-                                 target, result])
+                ratio = (
+                    f"ours {rate['ours fp32'] / rate[name]:.2f}x its images/s, "
+                    f"{rate['ours fp32'] * gflop['ours fp32'] / (rate[name] * gflop[name]):.2f}x its GFLOP/s"
+                )
+            section.rows.append(
+                [
+                    workload,
+                    labels[name],
+                    str(batch),
+                    fmt(timing.median),
+                    fmt(timing.iqr),
+                    fmt(rate[name]),
+                    fmt(gflop[name]),
+                    fmt(rate[name] * gflop[name]),
+                    ratio,
+                    codes,
+                    target,
+                    result,
+                ]
+            )
 
     add_rows("training", train_timings, train_gflop, train_batch)
     add_rows("encode", encode_timings, encode_gflop, encode_batch)
     bf16_speedup = train_timings["ours fp32"].median / train_timings["ours bf16"].median
     if bf16_speedup < 1.8:
         # What bounds bf16 here: where the time of a training step goes, op by op, in both precisions.
-        flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in
-                          cpu_flags("avx512_bf16", "amx_bf16", "amx_tile", "avx512f").items())
+        flags = ", ".join(
+            f"{name} {'yes' if present else 'no'}"
+            for name, present in cpu_flags("avx512_bf16", "amx_bf16", "amx_tile", "avx512f").items()
+        )
         section.notes.append(
             f"bf16 is {bf16_speedup:.2f}x fp32 here, below the 1.8x target. CPU flags: {flags}. Where a training "
             "step's time goes (`torch.profiler`, self CPU time per op, 3 steps after a warm-up):\n\n"
-            + compare_profiles({"fp32": op_profile(train_step("ours fp32", train_pixels)),
-                                "bf16 + channels_last": op_profile(train_step("ours bf16", train_pixels))})
+            + compare_profiles(
+                {
+                    "fp32": op_profile(train_step("ours fp32", train_pixels)),
+                    "bf16 + channels_last": op_profile(train_step("ours bf16", train_pixels)),
+                }
+            )
         )
     return section
 
@@ -969,12 +1121,21 @@ def _bench_prior(args, sizes: Sizes) -> Section:
     config = VQVAEPriorConfig(**sizes.prior_overrides)
     torch.manual_seed(0)
     ours = VQVAEPriorForCausalLM(config).eval()
-    gpt2 = GPT2LMHeadModel(GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.max_position_embeddings, n_embd=config.hidden_size,
-        n_layer=config.num_hidden_layers, n_head=config.num_attention_heads, n_inner=config.intermediate_size,
-        activation_function="gelu", tie_word_embeddings=False, bos_token_id=config.bos_token_id,
-        eos_token_id=None, pad_token_id=None,
-    )).eval()
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=config.vocab_size,
+            n_positions=config.max_position_embeddings,
+            n_embd=config.hidden_size,
+            n_layer=config.num_hidden_layers,
+            n_head=config.num_attention_heads,
+            n_inner=config.intermediate_size,
+            activation_function="gelu",
+            tie_word_embeddings=False,
+            bos_token_id=config.bos_token_id,
+            eos_token_id=None,
+            pad_token_id=None,
+        )
+    ).eval()
     num_ours = sum(p.numel() for p in ours.parameters())
     num_gpt2 = sum(p.numel() for p in gpt2.parameters())
     new_tokens = config.num_codes
@@ -999,11 +1160,19 @@ def _bench_prior(args, sizes: Sizes) -> Section:
             "ours, cached": lambda batch=batch: ours.generate_codes(num_samples=batch, seed=0),
             "ours, uncached": lambda batch=batch: ours.generate_codes(num_samples=batch, seed=0, use_cache=False),
             "GPT-2 `generate`, cached": lambda prompt=prompt: gpt2.generate(
-                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens, do_sample=True, top_k=0),
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=True,
+                top_k=0,
+            ),
         }
-        expected = {"ours, cached": (batch, *config.grid_size), "ours, uncached": (batch, *config.grid_size),
-                    "GPT-2 `generate`, cached": (batch, 1 + new_tokens)}
+        expected = {
+            "ours, cached": (batch, *config.grid_size),
+            "ours, uncached": (batch, *config.grid_size),
+            "GPT-2 `generate`, cached": (batch, 1 + new_tokens),
+        }
         for name, call in calls.items():  # every sampler produces exactly `new_tokens` tokens per sequence
             shape = tuple(call().shape)
             if shape != expected[name]:
@@ -1023,8 +1192,9 @@ def _bench_prior(args, sizes: Sizes) -> Section:
                 ratio, target, result = f"{value:.2f}x GPT-2", ">= 1.0x GPT-2 generate", verdict(value >= 1.0)
             elif name == "ours, uncached":
                 ratio = f"cache is {rate['ours, cached'] / rate[name]:.2f}x faster"
-            section.rows.append([str(batch), name, fmt(timing.median), fmt(timing.iqr), fmt(rate[name]), ratio,
-                                 target, result])
+            section.rows.append(
+                [str(batch), name, fmt(timing.median), fmt(timing.iqr), fmt(rate[name]), ratio, target, result]
+            )
     return section
 
 
@@ -1050,8 +1220,10 @@ def resolve_model(args, sizes: Sizes, workdir: Path, section: Section) -> Path |
     if args.model != "random" and Path(args.model).is_dir():
         return Path(args.model)
     if args.model != "random" and not args.quick:
-        section.notes.append(f"Skipped: no model folder at `{args.model}`. Train one, or pass `--model PATH` (or "
-                             "`--model random` for throughput with random weights).")
+        section.notes.append(
+            f"Skipped: no model folder at `{args.model}`. Train one, or pass `--model PATH` (or "
+            "`--model random` for throughput with random weights)."
+        )
         return None
     if args.model != "random":
         section.notes.append(f"No model at `{args.model}`: --quick uses random weights instead.")
@@ -1077,14 +1249,25 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
             "process, tokenizes the train split: its throughput and peak resident memory (`VmHWM`, from its "
             "`tokenization_stats.json`)."
         ),
-        columns=["workload", "images", "batch", "median (s/pass)", "IQR (s)", "images/s", "x bare encoder",
-                 "peak RSS (MB)", "target", "result"],
+        columns=[
+            "workload",
+            "images",
+            "batch",
+            "median (s/pass)",
+            "IQR (s)",
+            "images/s",
+            "x bare encoder",
+            "peak RSS (MB)",
+            "target",
+            "result",
+        ],
     )
     cifar10_dir = Path(args.cifar10_dir)
     test_files, train_files = sorted(cifar10_dir.glob("test-*.parquet")), sorted(cifar10_dir.glob("train-*.parquet"))
     if not test_files or not train_files:
-        section.notes.append(f"Skipped: no `test-*.parquet` and `train-*.parquet` in `{cifar10_dir}` "
-                             "(`--cifar10_dir`).")
+        section.notes.append(
+            f"Skipped: no `test-*.parquet` and `train-*.parquet` in `{cifar10_dir}` (`--cifar10_dir`)."
+        )
         return section
     tokenize_dataset = load_tokenize_script()
     batch_size = sizes.tokenize_batch_size
@@ -1094,10 +1277,19 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         if model_dir is None:
             return section
         limit = [] if sizes.tokenize_max_samples is None else ["--max_samples", str(sizes.tokenize_max_samples)]
-        script_args = tokenize_dataset.parse_args([
-            "--model", str(model_dir), "--data_files", f"test={cifar10_dir / 'test-*.parquet'}",
-            "--output_dir", str(workdir / "test-tokens"), "--batch_size", str(batch_size), *limit,
-        ])
+        script_args = tokenize_dataset.parse_args(
+            [
+                "--model",
+                str(model_dir),
+                "--data_files",
+                f"test={cifar10_dir / 'test-*.parquet'}",
+                "--output_dir",
+                str(workdir / "test-tokens"),
+                "--batch_size",
+                str(batch_size),
+                *limit,
+            ]
+        )
         image_tokenizer = tokenize_dataset.load_image_tokenizer(script_args, torch.device("cpu"))
         model = image_tokenizer.model
         dataset = tokenize_dataset.load_image_dataset(data_files=script_args.data_files)
@@ -1105,19 +1297,23 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         rows = tokenize_dataset.ArrowRows(plan["dataset"], plan["num_rows"])
         num_rows = plan["num_rows"]
         name = "random weights" if model_dir.parent == workdir else f"`{args.model}`"
-        section.description += (f" Model: {name}, hidden {model.config.hidden_channels}, K="
-                                f"{model.config.codebook_size}, EMA codebook {model.config.use_ema_codebook}.")
+        section.description += (
+            f" Model: {name}, hidden {model.config.hidden_channels}, K="
+            f"{model.config.codebook_size}, EMA codebook {model.config.use_ema_codebook}."
+        )
 
         def data_pass():  # the data path alone: read, decode, image processor
-            return [tokenize_dataset.prepare_batch(image_tokenizer.image_processor, rows, start,
-                                                   min(start + batch_size, num_rows), plan)[1]
-                    for start in range(0, num_rows, batch_size)]
+            return [
+                tokenize_dataset.prepare_batch(
+                    image_tokenizer.image_processor, rows, start, min(start + batch_size, num_rows), plan
+                )[1]
+                for start in range(0, num_rows, batch_size)
+            ]
 
         pixel_batches = data_pass()  # the same batches the tokenizing loop sees, decoded once
 
         def tokenize_pass():
-            return tokenize_dataset.tokenize_rows(image_tokenizer, rows, 0, num_rows, plan, script_args,
-                                                  _NoProgress())
+            return tokenize_dataset.tokenize_rows(image_tokenizer, rows, 0, num_rows, plan, script_args, _NoProgress())
 
         def encoder_pass():
             with torch.no_grad():
@@ -1131,8 +1327,9 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
 
         # The floor of any exact nearest-code search on these batches: the bare distance matmul `x @ E.T`.
         with torch.no_grad():
-            latent_rows = [model.encoder(pixels).movedim(1, -1).reshape(-1, model.config.codebook_dim)
-                           for pixels in pixel_batches]
+            latent_rows = [
+                model.encoder(pixels).movedim(1, -1).reshape(-1, model.config.codebook_dim) for pixels in pixel_batches
+            ]
         codebook_t = model.quantizer.codebook.weight.detach().t().contiguous()
         # Into one preallocated buffer: the arithmetic alone, without mapping and first touching a new (rows, K)
         # matrix per batch, which can cost more than the product itself.
@@ -1148,26 +1345,51 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
             codes = torch.cat([model.encode(pixels).codes for pixels in pixel_batches])
         expected_ids = image_tokenizer.codes_to_ids(codes).tolist()
         differing = sum(a != b for a, b in zip(ids, expected_ids))
-        section.notes.append(f"The tokenizing loop's ids differ from `encode` on the same batches in {differing} of "
-                             f"{num_rows} images (expected 0).")
+        section.notes.append(
+            f"The tokenizing loop's ids differ from `encode` on the same batches in {differing} of "
+            f"{num_rows} images (expected 0)."
+        )
 
         repeats = min(args.repeats, 3)
-        timings = time_interleaved({"encoder": encoder_pass, "codes": codes_pass, "tokenize": tokenize_pass,
-                                    "matmul": matmul_pass, "data": data_pass},
-                                   min(args.warmup, 1), repeats, min_sample_seconds=0)
+        timings = time_interleaved(
+            {
+                "encoder": encoder_pass,
+                "codes": codes_pass,
+                "tokenize": tokenize_pass,
+                "matmul": matmul_pass,
+                "data": data_pass,
+            },
+            min(args.warmup, 1),
+            repeats,
+            min_sample_seconds=0,
+        )
         encoder_time = timings["encoder"].median
-        for name, label in (("encoder", "bare encoder forward (`model.encoder`)"),
-                            ("codes", "`model.get_codes` (encoder + nearest codes)"),
-                            ("tokenize", "`tokenize_rows`: data path + `get_codes` + ids"),
-                            ("matmul", "bare distance matmul `x @ E.T` on the latents alone, preallocated output"),
-                            ("data", "data path alone (`prepare_batch`: read, decode, image processor)")):
+        for name, label in (
+            ("encoder", "bare encoder forward (`model.encoder`)"),
+            ("codes", "`model.get_codes` (encoder + nearest codes)"),
+            ("tokenize", "`tokenize_rows`: data path + `get_codes` + ids"),
+            ("matmul", "bare distance matmul `x @ E.T` on the latents alone, preallocated output"),
+            ("data", "data path alone (`prepare_batch`: read, decode, image processor)"),
+        ):
             timing = timings[name]
             ratio = timing.median / encoder_time
             target = result = ""
             if name == "tokenize":
                 target, result = "<= 1.15x bare encoder", verdict(ratio <= 1.15)
-            section.rows.append([f"test split: {label}", str(num_rows), str(batch_size), fmt(timing.median),
-                                 fmt(timing.iqr), fmt(num_rows / timing.median), f"{ratio:.3f}", "", target, result])
+            section.rows.append(
+                [
+                    f"test split: {label}",
+                    str(num_rows),
+                    str(batch_size),
+                    fmt(timing.median),
+                    fmt(timing.iqr),
+                    fmt(num_rows / timing.median),
+                    f"{ratio:.3f}",
+                    "",
+                    target,
+                    result,
+                ]
+            )
         section.notes.append(f"Test-split passes: {repeats} timed samples each (at most 3), interleaved.")
         per_image = {name: timings[name].median / num_rows * 1e6 for name in timings}  # microseconds per image
         if per_image["tokenize"] > 1.15 * per_image["encoder"]:
@@ -1185,24 +1407,53 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
 
         # Peak memory of the script on the train split, in its own process (its own high-water mark, not this process's).
         output_dir = workdir / "train-tokens"
-        command = [sys.executable, str(REPO_ROOT / "scripts" / "tokenize_dataset.py"), "--model", str(model_dir),
-                   "--data_files", f"train={cifar10_dir / 'train-*.parquet'}", "--output_dir", str(output_dir),
-                   "--batch_size", str(batch_size), *limit]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "tokenize_dataset.py"),
+            "--model",
+            str(model_dir),
+            "--data_files",
+            f"train={cifar10_dir / 'train-*.parquet'}",
+            "--output_dir",
+            str(output_dir),
+            "--batch_size",
+            str(batch_size),
+            *limit,
+        ]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(args.threads),
+            "TQDM_DISABLE": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        }
         completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
         if completed.returncode != 0:
-            section.notes.append(f"The train-split run failed (exit {completed.returncode}): "
-                                 f"{completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else ''}")
+            section.notes.append(
+                f"The train-split run failed (exit {completed.returncode}): "
+                f"{completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else ''}"
+            )
             return section
         stats = json.loads((output_dir / tokenize_dataset.STATS_NAME).read_text())
         peak = stats["peak_rss_mb"]
-        section.rows.append(["train split: `scripts/tokenize_dataset.py` (own process, 1 run)",
-                             str(stats["num_images"]), str(batch_size), fmt(stats["encode_seconds"]), "",
-                             fmt(stats["images_per_second"]), "", fmt(peak), "< 2048 MB", verdict(peak < 2048)])
+        section.rows.append(
+            [
+                "train split: `scripts/tokenize_dataset.py` (own process, 1 run)",
+                str(stats["num_images"]),
+                str(batch_size),
+                fmt(stats["encode_seconds"]),
+                "",
+                fmt(stats["images_per_second"]),
+                "",
+                fmt(peak),
+                "< 2048 MB",
+                verdict(peak < 2048),
+            ]
+        )
         if sizes.tokenize_max_samples is not None:
-            section.notes.append(f"--quick: {sizes.tokenize_max_samples} images per split, not the whole split; the "
-                                 "2 GB target is about the 50k train split.")
+            section.notes.append(
+                f"--quick: {sizes.tokenize_max_samples} images per split, not the whole split; the "
+                "2 GB target is about the 50k train split."
+            )
     return section
 
 

@@ -55,21 +55,33 @@ def parse_args(argv=None):
     parser.add_argument("--train_split", default="train", help="Split the probes are fit on.")
     parser.add_argument("--test_split", default="test", help="Split the probes are scored on.")
     parser.add_argument("--audio_column", default=None, help="Column with the audio (default: first Audio column).")
-    parser.add_argument("--speaker_column", default=None,
-                        help="Speaker ids for a speaker-conditioned decoder (reconstruction only).")
+    parser.add_argument(
+        "--speaker_column", default=None, help="Speaker ids for a speaker-conditioned decoder (reconstruction only)."
+    )
     parser.add_argument("--label_columns", nargs="+", required=True, help="Integer label columns to probe.")
-    parser.add_argument("--untrained_baseline", action="store_true",
-                        help="Also probe an untrained encoder with a k-means codebook.")
-    parser.add_argument("--num_baseline_seeds", type=int, default=3,
-                        help="Untrained baselines to average (seeds `--seed`, `--seed` + 1, ...).")
-    parser.add_argument("--num_segments", type=int, default=3,
-                        help="Equal stretches of each recording for `segment_probe_accuracy` (one bag of codes each).")
+    parser.add_argument(
+        "--untrained_baseline", action="store_true", help="Also probe an untrained encoder with a k-means codebook."
+    )
+    parser.add_argument(
+        "--num_baseline_seeds",
+        type=int,
+        default=3,
+        help="Untrained baselines to average (seeds `--seed`, `--seed` + 1, ...).",
+    )
+    parser.add_argument(
+        "--num_segments",
+        type=int,
+        default=3,
+        help="Equal stretches of each recording for `segment_probe_accuracy` (one bag of codes each).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the untrained baseline and the probes.")
     parser.add_argument("--batch_size", type=int, default=32, help="Recordings per batch.")
     parser.add_argument("--output_file", default=None, help="Write the results here as JSON.")
-    parser.add_argument("--model_card_section", default=None,
-                        help="Also write the results, with this command, into the model folder's README.md under "
-                             "this title.")
+    parser.add_argument(
+        "--model_card_section",
+        default=None,
+        help="Also write the results, with this command, into the model folder's README.md under this title.",
+    )
     args = parser.parse_args(argv)
     if args.dataset_name is None and (args.train_data_files is None or args.test_data_files is None):
         raise ValueError("Give the data: `--dataset_name`, or both `--train_data_files` and `--test_data_files`.")
@@ -111,8 +123,9 @@ def segment_bags(codes: list[np.ndarray], codebook_size: int, num_segments: int)
     )
 
 
-def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int, seed: int,
-          num_segments: int = 3) -> dict:
+def probe(
+    train_codes, train_labels, test_codes, test_labels, codebook_size: int, seed: int, num_segments: int = 3
+) -> dict:
     """The linear probes and the paper's code-to-majority-label mapping, fit on train, scored on test."""
     from sklearn.linear_model import LogisticRegression
 
@@ -152,11 +165,13 @@ def probe(train_codes, train_labels, test_codes, test_labels, codebook_size: int
     }
 
 
-def probe_all(train_codes, test_codes, train_split, test_split, label_columns, codebook_size, seed,
-              num_segments) -> dict:
+def probe_all(
+    train_codes, test_codes, train_split, test_split, label_columns, codebook_size, seed, num_segments
+) -> dict:
     return {
-        column: probe(train_codes, train_split[column], test_codes, test_split[column], codebook_size, seed,
-                      num_segments)
+        column: probe(
+            train_codes, train_split[column], test_codes, test_split[column], codebook_size, seed, num_segments
+        )
         for column in label_columns
     }
 
@@ -178,8 +193,9 @@ def untrained_codes(model, train_latents, test_latents, seed: int):
     """Codes of an untrained encoder, with a codebook fit by k-means (our quantizer's own) to its train outputs."""
     config = model.config
     torch.manual_seed(seed)
-    quantizer = VectorQuantizer(codebook_size=config.codebook_size, codebook_dim=config.codebook_dim,
-                                use_kmeans_init=True, kmeans_iters=25)
+    quantizer = VectorQuantizer(
+        codebook_size=config.codebook_size, codebook_dim=config.codebook_dim, use_kmeans_init=True, kmeans_iters=25
+    )
     quantizer.train()
     with torch.no_grad():
         quantizer(torch.from_numpy(np.concatenate(train_latents)))  # the first training call runs k-means
@@ -215,14 +231,25 @@ def main(args) -> dict:
         return torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
 
     start = time.time()
-    results = {"model": str(args.model), "codebook_size": model.config.codebook_size,
-               "downsample_factor": model.config.downsample_factor,
-               "code_rate_hz": feature_extractor.sampling_rate / model.config.downsample_factor}
+    results = {
+        "model": str(args.model),
+        "codebook_size": model.config.codebook_size,
+        "downsample_factor": model.config.downsample_factor,
+        "code_rate_hz": feature_extractor.sampling_rate / model.config.downsample_factor,
+    }
     results["reconstruction"] = evaluate_reconstruction(model, tqdm(loader(test_split), desc="Reconstructing"))
     train_codes, _ = encode_split(model, loader(train_split), "Encoding train")
     test_codes, _ = encode_split(model, loader(test_split), "Encoding test")
-    results["trained"] = probe_all(train_codes, test_codes, train_split, test_split, args.label_columns,
-                                   model.config.codebook_size, args.seed, args.num_segments)
+    results["trained"] = probe_all(
+        train_codes,
+        test_codes,
+        train_split,
+        test_split,
+        args.label_columns,
+        model.config.codebook_size,
+        args.seed,
+        args.num_segments,
+    )
     if args.untrained_baseline:
         runs = []
         # Only the encoder matters here; without speaker conditioning, a seed gives the same encoder whatever the
@@ -235,8 +262,18 @@ def main(args) -> dict:
             _, train_latents = encode_split(untrained, loader(train_split), f"Encoding train (untrained, seed {seed})")
             _, test_latents = encode_split(untrained, loader(test_split), f"Encoding test (untrained, seed {seed})")
             baseline_train, baseline_test = untrained_codes(untrained, train_latents, test_latents, seed)
-            runs.append(probe_all(baseline_train, baseline_test, train_split, test_split, args.label_columns,
-                                  model.config.codebook_size, seed, args.num_segments))
+            runs.append(
+                probe_all(
+                    baseline_train,
+                    baseline_test,
+                    train_split,
+                    test_split,
+                    args.label_columns,
+                    model.config.codebook_size,
+                    seed,
+                    args.num_segments,
+                )
+            )
         results["untrained_baseline"] = summarize_runs(runs)
         results["untrained_baseline_runs"] = runs
     results["seconds"] = round(time.time() - start, 1)
@@ -252,24 +289,33 @@ def main(args) -> dict:
 def format_probe_table(results: dict) -> str:
     """A Markdown table of the probes (trained model vs untrained baseline) and the reconstruction quality."""
     num_runs = len(results.get("untrained_baseline_runs", []))
-    rows = [f"| label | measure | trained codes | untrained baseline (mean of {num_runs} seeds; min-max) | chance |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = [
+        f"| label | measure | trained codes | untrained baseline (mean of {num_runs} seeds; min-max) | chance |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for column, trained in results["trained"].items():
         baseline = results.get("untrained_baseline", {}).get(column, {})
-        for measure in ("linear_probe_accuracy", "segment_probe_accuracy", "code_majority_accuracy",
-                        "code_frame_accuracy"):
+        for measure in (
+            "linear_probe_accuracy",
+            "segment_probe_accuracy",
+            "code_majority_accuracy",
+            "code_frame_accuracy",
+        ):
             other = "-"
             if measure in baseline:
-                other = (f"{baseline[measure]:.1%} ({baseline[measure + '_min']:.1%}-"
-                         f"{baseline[measure + '_max']:.1%})")
-            rows.append(f"| {column} | {measure} | {trained[measure]:.1%} | {other} | {trained['chance_accuracy']:.1%} |")
+                other = f"{baseline[measure]:.1%} ({baseline[measure + '_min']:.1%}-{baseline[measure + '_max']:.1%})"
+            rows.append(
+                f"| {column} | {measure} | {trained[measure]:.1%} | {other} | {trained['chance_accuracy']:.1%} |"
+            )
     reconstruction = results["reconstruction"]
     rows.append("")
     distance = reconstruction.get("log_spectral_distance")
     distance = "" if distance is None else f"log-spectral distance {distance:.2f} dB, "
-    rows.append(f"Test reconstruction: SNR {reconstruction['snr']:.2f} dB, {distance}MSE {reconstruction['mse']:.6f}, "
-                f"{reconstruction['codes_used']}/{reconstruction['codebook_size']} codes used; "
-                f"{results['code_rate_hz']:.0f} codes per second.")
+    rows.append(
+        f"Test reconstruction: SNR {reconstruction['snr']:.2f} dB, {distance}MSE {reconstruction['mse']:.6f}, "
+        f"{reconstruction['codes_used']}/{reconstruction['codebook_size']} codes used; "
+        f"{results['code_rate_hz']:.0f} codes per second."
+    )
     return "\n".join(rows)
 
 

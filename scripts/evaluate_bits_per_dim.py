@@ -48,16 +48,23 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, help="A VQ-VAE folder or Hub id.")
     parser.add_argument("--prior", default=None, help="A prior folder or Hub id trained on this VQ-VAE's codes.")
     parser.add_argument("--data_files", nargs="+", required=True, help="Files or globs of the test split.")
-    parser.add_argument("--scale_fit_data_files", nargs="+", default=None,
-                        help="Train images to fit the decoder's scale on (MSE-trained decoders).")
+    parser.add_argument(
+        "--scale_fit_data_files",
+        nargs="+",
+        default=None,
+        help="Train images to fit the decoder's scale on (MSE-trained decoders).",
+    )
     parser.add_argument("--scale_fit_samples", type=int, default=5000, help="Images used to fit that scale.")
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
     parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N test images.")
     parser.add_argument("--batch_size", type=int, default=250, help="Images per batch.")
     parser.add_argument("--output_file", default=None, help="Write the results here as JSON.")
-    parser.add_argument("--model_card_section", default=None,
-                        help="Also write the results, with this command, into the README.md of the prior's folder "
-                             "(or the VQ-VAE's without a prior) under this title.")
+    parser.add_argument(
+        "--model_card_section",
+        default=None,
+        help="Also write the results, with this command, into the README.md of the prior's folder "
+        "(or the VQ-VAE's without a prior) under this title.",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.scale_fit_samples < 1:
         raise ValueError("`--batch_size` and `--scale_fit_samples` must be >= 1.")
@@ -78,8 +85,10 @@ def check_8bit(pixel_values: torch.Tensor):
     """The bound is over stored 8-bit values: every pixel must be one of them (no resizing, no other scaling)."""
     levels = (pixel_values.double() + 1) * 255 / 2
     if float((levels - levels.round()).abs().max()) > 1e-3:
-        raise ValueError("The pixel values are not 8-bit levels mapped to [-1, 1] (k * 2/255 - 1): the images must "
-                         "already have the model's size (no resizing) and the processor must rescale by 1/255.")
+        raise ValueError(
+            "The pixel values are not 8-bit levels mapped to [-1, 1] (k * 2/255 - 1): the images must "
+            "already have the model's size (no resizing) and the processor must rescale by 1/255."
+        )
 
 
 @torch.no_grad()
@@ -139,26 +148,43 @@ def main(args) -> dict:
         prior = VQVAEPriorForCausalLM.from_pretrained(args.prior).eval()
         reference = load_vqvae_reference(args.prior)
         if reference is not None and reference.get("vqvae_codes_fingerprint") not in (None, codes_fingerprint(model)):
-            raise ValueError(f"The prior {args.prior} was trained on the codes of another VQ-VAE "
-                             f"({reference['vqvae_model_name_or_path']}); its log p(z) means nothing for this one.")
+            raise ValueError(
+                f"The prior {args.prior} was trained on the codes of another VQ-VAE "
+                f"({reference['vqvae_model_name_or_path']}); its log p(z) means nothing for this one."
+            )
         if tuple(prior.config.grid_size) != model.config.latent_size():
-            raise ValueError(f"The prior models {tuple(prior.config.grid_size)} grids but the VQ-VAE makes "
-                             f"{model.config.latent_size()} ones.")
+            raise ValueError(
+                f"The prior models {tuple(prior.config.grid_size)} grids but the VQ-VAE makes "
+                f"{model.config.latent_size()} ones."
+            )
 
     start = time.time()
     learned_scale = model.config.reconstruction_loss == "discretized_gaussian"
     log_scale = None
     if not learned_scale:
         if not args.scale_fit_data_files:
-            raise ValueError("This decoder was trained with MSE: give `--scale_fit_data_files` (train images) to fit "
-                             "the scale of its Gaussian.")
-        log_scale = fit_scale(model, image_batches(args.scale_fit_data_files, model, processor, args.image_column,
-                                                   args.scale_fit_samples, args.batch_size, "Fitting the scale"))
+            raise ValueError(
+                "This decoder was trained with MSE: give `--scale_fit_data_files` (train images) to fit "
+                "the scale of its Gaussian."
+            )
+        log_scale = fit_scale(
+            model,
+            image_batches(
+                args.scale_fit_data_files,
+                model,
+                processor,
+                args.image_column,
+                args.scale_fit_samples,
+                args.batch_size,
+                "Fitting the scale",
+            ),
+        )
 
     totals = {"decoder_nats": 0.0, "uniform_prior_nats": 0.0, "learned_prior_nats": 0.0}
     num_images = num_dims = num_codes = 0
-    batches = image_batches(args.data_files, model, processor, args.image_column, args.max_samples, args.batch_size,
-                            "Evaluating")
+    batches = image_batches(
+        args.data_files, model, processor, args.image_column, args.max_samples, args.batch_size, "Evaluating"
+    )
     with torch.no_grad():
         for pixel_values in batches:
             check_8bit(pixel_values)
@@ -193,19 +219,27 @@ def main(args) -> dict:
     results["assumptions"] = [
         "pixels are 8-bit values; x in [-1, 1] is k * 2/255 - 1 and each value owns a bin of width 2/255",
         "p(x|z): Gaussian centred on the decoder's output, discretized to the 256 bins (end bins open)",
-        ("the decoder predicts each pixel's scale" if learned_scale else
-         f"one scale for all pixels, fit by maximum likelihood on {args.scale_fit_samples} images of "
-         f"{args.scale_fit_data_files} (not the test split)"),
+        (
+            "the decoder predicts each pixel's scale"
+            if learned_scale
+            else f"one scale for all pixels, fit by maximum likelihood on {args.scale_fit_samples} images of "
+            f"{args.scale_fit_data_files} (not the test split)"
+        ),
         "z is the encoder's deterministic code grid (q(z|x) one-hot, so the bound has no entropy term)",
         "uniform prior: log p(z) = -N log K, as while the VQ-VAE trained",
     ]
     if prior is not None:
         results["assumptions"].append(
-            "learned prior: log p(z) from the autoregressive prior" + (
+            "learned prior: log p(z) from the autoregressive prior"
+            + (
                 f", marginalised over {prior.config.num_classes} equally likely classes (test labels unused)"
-                if prior.config.num_classes else "")
+                if prior.config.num_classes
+                else ""
+            )
         )
-    results.update(model=str(args.model), prior=args.prior, data=args.data_files, seconds=round(time.time() - start, 1))
+    results.update(
+        model=str(args.model), prior=args.prior, data=args.data_files, seconds=round(time.time() - start, 1)
+    )
     if args.output_file:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.output_file, results)

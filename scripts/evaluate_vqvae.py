@@ -38,18 +38,27 @@ def parse_args(argv=None):
     parser.add_argument("--data_files", nargs="+", default=None, help="Files or globs of the split to evaluate.")
     parser.add_argument("--split", default="test", help="The split to evaluate.")
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument("--audio_column", default=None,
-                        help="For 1-D models: column with the audio (default: first Audio column).")
-    parser.add_argument("--speaker_column", default=None,
-                        help="For speaker-conditioned 1-D models: column with integer speaker ids.")
+    parser.add_argument(
+        "--audio_column", default=None, help="For 1-D models: column with the audio (default: first Audio column)."
+    )
+    parser.add_argument(
+        "--speaker_column", default=None, help="For speaker-conditioned 1-D models: column with integer speaker ids."
+    )
     parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N examples.")
     parser.add_argument("--batch_size", type=int, default=256, help="Batch size per process.")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
-                        help="Mixed precision of the encoder/decoder (the quantizer stays fp32).")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default="no",
+        help="Mixed precision of the encoder/decoder (the quantizer stays fp32).",
+    )
     parser.add_argument("--output_file", default=None, help="Write the metrics here as JSON (default: stdout only).")
-    parser.add_argument("--model_card_section", default=None,
-                        help="Also write the metrics, with this command, into the model folder's README.md under "
-                             "this title (replacing an earlier section of the same title).")
+    parser.add_argument(
+        "--model_card_section",
+        default=None,
+        help="Also write the metrics, with this command, into the model folder's README.md under "
+        "this title (replacing an earlier section of the same title).",
+    )
     args = parser.parse_args(argv)
     if args.dataset_name is None and args.data_dir is None and args.data_files is None:
         raise ValueError("Give the data: `--dataset_name`, `--data_dir` or `--data_files`.")

@@ -75,38 +75,77 @@ def main(args) -> dict:
     print("[3/5] Tokenizing them: images -> token ids -> images")
     encoding = tokenizer(images)
     decoded = tokenizer.batch_decode(encoding["input_ids"])
-    write_json(output_dir / "tokens.json", {"tokenizer": tokenizer.to_dict(),
-                                            "input_ids": encoding["input_ids"].tolist()})
+    write_json(
+        output_dir / "tokens.json", {"tokenizer": tokenizer.to_dict(), "input_ids": encoding["input_ids"].tolist()}
+    )
     # Decoding the ids must give the model's own reconstruction (up to 8-bit rounding).
-    difference = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
-                     for a, b in zip(decoded, rebuilt))
+    difference = max(
+        int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) for a, b in zip(decoded, rebuilt)
+    )
     make_image_grid([images[:8], decoded[:8]]).save(output_dir / "tokens_decoded.png")
-    results["tokens"] = {"images": len(images), "tokens_per_image": tokenizer.num_image_tokens,
-                         "vocab_size": tokenizer.vocab_size, "max_pixel_difference_vs_reconstruction": difference}
+    results["tokens"] = {
+        "images": len(images),
+        "tokens_per_image": tokenizer.num_image_tokens,
+        "vocab_size": tokenizer.vocab_size,
+        "max_pixel_difference_vs_reconstruction": difference,
+    }
 
     print(f"[4/5] Fine-tuning for {args.fine_tune_steps} steps with Accelerate")
     fine_tuned = output_dir / "fine_tuned"
-    train_vqvae.main(train_vqvae.parse_args([
-        "--pretrained_model_name_or_path", args.model,
-        "--train_data_files", args.train_files, "--validation_data_files", args.test_files,
-        "--max_train_steps", str(args.fine_tune_steps), "--train_batch_size", str(args.batch_size),
-        "--learning_rate", "1e-4", "--checkpointing_steps", str(args.fine_tune_steps),
-        "--checkpoints_total_limit", "1", "--validation_steps", str(args.fine_tune_steps),
-        "--output_dir", str(fine_tuned), "--report_to", "none", "--seed", "0",
-    ]))
+    train_vqvae.main(
+        train_vqvae.parse_args(
+            [
+                "--pretrained_model_name_or_path",
+                args.model,
+                "--train_data_files",
+                args.train_files,
+                "--validation_data_files",
+                args.test_files,
+                "--max_train_steps",
+                str(args.fine_tune_steps),
+                "--train_batch_size",
+                str(args.batch_size),
+                "--learning_rate",
+                "1e-4",
+                "--checkpointing_steps",
+                str(args.fine_tune_steps),
+                "--checkpoints_total_limit",
+                "1",
+                "--validation_steps",
+                str(args.fine_tune_steps),
+                "--output_dir",
+                str(fine_tuned),
+                "--report_to",
+                "none",
+                "--seed",
+                "0",
+            ]
+        )
+    )
 
     print("[5/5] Evaluating the shipped and the fine-tuned model on the test sample")
     for name, path in (("shipped", args.model), ("fine_tuned", str(fine_tuned))):
-        results[name] = evaluate_vqvae.main(evaluate_vqvae.parse_args([
-            "--model", path, "--data_files", args.test_files, "--output_file", str(output_dir / f"eval_{name}.json"),
-        ]))
+        results[name] = evaluate_vqvae.main(
+            evaluate_vqvae.parse_args(
+                [
+                    "--model",
+                    path,
+                    "--data_files",
+                    args.test_files,
+                    "--output_file",
+                    str(output_dir / f"eval_{name}.json"),
+                ]
+            )
+        )
     results["seconds"] = round(time.time() - started, 1)
     write_json(output_dir / "results.json", results)
     print(json.dumps({k: results[k] for k in ("tokens", "seconds")}, indent=2))
     for name in ("shipped", "fine_tuned"):
         m = results[name]
-        print(f"{name:>10}: PSNR {m['psnr']:.2f} dB, MSE {m['mse']:.5f}, codes used {m['codes_used']}/"
-              f"{m['codebook_size']}")
+        print(
+            f"{name:>10}: PSNR {m['psnr']:.2f} dB, MSE {m['mse']:.5f}, codes used {m['codes_used']}/"
+            f"{m['codebook_size']}"
+        )
     print(f"Wrote {output_dir}/results.json, reconstructions.png, tokens.json, tokens_decoded.png and fine_tuned/")
     return results
 

@@ -22,37 +22,70 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prior", required=True, help="A prior folder or Hub id (`scripts/train_prior.py` output).")
     parser.add_argument("--prior_revision", default=None, help="Hub revision of the prior.")
-    parser.add_argument("--vqvae", default=None,
-                        help="The VQ-VAE folder or Hub id that decodes the codes (default: the one the prior's "
-                             "vqvae_reference.json names).")
+    parser.add_argument(
+        "--vqvae",
+        default=None,
+        help="The VQ-VAE folder or Hub id that decodes the codes (default: the one the prior's "
+        "vqvae_reference.json names).",
+    )
     parser.add_argument("--vqvae_revision", default=None, help="Hub revision of `--vqvae`.")
-    parser.add_argument("--num_per_class", type=int, default=8,
-                        help="Images per class, one row per class (class-conditional priors).")
-    parser.add_argument("--classes", nargs="+", default=None,
-                        help="Classes to draw, as ids or names (default: every class of a class-conditional prior).")
-    parser.add_argument("--num_samples", type=int, default=None,
-                        help="Images to draw from an unconditional prior (default 64), in rows of `--num_columns`.")
+    parser.add_argument(
+        "--num_per_class", type=int, default=8, help="Images per class, one row per class (class-conditional priors)."
+    )
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help="Classes to draw, as ids or names (default: every class of a class-conditional prior).",
+    )
+    parser.add_argument(
+        "--num_samples",
+        type=int,
+        default=None,
+        help="Images to draw from an unconditional prior (default 64), in rows of `--num_columns`.",
+    )
     parser.add_argument("--num_columns", type=int, default=8, help="Images per row for an unconditional prior.")
     parser.add_argument("--temperature", type=float, default=None, help="Softmax temperature (> 0; default 1).")
-    parser.add_argument("--top_k", type=int, default=None,
-                        help="Sample among the k most likely codes only (default: 0, every code).")
-    parser.add_argument("--top_p", type=float, default=None,
-                        help="Nucleus sampling: the smallest set of codes with probability >= p, in (0, 1].")
-    parser.add_argument("--guidance_scale", type=float, default=None,
-                        help="Classifier-free guidance scale (class-conditional priors; 1 = none).")
+    parser.add_argument(
+        "--top_k", type=int, default=None, help="Sample among the k most likely codes only (default: 0, every code)."
+    )
+    parser.add_argument(
+        "--top_p",
+        type=float,
+        default=None,
+        help="Nucleus sampling: the smallest set of codes with probability >= p, in (0, 1].",
+    )
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale (class-conditional priors; 1 = none).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed: the same seed and arguments give the same PNG.")
     parser.add_argument("--output_file", default="samples.png", help="Where the PNG grid is written.")
-    parser.add_argument("--codes_file", default=None,
-                        help="Also save the codes (N, h, w) and class labels with `torch.save` to this .pt file.")
-    parser.add_argument("--classifier", default=None,
-                        help="An image classifier folder (`scripts/train_classifier.py`): report the share of samples "
-                             "it assigns to the class they were drawn for (class-conditional priors).")
+    parser.add_argument(
+        "--codes_file",
+        default=None,
+        help="Also save the codes (N, h, w) and class labels with `torch.save` to this .pt file.",
+    )
+    parser.add_argument(
+        "--classifier",
+        default=None,
+        help="An image classifier folder (`scripts/train_classifier.py`): report the share of samples "
+        "it assigns to the class they were drawn for (class-conditional priors).",
+    )
     parser.add_argument("--results_file", default=None, help="Write that share (per class and overall) here as JSON.")
-    parser.add_argument("--model_card_section", default=None,
-                        help="With `--classifier`: also write that share, with this command, into the prior folder's "
-                             "README.md under this title (replacing an earlier section of the same title).")
-    parser.add_argument("--device", default=None,
-                        help="Device to sample on, e.g. `cpu` or `cuda:0` (default: the first GPU if any, else CPU).")
+    parser.add_argument(
+        "--model_card_section",
+        default=None,
+        help="With `--classifier`: also write that share, with this command, into the prior folder's "
+        "README.md under this title (replacing an earlier section of the same title).",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="Device to sample on, e.g. `cpu` or `cuda:0` (default: the first GPU if any, else CPU).",
+    )
     args = parser.parse_args(argv)
     args.command_line = command_line(argv)
 
@@ -78,23 +111,39 @@ def parse_args(argv=None):
 
 def main(args) -> dict:
     """Sample, write the grid (and the codes); returns what was written."""
-    generator = pipeline("vqvae-generation", model=args.prior, revision=args.prior_revision, vqvae=args.vqvae,
-                         vqvae_revision=args.vqvae_revision, device=args.device)
+    generator = pipeline(
+        "vqvae-generation",
+        model=args.prior,
+        revision=args.prior_revision,
+        vqvae=args.vqvae,
+        vqvae_revision=args.vqvae_revision,
+        device=args.device,
+    )
     config = generator.model.config
     if config.num_classes:
         if args.num_samples is not None:
-            raise ValueError("This prior is class-conditional: give `--num_per_class` (and `--classes`), not "
-                             "`--num_samples`.")
+            raise ValueError(
+                "This prior is class-conditional: give `--num_per_class` (and `--classes`), not `--num_samples`."
+            )
         class_labels, per_row = args.classes or list(range(config.num_classes)), args.num_per_class
     else:
         if args.classes is not None or args.guidance_scale not in (None, 1.0):
-            raise ValueError("This prior is unconditional (`num_classes` = 0): `--classes` and `--guidance_scale` "
-                             "do not apply; use `--num_samples`.")
+            raise ValueError(
+                "This prior is unconditional (`num_classes` = 0): `--classes` and `--guidance_scale` "
+                "do not apply; use `--num_samples`."
+            )
         class_labels, per_row = None, args.num_columns
     num_images = args.num_per_class if config.num_classes else args.num_samples or 64
-    outputs = generator(class_labels, num_images=num_images, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, guidance_scale=args.guidance_scale, seed=args.seed,
-                        return_codes=args.codes_file is not None)
+    outputs = generator(
+        class_labels,
+        num_images=num_images,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        return_codes=args.codes_file is not None,
+    )
 
     images = [output["image"] for output in outputs]
     rows = [images[start : start + per_row] for start in range(0, len(images), per_row)]
@@ -109,20 +158,27 @@ def main(args) -> dict:
         codes_file = Path(args.codes_file)
         codes_file.parent.mkdir(parents=True, exist_ok=True)
         class_ids = [output["class_label"] for output in outputs]
-        torch.save({
-            "codes": torch.stack([output["codes"] for output in outputs]).cpu(),  # (N, h, w)
-            "class_labels": None if class_labels is None else torch.tensor(class_ids),  # (N,)
-            "arguments": vars(args),
-        }, codes_file)
-    print(f"Wrote {len(images)} samples in {len(rows)} row(s) to {output_file}"
-          + (f" and their codes to {args.codes_file}" if args.codes_file else ""))
+        torch.save(
+            {
+                "codes": torch.stack([output["codes"] for output in outputs]).cpu(),  # (N, h, w)
+                "class_labels": None if class_labels is None else torch.tensor(class_ids),  # (N,)
+                "arguments": vars(args),
+            },
+            codes_file,
+        )
+    print(
+        f"Wrote {len(images)} samples in {len(rows)} row(s) to {output_file}"
+        + (f" and their codes to {args.codes_file}" if args.codes_file else "")
+    )
     result = {"output_file": str(output_file), "num_images": len(images), "num_rows": len(rows), "size": grid.size}
     if args.classifier is not None:
         if not config.num_classes:
             raise ValueError("`--classifier` scores class-conditional samples; this prior is unconditional.")
         result["classifier"] = classify_samples(args.classifier, images, [o["class_label"] for o in outputs])
-        print(f"The classifier assigns {result['classifier']['accuracy']:.1%} of the samples to their requested "
-              f"class (chance {1 / config.num_classes:.1%}).")
+        print(
+            f"The classifier assigns {result['classifier']['accuracy']:.1%} of the samples to their requested "
+            f"class (chance {1 / config.num_classes:.1%})."
+        )
         if args.results_file:
             write_json(args.results_file, {**result["classifier"], "arguments": vars(args)})
         if args.model_card_section:
@@ -135,8 +191,9 @@ def classifier_table(scores: dict) -> str:
     """A Markdown table of the share of samples assigned to their requested class: per class, then overall."""
     lines = ["| requested class | samples assigned to it |", "| --- | --- |"]
     lines += [f"| {name} | {share:.1%} |" for name, share in scores["per_class"].items()]
-    lines.append(f"| all ({scores['num_samples']} samples; chance {1 / scores['num_classes']:.0%}) | "
-                 f"{scores['accuracy']:.1%} |")
+    lines.append(
+        f"| all ({scores['num_samples']} samples; chance {1 / scores['num_classes']:.0%}) | {scores['accuracy']:.1%} |"
+    )
     return "\n".join(lines) + f"\n\nClassifier: `{scores['classifier']}`."
 
 
@@ -147,17 +204,24 @@ def classify_samples(classifier_path: str, images, class_labels: list[int]) -> d
 
     model = AutoModelForImageClassification.from_pretrained(classifier_path).eval()
     processor = AutoImageProcessor.from_pretrained(classifier_path)
-    predicted = torch.cat([
-        model(processor(images[i : i + 256], return_tensors="pt")["pixel_values"]).logits.argmax(-1)
-        for i in range(0, len(images), 256)
-    ])
+    predicted = torch.cat(
+        [
+            model(processor(images[i : i + 256], return_tensors="pt")["pixel_values"]).logits.argmax(-1)
+            for i in range(0, len(images), 256)
+        ]
+    )
     requested = torch.tensor(class_labels)
     per_class = {
         model.config.id2label.get(int(c), str(int(c))): float((predicted[requested == c] == c).float().mean())
         for c in requested.unique()
     }
-    return {"accuracy": float((predicted == requested).float().mean()), "per_class": per_class,
-            "num_samples": len(images), "num_classes": model.config.num_labels, "classifier": str(classifier_path)}
+    return {
+        "accuracy": float((predicted == requested).float().mean()),
+        "per_class": per_class,
+        "num_samples": len(images),
+        "num_classes": model.config.num_labels,
+        "classifier": str(classifier_path),
+    }
 
 
 if __name__ == "__main__":

@@ -115,42 +115,74 @@ Made with `scripts/tokenize_dataset.py` of hf_vqvae {{version}}.
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # Model and layout
-    parser.add_argument("--model", required=True,
-                        help="A VQ-VAE folder or Hub id (loaded with `VQVAEImageTokenizer.from_pretrained`).")
+    parser.add_argument(
+        "--model", required=True, help="A VQ-VAE folder or Hub id (loaded with `VQVAEImageTokenizer.from_pretrained`)."
+    )
     parser.add_argument("--revision", default=None, help="Hub revision of the model.")
-    parser.add_argument("--code_offset", type=int, default=None,
-                        help="Id of code 0 (default: the model's image_tokenizer_config.json, else 0); e.g. the size "
-                             "of a text vocabulary the image tokens are appended to.")
-    parser.add_argument("--no_image_delimiters", action="store_true",
-                        help="Do not wrap each image in begin-of-image / end-of-image tokens.")
+    parser.add_argument(
+        "--code_offset",
+        type=int,
+        default=None,
+        help="Id of code 0 (default: the model's image_tokenizer_config.json, else 0); e.g. the size "
+        "of a text vocabulary the image tokens are appended to.",
+    )
+    parser.add_argument(
+        "--no_image_delimiters",
+        action="store_true",
+        help="Do not wrap each image in begin-of-image / end-of-image tokens.",
+    )
     parser.add_argument("--no_pad_token", action="store_true", help="Reserve no padding id in the layout.")
-    parser.add_argument("--ids_dtype", choices=["int32", "int64"], default="int32",
-                        help="Integer type of the stored `input_ids`.")
+    parser.add_argument(
+        "--ids_dtype", choices=["int32", "int64"], default="int32", help="Integer type of the stored `input_ids`."
+    )
     # Data
     parser.add_argument("--dataset_name", default=None, help="A Hub dataset, or the builder of `--data_files`.")
     parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
     parser.add_argument("--data_dir", default=None, help="A local image folder (`imagefolder`).")
-    parser.add_argument("--data_files", nargs="+", default=None,
-                        help="Parquet files or globs, each `SPLIT=GLOB` or a bare `GLOB` (bare ones belong to the "
-                             "single split of `--splits`, default `train`).")
-    parser.add_argument("--splits", "--split", nargs="+", default=None,
-                        help="Splits to tokenize (default: every split of the dataset).")
-    parser.add_argument("--streaming", action="store_true",
-                        help="Read the source as it is iterated (no local Arrow copy; useful for large Hub datasets).")
+    parser.add_argument(
+        "--data_files",
+        nargs="+",
+        default=None,
+        help="Parquet files or globs, each `SPLIT=GLOB` or a bare `GLOB` (bare ones belong to the "
+        "single split of `--splits`, default `train`).",
+    )
+    parser.add_argument(
+        "--splits",
+        "--split",
+        nargs="+",
+        default=None,
+        help="Splits to tokenize (default: every split of the dataset).",
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="Read the source as it is iterated (no local Arrow copy; useful for large Hub datasets).",
+    )
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument("--keep_columns", nargs="*", default=None,
-                        help="Source columns copied next to `input_ids` (default: every column that is not an image; "
-                             "give the flag with no names to keep none).")
+    parser.add_argument(
+        "--keep_columns",
+        nargs="*",
+        default=None,
+        help="Source columns copied next to `input_ids` (default: every column that is not an image; "
+        "give the flag with no names to keep none).",
+    )
     parser.add_argument("--max_samples", type=int, default=None, help="Tokenize only the first N rows of each split.")
     parser.add_argument("--cache_dir", default=None, help="Where `datasets` and the Hub cache downloads.")
     # Run
     parser.add_argument("--output_dir", required=True, help="Where the shards and metadata are written.")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="Replace the tokens of a previous run with other settings in `--output_dir`.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace the tokens of a previous run with other settings in `--output_dir`.",
+    )
     parser.add_argument("--batch_size", type=int, default=256, help="Images encoded at once, per process.")
     parser.add_argument("--shard_size", type=int, default=10_000, help="Rows per output parquet shard.")
-    parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no",
-                        help="Autocast precision of the encoder (the quantizer's nearest-code search stays fp32).")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="Autocast precision of the encoder (the quantizer's nearest-code search stays fp32).",
+    )
     # Hub
     parser.add_argument("--push_to_hub", action="store_true", help="Upload the output folder as a Hub dataset repo.")
     parser.add_argument("--hub_dataset_id", default=None, help="Hub dataset repository, e.g. `org/cifar10-tokens`.")
@@ -183,8 +215,10 @@ def parse_data_files(items: list[str], splits: list[str] | None) -> dict[str, li
         match = re.fullmatch(r"(\w[\w.-]*)=(.+)", item)
         if match is None:
             if splits is not None and len(splits) != 1:
-                raise ValueError(f"`--data_files` {item!r} names no split, and `--splits` has {len(splits)}: write "
-                                 "it as SPLIT=GLOB.")
+                raise ValueError(
+                    f"`--data_files` {item!r} names no split, and `--splits` has {len(splits)}: write "
+                    "it as SPLIT=GLOB."
+                )
             split, pattern = (splits or ["train"])[0], item
         else:
             split, pattern = match.groups()
@@ -246,8 +280,10 @@ def count_rows(dataset, split: str, streaming: bool, limit: int | None = None) -
     known = dataset.info.splits.get(split) if dataset.info.splits else None
     if known is not None and known.num_examples:
         return min(known.num_examples, limit or known.num_examples)
-    logger.warning(f"The size of the streamed split {split!r} is unknown; counting its rows with one pass.",
-                   main_process_only=True)
+    logger.warning(
+        f"The size of the streamed split {split!r} is unknown; counting its rows with one pass.",
+        main_process_only=True,
+    )
     count = 0
     for table in dataset.with_format("arrow").iter(batch_size=10_000):
         count += table.num_rows
@@ -276,8 +312,10 @@ def peak_rss_megabytes() -> float:
 def describe_source(args) -> dict:
     data_files = None
     if args.data_files:
-        data_files = {split: sorted(os.path.abspath(path) for pattern in patterns for path in glob.glob(pattern))
-                      for split, patterns in args.data_files.items()}
+        data_files = {
+            split: sorted(os.path.abspath(path) for pattern in patterns for path in glob.glob(pattern))
+            for split, patterns in args.data_files.items()
+        }
     return {
         "dataset_name": args.dataset_name,
         "dataset_config_name": args.dataset_config_name,
@@ -305,8 +343,10 @@ def check_settings(output_dir: Path, settings: dict, overwrite: bool) -> bool:
     else:
         return False
     if not overwrite:
-        raise ValueError(f"`--output_dir` {str(output_dir)!r} {problem}. Pick another `--output_dir`, or pass "
-                         "`--overwrite` to replace them.")
+        raise ValueError(
+            f"`--output_dir` {str(output_dir)!r} {problem}. Pick another `--output_dir`, or pass "
+            "`--overwrite` to replace them."
+        )
     return True
 
 
@@ -353,8 +393,9 @@ def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args
     device_type = next(image_tokenizer.model.parameters()).device.type
     ids, kept = [], []
     for batch_start in range(start, stop, args.batch_size):
-        table, pixel_values = prepare_batch(image_tokenizer.image_processor, rows, batch_start,
-                                            min(batch_start + args.batch_size, stop), plan)
+        table, pixel_values = prepare_batch(
+            image_tokenizer.image_processor, rows, batch_start, min(batch_start + args.batch_size, stop), plan
+        )
         with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
         ids.append(batch_ids.numpy().astype(args.ids_dtype))
@@ -382,44 +423,63 @@ def write_shard(table: pa.Table, path: Path, process_index: int):
 def write_dataset_card(output_dir: Path, args, layout: VQVAEImageTokenizer, splits: dict):
     h, w = layout.grid_size
     k = layout.codebook_size
-    lines = [f"- codes: code `c` is id `{layout.code_offset} + c`, ids `[{layout.code_offset}, "
-             f"{layout.code_offset + k})` (K = {k})"]
+    lines = [
+        f"- codes: code `c` is id `{layout.code_offset} + c`, ids `[{layout.code_offset}, "
+        f"{layout.code_offset + k})` (K = {k})"
+    ]
     if layout.add_image_delimiters:
         lines.append(f"- begin of image: `{layout.boi_token_id}`, end of image: `{layout.eoi_token_id}`")
     if layout.use_pad_token:
         lines.append(f"- padding: `{layout.pad_token_id}` (never inside a row here)")
-    lines.append(f"- vocabulary size: `{layout.vocab_size}`"
-                 + (f" (ids below `{layout.code_offset}` are not used here)" if layout.code_offset else ""))
+    lines.append(
+        f"- vocabulary size: `{layout.vocab_size}`"
+        + (f" (ids below `{layout.code_offset}` are not used here)" if layout.code_offset else "")
+    )
     one = "`boi` " if layout.add_image_delimiters else ""
-    lines.append(f"- one image, {layout.num_image_tokens} ids: {one}`c(0,0) c(0,1) ... c({h - 1},{w - 1})`"
-                 + (" `eoi`" if layout.add_image_delimiters else ""))
-    layout_kwargs = (f"code_offset={layout.code_offset}, add_image_delimiters={layout.add_image_delimiters}, "
-                     f"use_pad_token={layout.use_pad_token}")
+    lines.append(
+        f"- one image, {layout.num_image_tokens} ids: {one}`c(0,0) c(0,1) ... c({h - 1},{w - 1})`"
+        + (" `eoi`" if layout.add_image_delimiters else "")
+    )
+    layout_kwargs = (
+        f"code_offset={layout.code_offset}, add_image_delimiters={layout.add_image_delimiters}, "
+        f"use_pad_token={layout.use_pad_token}"
+    )
     first_plan = next(iter(splits.values()))
     kept = ", ".join(f"`{name}`" for name in first_plan["keep_columns"]) or "(none)"
     patterns = [f"{split}={pattern}" for split, items in (args.data_files or {}).items() for pattern in items]
     source = args.dataset_name or args.data_dir or ", ".join(f"`{pattern}`" for pattern in patterns)
-    card = fill_model_card(DATASET_CARD_TEMPLATE, {
-        "data_files": "\n".join(f"  - split: {split}\n    path: {split}/shard-*.parquet" for split in splits),
-        "source": source,
-        "grid": f"{h}x{w}",
-        "model": args.model,
-        "kept": kept,
-        "layout": "\n".join(lines),
-        "splits": "\n".join(f"| {split} | {plan['num_rows']} | {plan['num_shards']} |" for split, plan in splits.items()),
-        "layout_kwargs": layout_kwargs,
-        "first_split": next(iter(splits)),
-        "version": __version__,
-    })
+    card = fill_model_card(
+        DATASET_CARD_TEMPLATE,
+        {
+            "data_files": "\n".join(f"  - split: {split}\n    path: {split}/shard-*.parquet" for split in splits),
+            "source": source,
+            "grid": f"{h}x{w}",
+            "model": args.model,
+            "kept": kept,
+            "layout": "\n".join(lines),
+            "splits": "\n".join(
+                f"| {split} | {plan['num_rows']} | {plan['num_shards']} |" for split, plan in splits.items()
+            ),
+            "layout_kwargs": layout_kwargs,
+            "first_split": next(iter(splits)),
+            "version": __version__,
+        },
+    )
     atomic_write_text(output_dir / "README.md", card)
 
 
 def push_folder(args) -> str:
     """Upload the output folder as a dataset repo; on failure say so, keep the local files and exit 1."""
     try:
-        url = training_utils.push_folder(args.output_dir, args.hub_dataset_id, "Upload image tokens made with hf_vqvae",
-                                         repo_type="dataset", private=args.hub_private_repo, token=args.hub_token,
-                                         ignore_patterns=UPLOAD_IGNORE_PATTERNS)
+        url = training_utils.push_folder(
+            args.output_dir,
+            args.hub_dataset_id,
+            "Upload image tokens made with hf_vqvae",
+            repo_type="dataset",
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+        )
     except RuntimeError as error:
         logger.error(str(error), main_process_only=True)
         raise SystemExit(1) from error
@@ -463,10 +523,12 @@ def plan_split(dataset, split: str, args, num_image_tokens: int) -> dict:
     if num_rows == 0:
         raise ValueError(f"Split {split!r} has no rows.")
     image_feature = features[image_column] if isinstance(features[image_column], ImageFeature) else ImageFeature()
-    output_features = Features({
-        "input_ids": List(Value(args.ids_dtype)),
-        **{name: features[name] for name in keep_columns},
-    })
+    output_features = Features(
+        {
+            "input_ids": List(Value(args.ids_dtype)),
+            **{name: features[name] for name in keep_columns},
+        }
+    )
     return {
         "dataset": dataset,
         "image_column": image_column,
@@ -488,8 +550,14 @@ def main(args) -> dict:
 
     data_files = args.data_files
     with state.main_process_first():  # the first process builds the Arrow cache, the others reuse it
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.data_dir, data_files,
-                                     args.cache_dir, streaming=args.streaming)
+        dataset = load_image_dataset(
+            args.dataset_name,
+            args.dataset_config_name,
+            args.data_dir,
+            data_files,
+            args.cache_dir,
+            streaming=args.streaming,
+        )
     splits = args.splits or list(dataset)
     missing = [split for split in splits if split not in dataset]
     if missing:
@@ -504,9 +572,15 @@ def main(args) -> dict:
         "shard_size": args.shard_size,
         "mixed_precision": args.mixed_precision,
         "source": describe_source(args),
-        "splits": {split: {"num_rows": plan["num_rows"], "num_shards": plan["num_shards"],
-                           "image_column": plan["image_column"], "keep_columns": plan["keep_columns"]}
-                   for split, plan in plans.items()},
+        "splits": {
+            split: {
+                "num_rows": plan["num_rows"],
+                "num_shards": plan["num_shards"],
+                "image_column": plan["image_column"],
+                "keep_columns": plan["keep_columns"],
+            }
+            for split, plan in plans.items()
+        },
     }
     # Every process checks (so all fail alike); only the main process changes files, before anyone writes shards.
     replace = check_settings(output_dir, settings, args.overwrite)
@@ -517,8 +591,15 @@ def main(args) -> dict:
             remove_previous_run(output_dir)
         for tmp in output_dir.glob(f"*/{TMP_PREFIX}*"):  # left by an interrupted run
             tmp.unlink()
-        write_json(output_dir / SETTINGS_NAME, {"model": str(args.model), "revision": args.revision,
-                                                "hf_vqvae_version": __version__, "settings": settings})
+        write_json(
+            output_dir / SETTINGS_NAME,
+            {
+                "model": str(args.model),
+                "revision": args.revision,
+                "hf_vqvae_version": __version__,
+                "settings": settings,
+            },
+        )
     state.wait_for_everyone()
 
     # Process i owns shards i, i + N, ... of every split: the same files whatever the number of processes.
@@ -536,14 +617,21 @@ def main(args) -> dict:
 
     encode_start = time.time()
     num_encoded = 0
-    progress = tqdm(total=sum(stop - start for _, start, stop, _ in todo), desc="Tokenizing", unit="img",
-                    disable=not state.is_local_main_process)
+    progress = tqdm(
+        total=sum(stop - start for _, start, stop, _ in todo),
+        desc="Tokenizing",
+        unit="img",
+        disable=not state.is_local_main_process,
+    )
     readers = {}
     for split, start, stop, path in todo:
         plan = plans[split]
         if split not in readers:
-            readers[split] = (StreamRows(plan["dataset"], plan["num_rows"], args.batch_size) if args.streaming
-                              else ArrowRows(plan["dataset"], plan["num_rows"]))
+            readers[split] = (
+                StreamRows(plan["dataset"], plan["num_rows"], args.batch_size)
+                if args.streaming
+                else ArrowRows(plan["dataset"], plan["num_rows"])
+            )
         table = tokenize_rows(image_tokenizer, readers[split], start, stop, plan, args, progress)
         write_shard(table, path, state.process_index)
         num_encoded += stop - start
@@ -552,9 +640,17 @@ def main(args) -> dict:
     encode_seconds = time.time() - encode_start
     peak_rss_mb = peak_rss_megabytes()
 
-    per_process = gather_object([{"process_index": state.process_index, "num_encoded": num_encoded,
-                                  "num_reused_shards": num_reused, "encode_seconds": round(encode_seconds, 3),
-                                  "peak_rss_mb": round(peak_rss_mb, 1)}])
+    per_process = gather_object(
+        [
+            {
+                "process_index": state.process_index,
+                "num_encoded": num_encoded,
+                "num_reused_shards": num_reused,
+                "encode_seconds": round(encode_seconds, 3),
+                "peak_rss_mb": round(peak_rss_mb, 1),
+            }
+        ]
+    )
     state.wait_for_everyone()
     stats = {}
     if state.is_main_process:
@@ -564,8 +660,10 @@ def main(args) -> dict:
                 if not is_complete(shard_path(output_dir, split, index, plan["num_shards"]), rows):
                     raise RuntimeError(f"Shard {index} of split {split!r} is missing after all processes finished.")
         layout = VQVAEImageTokenizer(
-            codebook_size=image_tokenizer.codebook_size, grid_size=image_tokenizer.grid_size,
-            code_offset=image_tokenizer.code_offset, add_image_delimiters=image_tokenizer.add_image_delimiters,
+            codebook_size=image_tokenizer.codebook_size,
+            grid_size=image_tokenizer.grid_size,
+            code_offset=image_tokenizer.code_offset,
+            add_image_delimiters=image_tokenizer.add_image_delimiters,
             use_pad_token=image_tokenizer.use_pad_token,
         )
         layout.save_pretrained(output_dir)  # no model: only image_tokenizer_config.json
@@ -588,9 +686,11 @@ def main(args) -> dict:
         }
         write_json(output_dir / STATS_NAME, stats)
         throughput = f"{stats['images_per_second']} images/s" if total_encoded else "nothing to encode"
-        print(f"Tokenized {stats['num_images']} images into {stats['num_shards']} shards in {output_dir} "
-              f"({stats['num_shards_reused']} reused): {throughput}, peak RSS {stats['peak_rss_mb']} MB "
-              f"(largest of {state.num_processes} process(es)), {stats['total_seconds']} s in total.")
+        print(
+            f"Tokenized {stats['num_images']} images into {stats['num_shards']} shards in {output_dir} "
+            f"({stats['num_shards_reused']} reused): {throughput}, peak RSS {stats['peak_rss_mb']} MB "
+            f"(largest of {state.num_processes} process(es)), {stats['total_seconds']} s in total."
+        )
     state.wait_for_everyone()
     if state.is_main_process and args.push_to_hub:  # after the barrier: a failed upload leaves no process waiting
         stats["hub_commit_url"] = push_folder(args)

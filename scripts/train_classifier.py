@@ -87,14 +87,29 @@ def main(args) -> dict:
     processor = VQVAEImageProcessor(size={"height": args.image_size, "width": args.image_size})
 
     def loader(split, shuffle):
-        rows, collate = make_preprocessing(dataset[split], processor, args.image_column, label_column=args.label_column)
-        return torch.utils.data.DataLoader(rows, batch_size=args.train_batch_size, shuffle=shuffle, drop_last=shuffle,
-                                           collate_fn=collate, generator=torch.Generator().manual_seed(args.seed))
+        rows, collate = make_preprocessing(
+            dataset[split], processor, args.image_column, label_column=args.label_column
+        )
+        return torch.utils.data.DataLoader(
+            rows,
+            batch_size=args.train_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
 
     train_loader, test_loader = loader("train", True), loader("test", False)
-    config = ResNetConfig(num_channels=3, embedding_size=args.hidden_sizes[0] // 2, hidden_sizes=args.hidden_sizes,
-                          depths=[2, 2, 2], layer_type="basic", num_labels=len(names),
-                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=args.hidden_sizes[0] // 2,
+        hidden_sizes=args.hidden_sizes,
+        depths=[2, 2, 2],
+        layer_type="basic",
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
     model = ResNetForImageClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     steps = args.num_train_epochs * len(train_loader)
@@ -114,11 +129,21 @@ def main(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
-        curve.append({"epoch": epoch + 1, "test_accuracy": accuracy(model, test_loader),
-                      "minutes": round((time.time() - start) / 60, 1)})
+        curve.append(
+            {
+                "epoch": epoch + 1,
+                "test_accuracy": accuracy(model, test_loader),
+                "minutes": round((time.time() - start) / 60, 1),
+            }
+        )
         accelerator.print(f"epoch {epoch + 1}: test accuracy {curve[-1]['test_accuracy']:.2%}")
-    results = {"test_accuracy": curve[-1]["test_accuracy"], "curve": curve, "num_classes": len(names),
-               "parameters": sum(p.numel() for p in model.parameters()), "arguments": vars(args)}
+    results = {
+        "test_accuracy": curve[-1]["test_accuracy"],
+        "curve": curve,
+        "num_classes": len(names),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "arguments": vars(args),
+    }
     if accelerator.is_main_process:
         save_pretrained_atomic(args.output_dir, accelerator.unwrap_model(model), processor)
         write_json(Path(args.output_dir) / "results.json", results)
@@ -129,7 +154,9 @@ def main(args) -> dict:
 
 def write_card(output_dir, results: dict, command: str):
     """A short model card: what the classifier is for, the command that trained it and its measured accuracy."""
-    curve = "\n".join(f"| {row['epoch']} | {row['minutes']} | {row['test_accuracy']:.2%} |" for row in results["curve"])
+    curve = "\n".join(
+        f"| {row['epoch']} | {row['minutes']} | {row['test_accuracy']:.2%} |" for row in results["curve"]
+    )
     card = f"""---
 library_name: transformers
 pipeline_tag: image-classification
@@ -139,12 +166,12 @@ tags:
 
 # CIFAR-10 classifier for judging samples
 
-A small `ResNetForImageClassification` ({results['parameters'] / 1e6:.2f}M parameters) trained from scratch by
+A small `ResNetForImageClassification` ({results["parameters"] / 1e6:.2f}M parameters) trained from scratch by
 `scripts/train_classifier.py` of hf_vqvae, on images prepared by `VQVAEImageProcessor` (pixels in [-1, 1]). It is a
 judge, not a state-of-the-art classifier: `scripts/sample.py --classifier` reports the share of a prior's
 class-conditional samples that it assigns to the requested class.
 
-**Test accuracy: {results['test_accuracy']:.2%}** ({results['num_classes']} classes; chance {1 / results['num_classes']:.0%}).
+**Test accuracy: {results["test_accuracy"]:.2%}** ({results["num_classes"]} classes; chance {1 / results["num_classes"]:.0%}).
 
 Command:
 

@@ -70,51 +70,84 @@ logger = get_logger(__name__)
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "prior_model_card.md"
 # Settings derived from the VQ-VAE and the data, never taken from a config file or `--config_overrides`.
-DERIVED_CONFIG_KEYS = ("vocab_size", "max_position_embeddings", "bos_token_id", "pad_token_id", "eos_token_id",
-                       "id2label", "label2id")
+DERIVED_CONFIG_KEYS = (
+    "vocab_size",
+    "max_position_embeddings",
+    "bos_token_id",
+    "pad_token_id",
+    "eos_token_id",
+    "id2label",
+    "label2id",
+)
 MAX_DEFAULT_SAMPLE_CLASSES = 10
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # Models
-    parser.add_argument("--vqvae_model_name_or_path", required=True,
-                        help="The trained VQ-VAE (folder or Hub id) whose codes the prior models; it stays frozen.")
+    parser.add_argument(
+        "--vqvae_model_name_or_path",
+        required=True,
+        help="The trained VQ-VAE (folder or Hub id) whose codes the prior models; it stays frozen.",
+    )
     parser.add_argument("--vqvae_revision", default=None, help="Hub revision of the VQ-VAE.")
-    parser.add_argument("--pretrained_prior_name_or_path", default=None,
-                        help="Fine-tune this prior (folder or Hub id) instead of training one from scratch; its "
-                             "codebook size, grid and number of classes must match the VQ-VAE and the data.")
-    parser.add_argument("--prior_config_name_or_path", default=None,
-                        help="A prior config.json, or a folder/Hub id holding one, for a prior trained from scratch "
-                             "(default: the `VQVAEPriorConfig` defaults). Codebook size, grid and classes always come "
-                             "from the VQ-VAE and the data.")
-    parser.add_argument("--config_overrides", default=None,
-                        help="Comma-separated key=value settings of the prior config, e.g. "
-                             "'hidden_size=128,num_hidden_layers=4,class_dropout_prob=0.1'.")
+    parser.add_argument(
+        "--pretrained_prior_name_or_path",
+        default=None,
+        help="Fine-tune this prior (folder or Hub id) instead of training one from scratch; its "
+        "codebook size, grid and number of classes must match the VQ-VAE and the data.",
+    )
+    parser.add_argument(
+        "--prior_config_name_or_path",
+        default=None,
+        help="A prior config.json, or a folder/Hub id holding one, for a prior trained from scratch "
+        "(default: the `VQVAEPriorConfig` defaults). Codebook size, grid and classes always come "
+        "from the VQ-VAE and the data.",
+    )
+    parser.add_argument(
+        "--config_overrides",
+        default=None,
+        help="Comma-separated key=value settings of the prior config, e.g. "
+        "'hidden_size=128,num_hidden_layers=4,class_dropout_prob=0.1'.",
+    )
     parser.add_argument("--revision", default=None, help="Hub revision of the pretrained prior or config.")
     # Data
-    parser.add_argument("--dataset_name", default=None,
-                        help="A Hub dataset, or the builder of `--*_data_files` (default parquet).")
+    parser.add_argument(
+        "--dataset_name", default=None, help="A Hub dataset, or the builder of `--*_data_files` (default parquet)."
+    )
     parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
     parser.add_argument("--train_data_dir", default=None, help="A local image folder (`imagefolder`).")
     parser.add_argument("--train_data_files", nargs="+", default=None, help="Files or globs of the training split.")
-    parser.add_argument("--validation_data_files", nargs="+", default=None,
-                        help="Files or globs of the validation split.")
+    parser.add_argument(
+        "--validation_data_files", nargs="+", default=None, help="Files or globs of the validation split."
+    )
     parser.add_argument("--train_split", default="train", help="Split to train on.")
-    parser.add_argument("--validation_split", default="test",
-                        help="Split whose NLL is measured; skipped when the dataset has none (samples are still drawn).")
+    parser.add_argument(
+        "--validation_split",
+        default="test",
+        help="Split whose NLL is measured; skipped when the dataset has none (samples are still drawn).",
+    )
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument("--label_column", default=None,
-                        help="A ClassLabel column: train a class-conditional prior with one class per label name.")
+    parser.add_argument(
+        "--label_column",
+        default=None,
+        help="A ClassLabel column: train a class-conditional prior with one class per label name.",
+    )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
     parser.add_argument("--cache_dir", default=None, help="Where `datasets` and the Hub cache downloads.")
     # Codes cache
-    parser.add_argument("--codes_cache_dir", default=None,
-                        help="Where the encoded codes are cached, one `<split>.pt` per split (default: "
-                             "`<output_dir>/codes`); share it between runs on the same VQ-VAE and data.")
-    parser.add_argument("--overwrite_codes_cache", action="store_true",
-                        help="Re-encode when the cache was made with another VQ-VAE or other data (default: error).")
+    parser.add_argument(
+        "--codes_cache_dir",
+        default=None,
+        help="Where the encoded codes are cached, one `<split>.pt` per split (default: "
+        "`<output_dir>/codes`); share it between runs on the same VQ-VAE and data.",
+    )
+    parser.add_argument(
+        "--overwrite_codes_cache",
+        action="store_true",
+        help="Re-encode when the cache was made with another VQ-VAE or other data (default: error).",
+    )
     parser.add_argument("--encode_batch_size", type=int, default=256, help="Images encoded at once by the VQ-VAE.")
     # Optimisation
     parser.add_argument("--output_dir", default="outputs/prior", help="Where checkpoints and the prior are written.")
@@ -125,35 +158,65 @@ def parse_args(argv=None):
     parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps (overrides epochs).")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
     parser.add_argument("--learning_rate", type=float, default=3e-4, help="Peak learning rate.")
-    parser.add_argument("--lr_scheduler", default="cosine",
-                        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...")
+    parser.add_argument(
+        "--lr_scheduler",
+        default="cosine",
+        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...",
+    )
     parser.add_argument("--lr_warmup_steps", type=int, default=100, help="Warm-up optimizer steps.")
     parser.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
     parser.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (0.95 as in GPT training).")
-    parser.add_argument("--adam_weight_decay", type=float, default=0.01,
-                        help="AdamW weight decay of the weight matrices and embeddings (not of biases and norms).")
+    parser.add_argument(
+        "--adam_weight_decay",
+        type=float,
+        default=0.01,
+        help="AdamW weight decay of the weight matrices and embeddings (not of biases and norms).",
+    )
     parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                        help="Mixed precision of the prior (default: Accelerate's config). The codes are encoded in "
-                             "fp32.")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Mixed precision of the prior (default: Accelerate's config). The codes are encoded in fp32.",
+    )
     # Checkpoints, logging, validation
     parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint every N steps.")
     parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
-    parser.add_argument("--resume_from_checkpoint", default=None,
-                        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.")
-    parser.add_argument("--validation_steps", type=int, default=1000,
-                        help="Every N optimizer steps, measure the validation NLL and write a sample grid.")
-    parser.add_argument("--num_validation_samples", type=int, default=8,
-                        help="Samples per class in each grid (one row per class), or in total for an unconditional "
-                             "prior (rows of 8).")
-    parser.add_argument("--validation_classes", type=int, nargs="+", default=None,
-                        help=f"Class ids of the sample grids (default: the first {MAX_DEFAULT_SAMPLE_CLASSES}).")
-    parser.add_argument("--validation_guidance_scale", type=float, default=None,
-                        help="Classifier-free guidance scale of the sample grids (class-conditional priors).")
+    parser.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.",
+    )
+    parser.add_argument(
+        "--validation_steps",
+        type=int,
+        default=1000,
+        help="Every N optimizer steps, measure the validation NLL and write a sample grid.",
+    )
+    parser.add_argument(
+        "--num_validation_samples",
+        type=int,
+        default=8,
+        help="Samples per class in each grid (one row per class), or in total for an unconditional prior (rows of 8).",
+    )
+    parser.add_argument(
+        "--validation_classes",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"Class ids of the sample grids (default: the first {MAX_DEFAULT_SAMPLE_CLASSES}).",
+    )
+    parser.add_argument(
+        "--validation_guidance_scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale of the sample grids (class-conditional priors).",
+    )
     parser.add_argument("--validation_temperature", type=float, default=1.0, help="Temperature of the sample grids.")
     parser.add_argument("--logging_steps", type=int, default=10, help="Log training losses every N steps.")
-    parser.add_argument("--report_to", default="tensorboard",
-                        help="Accelerate trackers: tensorboard, wandb, all, or none.")
+    parser.add_argument(
+        "--report_to", default="tensorboard", help="Accelerate trackers: tensorboard, wandb, all, or none."
+    )
     parser.add_argument("--tracker_project_name", default="train_prior", help="Project name for the trackers.")
     # Hub
     parser.add_argument("--push_to_hub", action="store_true", help="Upload the final folder to the Hub.")
@@ -167,9 +230,17 @@ def parse_args(argv=None):
         raise ValueError("Give at most one of `--pretrained_prior_name_or_path` and `--prior_config_name_or_path`.")
     if args.dataset_name is None and args.train_data_dir is None and args.train_data_files is None:
         raise ValueError("Give the data: `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
-    for name in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
-                 "validation_steps", "logging_steps", "num_train_epochs", "encode_batch_size",
-                 "num_validation_samples"):
+    for name in (
+        "train_batch_size",
+        "eval_batch_size",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "logging_steps",
+        "num_train_epochs",
+        "encode_batch_size",
+        "num_validation_samples",
+    ):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
     for name in ("max_train_steps", "checkpoints_total_limit", "max_train_samples", "max_eval_samples"):
@@ -190,10 +261,14 @@ def parse_args(argv=None):
     args.config_overrides = parse_overrides(args.config_overrides)
     if args.pretrained_prior_name_or_path is not None and args.config_overrides:
         raise ValueError("`--config_overrides` change the architecture; they cannot apply to a pretrained prior.")
-    derived = sorted({"codebook_size", "grid_size", "num_classes", *DERIVED_CONFIG_KEYS} & args.config_overrides.keys())
+    derived = sorted(
+        {"codebook_size", "grid_size", "num_classes", *DERIVED_CONFIG_KEYS} & args.config_overrides.keys()
+    )
     if derived:
-        raise ValueError(f"`--config_overrides` cannot set {derived}: they follow from the VQ-VAE "
-                         "(`codebook_size`, `grid_size`) and `--label_column` (`num_classes`).")
+        raise ValueError(
+            f"`--config_overrides` cannot set {derived}: they follow from the VQ-VAE "
+            "(`codebook_size`, `grid_size`) and `--label_column` (`num_classes`)."
+        )
     return args
 
 
@@ -224,12 +299,16 @@ def encode_split(vqvae, image_processor, dataset, image_column: str, batch_size:
         return {"pixel_values": image_processor(examples[image_column], return_tensors="pt")["pixel_values"]}
 
     loader = torch.utils.data.DataLoader(
-        dataset.with_transform(transform), batch_size=batch_size, shuffle=False,
+        dataset.with_transform(transform),
+        batch_size=batch_size,
+        shuffle=False,
         collate_fn=lambda examples: torch.stack([e["pixel_values"] for e in examples]),
         generator=torch.Generator(),  # draws nothing from the global RNG
     )
-    codes = [vqvae.get_codes(pixel_values.to(device)).cpu() for pixel_values in
-             tqdm(loader, desc="Encoding", unit="batch", disable=disable)]
+    codes = [
+        vqvae.get_codes(pixel_values.to(device)).cpu()
+        for pixel_values in tqdm(loader, desc="Encoding", unit="batch", disable=disable)
+    ]
     dtype = torch.int16 if vqvae.config.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
     return torch.cat(codes).to(dtype)  # (N, h, w)
 
@@ -264,8 +343,15 @@ def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, spl
         if max_samples is not None:
             dataset = dataset.select(range(min(max_samples, len(dataset))))
         start = time.time()
-        codes = encode_split(vqvae, image_processor, dataset, settings["image_column"], args.encode_batch_size,
-                             accelerator.device, disable=not accelerator.is_local_main_process)
+        codes = encode_split(
+            vqvae,
+            image_processor,
+            dataset,
+            settings["image_column"],
+            args.encode_batch_size,
+            accelerator.device,
+            disable=not accelerator.is_local_main_process,
+        )
         labels = None
         if args.label_column is not None:
             labels = torch.tensor(list(dataset[args.label_column]), dtype=torch.long)  # (N,)
@@ -273,8 +359,9 @@ def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, spl
         tmp = path.with_name(f".tmp-{path.name}")
         torch.save({"settings": settings, "codes": codes, "labels": labels}, tmp)
         os.replace(tmp, path)  # atomic: an interrupted run leaves no truncated cache
-        accelerator.print(f"Encoded {len(codes)} images of split {split!r} to codes in {path} "
-                          f"({time.time() - start:.1f} s).")
+        accelerator.print(
+            f"Encoded {len(codes)} images of split {split!r} to codes in {path} ({time.time() - start:.1f} s)."
+        )
     accelerator.wait_for_everyone()
     return torch.load(path, weights_only=True)
 
@@ -293,14 +380,18 @@ def get_codes(args, accelerator, vqvae, image_processor):
             raise ValueError(f"`--label_column` {args.label_column!r} is not one of the columns {train.column_names}.")
         feature = train.features[args.label_column]
         if not isinstance(feature, ClassLabel):
-            raise ValueError(f"`--label_column` {args.label_column!r} must be a `ClassLabel` column (it gives the "
-                             f"number and names of the classes); got {feature}. Cast it with "
-                             "`dataset.cast_column(name, ClassLabel(names=[...]))`.")
+            raise ValueError(
+                f"`--label_column` {args.label_column!r} must be a `ClassLabel` column (it gives the "
+                f"number and names of the classes); got {feature}. Cast it with "
+                "`dataset.cast_column(name, ClassLabel(names=[...]))`."
+            )
         class_names = list(feature.names)
         unknown = [c for c in args.validation_classes or [] if not 0 <= c < len(class_names)]
         if unknown:
-            raise ValueError(f"`--validation_classes` {unknown} are not class ids of `--label_column` "
-                             f"{args.label_column!r}, which has {len(class_names)} classes.")
+            raise ValueError(
+                f"`--validation_classes` {unknown} are not class ids of `--label_column` "
+                f"{args.label_column!r}, which has {len(class_names)} classes."
+            )
 
     fingerprint = codes_fingerprint(vqvae)  # a decoder fine-tune of the VQ-VAE keeps its codes
     codes = {}
@@ -313,17 +404,22 @@ def get_codes(args, accelerator, vqvae, image_processor):
             "label_column": args.label_column,
         }
         settings = json.loads(json.dumps(settings, default=str))  # plain types, as saved and compared
-        payload = load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset[split], split, settings,
-                                       max_samples)
+        payload = load_or_encode_codes(
+            args, accelerator, vqvae, image_processor, dataset[split], split, settings, max_samples
+        )
         grid = tuple(payload["codes"].shape[1:])
         if grid != tuple(vqvae.config.latent_size()):
-            raise ValueError(f"The VQ-VAE encodes this data to {grid} grids but `latent_size()` is "
-                             f"{vqvae.config.latent_size()} (`image_size` {vqvae.config.image_size}); make its "
-                             "image processor resize to `image_size`.")
+            raise ValueError(
+                f"The VQ-VAE encodes this data to {grid} grids but `latent_size()` is "
+                f"{vqvae.config.latent_size()} (`image_size` {vqvae.config.image_size}); make its "
+                "image processor resize to `image_size`."
+            )
         labels = payload["labels"]
         if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
-            raise ValueError(f"Split {split!r} has labels outside [0, {len(class_names)}) (e.g. -1 for unlabeled "
-                             "images); give a labelled split or leave out `--label_column`.")
+            raise ValueError(
+                f"Split {split!r} has labels outside [0, {len(class_names)}) (e.g. -1 for unlabeled "
+                "images); give a labelled split or leave out `--label_column`."
+            )
         codes[split] = payload
     return codes, class_names
 
@@ -342,13 +438,16 @@ def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM:
     if class_names:
         labels = {"id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
     if args.pretrained_prior_name_or_path is not None:
-        prior = VQVAEPriorForCausalLM.from_pretrained(args.pretrained_prior_name_or_path, revision=args.revision,
-                                                      cache_dir=args.cache_dir)
+        prior = VQVAEPriorForCausalLM.from_pretrained(
+            args.pretrained_prior_name_or_path, revision=args.revision, cache_dir=args.cache_dir
+        )
         mismatched = {k: (getattr(prior.config, k), v) for k, v in required.items() if getattr(prior.config, k) != v}
         if mismatched:
             details = ", ".join(f"`{k}` {have} (needed: {need})" for k, (have, need) in mismatched.items())
-            raise ValueError(f"The pretrained prior does not fit this VQ-VAE and data: {details}. Train one from "
-                             "scratch with `--prior_config_name_or_path` instead.")
+            raise ValueError(
+                f"The pretrained prior does not fit this VQ-VAE and data: {details}. Train one from "
+                "scratch with `--prior_config_name_or_path` instead."
+            )
         if labels:
             prior.config.id2label, prior.config.label2id = labels["id2label"], labels["label2id"]
         return prior
@@ -376,19 +475,28 @@ def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping):
 
     train = codes[args.train_split]
     train_dataloader = torch.utils.data.DataLoader(
-        dataset(train), batch_size=args.train_batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+        dataset(train),
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate,
         # Its own generator: starting an epoch then draws nothing from the global RNG, which a resumed run restores
         # (class dropout draws from it).
         generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
-        raise ValueError(f"The training split has {len(train['codes'])} images, fewer than one batch of "
-                         f"{args.train_batch_size}; lower `--train_batch_size`.")
+        raise ValueError(
+            f"The training split has {len(train['codes'])} images, fewer than one batch of "
+            f"{args.train_batch_size}; lower `--train_batch_size`."
+        )
     validation_dataloader = None
     if args.validation_split in codes and args.validation_split != args.train_split:
         validation_dataloader = torch.utils.data.DataLoader(
-            dataset(codes[args.validation_split]), batch_size=args.eval_batch_size, shuffle=False,
-            collate_fn=collate, generator=torch.Generator(),
+            dataset(codes[args.validation_split]),
+            batch_size=args.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            generator=torch.Generator(),
         )
     return train_dataloader, validation_dataloader
 
@@ -435,12 +543,17 @@ def sample_grid(args, prior, vqvae, image_processor, class_names):
     if class_names:
         classes = args.validation_classes or list(range(min(len(class_names), MAX_DEFAULT_SAMPLE_CLASSES)))
         class_labels = [c for c in classes for _ in range(args.num_validation_samples)]
-        codes = prior.generate_codes(class_labels=class_labels, guidance_scale=args.validation_guidance_scale,
-                                     temperature=args.validation_temperature, seed=args.seed)
+        codes = prior.generate_codes(
+            class_labels=class_labels,
+            guidance_scale=args.validation_guidance_scale,
+            temperature=args.validation_temperature,
+            seed=args.seed,
+        )
         per_row = args.num_validation_samples
     else:
-        codes = prior.generate_codes(num_samples=args.num_validation_samples, temperature=args.validation_temperature,
-                                     seed=args.seed)
+        codes = prior.generate_codes(
+            num_samples=args.num_validation_samples, temperature=args.validation_temperature, seed=args.seed
+        )
         per_row = 8
     prior.train()
     images = image_processor.postprocess(vqvae.decode(codes.to(vqvae.device)).reconstruction.float().cpu())
@@ -448,8 +561,9 @@ def sample_grid(args, prior, vqvae, image_processor, class_names):
     return make_image_grid(rows), int(codes.unique().numel())
 
 
-def log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader, class_names, global_step,
-                   elapsed):
+def log_validation(
+    args, accelerator, model, vqvae, image_processor, validation_dataloader, class_names, global_step, elapsed
+):
     """Whole-split NLL (when there is a validation split) and a PNG grid of samples decoded by the VQ-VAE."""
     metrics = {}
     if validation_dataloader is not None:
@@ -463,12 +577,15 @@ def log_validation(args, accelerator, model, vqvae, image_processor, validation_
         metrics.update(sample_codes_used=codes_used, sample_file=f"samples/step-{global_step}.png")
         with open(Path(args.output_dir) / "validation_log.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-    accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"},
-                    step=global_step)
+    accelerator.log(
+        {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}, step=global_step
+    )
     if "nll_bits_per_code" in metrics:
-        accelerator.print(f"step {global_step}: val NLL {metrics['nll_nats_per_code']:.4f} nats/code "
-                          f"({metrics['nll_bits_per_code']:.4f} bits/code, uniform prior "
-                          f"{metrics['uniform_prior_bits_per_code']:.2f}), perplexity {metrics['perplexity']:.1f}")
+        accelerator.print(
+            f"step {global_step}: val NLL {metrics['nll_nats_per_code']:.4f} nats/code "
+            f"({metrics['nll_bits_per_code']:.4f} bits/code, uniform prior "
+            f"{metrics['uniform_prior_bits_per_code']:.2f}), perplexity {metrics['perplexity']:.1f}"
+        )
     return metrics
 
 
@@ -484,23 +601,32 @@ def validation_curve(log_file: Path) -> str:
         if line.strip():
             entry = json.loads(line)
             by_step[entry["step"]] = entry  # a re-run's entry for the same step replaces the earlier one
-    rows = ["| step | training time (min) | NLL (nats/code) | NLL (bits/code) | perplexity | samples |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| step | training time (min) | NLL (nats/code) | NLL (bits/code) | perplexity | samples |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for step, m in sorted(by_step.items()):
-        nll = (f"{m['nll_nats_per_code']:.4f} | {m['nll_bits_per_code']:.4f} | {m['perplexity']:.1f}"
-               if "nll_nats_per_code" in m else "- | - | -")
+        nll = (
+            f"{m['nll_nats_per_code']:.4f} | {m['nll_bits_per_code']:.4f} | {m['perplexity']:.1f}"
+            if "nll_nats_per_code" in m
+            else "- | - | -"
+        )
         rows.append(f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {nll} | {m.get('sample_file', '-')} |")
     return "\n".join(rows)
 
 
-def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, reference: dict,
-                    command: str):
+def save_model_card(
+    args, output_dir, config, metrics: dict | None, train_seconds: float, reference: dict, command: str
+):
     """Fill `prior_model_card.md` with this run's command, arguments, VQ-VAE and measured metrics, as `README.md`."""
     arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token", "command_line")}
     log = Path(output_dir) / "validation_log.jsonl"
     samples = sorted(Path(output_dir).glob("samples/step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
-    classes = (", ".join(f"{i}: {name}" for i, name in sorted(config.id2label.items())) if config.num_classes
-               else "none (unconditional)")
+    classes = (
+        ", ".join(f"{i}: {name}" for i, name in sorted(config.id2label.items()))
+        if config.num_classes
+        else "none (unconditional)"
+    )
     evaluation = {k: v for k, v in (metrics or {}).items() if k not in ("sample_file",)}
     values = {
         "model_id": args.hub_model_id or Path(output_dir).name,
@@ -516,7 +642,9 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
         "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
         "training_time": f"{train_seconds / 60:.1f} minutes",
         "command": command,
-        "evaluation": format_metrics_table(evaluation) if "num_images" in evaluation else "No validation split was given.",
+        "evaluation": format_metrics_table(evaluation)
+        if "num_images" in evaluation
+        else "No validation split was given.",
         "validation_curve": validation_curve(log),
         "samples": f"![samples]({samples[-1].relative_to(output_dir).as_posix()})" if samples else "No samples.",
     }
@@ -531,8 +659,14 @@ def push_folder(args):
         relative = codes_dir.relative_to(Path(args.output_dir).resolve()).as_posix()
         ignore += [relative, f"{relative}/**"]
     try:
-        url = training_utils.push_folder(args.output_dir, args.hub_model_id, "Upload VQ-VAE prior trained with hf_vqvae",
-                                         private=args.hub_private_repo, token=args.hub_token, ignore_patterns=ignore)
+        url = training_utils.push_folder(
+            args.output_dir,
+            args.hub_model_id,
+            "Upload VQ-VAE prior trained with hf_vqvae",
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            ignore_patterns=ignore,
+        )
     except RuntimeError as error:
         logger.error(str(error), main_process_only=True)
         raise SystemExit(1) from error
@@ -546,12 +680,14 @@ def main(args):
     accelerator = create_accelerator(args)
 
     # The frozen VQ-VAE: it encodes the data once and decodes the sample grids, and is never trained here.
-    vqvae = VQVAEModel.from_pretrained(args.vqvae_model_name_or_path, revision=args.vqvae_revision,
-                                       cache_dir=args.cache_dir)
+    vqvae = VQVAEModel.from_pretrained(
+        args.vqvae_model_name_or_path, revision=args.vqvae_revision, cache_dir=args.cache_dir
+    )
     vqvae = vqvae.to(accelerator.device).eval().requires_grad_(False)
     try:
-        image_processor = VQVAEImageProcessor.from_pretrained(args.vqvae_model_name_or_path,
-                                                              revision=args.vqvae_revision)
+        image_processor = VQVAEImageProcessor.from_pretrained(
+            args.vqvae_model_name_or_path, revision=args.vqvae_revision
+        )
     except OSError:
         image_processor = VQVAEImageProcessor.from_model_config(vqvae.config)
     codes, class_names = get_codes(args, accelerator, vqvae, image_processor)
@@ -564,9 +700,12 @@ def main(args):
     # Weight decay on matrices and embeddings only, not on biases and LayerNorms (as in GPT-2 / nanoGPT).
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.adam_weight_decay},
-         {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}],
-        lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        [
+            {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.adam_weight_decay},
+            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
     )
     model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
         args, accelerator, model, optimizer, train_dataloader, validation_dataloader
@@ -578,8 +717,10 @@ def main(args):
 
     unwrapped_config = accelerator.unwrap_model(model).config
     conditioning = f"{unwrapped_config.num_classes} classes" if unwrapped_config.num_classes else "unconditional"
-    accelerator.print(f"{len(train_dataloader.dataset)} training images of {unwrapped_config.grid_size} codes "
-                      f"(K = {unwrapped_config.codebook_size}, {conditioning}), {run.summary(args, accelerator, model)}")
+    accelerator.print(
+        f"{len(train_dataloader.dataset)} training images of {unwrapped_config.grid_size} codes "
+        f"(K = {unwrapped_config.codebook_size}, {conditioning}), {run.summary(args, accelerator, model)}"
+    )
     progress = run.progress_bar(accelerator)
     # Elapsed time carries over a resume through the validation log.
     clock = TrainingClock(args.output_dir, run.global_step)
@@ -596,13 +737,25 @@ def main(args):
         progress.update(1)
         if run.global_step % args.logging_steps == 0:
             loss = output.loss.item()  # mean NLL per code (nats) of this batch, class dropout included
-            logs = {"train/loss": loss, "train/bits_per_code": loss / math.log(2),
-                    "train/lr": lr_scheduler.get_last_lr()[0]}
+            logs = {
+                "train/loss": loss,
+                "train/bits_per_code": loss / math.log(2),
+                "train/lr": lr_scheduler.get_last_lr()[0],
+            }
             progress.set_postfix(loss=f"{loss:.4f}")
             accelerator.log(logs, step=run.global_step)
         if run.is_validation_step(args.validation_steps):
-            metrics = log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader,
-                                     class_names, run.global_step, clock.elapsed())
+            metrics = log_validation(
+                args,
+                accelerator,
+                model,
+                vqvae,
+                image_processor,
+                validation_dataloader,
+                class_names,
+                run.global_step,
+                clock.elapsed(),
+            )
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
         save_checkpoint_if_due(args, accelerator, run.global_step)
     progress.close()
@@ -611,8 +764,17 @@ def main(args):
     train_seconds = clock.elapsed()
     if metrics is None:
         # E.g. a run resumed at its last step: the card still gets measured numbers and samples.
-        metrics = log_validation(args, accelerator, model, vqvae, image_processor, validation_dataloader,
-                                 class_names, run.global_step, train_seconds)
+        metrics = log_validation(
+            args,
+            accelerator,
+            model,
+            vqvae,
+            image_processor,
+            validation_dataloader,
+            class_names,
+            run.global_step,
+            train_seconds,
+        )
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped)
@@ -621,8 +783,10 @@ def main(args):
         if "num_images" in metrics:
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
         # The launch as it ran, Accelerate's settings included.
-        command = (f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
-                   f"{accelerator.mixed_precision} scripts/train_prior.py {args.command_line}")
+        command = (
+            f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
+            f"{accelerator.mixed_precision} scripts/train_prior.py {args.command_line}"
+        )
         save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, reference, command)
         accelerator.print(f"Saved the prior to {args.output_dir} (its VQ-VAE is named in {VQVAE_REFERENCE_NAME})")
     # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).

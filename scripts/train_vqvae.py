@@ -55,39 +55,66 @@ MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # Model
-    parser.add_argument("--pretrained_model_name_or_path", default=None,
-                        help="Fine-tune this VQ-VAE (a folder or Hub id) instead of training from scratch.")
-    parser.add_argument("--model_config_name_or_path", default=None,
-                        help="A config.json, or a folder/Hub id holding one, for a model trained from scratch.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="A paper architecture for a model trained from scratch.")
-    parser.add_argument("--config_overrides", default=None,
-                        help="Comma-separated key=value settings applied to the config, e.g. "
-                             "'hidden_channels=128,use_ema_codebook=true'. A fine-tune takes only the settings of the "
-                             "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'.")
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="Fine-tune this VQ-VAE (a folder or Hub id) instead of training from scratch.",
+    )
+    parser.add_argument(
+        "--model_config_name_or_path",
+        default=None,
+        help="A config.json, or a folder/Hub id holding one, for a model trained from scratch.",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="A paper architecture for a model trained from scratch.",
+    )
+    parser.add_argument(
+        "--config_overrides",
+        default=None,
+        help="Comma-separated key=value settings applied to the config, e.g. "
+        "'hidden_channels=128,use_ema_codebook=true'. A fine-tune takes only the settings of the "
+        "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'.",
+    )
     parser.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
-    parser.add_argument("--freeze_encoder", action="store_true",
-                        help="Fine-tune the decoder alone: the encoder and codebook of the pretrained model stay fixed, "
-                             "so every image keeps its codes (and a prior trained on them stays valid).")
+    parser.add_argument(
+        "--freeze_encoder",
+        action="store_true",
+        help="Fine-tune the decoder alone: the encoder and codebook of the pretrained model stay fixed, "
+        "so every image keeps its codes (and a prior trained on them stays valid).",
+    )
     # Data
-    parser.add_argument("--dataset_name", default=None,
-                        help="A Hub dataset, or the builder of `--*_data_files` (default parquet).")
+    parser.add_argument(
+        "--dataset_name", default=None, help="A Hub dataset, or the builder of `--*_data_files` (default parquet)."
+    )
     parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
     parser.add_argument("--train_data_dir", default=None, help="A local image folder (`imagefolder`).")
     parser.add_argument("--train_data_files", nargs="+", default=None, help="Files or globs of the training split.")
-    parser.add_argument("--validation_data_files", nargs="+", default=None,
-                        help="Files or globs of the validation split.")
+    parser.add_argument(
+        "--validation_data_files", nargs="+", default=None, help="Files or globs of the validation split."
+    )
     parser.add_argument("--train_split", default="train", help="Split to train on.")
-    parser.add_argument("--validation_split", default="test",
-                        help="Split to validate on; validation is skipped when the dataset has none.")
+    parser.add_argument(
+        "--validation_split",
+        default="test",
+        help="Split to validate on; validation is skipped when the dataset has none.",
+    )
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument("--audio_column", default=None,
-                        help="For 1-D models: column with the audio (default: first Audio column).")
-    parser.add_argument("--speaker_column", default=None,
-                        help="For speaker-conditioned 1-D models: column with integer speaker ids.")
-    parser.add_argument("--max_audio_length", type=int, default=None,
-                        help="For 1-D models: train on random windows of at most this many samples (at the model's "
-                             "rate); validation uses whole recordings.")
+    parser.add_argument(
+        "--audio_column", default=None, help="For 1-D models: column with the audio (default: first Audio column)."
+    )
+    parser.add_argument(
+        "--speaker_column", default=None, help="For speaker-conditioned 1-D models: column with integer speaker ids."
+    )
+    parser.add_argument(
+        "--max_audio_length",
+        type=int,
+        default=None,
+        help="For 1-D models: train on random windows of at most this many samples (at the model's "
+        "rate); validation uses whole recordings.",
+    )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
     parser.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
@@ -101,27 +128,38 @@ def parse_args(argv=None):
     parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps (overrides epochs).")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
     parser.add_argument("--learning_rate", type=float, default=2e-4, help="Peak learning rate (paper: 2e-4).")
-    parser.add_argument("--lr_scheduler", default="constant_with_warmup",
-                        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...")
+    parser.add_argument(
+        "--lr_scheduler",
+        default="constant_with_warmup",
+        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...",
+    )
     parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up optimizer steps.")
     parser.add_argument("--adam_beta1", type=float, default=0.9, help="Adam beta1.")
     parser.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2.")
     parser.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay.")
     parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                        help="Mixed precision (default: Accelerate's config). The quantizer always runs in fp32.")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Mixed precision (default: Accelerate's config). The quantizer always runs in fp32.",
+    )
     parser.add_argument("--channels_last", action="store_true", help="Use the channels_last memory format.")
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
     # Checkpoints, logging, validation
     parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint every N steps.")
     parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
-    parser.add_argument("--resume_from_checkpoint", default=None,
-                        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.")
+    parser.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.",
+    )
     parser.add_argument("--validation_steps", type=int, default=1000, help="Validate every N optimizer steps.")
     parser.add_argument("--num_validation_images", type=int, default=16, help="Images in each reconstruction grid.")
     parser.add_argument("--logging_steps", type=int, default=10, help="Log training losses every N steps.")
-    parser.add_argument("--report_to", default="tensorboard",
-                        help="Accelerate trackers: tensorboard, wandb, all, or none.")
+    parser.add_argument(
+        "--report_to", default="tensorboard", help="Accelerate trackers: tensorboard, wandb, all, or none."
+    )
     parser.add_argument("--tracker_project_name", default="train_vqvae", help="Project name for the trackers.")
     # Hub
     parser.add_argument("--push_to_hub", action="store_true", help="Upload the final folder to the Hub.")
@@ -133,12 +171,20 @@ def parse_args(argv=None):
 
     sources = [args.pretrained_model_name_or_path, args.model_config_name_or_path, args.preset]
     if sum(s is not None for s in sources) > 1:
-        raise ValueError("Give at most one of `--pretrained_model_name_or_path`, `--model_config_name_or_path`, "
-                         "`--preset`.")
+        raise ValueError(
+            "Give at most one of `--pretrained_model_name_or_path`, `--model_config_name_or_path`, `--preset`."
+        )
     if args.dataset_name is None and args.train_data_dir is None and args.train_data_files is None:
         raise ValueError("Give the data: `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
-    for name in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
-                 "validation_steps", "logging_steps", "num_train_epochs"):
+    for name in (
+        "train_batch_size",
+        "eval_batch_size",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "logging_steps",
+        "num_train_epochs",
+    ):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
@@ -197,20 +243,28 @@ def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict):
 
 def build_model(args) -> VQVAEModel:
     if args.pretrained_model_name_or_path is not None:
-        config = VQVAEConfig.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision,
-                                             cache_dir=args.cache_dir)
+        config = VQVAEConfig.from_pretrained(
+            args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir
+        )
         check_fine_tuning_overrides(config, args.config_overrides)
-        model = VQVAEModel.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision,
-                                           cache_dir=args.cache_dir, **args.config_overrides)
+        model = VQVAEModel.from_pretrained(
+            args.pretrained_model_name_or_path,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            **args.config_overrides,
+        )
         if args.freeze_encoder:
             model.freeze_encoder()
         return model
     if args.freeze_encoder:
-        raise ValueError("`--freeze_encoder` keeps a trained encoder and codebook fixed; it needs "
-                         "`--pretrained_model_name_or_path`.")
+        raise ValueError(
+            "`--freeze_encoder` keeps a trained encoder and codebook fixed; it needs "
+            "`--pretrained_model_name_or_path`."
+        )
     if args.model_config_name_or_path is not None:
-        config = VQVAEConfig.from_pretrained(args.model_config_name_or_path, revision=args.revision,
-                                             **args.config_overrides)
+        config = VQVAEConfig.from_pretrained(
+            args.model_config_name_or_path, revision=args.revision, **args.config_overrides
+        )
     else:
         config = PRESETS[args.preset or "cifar10"](**args.config_overrides)
     return VQVAEModel(config)
@@ -227,26 +281,38 @@ def get_dataloaders(args, accelerator, config, processor):
         validation = validation.select(range(min(args.max_eval_samples, len(validation))))
     data_column = args.image_column if config.spatial_dims == 2 else args.audio_column
     if config.num_speakers > 0 and args.speaker_column is None:
-        raise ValueError(f"The model's decoder is conditioned on {config.num_speakers} speakers; name the column of "
-                         "speaker ids with `--speaker_column`.")
+        raise ValueError(
+            f"The model's decoder is conditioned on {config.num_speakers} speakers; name the column of "
+            "speaker ids with `--speaker_column`."
+        )
     train, collate = make_preprocessing(train, processor, data_column, args.speaker_column)
 
     train_dataloader = torch.utils.data.DataLoader(
-        train, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        train,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
         # Its own generator: starting an epoch then draws nothing from the global RNG, which a resumed run restores
         # (the quantizer's dead-code restarts, `--random_flip` and audio windows draw from it).
         generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
-        raise ValueError(f"The training split has {len(train)} examples, fewer than one batch of "
-                         f"{args.train_batch_size}; lower `--train_batch_size`.")
+        raise ValueError(
+            f"The training split has {len(train)} examples, fewer than one batch of "
+            f"{args.train_batch_size}; lower `--train_batch_size`."
+        )
     validation_dataloader = None
     if validation is not None:
         validation, collate = make_preprocessing(validation, processor, data_column, args.speaker_column)
         validation_dataloader = torch.utils.data.DataLoader(
-            validation, batch_size=args.eval_batch_size, shuffle=False,
-            collate_fn=collate, num_workers=args.dataloader_num_workers, generator=torch.Generator(),
+            validation,
+            batch_size=args.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=args.dataloader_num_workers,
+            generator=torch.Generator(),
         )
     return train_dataloader, validation_dataloader
 
@@ -276,11 +342,14 @@ def log_validation(args, accelerator, model, processor, validation_dataloader, g
             write_audio_examples(processor, batch, reconstruction, examples_dir / f"step-{global_step}")
         with open(Path(args.output_dir) / "validation_log.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-    accelerator.log({f"val/{k}": v for k, v in metrics.items() if k not in ("step", "codebook_size")},
-                    step=global_step)
+    accelerator.log(
+        {f"val/{k}": v for k, v in metrics.items() if k not in ("step", "codebook_size")}, step=global_step
+    )
     quality = f"psnr {metrics['psnr']:.2f}" if "psnr" in metrics else f"snr {metrics['snr']:.2f}"
-    accelerator.print(f"step {global_step}: val {quality} dB, mse {metrics['mse']:.5f}, "
-                      f"codes used {metrics['codes_used']}/{metrics['codebook_size']}")
+    accelerator.print(
+        f"step {global_step}: val {quality} dB, mse {metrics['mse']:.5f}, "
+        f"codes used {metrics['codes_used']}/{metrics['codebook_size']}"
+    )
     return metrics
 
 
@@ -307,11 +376,15 @@ def validation_curve(log_file: Path) -> str:
             entry = json.loads(line)
             by_step[entry["step"]] = entry  # a re-run's entry for the same step replaces the earlier one
     quality = "psnr" if "psnr" in next(iter(by_step.values())) else "snr"  # images or signals
-    rows = [f"| step | training time (min, validation excluded) | {quality.upper()} (dB) | MSE | codes used |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = [
+        f"| step | training time (min, validation excluded) | {quality.upper()} (dB) | MSE | codes used |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for step, m in sorted(by_step.items()):
-        rows.append(f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {m[quality]:.2f} | {m['mse']:.5f} | "
-                    f"{m['codes_used']}/{m['codebook_size']} |")
+        rows.append(
+            f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {m[quality]:.2f} | {m['mse']:.5f} | "
+            f"{m['codes_used']}/{m['codebook_size']} |"
+        )
     return "\n".join(rows)
 
 
@@ -336,9 +409,10 @@ def card_modality(config, model_id: str) -> dict:
     if config.spatial_dims == 2:
         side = config.latent_size()
         return {
-            "modality": "images", "modality_tag": "image-tokenizer",
+            "modality": "images",
+            "modality_tag": "image-tokenizer",
             "data_description": f"{config.image_size}x{config.image_size} images into a {side[0]}x{side[1]} grid of "
-                                f"discrete codes (K={config.codebook_size})",
+            f"discrete codes (K={config.codebook_size})",
             "metric_description": "MSE on pixels scaled to [0, 1]; PSNR is the mean of per-image PSNR",
             "usage": IMAGE_USAGE.format(model_id=model_id),
         }
@@ -346,10 +420,11 @@ def card_modality(config, model_id: str) -> dict:
     speakers = ", speaker_ids=speaker_ids" if config.num_speakers else ""
     conditioning = f", with a decoder conditioned on {config.num_speakers} speakers" if config.num_speakers else ""
     return {
-        "modality": "audio", "modality_tag": "audio-tokenizer",
+        "modality": "audio",
+        "modality_tag": "audio-tokenizer",
         "data_description": f"{rate} Hz mono audio into a sequence of discrete codes (K={config.codebook_size}), one "
-                            f"per {config.downsample_factor} samples ({rate / config.downsample_factor:g} per "
-                            f"second){conditioning}",
+        f"per {config.downsample_factor} samples ({rate / config.downsample_factor:g} per "
+        f"second){conditioning}",
         "metric_description": "MSE and SNR over the real samples of each recording, SNR averaged over recordings",
         "usage": AUDIO_USAGE.format(model_id=model_id, rate=rate, speakers=speakers),
     }
@@ -395,8 +470,10 @@ def main(args):
 
     set_max_train_steps(args, accelerator, train_dataloader)
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+        [p for p in model.parameters() if p.requires_grad],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
     )
     model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
         args, accelerator, model, optimizer, train_dataloader, validation_dataloader
@@ -449,8 +526,9 @@ def main(args):
             accelerator.log(logs, step=run.global_step)
         if validation_dataloader is not None and run.is_validation_step(args.validation_steps):
             with clock.paused() as elapsed:
-                metrics = log_validation(args, accelerator, model, processor, validation_dataloader, run.global_step,
-                                         elapsed)
+                metrics = log_validation(
+                    args, accelerator, model, processor, validation_dataloader, run.global_step, elapsed
+                )
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
         save_checkpoint_if_due(args, accelerator, run.global_step)
     progress.close()
@@ -460,16 +538,19 @@ def main(args):
     check_quantizer_in_sync(accelerator, model)
     if metrics is None and validation_dataloader is not None:
         # E.g. a run resumed at its last step: the card still gets measured numbers.
-        metrics = log_validation(args, accelerator, model, processor, validation_dataloader, run.global_step,
-                                 train_seconds)
+        metrics = log_validation(
+            args, accelerator, model, processor, validation_dataloader, run.global_step, train_seconds
+        )
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped, processor)
         if metrics is not None:
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
         # The launch as it ran, Accelerate's settings included.
-        command = (f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
-                   f"{accelerator.mixed_precision} scripts/train_vqvae.py {args.command_line}")
+        command = (
+            f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
+            f"{accelerator.mixed_precision} scripts/train_vqvae.py {args.command_line}"
+        )
         save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, command)
         accelerator.print(f"Saved the model to {args.output_dir}")
     # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).
@@ -488,15 +569,21 @@ def check_quantizer_in_sync(accelerator, model):
     states = accelerator.gather(state[None])  # (num_processes, n)
     if not bool((states == states[0]).all()):
         raise RuntimeError("The quantizer state differs between processes; please report this as a bug.")
-    accelerator.print(f"Quantizer state (codebook, EMA statistics) identical on all {accelerator.num_processes} "
-                      "processes.")
+    accelerator.print(
+        f"Quantizer state (codebook, EMA statistics) identical on all {accelerator.num_processes} processes."
+    )
 
 
 def push_folder(args):
     """Upload the output folder (not its checkpoints or logs); on failure say so, keep the files and exit 1."""
     try:
-        url = training_utils.push_folder(args.output_dir, args.hub_model_id, "Upload VQ-VAE trained with hf_vqvae",
-                                         private=args.hub_private_repo, token=args.hub_token)
+        url = training_utils.push_folder(
+            args.output_dir,
+            args.hub_model_id,
+            "Upload VQ-VAE trained with hf_vqvae",
+            private=args.hub_private_repo,
+            token=args.hub_token,
+        )
     except RuntimeError as error:
         logger.error(str(error), main_process_only=True)
         raise SystemExit(1) from error

@@ -191,8 +191,9 @@ def test_class_conditional_prior_needs_a_class(vqvae, test_images):
     torch.testing.assert_close(by_id, by_name)
     assert not torch.allclose(by_id, other)  # the class prompt is used
     with pytest.raises(ValueError, match="unconditional"):
-        VQVAEAnomalyScorer(vqvae, VQVAEPriorForCausalLM(make_tiny_prior_config(grid_size=(4, 4), num_classes=0)),
-                           class_label=1)
+        VQVAEAnomalyScorer(
+            vqvae, VQVAEPriorForCausalLM(make_tiny_prior_config(grid_size=(4, 4), num_classes=0)), class_label=1
+        )
 
 
 def test_scores_are_deterministic_and_restore_the_mode(vqvae, prior, test_images):
@@ -233,8 +234,10 @@ def test_combined_score_needs_fit(vqvae, prior, test_images):
         assert statistics[name]["mean"] == pytest.approx(float(reference[name].double().mean()), rel=1e-6)
         assert statistics[name]["std"] == pytest.approx(float(reference[name].double().std()), rel=1e-5)
     combined = scorer.score(test_images).combined_score
-    expected = sum((output[name] - statistics[name]["mean"]) / statistics[name]["std"]
-                   for name in ("reconstruction_error", "prior_nll"))
+    expected = sum(
+        (output[name] - statistics[name]["mean"]) / statistics[name]["std"]
+        for name in ("reconstruction_error", "prior_nll")
+    )
     torch.testing.assert_close(combined, expected)
     assert combined[6:].min() > combined[:6].max()
     # The same statistics from batches of a DataLoader, and reused through `statistics=`.
@@ -385,26 +388,54 @@ def write_parquet(path, images: torch.Tensor, labels: list[int]):
 def parquet_data(tmp_path_factory):
     """24 smooth (class 0) and 24 noise (class 1) training images, 8 + 8 test images, 16x16."""
     root = tmp_path_factory.mktemp("data")
-    write_parquet(root / "train.parquet", torch.cat([smooth_images(24, seed=20), noise_images(24, seed=21)]),
-                  [0] * 24 + [1] * 24)
-    write_parquet(root / "test.parquet", torch.cat([smooth_images(8, seed=22), noise_images(8, seed=23)]),
-                  [0] * 8 + [1] * 8)
+    write_parquet(
+        root / "train.parquet", torch.cat([smooth_images(24, seed=20), noise_images(24, seed=21)]), [0] * 24 + [1] * 24
+    )
+    write_parquet(
+        root / "test.parquet", torch.cat([smooth_images(8, seed=22), noise_images(8, seed=23)]), [0] * 8 + [1] * 8
+    )
     return root
 
 
 def script_args(data, output_dir, extra):
-    return ["--train_data_files", str(data / "train.parquet"), "--test_data_files", str(data / "test.parquet"),
-            "--label_column", "label", "--one_class_protocol", "--output_dir", str(output_dir),
-            "--pca_components", "4", "--eval_batch_size", "8", "--num_grid_images", "3",
-            "--cache_dir", str(data / "cache"), *extra]
+    return [
+        "--train_data_files",
+        str(data / "train.parquet"),
+        "--test_data_files",
+        str(data / "test.parquet"),
+        "--label_column",
+        "label",
+        "--one_class_protocol",
+        "--output_dir",
+        str(output_dir),
+        "--pca_components",
+        "4",
+        "--eval_batch_size",
+        "8",
+        "--num_grid_images",
+        "3",
+        "--cache_dir",
+        str(data / "cache"),
+        *extra,
+    ]
 
 
 def test_script_one_class_protocol(parquet_data, tmp_path):
     output_dir = tmp_path / "report"
-    fit = ["--fit", "--vqvae_steps", "2", "--prior_steps", "2", "--train_batch_size", "8",
-           "--vqvae_config_overrides", "hidden_channels=8,channel_multipliers=(1,2),num_res_blocks=1,"
-           "res_hidden_channels=8,codebook_size=16,codebook_dim=4",
-           "--prior_config_overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"]
+    fit = [
+        "--fit",
+        "--vqvae_steps",
+        "2",
+        "--prior_steps",
+        "2",
+        "--train_batch_size",
+        "8",
+        "--vqvae_config_overrides",
+        "hidden_channels=8,channel_multipliers=(1,2),num_res_blocks=1,"
+        "res_hidden_channels=8,codebook_size=16,codebook_dim=4",
+        "--prior_config_overrides",
+        "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
+    ]
     anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, output_dir, fit)))
 
     results = json.loads((output_dir / "results.json").read_text())
@@ -432,17 +463,32 @@ def test_script_one_class_protocol(parquet_data, tmp_path):
     assert "| 0 (smooth) |" in report and "| **mean** |" in report and "## AUPRC (%)" in report
 
     # Scoring the saved models again (`--model` with `{class}`) gives the same numbers: scores are deterministic.
-    rescored = anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, tmp_path / "rescored", [
-        "--model", str(output_dir / "class-{class}" / "vqvae"),
-        "--prior", str(output_dir / "class-{class}" / "prior"), "--baselines"])))
+    rescored = anomaly_script.main(
+        anomaly_script.parse_args(
+            script_args(
+                parquet_data,
+                tmp_path / "rescored",
+                [
+                    "--model",
+                    str(output_dir / "class-{class}" / "vqvae"),
+                    "--prior",
+                    str(output_dir / "class-{class}" / "prior"),
+                    "--baselines",
+                ],
+            )
+        )
+    )
     for name in ("class-0", "class-1"):
         for score in ("reconstruction_error", "prior_nll"):
             assert rescored["runs"][name]["metrics"][score] == results["runs"][name]["metrics"][score]
 
 
 def test_script_baselines_only(parquet_data, tmp_path):
-    results = anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, tmp_path, [
-        "--baselines_only", "--normal_classes", "smooth"])))
+    results = anomaly_script.main(
+        anomaly_script.parse_args(
+            script_args(parquet_data, tmp_path, ["--baselines_only", "--normal_classes", "smooth"])
+        )
+    )
     run = results["runs"]["class-0"]
     assert list(results["runs"]) == ["class-0"] and set(run["metrics"]) == {"pca", "nearest_neighbor"}
     assert run["metrics"]["pca"]["auroc"] == 1.0 and run["ranked_by"] == "pca"
@@ -458,5 +504,6 @@ def test_script_rejects_bad_arguments(parquet_data, tmp_path):
     with pytest.raises(ValueError, match="only `--one_class_protocol` fills in"):
         parse(["--model", "m-{class}", "--train_data_files", "a", "--test_data_files", "b"])
     with pytest.raises(ValueError, match="neither a class id nor a name"):
-        anomaly_script.main(parse(script_args(parquet_data, tmp_path, ["--baselines_only", "--normal_classes",
-                                                                       "cat"])))
+        anomaly_script.main(
+            parse(script_args(parquet_data, tmp_path, ["--baselines_only", "--normal_classes", "cat"]))
+        )

@@ -27,8 +27,15 @@ RATE = 8000
 
 def make_audio_config(**kwargs) -> VQVAEConfig:
     """Six stride-2 stages (64x shorter codes) at widths 8-16, K=16, D=4, 8 kHz."""
-    settings = {"hidden_channels": 16, "channel_multipliers": (0.5,) * 2 + (1,) * 4, "num_res_blocks": 1,
-                "res_hidden_channels": 8, "codebook_size": 16, "codebook_dim": 4, "sampling_rate": RATE}
+    settings = {
+        "hidden_channels": 16,
+        "channel_multipliers": (0.5,) * 2 + (1,) * 4,
+        "num_res_blocks": 1,
+        "res_hidden_channels": 8,
+        "codebook_size": 16,
+        "codebook_dim": 4,
+        "sampling_rate": RATE,
+    }
     return VQVAEConfig.speech(**{**settings, **kwargs})
 
 
@@ -76,8 +83,9 @@ def test_attention_mask_leaves_padding_out_of_the_loss_and_marks_real_codes():
     log_mse = VQVAEModel(make_audio_config(reconstruction_loss="log_mse")).eval()
     log_mse.load_state_dict(model.state_dict())
     per_clip = torch.stack([error[0].mean(), error[1, :200].mean()])
-    torch.testing.assert_close(log_mse(input_values=input_values, attention_mask=attention_mask).reconstruction_loss,
-                               per_clip.log().mean())
+    torch.testing.assert_close(
+        log_mse(input_values=input_values, attention_mask=attention_mask).reconstruction_loss, per_clip.log().mean()
+    )
     with pytest.raises(ValueError, match="attention_mask"):
         model(input_values=input_values, attention_mask=attention_mask[:, :100])
 
@@ -203,8 +211,9 @@ def test_trust_remote_code_without_the_package(tmp_path):
         """
     )
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
 
@@ -297,15 +306,22 @@ def write_audio_parquet(path, num_per_class: int = 6, seed: int = 0):
         for speaker in range(2):
             for _ in range(num_per_class):
                 length = int(rng.integers(500, 1500))
-                wave = tone(length, frequency, amplitude=0.3 + 0.3 * speaker) + 0.05 * tone(length, 50.0 * (speaker + 1))
+                wave = tone(length, frequency, amplitude=0.3 + 0.3 * speaker) + 0.05 * tone(
+                    length, 50.0 * (speaker + 1)
+                )
                 buffer = io.BytesIO()
                 soundfile.write(buffer, wave, RATE, format="WAV", subtype="PCM_16")
                 rows["audio"].append({"bytes": buffer.getvalue(), "path": None})
                 rows["digit"].append(digit)
                 rows["speaker_id"].append(speaker)
     # Stored as raw {bytes, path} structs, then typed as Audio by a cast (encoding Audio would need torchcodec).
-    features = Features({"audio": {"bytes": Value("binary"), "path": Value("string")},
-                         "digit": ClassLabel(num_classes=2), "speaker_id": ClassLabel(num_classes=2)})
+    features = Features(
+        {
+            "audio": {"bytes": Value("binary"), "path": Value("string")},
+            "digit": ClassLabel(num_classes=2),
+            "speaker_id": ClassLabel(num_classes=2),
+        }
+    )
     dataset = Dataset.from_dict(rows, features=features).cast_column("audio", Audio(sampling_rate=RATE))
     dataset.to_parquet(str(path))
 
@@ -321,12 +337,35 @@ def audio_data(tmp_path):
 
 def audio_args(root, config_dir, output_dir, steps: int, *extra) -> list[str]:
     return [
-        "--model_config_name_or_path", str(config_dir),
-        "--train_data_files", str(root / "train.parquet"), "--validation_data_files", str(root / "test.parquet"),
-        "--speaker_column", "speaker_id", "--max_audio_length", "640",
-        "--train_batch_size", "4", "--eval_batch_size", "4", "--max_train_steps", str(steps),
-        "--checkpointing_steps", "2", "--validation_steps", "2", "--num_validation_images", "2",
-        "--output_dir", str(output_dir), "--seed", "0", "--report_to", "none", *extra,
+        "--model_config_name_or_path",
+        str(config_dir),
+        "--train_data_files",
+        str(root / "train.parquet"),
+        "--validation_data_files",
+        str(root / "test.parquet"),
+        "--speaker_column",
+        "speaker_id",
+        "--max_audio_length",
+        "640",
+        "--train_batch_size",
+        "4",
+        "--eval_batch_size",
+        "4",
+        "--max_train_steps",
+        str(steps),
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "2",
+        "--num_validation_images",
+        "2",
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        "0",
+        "--report_to",
+        "none",
+        *extra,
     ]
 
 
@@ -349,12 +388,35 @@ def test_train_and_evaluate_scripts_on_audio(audio_data):
     assert all(torch.equal(first[key], second[key]) for key in first)
 
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "evaluate_audio_codes.py"), "--model", str(output_dir),
-         "--train_data_files", str(root / "train.parquet"), "--test_data_files", str(root / "test.parquet"),
-         "--speaker_column", "speaker_id", "--label_columns", "digit", "speaker_id", "--untrained_baseline",
-         "--num_baseline_seeds", "2", "--batch_size", "4", "--output_file", str(root / "probe.json"),
-         "--model_card_section", "Probes"],
-        env=script_env(), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "evaluate_audio_codes.py"),
+            "--model",
+            str(output_dir),
+            "--train_data_files",
+            str(root / "train.parquet"),
+            "--test_data_files",
+            str(root / "test.parquet"),
+            "--speaker_column",
+            "speaker_id",
+            "--label_columns",
+            "digit",
+            "speaker_id",
+            "--untrained_baseline",
+            "--num_baseline_seeds",
+            "2",
+            "--batch_size",
+            "4",
+            "--output_file",
+            str(root / "probe.json"),
+            "--model_card_section",
+            "Probes",
+        ],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     probes = json.loads((root / "probe.json").read_text())
@@ -419,8 +481,9 @@ def test_clips_round_trip_through_token_ids(tmp_path):
     waves = [tone(300), tone(700, 200.0)]  # 512 samples per clip: the first is padded, the second cut
     encoding = tokenizer(waves, sampling_rate=RATE)
     assert encoding["input_ids"].shape == (2, 10)  # <boi> 8 codes <eoi>
-    inputs = tokenizer.image_processor([w[:512] for w in waves], sampling_rate=RATE, padding="max_length",
-                                       max_length=512)
+    inputs = tokenizer.image_processor(
+        [w[:512] for w in waves], sampling_rate=RATE, padding="max_length", max_length=512
+    )
     codes = model.encode(input_values=inputs["input_values"]).codes
     assert torch.equal(encoding["input_ids"][:, 1:-1], codes + 100)
     assert torch.equal(tokenizer.ids_to_codes(tokenizer.codes_to_ids(codes))[:, 0], codes)
@@ -451,7 +514,9 @@ def test_shipped_fsdd_models_code_and_reconstruct_their_samples(name):
         outputs = [model.decode(codes, speaker_ids=speaker).reconstruction[:, 0] for speaker in speakers]
     real = inputs["attention_mask"].bool()
     target = inputs["input_values"][real]
-    snr = max(float(10 * torch.log10(target.pow(2).sum() / (output[real] - target).pow(2).sum())) for output in outputs)
+    snr = max(
+        float(10 * torch.log10(target.pow(2).sum() / (output[real] - target).pow(2).sum())) for output in outputs
+    )
     assert snr > 2.0, snr  # one clip, not the card's mean; a silent or unrelated output gives about 0 dB
     card = json.loads((folder / "eval_codes.json").read_text())
     assert card["reconstruction"]["snr"] > 4.0 and card["trained"]["digit"]["chance_accuracy"] == 0.1

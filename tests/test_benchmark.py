@@ -47,8 +47,14 @@ def test_quick_run_writes_a_report_with_tables(quick_run):
     assert set(sections) == {"Quantizer layer", "Prior sampling"}
     assert text.startswith("# hf_vqvae benchmarks")
     assert "**QUICK MODE**" in text
-    for item in ("- Date:", "- Command: `python scripts/benchmark.py --quick", "- Versions:", "torch 2.",
-                 "- Machine:", "- Load from other processes during the whole run:"):
+    for item in (
+        "- Date:",
+        "- Command: `python scripts/benchmark.py --quick",
+        "- Versions:",
+        "torch 2.",
+        "- Machine:",
+        "- Load from other processes during the whole run:",
+    ):
         assert item in text, item
     assert "## Quantizer layer" in text and "## Prior sampling" in text
     assert "## Whole model" not in text and "## Tokenization" not in text

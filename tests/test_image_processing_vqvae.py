@@ -51,24 +51,29 @@ def test_input_types_give_identical_pixel_values(variant):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6 if "float" in variant else 0)
 
 
-@pytest.mark.parametrize("settings", [
-    {},  # the default 32x32: arrays of that size skip PIL
-    {"do_resize": False},
-    {"size": {"shortest_edge": 32}, "do_center_crop": True},
-    {"do_resize": False, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}},
-    {"image_mode": "L"},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the default 32x32: arrays of that size skip PIL
+        {"do_resize": False},
+        {"size": {"shortest_edge": 32}, "do_center_crop": True},
+        {"do_resize": False, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}},
+        {"image_mode": "L"},
+    ],
+)
 @pytest.mark.parametrize("shape", [(32, 32, 3), (32, 40, 3), (20, 24, 3)])
 def test_uint8_arrays_that_skip_pil_match_the_pil_path(settings, shape):
     from hf_vqvae import image_processing_vqvae
 
     processor = VQVAEImageProcessor(**settings)
     image = random_uint8(*shape, seed=3)
-    checked = image_processing_vqvae._check_settings({name: getattr(processor, name)
-                                                      for name in image_processing_vqvae._SETTINGS})
+    checked = image_processing_vqvae._check_settings(
+        {name: getattr(processor, name) for name in image_processing_vqvae._SETTINGS}
+    )
     skips = image_processing_vqvae._ready_array(image, checked) is not None
-    assert skips == (shape == (32, 32, 3) and settings.get("image_mode", "RGB") == "RGB"
-                     or settings == {"do_resize": False})
+    assert skips == (
+        shape == (32, 32, 3) and settings.get("image_mode", "RGB") == "RGB" or settings == {"do_resize": False}
+    )
     expected = processor([Image.fromarray(image)] * 2).pixel_values
     strided = np.concatenate([image, image], axis=1)[:, : shape[1]]  # the same pixels, not contiguous
     assert torch.equal(processor([image, strided]).pixel_values, expected)
@@ -114,8 +119,9 @@ def test_value_range_and_extremes():
 def test_batch_arithmetic_matches_a_float64_reference():
     processor = VQVAEImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
     images = [random_uint8(32, 32, 3) for _ in range(4)]
-    reference = np.stack([(image.astype(np.float64) / 255 - processor.image_mean) / processor.image_std
-                          for image in images]).transpose(0, 3, 1, 2)
+    reference = np.stack(
+        [(image.astype(np.float64) / 255 - processor.image_mean) / processor.image_std for image in images]
+    ).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(processor(images, return_tensors="np").pixel_values, reference, atol=1e-6, rtol=0)
 
 

@@ -11,9 +11,21 @@ from conftest import REPO_ROOT
 def test_main_job_runs_on_the_shipped_model(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "main_job.py"), "--output_dir", str(tmp_path),
-         "--fine_tune_steps", "2", "--batch_size", "16"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "main_job.py"),
+            "--output_dir",
+            str(tmp_path),
+            "--fine_tune_steps",
+            "2",
+            "--batch_size",
+            "16",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())

@@ -243,8 +243,9 @@ def test_discretized_gaussian_is_a_distribution_over_the_256_values(mean, scale)
     from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
 
     values = torch.arange(256.0) * 2 / 255 - 1
-    log_p = discretized_gaussian_log_likelihood(values, torch.full_like(values, mean),
-                                                torch.full_like(values, float(torch.tensor(scale).log())))
+    log_p = discretized_gaussian_log_likelihood(
+        values, torch.full_like(values, mean), torch.full_like(values, float(torch.tensor(scale).log()))
+    )
     assert float(log_p.exp().sum()) == pytest.approx(1.0, abs=1e-5)
     assert bool(torch.isfinite(log_p).all()) and bool((log_p <= 0).all())
     # The most likely value is the one nearest the mean (clipped to the range); with a wide scale the open end bins win.
@@ -290,7 +291,9 @@ def test_encode_decode_api(tiny_vqvae_config, pixel_values):
     assert 0 <= int(encoded.codes.min()) and int(encoded.codes.max()) < tiny_vqvae_config.codebook_size
     # Decoding the codes gives the same images as the forward pass (z_q is the looked-up codes).
     with torch.no_grad():
-        assert torch.allclose(model.decode(encoded.codes).reconstruction, model(pixel_values).reconstruction, atol=1e-6)
+        assert torch.allclose(
+            model.decode(encoded.codes).reconstruction, model(pixel_values).reconstruction, atol=1e-6
+        )
     assert isinstance(model.encode(pixel_values, return_dict=False), tuple)
 
 
@@ -429,8 +432,9 @@ def test_trust_remote_code_without_the_package(tmp_path, tiny_vqvae_config, pixe
         """
     )
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
 

@@ -243,7 +243,9 @@ def test_cache_is_also_accepted_under_its_name_before_transformers_5_24():
         rest = model(input_ids[:, 3:], past_key_values=cache)
         assert getattr(first, CACHE_OUTPUT_FIELD) is cache
         with pytest.raises(ValueError, match="once"):
-            model(input_ids, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+            model(
+                input_ids, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config)
+            )
     assert torch.allclose(torch.cat([first.logits, rest.logits], dim=1), full, atol=1e-5)
 
 

@@ -62,13 +62,37 @@ def save_vqvae(path, seed: int = 0, **config_kwargs):
 
 def prior_args(vqvae_dir, output_dir, steps, extra=()):
     return [
-        "--vqvae_model_name_or_path", str(vqvae_dir),
-        "--train_data_files", str(SAMPLE / "train-*.parquet"),
-        "--validation_data_files", str(SAMPLE / "test-*.parquet"),
-        "--max_train_samples", "64", "--max_eval_samples", "24",
-        "--train_batch_size", "8", "--eval_batch_size", "16", "--max_train_steps", str(steps),
-        "--lr_warmup_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "3", "--logging_steps", "1",
-        "--num_validation_samples", "2", "--output_dir", str(output_dir), "--seed", "0", *extra,
+        "--vqvae_model_name_or_path",
+        str(vqvae_dir),
+        "--train_data_files",
+        str(SAMPLE / "train-*.parquet"),
+        "--validation_data_files",
+        str(SAMPLE / "test-*.parquet"),
+        "--max_train_samples",
+        "64",
+        "--max_eval_samples",
+        "24",
+        "--train_batch_size",
+        "8",
+        "--eval_batch_size",
+        "16",
+        "--max_train_steps",
+        str(steps),
+        "--lr_warmup_steps",
+        "2",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--num_validation_samples",
+        "2",
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        "0",
+        *extra,
     ]
 
 
@@ -76,11 +100,26 @@ def run_prior(args, launcher: bool = True, check: bool = True):
     """`train_prior.py` through `accelerate launch` (as users run it), or plain `python` where only the error matters."""
     command = [sys.executable, TRAIN_PRIOR]
     if launcher:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--num_cpu_threads_per_process", "1", TRAIN_PRIOR]
-    result = subprocess.run(command + args, env=script_env(), capture_output=True, text=True, timeout=600,
-                            cwd=REPO_ROOT)
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--cpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--num_cpu_threads_per_process",
+            "1",
+            TRAIN_PRIOR,
+        ]
+    result = subprocess.run(
+        command + args, env=script_env(), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
+    )
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -105,9 +144,21 @@ def trained(tmp_path_factory, vqvae_dir):
     # The file's codebook size, grid and classes (16, (2, 3), 3) are replaced by the VQ-VAE's and the data's.
     make_tiny_prior_config().save_pretrained(root / "prior_config")
     output = root / "run"
-    result = run_prior(prior_args(vqvae_dir, output, 6, [
-        "--prior_config_name_or_path", str(root / "prior_config" / "config.json"), "--label_column", "label",
-        "--checkpoints_total_limit", "2"]))
+    result = run_prior(
+        prior_args(
+            vqvae_dir,
+            output,
+            6,
+            [
+                "--prior_config_name_or_path",
+                str(root / "prior_config" / "config.json"),
+                "--label_column",
+                "label",
+                "--checkpoints_total_limit",
+                "2",
+            ],
+        )
+    )
     return {"root": root, "output": output, "log": result.stdout + result.stderr, "config_dir": root / "prior_config"}
 
 
@@ -116,10 +167,21 @@ def trained(tmp_path_factory, vqvae_dir):
 
 def test_train_prior_saves_a_complete_folder(trained, vqvae_dir):
     output, log = trained["output"], trained["log"]
-    for name in ("config.json", "generation_config.json", "model.safetensors", "modeling_vqvae_prior.py",
-                 "configuration_vqvae_prior.py", VQVAE_REFERENCE_NAME, "README.md", "eval_results.json",
-                 "validation_log.jsonl", "samples/step-3.png", "samples/step-6.png", "codes/train.pt",
-                 "codes/test.pt"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "modeling_vqvae_prior.py",
+        "configuration_vqvae_prior.py",
+        VQVAE_REFERENCE_NAME,
+        "README.md",
+        "eval_results.json",
+        "validation_log.jsonl",
+        "samples/step-3.png",
+        "samples/step-6.png",
+        "codes/train.pt",
+        "codes/test.pt",
+    ):
         assert (output / name).exists(), name
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
     assert not (output / "preprocessor_config.json").exists()  # the prior holds no part of the VQ-VAE
@@ -159,9 +221,23 @@ def test_resume_from_latest_reuses_the_codes_and_continues_exactly(trained, vqva
     output = tmp_path / "resumed"
     output.mkdir()
     shutil.copytree(trained["output"] / "checkpoint-4", output / "checkpoint-4")
-    result = run_prior(prior_args(vqvae_dir, output, 6, [
-        "--prior_config_name_or_path", str(trained["config_dir"]), "--label_column", "label",
-        "--codes_cache_dir", str(trained["output"] / "codes"), "--resume_from_checkpoint", "latest"]))
+    result = run_prior(
+        prior_args(
+            vqvae_dir,
+            output,
+            6,
+            [
+                "--prior_config_name_or_path",
+                str(trained["config_dir"]),
+                "--label_column",
+                "label",
+                "--codes_cache_dir",
+                str(trained["output"] / "codes"),
+                "--resume_from_checkpoint",
+                "latest",
+            ],
+        )
+    )
     log = result.stdout + result.stderr
     assert "Reusing the codes cache" in log and "Encoded" not in log
     assert f"Resuming from {output / 'checkpoint-4'}" in log
@@ -174,8 +250,12 @@ def test_resume_from_latest_reuses_the_codes_and_continues_exactly(trained, vqva
 def test_codes_cache_of_another_vqvae_is_refused_then_rebuilt(trained, tmp_path):
     other = save_vqvae(tmp_path / "other_vqvae", seed=1)  # same sizes, other weights
     codes_dir = trained["output"] / "codes"
-    args = prior_args(other, tmp_path / "run", 2, ["--config_overrides", TINY_PRIOR_OVERRIDES, "--label_column",
-                                                   "label", "--codes_cache_dir", str(codes_dir)])
+    args = prior_args(
+        other,
+        tmp_path / "run",
+        2,
+        ["--config_overrides", TINY_PRIOR_OVERRIDES, "--label_column", "label", "--codes_cache_dir", str(codes_dir)],
+    )
     result = run_prior(args, launcher=False, check=False)
     assert result.returncode != 0
     assert "was made with other settings (different: vqvae_codes_fingerprint)" in result.stderr
@@ -187,8 +267,14 @@ def test_codes_cache_of_another_vqvae_is_refused_then_rebuilt(trained, tmp_path)
 
     cache = tmp_path / "codes"
     shutil.copytree(codes_dir, cache)
-    args = train_prior.parse_args(prior_args(other, tmp_path / "run", 2, [
-        "--config_overrides", TINY_PRIOR_OVERRIDES, "--codes_cache_dir", str(cache), "--overwrite_codes_cache"]))
+    args = train_prior.parse_args(
+        prior_args(
+            other,
+            tmp_path / "run",
+            2,
+            ["--config_overrides", TINY_PRIOR_OVERRIDES, "--codes_cache_dir", str(cache), "--overwrite_codes_cache"],
+        )
+    )
     vqvae = VQVAEModel.from_pretrained(other).eval()
     codes, class_names = train_prior.get_codes(args, PartialState(), vqvae, VQVAEImageProcessor.from_pretrained(other))
     assert class_names is None and codes["train"]["labels"] is None
@@ -196,7 +282,8 @@ def test_codes_cache_of_another_vqvae_is_refused_then_rebuilt(trained, tmp_path)
     saved = torch.load(cache / "train.pt", weights_only=True)["settings"]
     assert saved["vqvae_codes_fingerprint"] == codes_fingerprint(vqvae) and saved["label_column"] is None
     pixel_values = VQVAEImageProcessor.from_pretrained(other)(
-        load_images(SAMPLE / "train-00000-of-00001.parquet", 2), return_tensors="pt").pixel_values
+        load_images(SAMPLE / "train-00000-of-00001.parquet", 2), return_tensors="pt"
+    ).pixel_values
     assert torch.equal(codes["train"]["codes"][:2].long(), vqvae.encode(pixel_values).codes)
 
     prior = train_prior.build_prior(args, vqvae.config, class_names)
@@ -241,8 +328,14 @@ def test_train_prior_needs_a_class_label_column(tmp_path, vqvae_dir):
 
 
 def test_fine_tuning_checks_the_pretrained_prior_against_the_vqvae_and_data(trained, vqvae_dir, tmp_path):
-    args = train_prior.parse_args(prior_args(vqvae_dir, tmp_path / "out", 2, [
-        "--pretrained_prior_name_or_path", str(trained["output"]), "--label_column", "label"]))
+    args = train_prior.parse_args(
+        prior_args(
+            vqvae_dir,
+            tmp_path / "out",
+            2,
+            ["--pretrained_prior_name_or_path", str(trained["output"]), "--label_column", "label"],
+        )
+    )
     names = [f"class {i}" for i in range(NUM_CLASSES)]
     vqvae_config = VQVAEModel.from_pretrained(vqvae_dir).config
     prior = train_prior.build_prior(args, vqvae_config, names)
@@ -263,13 +356,25 @@ def test_push_uploads_the_prior_without_checkpoints_logs_or_codes(monkeypatch, t
     PartialState()  # accelerate's logger needs a state
     uploads = []
     monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
-    monkeypatch.setattr(huggingface_hub, "upload_folder",
-                        lambda **kwargs: uploads.append(kwargs) or SimpleNamespace(commit_url="http://hub/commit"))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "upload_folder",
+        lambda **kwargs: uploads.append(kwargs) or SimpleNamespace(commit_url="http://hub/commit"),
+    )
     args = train_prior.parse_args(prior_args("vqvae", tmp_path / "out", 2, ["--push_to_hub", "--hub_model_id", "o/p"]))
     train_prior.push_folder(args)
     assert uploads[0]["repo_id"] == "o/p" and uploads[0]["folder_path"] == str(tmp_path / "out")
-    files = ["config.json", "model.safetensors", "vqvae_reference.json", "README.md", "samples/step-2.png",
-             "codes/train.pt", "checkpoint-2/prior/model.safetensors", "logs/train_prior/events", ".tmp-save-x/a"]
+    files = [
+        "config.json",
+        "model.safetensors",
+        "vqvae_reference.json",
+        "README.md",
+        "samples/step-2.png",
+        "codes/train.pt",
+        "checkpoint-2/prior/model.safetensors",
+        "logs/train_prior/events",
+        ".tmp-save-x/a",
+    ]
     kept = list(filter_repo_objects(files, ignore_patterns=uploads[0]["ignore_patterns"]))
     assert kept == files[:5]
 
@@ -279,9 +384,27 @@ def test_push_uploads_the_prior_without_checkpoints_logs_or_codes(monkeypatch, t
 
 def test_sample_script_is_reproducible_with_a_seed(trained, tmp_path, capsys):
     def run(seed, name, extra=()):
-        argv = ["--prior", str(trained["output"]), "--num_per_class", "3", "--classes", "0", "cat", "9",
-                "--guidance_scale", "2.0", "--top_k", "8", "--temperature", "0.9", "--seed", str(seed),
-                "--output_file", str(tmp_path / f"{name}.png"), *extra]
+        argv = [
+            "--prior",
+            str(trained["output"]),
+            "--num_per_class",
+            "3",
+            "--classes",
+            "0",
+            "cat",
+            "9",
+            "--guidance_scale",
+            "2.0",
+            "--top_k",
+            "8",
+            "--temperature",
+            "0.9",
+            "--seed",
+            str(seed),
+            "--output_file",
+            str(tmp_path / f"{name}.png"),
+            *extra,
+        ]
         return sample.main(sample.parse_args(argv))
 
     first = run(0, "a", ["--codes_file", str(tmp_path / "a.pt")])
@@ -380,11 +503,21 @@ def test_generation_pipeline(trained, vqvae_dir, tmp_path):
 
     # The VQ-VAE passed explicitly, as a model; one of another codebook size does not belong to this prior.
     explicit = pipeline("vqvae-generation", model=str(trained["output"]), vqvae=VQVAEModel.from_pretrained(vqvae_dir))
-    assert torch.equal(codes, torch.stack([s["codes"] for s in explicit(
-        ["airplane", 3], num_images=2, guidance_scale=2.0, seed=0, return_codes=True)]))
+    assert torch.equal(
+        codes,
+        torch.stack(
+            [
+                s["codes"]
+                for s in explicit(["airplane", 3], num_images=2, guidance_scale=2.0, seed=0, return_codes=True)
+            ]
+        ),
+    )
     with pytest.raises(ValueError, match="`codebook_size` 32 but the prior models 16 codes"):
-        pipeline("vqvae-generation", model=str(trained["output"]),
-                 vqvae=VQVAEModel(make_tiny_config(image_size=32, codebook_size=32)))
+        pipeline(
+            "vqvae-generation",
+            model=str(trained["output"]),
+            vqvae=VQVAEModel(make_tiny_config(image_size=32, codebook_size=32)),
+        )
     # A VQ-VAE with a fine-tuned decoder still decodes this prior's codes; another encoder or codebook does not.
     tuned = VQVAEModel.from_pretrained(vqvae_dir)
     with torch.no_grad():
@@ -442,18 +575,35 @@ def test_code_log_likelihood_matches_the_training_loss(trained):
 
 
 def test_bits_per_dim_script_reports_both_bounds(trained, vqvae_dir, tmp_path):
-    args = ["--model", str(vqvae_dir), "--prior", str(trained["output"]), "--data_files",
-            str(SAMPLE / "test-*.parquet"), "--max_samples", "20", "--scale_fit_data_files",
-            str(SAMPLE / "train-*.parquet"), "--scale_fit_samples", "40", "--batch_size", "10",
-            "--output_file", str(tmp_path / "bpd.json")]
+    args = [
+        "--model",
+        str(vqvae_dir),
+        "--prior",
+        str(trained["output"]),
+        "--data_files",
+        str(SAMPLE / "test-*.parquet"),
+        "--max_samples",
+        "20",
+        "--scale_fit_data_files",
+        str(SAMPLE / "train-*.parquet"),
+        "--scale_fit_samples",
+        "40",
+        "--batch_size",
+        "10",
+        "--output_file",
+        str(tmp_path / "bpd.json"),
+    ]
     results = evaluate_bits_per_dim.main(evaluate_bits_per_dim.parse_args(args))
     assert results == json.loads((tmp_path / "bpd.json").read_text())
-    assert results["num_images"] == 20 and results["dims_per_image"] == 3 * 32 * 32 and results["codes_per_image"] == 64
+    assert (
+        results["num_images"] == 20 and results["dims_per_image"] == 3 * 32 * 32 and results["codes_per_image"] == 64
+    )
     # The uniform prior costs N log2 K bits per image; the bounds add the decoder's term.
     assert results["uniform_prior_bits_per_dim"] == pytest.approx(64 * 4 / 3072)
     for bound in ("uniform", "learned"):
         assert results[f"bits_per_dim_{bound}_prior"] == pytest.approx(
-            results["decoder_bits_per_dim"] + results[f"{bound}_prior_bits_per_dim"])
+            results["decoder_bits_per_dim"] + results[f"{bound}_prior_bits_per_dim"]
+        )
     assert 0 < results["decoder_scale"] < 1 and results["paper_vqvae"] == 4.67
     assert any("marginalised over 10" in assumption for assumption in results["assumptions"])
 
@@ -467,8 +617,11 @@ def test_bits_per_dim_script_reports_both_bounds(trained, vqvae_dir, tmp_path):
 
 def test_discretized_gaussian_decoder_gives_bits_per_dim_without_a_fitted_scale(tmp_path):
     model_dir = save_vqvae(tmp_path / "dg", reconstruction_loss="discretized_gaussian")
-    results = evaluate_bits_per_dim.main(evaluate_bits_per_dim.parse_args([
-        "--model", str(model_dir), "--data_files", str(SAMPLE / "test-*.parquet"), "--max_samples", "8"]))
+    results = evaluate_bits_per_dim.main(
+        evaluate_bits_per_dim.parse_args(
+            ["--model", str(model_dir), "--data_files", str(SAMPLE / "test-*.parquet"), "--max_samples", "8"]
+        )
+    )
     assert results["decoder_scale"] == "per-pixel, predicted by the decoder"
     # An untrained decoder is no better than uniform over the 256 values by much: about 8 bits per dim.
     assert 5 < results["decoder_bits_per_dim"] < 12 and "bits_per_dim_learned_prior" not in results
@@ -476,29 +629,80 @@ def test_discretized_gaussian_decoder_gives_bits_per_dim_without_a_fitted_scale(
 
 def test_classifier_scores_the_share_of_samples_of_the_requested_class(trained, tmp_path):
     classifier_dir = tmp_path / "classifier"
-    results = train_classifier.main(train_classifier.parse_args([
-        "--train_data_files", str(SAMPLE / "train-*.parquet"), "--validation_data_files",
-        str(SAMPLE / "test-*.parquet"), "--hidden_sizes", "8,16,32", "--num_train_epochs", "1",
-        "--train_batch_size", "100", "--output_dir", str(classifier_dir)]))
+    results = train_classifier.main(
+        train_classifier.parse_args(
+            [
+                "--train_data_files",
+                str(SAMPLE / "train-*.parquet"),
+                "--validation_data_files",
+                str(SAMPLE / "test-*.parquet"),
+                "--hidden_sizes",
+                "8,16,32",
+                "--num_train_epochs",
+                "1",
+                "--train_batch_size",
+                "100",
+                "--output_dir",
+                str(classifier_dir),
+            ]
+        )
+    )
     assert 0 <= results["test_accuracy"] <= 1 and len(results["curve"]) == 1
     assert json.loads((classifier_dir / "results.json").read_text())["test_accuracy"] == results["test_accuracy"]
     assert f"{results['test_accuracy']:.2%}" in (classifier_dir / "README.md").read_text()
-    result = sample.main(sample.parse_args([
-        "--prior", str(trained["output"]), "--num_per_class", "2", "--classes", "0", "1", "--seed", "0",
-        "--output_file", str(tmp_path / "s.png"), "--classifier", str(classifier_dir),
-        "--results_file", str(tmp_path / "share.json")]))
+    result = sample.main(
+        sample.parse_args(
+            [
+                "--prior",
+                str(trained["output"]),
+                "--num_per_class",
+                "2",
+                "--classes",
+                "0",
+                "1",
+                "--seed",
+                "0",
+                "--output_file",
+                str(tmp_path / "s.png"),
+                "--classifier",
+                str(classifier_dir),
+                "--results_file",
+                str(tmp_path / "share.json"),
+            ]
+        )
+    )
     share = result["classifier"]
-    assert share["num_samples"] == 4 and 0 <= share["accuracy"] <= 1 and set(share["per_class"]) == {"airplane",
-                                                                                                     "automobile"}
+    assert (
+        share["num_samples"] == 4
+        and 0 <= share["accuracy"] <= 1
+        and set(share["per_class"]) == {"airplane", "automobile"}
+    )
     assert json.loads((tmp_path / "share.json").read_text())["accuracy"] == share["accuracy"]
 
     # The share goes into the prior's card with the command that measured it; a rerun replaces that section.
     prior_dir = shutil.copytree(trained["output"], tmp_path / "prior", ignore=shutil.ignore_patterns("checkpoint-*"))
     for _ in range(2):
-        sample.main(sample.parse_args([
-            "--prior", str(prior_dir), "--num_per_class", "2", "--classes", "0", "1", "--seed", "0",
-            "--output_file", str(tmp_path / "s.png"), "--classifier", str(classifier_dir),
-            "--model_card_section", "Class-conditional samples"]))
+        sample.main(
+            sample.parse_args(
+                [
+                    "--prior",
+                    str(prior_dir),
+                    "--num_per_class",
+                    "2",
+                    "--classes",
+                    "0",
+                    "1",
+                    "--seed",
+                    "0",
+                    "--output_file",
+                    str(tmp_path / "s.png"),
+                    "--classifier",
+                    str(classifier_dir),
+                    "--model_card_section",
+                    "Class-conditional samples",
+                ]
+            )
+        )
     card = (prior_dir / "README.md").read_text()
     assert card.count("### Class-conditional samples") == 1 and "--classifier" in card
     assert f"| all (4 samples; chance 10%) | {share['accuracy']:.1%} |" in card

@@ -43,13 +43,33 @@ def launch(args: list[str], env: dict | None = None, num_processes: int = 1, che
 def launch_command(args: list[str], env: dict | None = None, num_processes: int = 1) -> tuple[list[str], dict]:
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     if num_processes == 1:
-        command = accelerate + ["--num_processes", "1", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
-                                "--dynamo_backend", "no"]
+        command = accelerate + [
+            "--num_processes",
+            "1",
+            "--cpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
         env = script_env(env)
     else:
         # `--cpu --num_processes 2` silently runs one process; this is real DDP over gloo.
-        command = accelerate + ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-                                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+        command = accelerate + [
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+        ]
         env = script_env({"ACCELERATE_USE_CPU": "1", **(env or {})})
     return command + [TRAIN] + args, env
 
@@ -69,13 +89,33 @@ def tiny_config_dir(tmp_path):
 
 def base_args(config_dir, output_dir, steps, extra=()):
     return [
-        "--model_config_name_or_path", str(config_dir),
-        "--train_data_files", str(SAMPLE / "train-*.parquet"),
-        "--validation_data_files", str(SAMPLE / "test-*.parquet"),
-        "--max_train_samples", "64", "--max_eval_samples", "32",
-        "--train_batch_size", "8", "--eval_batch_size", "16", "--max_train_steps", str(steps),
-        "--checkpointing_steps", "2", "--validation_steps", "2", "--logging_steps", "1",
-        "--output_dir", str(output_dir), "--seed", "0", *extra,
+        "--model_config_name_or_path",
+        str(config_dir),
+        "--train_data_files",
+        str(SAMPLE / "train-*.parquet"),
+        "--validation_data_files",
+        str(SAMPLE / "test-*.parquet"),
+        "--max_train_samples",
+        "64",
+        "--max_eval_samples",
+        "32",
+        "--train_batch_size",
+        "8",
+        "--eval_batch_size",
+        "16",
+        "--max_train_steps",
+        str(steps),
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        "0",
+        *extra,
     ]
 
 
@@ -84,11 +124,22 @@ def test_train_saves_a_complete_folder_and_resumes_exactly(tmp_path, tiny_config
     extra = ["--random_flip", "--checkpointing_steps", "5", "--validation_steps", "6"]
     straight = tmp_path / "straight"
     launch(base_args(tiny_config_dir, straight, 12, extra))
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vqvae.py",
-                 "quantizer.py", "eval_results.json", "validation_log.jsonl", "checkpoint-10", "validation/step-12.png"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "modeling_vqvae.py",
+        "quantizer.py",
+        "eval_results.json",
+        "validation_log.jsonl",
+        "checkpoint-10",
+        "validation/step-12.png",
+    ):
         assert (straight / name).exists(), name
     assert "tensorboard" in "".join(p.name for p in (straight / "logs").rglob("*")) or any(
-        p.name.startswith("events.out.tfevents") for p in (straight / "logs").rglob("*"))
+        p.name.startswith("events.out.tfevents") for p in (straight / "logs").rglob("*")
+    )
     card = (straight / "README.md").read_text()
     assert "library_name: hf_vqvae" in card and "{{" not in card and '"max_train_steps": 12' in card
     assert "| 12 |" in card  # the validation curve
@@ -110,7 +161,9 @@ def test_checkpoint_limit_and_no_partial_checkpoints(tmp_path, tiny_config_dir):
     output = tmp_path / "run"
     launch(base_args(tiny_config_dir, output, 6, ["--checkpoints_total_limit", "2"]))
     assert sorted(p.name for p in output.iterdir() if p.name.startswith(("checkpoint-", ".tmp"))) == [
-        "checkpoint-4", "checkpoint-6"]
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
     # A crash mid-save leaves only a hidden temporary folder, which `latest` never picks.
     (output / ".tmp-checkpoint-8").mkdir()
     from hf_vqvae.training_utils import resolve_checkpoint
@@ -134,17 +187,49 @@ def test_evaluate_script_writes_json(tmp_path, tiny_config_dir):
     launch(base_args(tiny_config_dir, output, 2))
     metrics_file = tmp_path / "eval.json"
     result = subprocess.run(
-        [sys.executable, EVALUATE, "--model", str(output), "--data_files", str(SAMPLE / "test-*.parquet"),
-         "--max_samples", "40", "--batch_size", "16", "--output_file", str(metrics_file)],
-        env=script_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            EVALUATE,
+            "--model",
+            str(output),
+            "--data_files",
+            str(SAMPLE / "test-*.parquet"),
+            "--max_samples",
+            "40",
+            "--batch_size",
+            "16",
+            "--output_file",
+            str(metrics_file),
+        ],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(metrics_file.read_text())
     assert "### exact test" not in (output / "README.md").read_text()
     result = subprocess.run(
-        [sys.executable, EVALUATE, "--model", str(output), "--data_files", str(SAMPLE / "test-*.parquet"),
-         "--max_samples", "40", "--batch_size", "16", "--model_card_section", "exact test"],
-        env=script_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            EVALUATE,
+            "--model",
+            str(output),
+            "--data_files",
+            str(SAMPLE / "test-*.parquet"),
+            "--max_samples",
+            "40",
+            "--batch_size",
+            "16",
+            "--model_card_section",
+            "exact test",
+        ],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     card = (output / "README.md").read_text()
@@ -158,9 +243,13 @@ def test_freeze_encoder_fine_tunes_the_decoder_alone(tmp_path, tiny_config_dir):
     launch(base_args(tiny_config_dir, pretrained, 2))
     tuned = tmp_path / "tuned"
     args = base_args(tiny_config_dir, tuned, 3, ["--learning_rate", "1e-2"])
-    args[args.index("--model_config_name_or_path"): args.index("--model_config_name_or_path") + 2] = [
-        "--pretrained_model_name_or_path", str(pretrained), "--freeze_encoder", "--config_overrides",
-        "reconstruction_loss=log_mse,ema_decay=0.9"]
+    args[args.index("--model_config_name_or_path") : args.index("--model_config_name_or_path") + 2] = [
+        "--pretrained_model_name_or_path",
+        str(pretrained),
+        "--freeze_encoder",
+        "--config_overrides",
+        "reconstruction_loss=log_mse,ema_decay=0.9",
+    ]
     launch(args)
     config = json.loads((tuned / "config.json").read_text())
     assert config["reconstruction_loss"] == "log_mse" and config["ema_decay"] == 0.9
@@ -181,19 +270,31 @@ def test_bad_arguments_fail_clearly(tmp_path, tiny_config_dir):
     pretrained = tmp_path / "pretrained"
     launch(base_args(tiny_config_dir, pretrained, 1))
     args = base_args(tiny_config_dir, tmp_path / "w", 2, ["--config_overrides", "hidden_channels=64"])
-    args[args.index("--model_config_name_or_path"): args.index("--model_config_name_or_path") + 2] = [
-        "--pretrained_model_name_or_path", str(pretrained)]
+    args[args.index("--model_config_name_or_path") : args.index("--model_config_name_or_path") + 2] = [
+        "--pretrained_model_name_or_path",
+        str(pretrained),
+    ]
     result = launch(args, check=False)
     assert result.returncode != 0 and "would change the architecture" in result.stderr
-    result = launch(["--preset", "cifar10", "--train_data_files", str(tmp_path / "missing-*.parquet"),
-                     "--output_dir", str(tmp_path / "y")], check=False)
+    result = launch(
+        [
+            "--preset",
+            "cifar10",
+            "--train_data_files",
+            str(tmp_path / "missing-*.parquet"),
+            "--output_dir",
+            str(tmp_path / "y"),
+        ],
+        check=False,
+    )
     assert result.returncode != 0 and "No file matches" in result.stderr
 
 
 def test_push_to_hub_and_load_back(tmp_path, tiny_config_dir, hub_server, hub_env):
     output = tmp_path / "run"
-    launch(base_args(tiny_config_dir, output, 2, ["--push_to_hub", "--hub_model_id", "org/vqvae-cifar10"]),
-           env=hub_env)
+    launch(
+        base_args(tiny_config_dir, output, 2, ["--push_to_hub", "--hub_model_id", "org/vqvae-cifar10"]), env=hub_env
+    )
     expected = load_file(output / "model.safetensors")
     torch.save(expected, tmp_path / "expected.pt")
     code = f"""
@@ -232,10 +333,15 @@ def test_push_to_hub_and_load_back(tmp_path, tiny_config_dir, hub_server, hub_en
 def test_failed_upload_says_so_and_keeps_the_output(tmp_path, tiny_config_dir):
     output = tmp_path / "run"
     # Nothing listens on this port: the upload fails after training.
-    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_TOKEN": HUB_TOKEN, "HF_HUB_ETAG_TIMEOUT": "2",
-           "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
-    result = launch(base_args(tiny_config_dir, output, 2, ["--push_to_hub", "--hub_model_id", "org/x"]), env=env,
-                    check=False)
+    env = {
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "HF_TOKEN": HUB_TOKEN,
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+    }
+    result = launch(
+        base_args(tiny_config_dir, output, 2, ["--push_to_hub", "--hub_model_id", "org/x"]), env=env, check=False
+    )
     assert result.returncode != 0
     assert "Upload to the Hub repository 'org/x' failed" in result.stderr
     assert (output / "model.safetensors").exists() and (output / "config.json").exists()
@@ -246,8 +352,9 @@ def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_
     output = tmp_path / "run"
     args = base_args(tiny_config_dir, output, 10_000, ["--checkpointing_steps", "3", "--validation_steps", "100000"])
     command, env = launch_command(args)
-    process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 300
         while not (output / "checkpoint-6").exists():
@@ -261,7 +368,13 @@ def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_
     last = list_checkpoints(output)[-1]
     last_step = int(last.name.split("-")[1])
     assert last_step >= 6 and (last / "vqvae" / "model.safetensors").exists()
-    result = launch(base_args(tiny_config_dir, output, last_step + 2, [
-        "--checkpointing_steps", "3", "--validation_steps", "100000", "--resume_from_checkpoint", "latest"]))
+    result = launch(
+        base_args(
+            tiny_config_dir,
+            output,
+            last_step + 2,
+            ["--checkpointing_steps", "3", "--validation_steps", "100000", "--resume_from_checkpoint", "latest"],
+        )
+    )
     assert f"Resuming from {last}" in result.stdout + result.stderr
     assert (output / "model.safetensors").exists()

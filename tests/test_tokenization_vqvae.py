@@ -38,8 +38,9 @@ def test_layout_and_vocab_size():
     seed=st.integers(0, 2**16),
 )
 def test_codes_ids_codes_round_trip_is_exact(codebook_size, h, w, offset, delimiters, batch, seed):
-    tok = VQVAEImageTokenizer(codebook_size=codebook_size, grid_size=(h, w), code_offset=offset,
-                              add_image_delimiters=delimiters)
+    tok = VQVAEImageTokenizer(
+        codebook_size=codebook_size, grid_size=(h, w), code_offset=offset, add_image_delimiters=delimiters
+    )
     codes = torch.randint(0, codebook_size, (batch, h, w), generator=torch.Generator().manual_seed(seed))
     ids = tok.codes_to_ids(codes)
     assert ids.shape == (batch, tok.num_image_tokens)
@@ -143,9 +144,18 @@ def tiny_llama(vocab_size: int):
     """A 1-layer Llama with untied input and output embeddings, built locally."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -177,7 +187,9 @@ def test_add_to_text_model_appends_the_layout_and_resizes_embeddings(tmp_path):
     assert bigger.get_input_embeddings().num_embeddings == 64
 
     # Some of the tokens at other ids: a different layout would silently garble images, so it is refused.
-    with pytest.raises(ValueError, match=r"holds 11 of the 11 image tokens, not at the ids .*'<boi>' has id 20; the layout needs 12"):
+    with pytest.raises(
+        ValueError, match=r"holds 11 of the 11 image tokens, not at the ids .*'<boi>' has id 20; the layout needs 12"
+    ):
         VQVAEImageTokenizer(codebook_size=8, grid_size=(2, 2)).add_to_text_model(reloaded)
     partial = make_word_level_tokenizer(["cat", "<img_0>"])
     with pytest.raises(ValueError, match="already holds 1 of the 19 image tokens.*'<img_1>' is missing"):
@@ -204,7 +216,9 @@ def test_build_mixed_inputs_pads_and_masks_labels(tokenizer):
     assert batch["labels"][1, -1].item() == -100 and torch.equal(batch["labels"][0], batch["input_ids"][0])
     assert torch.equal(image_tokenizer.ids_to_codes(batch["input_ids"], batch["attention_mask"]), codes)
     left = image_tokenizer.build_mixed_inputs(text_ids, codes=codes, padding_side="left")
-    assert left["attention_mask"][1, 0] == 0 and left["input_ids"][1, 1:].tolist() == text_ids[1] + image_ids[1].tolist()
+    assert (
+        left["attention_mask"][1, 0] == 0 and left["input_ids"][1, 1:].tolist() == text_ids[1] + image_ids[1].tolist()
+    )
 
     images = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(2)]
     from_images = image_tokenizer.build_mixed_inputs(text_ids, images=images)

@@ -37,10 +37,20 @@ spec.loader.exec_module(tokenize_dataset)
 
 def script_args(model_dir, output_dir, *extra) -> list[str]:
     return [
-        "--model", str(model_dir),
-        "--data_files", f"train={SAMPLE / 'train-*.parquet'}", f"test={SAMPLE / 'test-*.parquet'}",
-        "--max_samples", str(NUM_ROWS), "--shard_size", str(SHARD_SIZE), "--batch_size", "8",
-        "--output_dir", str(output_dir), *extra,
+        "--model",
+        str(model_dir),
+        "--data_files",
+        f"train={SAMPLE / 'train-*.parquet'}",
+        f"test={SAMPLE / 'test-*.parquet'}",
+        "--max_samples",
+        str(NUM_ROWS),
+        "--shard_size",
+        str(SHARD_SIZE),
+        "--batch_size",
+        "8",
+        "--output_dir",
+        str(output_dir),
+        *extra,
     ]
 
 
@@ -97,8 +107,9 @@ def copy_run(reference_run, tmp_path):
 
 def test_tokens_equal_per_image_encode_and_keep_the_labels(model_dir, reference_run):
     output_dir, stats = reference_run
-    assert shard_files(output_dir) == [f"{split}/shard-0000{i}-of-00003.parquet" for split in ("test", "train")
-                                       for i in range(3)]
+    assert shard_files(output_dir) == [
+        f"{split}/shard-0000{i}-of-00003.parquet" for split in ("test", "train") for i in range(3)
+    ]
     for name in ("README.md", "image_tokenizer_config.json", "tokenization_config.json", "tokenization_stats.json"):
         assert (output_dir / name).is_file(), name
     assert stats["num_images"] == stats["num_images_encoded"] == 2 * NUM_ROWS and stats["num_shards_reused"] == 0
@@ -136,8 +147,11 @@ def test_resume_computes_only_missing_shards(model_dir, reference_run, tmp_path)
     (output_dir / "train" / "shard-00002-of-00003.parquet").unlink()  # never written
     (output_dir / "test" / "shard-00001-of-00003.parquet").write_bytes(b"truncated")  # damaged
     (output_dir / "train" / ".tmp-shard-00002-of-00003.0.parquet").write_bytes(b"half")  # a crash mid-write
-    finished = {name: (output_dir / name).stat().st_mtime_ns for name in shard_files(output_dir)
-                if name not in ("test/shard-00001-of-00003.parquet",)}
+    finished = {
+        name: (output_dir / name).stat().st_mtime_ns
+        for name in shard_files(output_dir)
+        if name not in ("test/shard-00001-of-00003.parquet",)
+    }
 
     stats = run(model_dir, output_dir)
     assert stats["num_shards_reused"] == 4 and stats["num_images_encoded"] == 8 + 16
@@ -154,8 +168,9 @@ def test_other_settings_error_unless_overwrite(model_dir, reference_run, tmp_pat
     with pytest.raises(ValueError, match=r"different: image_tokenizer\)"):
         run(model_dir, output_dir, "--code_offset", "5")
     stats = run(model_dir, output_dir, "--shard_size", "32", "--overwrite")
-    assert shard_files(output_dir) == [f"{split}/shard-0000{i}-of-00002.parquet" for split in ("test", "train")
-                                       for i in range(2)]
+    assert shard_files(output_dir) == [
+        f"{split}/shard-0000{i}-of-00002.parquet" for split in ("test", "train") for i in range(2)
+    ]
     assert stats["num_shards_reused"] == 0
     merged = datasets.load_dataset(str(output_dir))
     expected = datasets.load_dataset(str(reference_run[0]))["train"]["input_ids"]
@@ -196,8 +211,22 @@ def test_image_folder_without_kept_columns(model_dir, tmp_path):
 
     folder = write_image_folder(tmp_path / "images", num_images=6, size=32)
     output_dir = tmp_path / "tokens"
-    args = ["--model", str(model_dir), "--data_dir", str(folder), "--output_dir", str(output_dir), "--shard_size",
-            "4", "--keep_columns", "--ids_dtype", "int64", "--no_image_delimiters", "--code_offset", "100"]
+    args = [
+        "--model",
+        str(model_dir),
+        "--data_dir",
+        str(folder),
+        "--output_dir",
+        str(output_dir),
+        "--shard_size",
+        "4",
+        "--keep_columns",
+        "--ids_dtype",
+        "int64",
+        "--no_image_delimiters",
+        "--code_offset",
+        "100",
+    ]
     tokenize_dataset.main(tokenize_dataset.parse_args(args))
     tokens = datasets.load_dataset(str(output_dir), split="train")
     assert tokens.column_names == ["input_ids"] and tokens.num_rows == 6
@@ -209,11 +238,27 @@ def test_image_folder_without_kept_columns(model_dir, tmp_path):
 def test_two_processes_write_the_single_process_result(model_dir, reference_run, tmp_path):
     output_dir = tmp_path / "tokens"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env.update({"ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
-                "HF_DATASETS_OFFLINE": "1"})
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(free_port()), str(SCRIPT), *script_args(model_dir, output_dir)]
+    env.update(
+        {"ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPT),
+        *script_args(model_dir, output_dir),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "largest of 2 process(es)" in result.stdout
@@ -252,8 +297,12 @@ def test_push_to_hub_as_dataset_repo_and_load_back(model_dir, reference_run, tmp
     assert result["rows"] == {"train": NUM_ROWS, "test": NUM_ROWS}
     expected = datasets.load_dataset(str(reference_run[0]))["train"]
     assert result["input_ids"] == list(expected["input_ids"]) and result["label"] == list(expected["label"])
-    assert {"README.md", "tokenization_config.json", "image_tokenizer_config.json",
-            "train/shard-00000-of-00003.parquet"} <= set(result["files"])
+    assert {
+        "README.md",
+        "tokenization_config.json",
+        "image_tokenizer_config.json",
+        "train/shard-00000-of-00003.parquet",
+    } <= set(result["files"])
     assert all(".tmp" not in name for name in result["files"])
     assert any("/api/datasets/org/cifar10-tokens" in path for _, path, _ in hub_in_process.request_log)
 
@@ -282,11 +331,13 @@ def test_bad_arguments_fail_clearly(argv, match):
 
 
 def test_data_files_map_to_splits():
-    args = tokenize_dataset.parse_args(["--model", "m", "--output_dir", "o", "--data_files", "train=a/*.parquet",
-                                        "test=b.parquet", "train=c.parquet"])
+    args = tokenize_dataset.parse_args(
+        ["--model", "m", "--output_dir", "o", "--data_files", "train=a/*.parquet", "test=b.parquet", "train=c.parquet"]
+    )
     assert args.data_files == {"train": ["a/*.parquet", "c.parquet"], "test": ["b.parquet"]}
-    args = tokenize_dataset.parse_args(["--model", "m", "--output_dir", "o", "--data_files", "x.parquet", "--split",
-                                        "validation"])
+    args = tokenize_dataset.parse_args(
+        ["--model", "m", "--output_dir", "o", "--data_files", "x.parquet", "--split", "validation"]
+    )
     assert args.data_files == {"validation": ["x.parquet"]}
 
 
@@ -301,8 +352,17 @@ def test_image_tokens_in_a_stock_text_model_end_to_end(model_dir, reference_run)
     class_names = tokens.features["label"].names
     text_tokenizer = make_word_level_tokenizer(class_names)
     torch.manual_seed(0)
-    text_model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=80,
-                                            vocab_size=len(text_tokenizer), bos_token_id=None, eos_token_id=None))
+    text_model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            n_positions=80,
+            vocab_size=len(text_tokenizer),
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    )
     num_text_tokens = len(text_tokenizer)
 
     image_tokenizer = VQVAEImageTokenizer.from_pretrained(model_dir).add_to_text_model(text_tokenizer, text_model)
@@ -329,8 +389,11 @@ def test_image_tokens_in_a_stock_text_model_end_to_end(model_dir, reference_run)
     text_model.eval()
     prompt = text_tokenizer(["cat", "ship"], return_tensors="pt")
     generated = text_model.generate(
-        **prompt, max_new_tokens=image_tokenizer.num_image_tokens, do_sample=False,
-        pad_token_id=image_tokenizer.pad_token_id, prefix_allowed_tokens_fn=image_tokenizer.prefix_allowed_tokens_fn,
+        **prompt,
+        max_new_tokens=image_tokenizer.num_image_tokens,
+        do_sample=False,
+        pad_token_id=image_tokenizer.pad_token_id,
+        prefix_allowed_tokens_fn=image_tokenizer.prefix_allowed_tokens_fn,
     )
     new_tokens = generated[:, prompt["input_ids"].shape[1] :]
     assert new_tokens[:, 0].eq(image_tokenizer.boi_token_id).all()
@@ -372,11 +435,15 @@ def test_decode_image_gives_pils_pixels_faster_and_falls_back_to_pil():
     assert all(isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.shape == (32, 32, 3) for a in fast)
     assert all(np.array_equal(a, b) for a, b in zip(fast, slow))  # the same libjpeg-turbo, the same pixels
     processor = VQVAEImageProcessor(size={"height": 32, "width": 32})
-    assert torch.equal(processor(fast, return_tensors="pt")["pixel_values"],
-                       processor([Image.fromarray(b) for b in slow], return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        processor(fast, return_tensors="pt")["pixel_values"],
+        processor([Image.fromarray(b) for b in slow], return_tensors="pt")["pixel_values"],
+    )
     gray = VQVAEImageProcessor(size={"height": 32, "width": 32}, image_mode="L")
-    assert torch.equal(gray(fast, return_tensors="pt")["pixel_values"],
-                       gray([Image.fromarray(b) for b in slow], return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        gray(fast, return_tensors="pt")["pixel_values"],
+        gray([Image.fromarray(b) for b in slow], return_tensors="pt")["pixel_values"],
+    )
 
     # EXIF (it may rotate the image: only PIL applies it), PNG, and JPEG without simplejpeg: PIL, via `datasets`.
     wide = Image.fromarray(np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3) * 10)

@@ -363,7 +363,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
             raise ValueError("Pass exactly one of `pixel_values` (images) and `input_values` (signals such as audio).")
         if input_values is not None:
             if self.config.spatial_dims != 1:
-                raise ValueError("`input_values` are for 1-D models (`spatial_dims=1`); pass images as `pixel_values`.")
+                raise ValueError(
+                    "`input_values` are for 1-D models (`spatial_dims=1`); pass images as `pixel_values`."
+                )
             if isinstance(input_values, torch.Tensor) and input_values.ndim == 2 and self.config.num_channels == 1:
                 input_values = input_values[:, None]  # (batch, time) mono -> (batch, 1, time)
             pixel_values = input_values
@@ -376,31 +378,43 @@ class VQVAEModel(VQVAEPreTrainedModel):
             return None
         if self.config.spatial_dims != 1:
             raise ValueError("`attention_mask` is for 1-D models (padded signals); images take none.")
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (inputs.shape[0],
-                                                                                           inputs.shape[-1]):
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (
+            inputs.shape[0],
+            inputs.shape[-1],
+        ):
             got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
-            raise ValueError(f"`attention_mask` must have shape (batch, time) = {(inputs.shape[0], inputs.shape[-1])}"
-                             f"; got {got}.")
+            raise ValueError(
+                f"`attention_mask` must have shape (batch, time) = {(inputs.shape[0], inputs.shape[-1])}; got {got}."
+            )
         factor = self.config.downsample_factor
         lengths = attention_mask.long().sum(-1)
         num_codes = (lengths + factor - 1) // factor
-        return torch.arange(inputs.shape[-1] // factor, device=inputs.device)[None] < num_codes[:, None].to(inputs.device)
+        return torch.arange(inputs.shape[-1] // factor, device=inputs.device)[None] < num_codes[:, None].to(
+            inputs.device
+        )
 
     def _check_speaker_ids(self, speaker_ids, batch_size: int):
         num_speakers = self.config.num_speakers
         if num_speakers == 0:
             if speaker_ids is not None:
-                raise ValueError("This model has no speaker conditioning (`config.num_speakers=0`); drop `speaker_ids`.")
+                raise ValueError(
+                    "This model has no speaker conditioning (`config.num_speakers=0`); drop `speaker_ids`."
+                )
             return None
         if speaker_ids is None:
-            raise ValueError(f"This decoder is conditioned on the speaker: pass `speaker_ids` (one id in "
-                             f"[0, {num_speakers}) per example).")
+            raise ValueError(
+                f"This decoder is conditioned on the speaker: pass `speaker_ids` (one id in "
+                f"[0, {num_speakers}) per example)."
+            )
         speaker_ids = torch.as_tensor(speaker_ids, device=self.device)
-        if speaker_ids.dtype.is_floating_point or tuple(speaker_ids.shape) != (batch_size,) or (
-            speaker_ids.numel() and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= num_speakers)
+        if (
+            speaker_ids.dtype.is_floating_point
+            or tuple(speaker_ids.shape) != (batch_size,)
+            or (speaker_ids.numel() and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= num_speakers))
         ):
-            raise ValueError(f"`speaker_ids` must be {batch_size} integers in [0, {num_speakers}); got "
-                             f"{speaker_ids.tolist()}.")
+            raise ValueError(
+                f"`speaker_ids` must be {batch_size} integers in [0, {num_speakers}); got {speaker_ids.tolist()}."
+            )
         return speaker_ids.long()
 
     def encode(
@@ -551,15 +565,21 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
             if self.config.reconstruction_loss == "log_mse":
                 # Each example's MSE over its real values; the floor keeps a perfect reconstruction finite.
-                per_example = error.flatten(1).mean(1) if weights is None else (
-                    (error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
+                per_example = (
+                    error.flatten(1).mean(1)
+                    if weights is None
+                    else ((error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
+                )
                 reconstruction_loss = per_example.clamp(min=LOG_MSE_FLOOR).log().mean()
             elif weights is None:
                 reconstruction_loss = error.mean()
             else:
                 reconstruction_loss = (error * weights).sum() / weights.sum().clamp(min=1.0)
-            loss = (self.config.reconstruction_loss_weight * reconstruction_loss + encoded.codebook_loss
-                    + encoded.commitment_loss)
+            loss = (
+                self.config.reconstruction_loss_weight * reconstruction_loss
+                + encoded.codebook_loss
+                + encoded.commitment_loss
+            )
         output = VQVAEModelOutput(
             loss=loss,
             reconstruction=reconstruction,

@@ -72,8 +72,13 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
         **kwargs,
     ):
         kwargs.pop("feature_size", None)  # always 1: waveforms are made mono
-        super().__init__(feature_size=1, sampling_rate=sampling_rate, padding_value=padding_value,
-                         return_attention_mask=return_attention_mask, **kwargs)
+        super().__init__(
+            feature_size=1,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
         for name, value in (("sampling_rate", sampling_rate), ("pad_to_multiple_of", pad_to_multiple_of)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
@@ -160,7 +165,9 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
             padding="max_length" if padding == "max_length" else "longest",
             max_length=max_length,
             pad_to_multiple_of=self.pad_to_multiple_of,
-            return_attention_mask=self.return_attention_mask if return_attention_mask is None else return_attention_mask,
+            return_attention_mask=self.return_attention_mask
+            if return_attention_mask is None
+            else return_attention_mask,
             return_tensors="np",
         )
         data = {"input_values": np.asarray(features["input_values"], dtype=np.float32)}
@@ -177,8 +184,9 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
         rate = sampling_rate
         if isinstance(item, dict):
             if "array" not in item:
-                raise ValueError(f"Waveform {index}: a dict must hold `array` (and `sampling_rate`); got keys "
-                                 f"{sorted(item)}.")
+                raise ValueError(
+                    f"Waveform {index}: a dict must hold `array` (and `sampling_rate`); got keys {sorted(item)}."
+                )
             rate = item.get("sampling_rate", sampling_rate)
             item = item["array"]
         if rate is None:
@@ -237,18 +245,26 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             `list[np.ndarray]`: one float32 waveform `(time,)` per example, at `self.sampling_rate`.
         """
-        values = input_values.detach().float().cpu().numpy() if isinstance(input_values, torch.Tensor) else \
-            np.asarray(input_values, dtype=np.float32)
+        values = (
+            input_values.detach().float().cpu().numpy()
+            if isinstance(input_values, torch.Tensor)
+            else np.asarray(input_values, dtype=np.float32)
+        )
         if values.ndim == 3 and values.shape[1] == 1:
             values = values[:, 0]
         if values.ndim != 2:
             raise ValueError(f"`input_values` must have shape (batch, time) or (batch, 1, time); got {values.shape}.")
         lengths = [values.shape[1]] * len(values)
         if attention_mask is not None:
-            mask = attention_mask.cpu().numpy() if isinstance(attention_mask, torch.Tensor) else np.asarray(attention_mask)
+            mask = (
+                attention_mask.cpu().numpy()
+                if isinstance(attention_mask, torch.Tensor)
+                else np.asarray(attention_mask)
+            )
             if mask.shape != values.shape:
-                raise ValueError(f"`attention_mask` must have the shape of the waveforms {values.shape}; got "
-                                 f"{mask.shape}.")
+                raise ValueError(
+                    f"`attention_mask` must have the shape of the waveforms {values.shape}; got {mask.shape}."
+                )
             lengths = mask.sum(-1).astype(int).tolist()
         gains = [1.0] * len(values)
         if gain is not None:

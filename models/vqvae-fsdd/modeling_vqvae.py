@@ -148,7 +148,9 @@ def discretized_gaussian_log_likelihood(
 
 
 def multi_resolution_stft_loss(
-    reconstruction: torch.Tensor, target: torch.Tensor, fft_sizes: tuple[int, ...],
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    fft_sizes: tuple[int, ...],
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
@@ -160,7 +162,8 @@ def multi_resolution_stft_loss(
     reconstruction, target = reconstruction.float().flatten(0, 1), target.float().flatten(0, 1)
     if attention_mask is not None:
         mask = attention_mask.to(target.device, torch.float32).repeat_interleave(
-            target.shape[0] // attention_mask.shape[0], dim=0)
+            target.shape[0] // attention_mask.shape[0], dim=0
+        )
         reconstruction, target = reconstruction * mask, target * mask
     length = target.shape[-1]
     sizes = [n for n in fft_sizes if n <= length] or [min(fft_sizes)]
@@ -168,8 +171,9 @@ def multi_resolution_stft_loss(
     for n_fft in sizes:
         window = torch.hann_window(n_fft, device=target.device)
         predicted, actual = (
-            torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, pad_mode="constant",
-                       return_complex=True).abs().clamp(min=1e-7)
+            torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, pad_mode="constant", return_complex=True)
+            .abs()
+            .clamp(min=1e-7)
             for signal in (reconstruction, target)
         )
         convergence = torch.linalg.vector_norm(actual - predicted) / torch.linalg.vector_norm(actual).clamp(min=1e-7)
@@ -397,7 +401,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
             raise ValueError("Pass exactly one of `pixel_values` (images) and `input_values` (signals such as audio).")
         if input_values is not None:
             if self.config.spatial_dims != 1:
-                raise ValueError("`input_values` are for 1-D models (`spatial_dims=1`); pass images as `pixel_values`.")
+                raise ValueError(
+                    "`input_values` are for 1-D models (`spatial_dims=1`); pass images as `pixel_values`."
+                )
             if isinstance(input_values, torch.Tensor) and input_values.ndim == 2 and self.config.num_channels == 1:
                 input_values = input_values[:, None]  # (batch, time) mono -> (batch, 1, time)
             pixel_values = input_values
@@ -410,31 +416,43 @@ class VQVAEModel(VQVAEPreTrainedModel):
             return None
         if self.config.spatial_dims != 1:
             raise ValueError("`attention_mask` is for 1-D models (padded signals); images take none.")
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (inputs.shape[0],
-                                                                                           inputs.shape[-1]):
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (
+            inputs.shape[0],
+            inputs.shape[-1],
+        ):
             got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
-            raise ValueError(f"`attention_mask` must have shape (batch, time) = {(inputs.shape[0], inputs.shape[-1])}"
-                             f"; got {got}.")
+            raise ValueError(
+                f"`attention_mask` must have shape (batch, time) = {(inputs.shape[0], inputs.shape[-1])}; got {got}."
+            )
         factor = self.config.downsample_factor
         lengths = attention_mask.long().sum(-1)
         num_codes = (lengths + factor - 1) // factor
-        return torch.arange(inputs.shape[-1] // factor, device=inputs.device)[None] < num_codes[:, None].to(inputs.device)
+        return torch.arange(inputs.shape[-1] // factor, device=inputs.device)[None] < num_codes[:, None].to(
+            inputs.device
+        )
 
     def _check_speaker_ids(self, speaker_ids, batch_size: int):
         num_speakers = self.config.num_speakers
         if num_speakers == 0:
             if speaker_ids is not None:
-                raise ValueError("This model has no speaker conditioning (`config.num_speakers=0`); drop `speaker_ids`.")
+                raise ValueError(
+                    "This model has no speaker conditioning (`config.num_speakers=0`); drop `speaker_ids`."
+                )
             return None
         if speaker_ids is None:
-            raise ValueError(f"This decoder is conditioned on the speaker: pass `speaker_ids` (one id in "
-                             f"[0, {num_speakers}) per example).")
+            raise ValueError(
+                f"This decoder is conditioned on the speaker: pass `speaker_ids` (one id in "
+                f"[0, {num_speakers}) per example)."
+            )
         speaker_ids = torch.as_tensor(speaker_ids, device=self.device)
-        if speaker_ids.dtype.is_floating_point or tuple(speaker_ids.shape) != (batch_size,) or (
-            speaker_ids.numel() and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= num_speakers)
+        if (
+            speaker_ids.dtype.is_floating_point
+            or tuple(speaker_ids.shape) != (batch_size,)
+            or (speaker_ids.numel() and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= num_speakers))
         ):
-            raise ValueError(f"`speaker_ids` must be {batch_size} integers in [0, {num_speakers}); got "
-                             f"{speaker_ids.tolist()}.")
+            raise ValueError(
+                f"`speaker_ids` must be {batch_size} integers in [0, {num_speakers}); got {speaker_ids.tolist()}."
+            )
         return speaker_ids.long()
 
     def encode(
@@ -585,18 +603,25 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
             if self.config.reconstruction_loss == "log_mse":
                 # Each example's MSE over its real values; the floor keeps a perfect reconstruction finite.
-                per_example = error.flatten(1).mean(1) if weights is None else (
-                    (error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
+                per_example = (
+                    error.flatten(1).mean(1)
+                    if weights is None
+                    else ((error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
+                )
                 reconstruction_loss = per_example.clamp(min=LOG_MSE_FLOOR).log().mean()
             elif weights is None:
                 reconstruction_loss = error.mean()
             else:
                 reconstruction_loss = (error * weights).sum() / weights.sum().clamp(min=1.0)
-            loss = (self.config.reconstruction_loss_weight * reconstruction_loss + encoded.codebook_loss
-                    + encoded.commitment_loss)
+            loss = (
+                self.config.reconstruction_loss_weight * reconstruction_loss
+                + encoded.codebook_loss
+                + encoded.commitment_loss
+            )
             if self.config.spectral_loss_weight > 0:
-                spectral_loss = multi_resolution_stft_loss(reconstruction, inputs, self.config.spectral_loss_fft_sizes,
-                                                           attention_mask)
+                spectral_loss = multi_resolution_stft_loss(
+                    reconstruction, inputs, self.config.spectral_loss_fft_sizes, attention_mask
+                )
                 loss = loss + self.config.spectral_loss_weight * spectral_loss
         output = VQVAEModelOutput(
             loss=loss,
