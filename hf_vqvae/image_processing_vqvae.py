@@ -223,9 +223,9 @@ def load_image(image: bytes | str | os.PathLike | dict) -> Image.Image:
 
 def _bomb_message(source, detail: str) -> str:
     return (
-        f"Refusing to decode the image ({_describe_source(source)}): {detail.rstrip('.')}. Pillow's guard against decompression "
-        "bombs, `PIL.Image.MAX_IMAGE_PIXELS`, caps the pixels an image may have. If the image is genuine, raise the "
-        "limit (`PIL.Image.MAX_IMAGE_PIXELS = n`) or downscale the file; else drop it."
+        f"Refusing to decode the image ({_describe_source(source)}): {detail.rstrip('.')}. Pillow's guard against "
+        "decompression bombs, `PIL.Image.MAX_IMAGE_PIXELS`, caps the pixels an image may have. If the image is "
+        "genuine, raise the limit (`PIL.Image.MAX_IMAGE_PIXELS = n`) or downscale the file; else drop it."
     )
 
 
