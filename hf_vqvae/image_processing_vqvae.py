@@ -142,6 +142,8 @@ def _to_channels_last(array: np.ndarray, channels_first_default: bool, index: in
 
 
 _ENCODED = (bytes, bytearray, memoryview, str, os.PathLike, dict)
+# First bytes of common image files, to tell a damaged file of a known format from data that is no image at all.
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF"}
 
 
 def _describe_source(image) -> str:
@@ -231,7 +233,15 @@ def _bomb_message(source, detail: str) -> str:
 
 def _undecodable_message(source, error: Exception, cause: str) -> str:
     if isinstance(error, UnidentifiedImageError):  # its message only shows a BytesIO object's address
-        detail = "no image format Pillow reads was recognised"
+        data = source.get("bytes") if isinstance(source, dict) else source
+        known = isinstance(data, (bytes, bytearray, memoryview)) and next(
+            (name for signature, name in _SIGNATURES.items() if bytes(data[: len(signature)]) == signature), None
+        )
+        detail = (
+            f"it starts like a {known} file, but Pillow cannot read it: it is truncated or corrupt"
+            if known
+            else "no image format Pillow reads was recognised"
+        )
     else:
         detail = f"{type(error).__name__}: {str(error).rstrip('.')}"
     truncated = isinstance(error, EOFError) or "truncated" in str(error).lower()

@@ -550,8 +550,12 @@ def test_truncated_undecodable_and_lazily_opened_broken_images_raise_our_error()
     with pytest.raises(ValueError, match=r"Image 0: The image \(.* bytes.*\) could not be .*truncated"):
         processor(png[: len(png) // 2])
     garbage = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # the case: a PNG signature, then garbage
-    with pytest.raises(ValueError, match=r"could not be opened: no image format Pillow reads was recognised"):
+    with pytest.raises(
+        ValueError, match=r"could not be opened: it starts like a PNG file, but .* truncated or corrupt"
+    ):
         processor(garbage)
+    with pytest.raises(ValueError, match=r"could not be opened: no image format Pillow reads was recognised"):
+        processor(b"<html>404 Not Found</html>")  # what a failed download saves
     lazy = Image.open(io.BytesIO(png[: len(png) * 3 // 4]))  # opens (header only), fails when decoded
     with pytest.raises(ValueError, match=r"Image 1: The image \(a PIL image\) could not be decoded: .*truncated"):
         processor([random_uint8(8, 8, 3), lazy])
