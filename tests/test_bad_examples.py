@@ -4,6 +4,7 @@
 import argparse
 import io
 import json
+import logging
 import pickle
 
 import numpy as np
@@ -93,10 +94,16 @@ def test_error_mode_names_split_row_file_column_cause_and_the_way_to_skip():
     assert str(BadExampleError("Caught BadExampleError in worker 0")) == "Caught BadExampleError in worker 0"
 
 
-def test_skip_mode_gives_the_exact_skipped_rows_count_and_jsonl(tmp_path):
+def test_skip_mode_gives_the_exact_skipped_rows_count_and_jsonl(tmp_path, caplog):
     rows, causes = dataset_rows()
     policy = BadExamplePolicy("skip")
-    used = run(policy, rows, list(range(12)))
+    with caplog.at_level(logging.WARNING, logger="hf_vqvae.training.bad_examples"):
+        used = run(policy, rows, list(range(12)))
+        run(policy, rows, list(range(12)))  # a second epoch: the same rows are not reported again
+    logged = sorted(record.getMessage() for record in caplog.records)  # each skipped row once, over two epochs
+    assert len(logged) == len(causes)
+    for message, index in zip(logged, sorted(causes, key=str)):
+        assert message.startswith(f"Skipping row {index} of split 'train'") and causes[index] in message
     assert sorted(used) == [0, 1, 3, 4, 6, 9, 10]
     expected = process([load_image(rows[i]) for i in sorted(used)])
     assert torch.equal(torch.stack([used[i] for i in sorted(used)]), expected)  # good rows unchanged by bad ones
@@ -106,7 +113,6 @@ def test_skip_mode_gives_the_exact_skipped_rows_count_and_jsonl(tmp_path):
         assert row.cause.startswith(causes[row.index]), row.cause
     assert policy.skipped[0].source == "shard-a/002.png" and policy.skipped[1].source is None
 
-    run(policy, rows, list(range(12)))  # a second epoch: the same rows are not reported again
     assert policy.num_skipped == 5
 
     path = write_skipped(tmp_path / "out" / SKIPPED_EXAMPLES_NAME, policy.records())

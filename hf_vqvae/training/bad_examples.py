@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import get_worker_info
 from transformers.utils import logging
 
 
@@ -162,8 +163,9 @@ class BadExamplePolicy:
         if row.key in self._skipped:
             return False
         self._skipped[row.key] = row
-        where = f" ({row.source})" if row.source else ""
-        logger.warning(f"Skipping row {row.index} of split {row.split!r}{where}: {row.cause}")
+        if get_worker_info() is None:  # a DataLoader worker's rows are logged once they reach the main process
+            where = f" ({row.source})" if row.source else ""
+            logger.warning(f"Skipping row {row.index} of split {row.split!r}{where}: {row.cause}")
         return True
 
     def receive(self, batch: dict) -> dict | None:
