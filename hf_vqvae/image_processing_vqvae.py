@@ -209,11 +209,11 @@ def load_image(image: bytes | str | os.PathLike | dict) -> Image.Image:
         raise ValueError(_bomb_message(source, str(error))) from error
     except Exception as error:  # any failure to parse untrusted bytes is "not an image" to the caller
         raise ValueError(_undecodable_message(source, error, "could not be opened")) from error
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and opened.width * opened.height > limit:  # Pillow only warns below twice its limit: refuse here
-        size = f"{opened.width} x {opened.height} = {opened.width * opened.height} pixels"
+    try:
+        check_pixel_limit(opened.width, opened.height, source)  # Pillow only warns below twice its limit
+    except ValueError:
         opened.close()
-        raise ValueError(_bomb_message(source, f"it has {size}, more than the limit of {limit}"))
+        raise
     try:
         opened.load()
         if opened.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: 1 is upright
@@ -221,6 +221,19 @@ def load_image(image: bytes | str | os.PathLike | dict) -> Image.Image:
     except Exception as error:
         raise ValueError(_undecodable_message(source, error, "could not be decoded")) from error
     return opened
+
+
+def check_pixel_limit(width: int, height: int, source=None) -> None:
+    """
+    Raises the `ValueError` of [`load_image`] for a decompression bomb: an image of more pixels than
+    `PIL.Image.MAX_IMAGE_PIXELS` (no limit when that is `None`). For decoders other than Pillow, e.g. a JPEG decoder
+    called directly, to check the size read from the header before decoding. `source` (bytes, a path or a `datasets`
+    cell) only names the image in the message.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        detail = f"it has {width} x {height} = {width * height} pixels, more than the limit of {limit}"
+        raise ValueError(_bomb_message(source, detail))
 
 
 def _bomb_message(source, detail: str) -> str:
@@ -594,4 +607,4 @@ class VQVAEImageProcessor(BaseImageProcessor):
         return [Image.fromarray(a[:, :, 0] if num_channels == 1 else a) for a in array]
 
 
-__all__ = ["VQVAEImageProcessor", "load_image"]
+__all__ = ["VQVAEImageProcessor", "check_pixel_limit", "load_image"]

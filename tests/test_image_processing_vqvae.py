@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.image_utils import PILImageResampling
 
-from hf_vqvae.image_processing_vqvae import VQVAEImageProcessor, load_image
+from hf_vqvae.image_processing_vqvae import VQVAEImageProcessor, check_pixel_limit, load_image
 
 
 def random_uint8(*shape, seed=0):
@@ -540,8 +540,12 @@ def test_decompression_bombs_are_refused_before_decoding(monkeypatch):
     with pytest.warns(Image.DecompressionBombWarning):  # PIL only warns here; we refuse
         with pytest.raises(ValueError, match=r"10 x 10 = 100 pixels, more than the limit of 80"):
             processor(data)
+    with pytest.raises(ValueError, match=r"Refusing to decode the image \(file 'a.jpg'\): it has 60000 x 60000"):
+        check_pixel_limit(60000, 60000, "a.jpg")  # e.g. a JPEG header read by another decoder
+    check_pixel_limit(8, 10)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the user's way to turn the guard off
     assert processor(data).pixel_values.shape == (1, 3, 32, 32)
+    check_pixel_limit(60000, 60000)
 
 
 def test_truncated_undecodable_and_lazily_opened_broken_images_raise_our_error():
