@@ -311,3 +311,51 @@ def test_a_dataset_with_bad_rows_under_accelerate(tmp_path, num_processes, num_w
     used = json.loads((tmp_path / "used.json").read_text())["used"]
     assert len(used) == num_processes
     check_rows_accounted("train", 13, sorted(set(sum(used, []))), skipped)
+
+
+def test_the_cifar10_sample_with_corrupted_rows_loses_only_those_rows():
+    """The issue's case on the shipped sample: 200 real PNGs, five of them damaged in different ways."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(__file__).parents[1] / "data/cifar10_sample/test-00000-of-00001.parquet")
+    rows = table.column("img").to_pylist()
+    good_png = rows[0]["bytes"]
+    damage = {
+        17: b"\x89PNG\r\n\x1a\n" + b"garbage" * 40,  # a PNG signature, then garbage
+        64: good_png[: len(good_png) - 50],  # truncated
+        65: bytes(b ^ 0xFF if 40 <= i < 60 else b for i, b in enumerate(good_png)),  # header corrupted
+        130: b"",
+        199: b"<html>Rate limit exceeded</html>",  # a failed download saved as the image
+    }
+    for index, data in damage.items():
+        rows[index] = {"bytes": data, "path": f"images/{index:05d}.png"}
+    clean = BadExamplePolicy("error")
+    processor = VQVAEImageProcessor()
+
+    def to_pixels(images):
+        return processor(images)["pixel_values"]
+
+    def tokenize_like(policy, batch_size=64):
+        used, values = [], []
+        for start in range(0, len(rows), batch_size):
+            indices = list(range(start, min(start + batch_size, len(rows))))
+            pixel_values, positions = policy.process_rows(
+                [rows[i] for i in indices], load_image, to_pixels, split="test", indices=indices, column="img"
+            )
+            used += [indices[p] for p in positions]
+            values += [] if pixel_values is None else list(pixel_values)
+        return used, torch.stack(values)
+
+    with pytest.raises(BadExampleError, match=r"^Row 17 of split 'test' \(from images/00017.png\), column 'img'"):
+        tokenize_like(clean)
+    policy = BadExamplePolicy("skip")
+    used, pixel_values = tokenize_like(policy)
+    assert [row.index for row in policy.skipped] == sorted(damage)
+    assert [row.source for row in policy.skipped] == [f"images/{i:05d}.png" for i in sorted(damage)]
+    assert used == [i for i in range(200) if i not in damage]
+    original = table.column("img").to_pylist()
+    expected = processor([load_image(original[i]) for i in used])["pixel_values"]
+    assert torch.equal(pixel_values, expected)
+    check_rows_accounted("test", 200, used, policy.records())
