@@ -1,9 +1,14 @@
 """Tests for `VQVAEImageProcessor`: input types, modes, resizing, the postprocess round trip and serialization."""
 
 import doctest
+import io
 import json
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.image_utils import PILImageResampling
 
-from hf_vqvae.image_processing_vqvae import VQVAEImageProcessor
+from hf_vqvae.image_processing_vqvae import VQVAEImageProcessor, check_pixel_limit, load_image
 
 
 def random_uint8(*shape, seed=0):
@@ -343,10 +348,15 @@ def test_invalid_settings_raise(kwargs, error, match):
         (torch.full((3, 8, 8), float("inf")), ValueError, "NaN or inf"),
         (np.full((8, 8, 3), 255.0), ValueError, r"values in \[0, 1\]; got .*Divide by 255"),
         (np.zeros((8, 8, 3), np.int64), TypeError, "dtype int64; expected uint8"),
-        ("cat.png", TypeError, r"is a `str`.*PIL.Image.open"),
+        ("cat.png", ValueError, r"Image 0: No image file at 'cat.png'"),
+        (b"", ValueError, r"Image 0: The image is empty \(0 bytes\)"),
+        ({"bytes": None, "path": None}, ValueError, "Image 0: The image is missing"),
+        ({"array": [1]}, ValueError, r"must hold `bytes` or `path`"),
+        (3, TypeError, r"is a `int`.*the encoded bytes of an image file, a path"),
         (None, TypeError, "is a `NoneType`"),
         ([np.zeros((8, 8, 3), np.uint8), None], TypeError, "Image 1 is a `NoneType`"),
-        (Image.new("I;16", (8, 8)), ValueError, "16/32-bit"),
+        (Image.new("I", (8, 8)), ValueError, r"mode 'I' \(32-bit integer pixels\), whose range is unknown"),
+        (Image.new("F", (8, 8)), ValueError, r"mode 'F' \(32-bit float pixels\).*float numpy array"),
     ],
 )
 def test_invalid_images_raise(images, error, match):
@@ -416,3 +426,175 @@ def test_fuzz_random_images(height, width, channels, container, pil_mode, proces
     out = processor([image, image]).pixel_values
     assert out.shape == (2, *expected_shape)
     assert torch.isfinite(out).all() and out.min() >= -1 and out.max() <= 1
+
+
+# ---------------------------------------------------------------- encoded files: what real datasets hold
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def cifar_sample_files(count: int = 4) -> list[bytes]:
+    """PNG bytes of real CIFAR-10 images, as the shipped sample stores them."""
+    table = pq.read_table(Path(__file__).parents[1] / "data/cifar10_sample/test-00000-of-00001.parquet")
+    return [cell["bytes"] for cell in table.column("img").slice(0, count).to_pylist()]
+
+
+def test_encoded_bytes_paths_and_dataset_cells_match_pil_images(tmp_path):
+    image = Image.fromarray(random_uint8(20, 24, 3))
+    data = encode(image)
+    (tmp_path / "a.png").write_bytes(data)
+    processor = VQVAEImageProcessor()
+    expected = processor(image).pixel_values
+    inputs = [
+        data,
+        bytearray(data),
+        str(tmp_path / "a.png"),
+        tmp_path / "a.png",
+        {"bytes": data, "path": None},
+        {"bytes": None, "path": str(tmp_path / "a.png")},
+    ]
+    out = processor(inputs).pixel_values
+    assert torch.equal(out, expected.expand(len(inputs), -1, -1, -1))
+    decoded = load_image(data)
+    assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+def test_cmyk_jpeg_decodes_close_to_its_rgb_version():
+    rgb = Image.fromarray(photo_like(24, 24))
+    cmyk_jpeg = encode(rgb.convert("CMYK"), "JPEG", quality=100)
+    assert load_image(cmyk_jpeg).mode == "CMYK"
+    processor = VQVAEImageProcessor(do_resize=False)
+    difference = processor(cmyk_jpeg).pixel_values - processor(rgb).pixel_values
+    assert difference.abs().mean() < 0.02  # JPEG is lossy, so close, not equal
+
+
+def test_16_bit_gray_png_is_scaled_to_8_bits():
+    pixels = random_uint8(12, 10, seed=5)
+    sixteen = Image.fromarray(pixels.astype(np.uint16) * 257)  # 16-bit: 255 -> 65535
+    data = encode(sixteen)
+    assert load_image(data).mode == "I;16"
+    processor = VQVAEImageProcessor(image_mode="L", do_resize=False)
+    expected = processor(pixels).pixel_values
+    assert torch.equal(processor(data).pixel_values, expected)
+    assert torch.equal(processor(sixteen).pixel_values, expected)
+    rgb = VQVAEImageProcessor(do_resize=False)(data).pixel_values  # gray replicated to RGB
+    assert torch.equal(rgb, expected.expand(-1, 3, -1, -1))
+
+
+def test_palette_with_transparency_and_la_files_are_composited_onto_white():
+    palette = Image.fromarray(random_uint8(8, 8, 3)).quantize(colors=4)
+    clear = np.asarray(palette)[0, 0]
+    palette.info["transparency"] = int(clear)
+    la = Image.fromarray(np.stack([random_uint8(8, 8), np.zeros((8, 8), np.uint8)], axis=-1), mode="LA")
+    processor = VQVAEImageProcessor(do_resize=False)
+    for data, mode in ((encode(palette, transparency=int(clear)), "P"), (encode(la), "LA")):
+        assert load_image(data).mode == mode
+        out = processor(data).pixel_values[0]  # (3, 8, 8)
+        transparent = np.asarray(palette) == clear if mode == "P" else np.ones((8, 8), bool)
+        assert torch.all(out[:, torch.from_numpy(transparent)] == 1)  # white
+        if mode == "P":  # opaque pixels keep their colour
+            rgb = np.asarray(palette.convert("RGB"))[~transparent]
+            expected = torch.from_numpy(rgb.T.astype(np.float32) / 127.5 - 1)
+            torch.testing.assert_close(out[:, torch.from_numpy(~transparent)], expected)
+
+
+def test_exif_orientation_is_applied_to_files_not_to_pil_images():
+    wide = Image.fromarray(photo_like(8, 16))  # 16 wide, 8 high: red left third
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    data = encode(wide, "JPEG", quality=95, exif=exif.tobytes())
+    upright = load_image(data)
+    assert upright.size == (8, 16)  # now 8 wide, 16 high
+    assert np.asarray(upright)[0, :, 0].mean() > 150  # the red left third is now the top
+    processor = VQVAEImageProcessor(do_resize=False)
+    assert processor(data).pixel_values.shape == (1, 3, 16, 8)
+    assert processor(Image.open(io.BytesIO(data))).pixel_values.shape == (1, 3, 8, 16)  # PIL: taken as is
+
+
+def test_one_pixel_image_is_resized_like_any_other():
+    data = encode(Image.new("RGB", (1, 1), (255, 0, 0)))
+    out = VQVAEImageProcessor()(data).pixel_values
+    assert out.shape == (1, 3, 32, 32)
+    assert torch.equal(out[0, :, 5, 7], torch.tensor([1.0, -1.0, -1.0]))
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header (with a valid checksum) claims `width` x `height` pixels: a decompression bomb."""
+    data = bytearray(encode(Image.new("L", (1, 1))))
+    ihdr = 16  # 8-byte signature, 4-byte length, then b"IHDR" and its 13 bytes
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
+    return bytes(data)
+
+
+def test_decompression_bombs_are_refused_before_decoding(monkeypatch):
+    processor = VQVAEImageProcessor()
+    with pytest.raises(ValueError, match=r"Image 0: Refusing to decode .*decompression bombs.*MAX_IMAGE_PIXELS"):
+        processor(png_header_claiming(100_000, 100_000))  # 10^10 pixels: PIL's error, made ours
+    data = encode(Image.new("RGB", (10, 10)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 80)  # 100 pixels: above the limit, below twice it
+    with pytest.warns(Image.DecompressionBombWarning):  # PIL only warns here; we refuse
+        with pytest.raises(ValueError, match=r"10 x 10 = 100 pixels, more than the limit of 80"):
+            processor(data)
+    with pytest.raises(ValueError, match=r"Refusing to decode the image \(file 'a.jpg'\): it has 60000 x 60000"):
+        check_pixel_limit(60000, 60000, "a.jpg")  # e.g. a JPEG header read by another decoder
+    check_pixel_limit(8, 10)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the user's way to turn the guard off
+    assert processor(data).pixel_values.shape == (1, 3, 32, 32)
+    check_pixel_limit(60000, 60000)
+
+
+def test_truncated_undecodable_and_lazily_opened_broken_images_raise_our_error():
+    processor = VQVAEImageProcessor()
+    png = cifar_sample_files(1)[0]
+    with pytest.raises(ValueError, match=r"Image 0: The image \(.* bytes.*\) could not be .*truncated"):
+        processor(png[: len(png) // 2])
+    garbage = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # the issue's case: a PNG signature, then garbage
+    with pytest.raises(
+        ValueError, match=r"could not be opened: it starts like a PNG file, but .* truncated or corrupt"
+    ):
+        processor(garbage)
+    with pytest.raises(ValueError, match=r"could not be opened: no image format Pillow reads was recognised"):
+        processor(b"<html>404 Not Found</html>")  # what a failed download saves
+    lazy = Image.open(io.BytesIO(png[: len(png) * 3 // 4]))  # opens (header only), fails when decoded
+    with pytest.raises(ValueError, match=r"Image 1: The image \(a PIL image\) could not be decoded: .*truncated"):
+        processor([random_uint8(8, 8, 3), lazy])
+
+
+def real_image_files() -> list[bytes]:
+    photo = Image.fromarray(photo_like(24, 40))
+    return cifar_sample_files(2) + [
+        encode(photo, "JPEG", quality=90),
+        encode(photo.convert("L"), "JPEG", progressive=True),
+        encode(photo.convert("P")),
+    ]
+
+
+REAL_FILES = real_image_files()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    file_index=st.integers(0, len(REAL_FILES) - 1),
+    cut=st.one_of(st.none(), st.integers(0, 4000)),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 7)), max_size=6),
+)
+def test_fuzz_broken_image_files_raise_only_our_value_error(file_index, cut, flips):
+    data = bytearray(REAL_FILES[file_index])
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    for position, bit in flips:
+        if data:
+            data[position % len(data)] ^= 1 << bit
+    processor = VQVAEImageProcessor()
+    try:
+        out = processor(bytes(data)).pixel_values
+    except ValueError as error:
+        assert str(error).startswith("Image 0: ")
+        assert "Expected" in str(error) or "expected" in str(error) or "decompression bombs" in str(error)
+    else:  # a flipped bit inside compressed pixels can still decode: then it is a valid image
+        assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()

@@ -1,0 +1,1 @@
+"""What only the training and evaluation scripts use: data path, loop, checkpoints, metrics, cards, arguments."""
