@@ -7,10 +7,19 @@ The pinned values (like transformers' integration tests) were computed once from
 which prints, for every folder, the values compared below. A refactor of the package must keep them.
 """
 
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from shipped_models import (
     MODELS,
+    REPO_ROOT,
     classifier_outputs,
     prior_outputs,
     sample_images,
@@ -142,3 +151,93 @@ def test_every_shipped_folder_is_pinned():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_outputs_match_pinned_values(name):
     assert_pinned(name, package_outputs(name), "hf_vqvae classes")
+
+
+# --- the folders' code copies and configs are what the package writes ------------------------------------------------
+
+REFRESH_SCRIPT = REPO_ROOT / "scripts" / "refresh_shipped_models.py"
+_spec = importlib.util.spec_from_file_location("refresh_shipped_models", REFRESH_SCRIPT)
+refresh_shipped_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(refresh_shipped_models)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_code_and_configs_match_the_package(name):
+    changes = refresh_shipped_models.refresh_folder(MODELS / name, check=True)
+    assert not changes, (
+        f"models/{name} has drifted from the package ({changes}): run python scripts/refresh_shipped_models.py"
+    )
+
+
+def test_refresh_keeps_weights_and_cards_and_fixes_drift(tmp_path):
+    folder = tmp_path / "vqvae-cifar10"
+    shutil.copytree(MODELS / "vqvae-cifar10", folder)
+    kept = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file() and path.suffix != ".py"}
+    kept.pop("config.json")
+    (folder / "quantizer.py").write_text("# an old copy\n")
+    (folder / "stale_module.py").write_text("# no longer written by the package\n")
+    assert refresh_shipped_models.refresh_folder(folder, check=True) == {
+        "quantizer.py": "changed",
+        "stale_module.py": "removed",
+    }
+    refresh_shipped_models.refresh_folder(folder)
+    assert (folder / "quantizer.py").read_bytes() == (REPO_ROOT / "hf_vqvae" / "quantizer.py").read_bytes()
+    assert not (folder / "stale_module.py").exists()
+    assert {name: (folder / name).read_bytes() for name in kept} == kept  # weights bit-identical, card untouched
+    assert refresh_shipped_models.refresh_folder(folder, check=True) == {}
+
+
+# --- a user without hf_vqvae runs the folders' own code ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_shipped_folders_run_with_their_own_code(tmp_path):
+    # A fresh process where `import hf_vqvae` fails: transformers' Auto classes with `trust_remote_code=True` run the
+    # folders' code copies, which must give the package's outputs (and so the pinned values).
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests" / "shipped_models.py")],
+        input=json.dumps(VQVAE_CIFAR10_CODES),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout)
+    assert sorted(remote) == sorted(SHIPPED)
+    for name in SHIPPED:
+        outputs = {key: torch.tensor(value) for key, value in remote[name].items()}
+        assert_pinned(name, outputs, "trust_remote_code")
+        for key, expected in package_outputs(name).items():
+            torch.testing.assert_close(
+                outputs[key].to(expected.dtype), expected, atol=1e-5, rtol=0, msg=f"models/{name}: {key}"
+            )
+
+
+# --- model cards carry no local paths ------------------------------------------------------------------------------------
+
+# `/work/...`, `../shared`, `~/...`, `/home/...`: paths of the machine a model was trained on. `../<folder>` may name a
+# sibling shipped folder (the prior's VQ-VAE).
+LOCAL_PATH = re.compile(
+    r"/work/|~/|(?<![\w.:/-])/(?:home|tmp|root|mnt|Users|scratch)/|\.\./(?!(?:{})\b)".format("|".join(SHIPPED))
+)
+HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_model_card_has_no_local_paths(name):
+    card = (MODELS / name / "README.md").read_text()
+    assert card.startswith("---\n"), f"models/{name}/README.md: no YAML front matter"
+    front_matter = card.split("---\n", 2)[1]
+    lines = [f"{number}: {line}" for number, line in enumerate(card.splitlines(), 1) if LOCAL_PATH.search(line)]
+    assert not lines, f"models/{name}/README.md names local paths:\n" + "\n".join(lines)
+    in_datasets = False
+    for line in front_matter.splitlines():
+        if not line.startswith("- "):
+            in_datasets = line.rstrip() == "datasets:"
+        elif in_datasets:
+            dataset = line[2:].strip()
+            assert HUB_DATASET_ID.match(dataset), (
+                f"models/{name}: `datasets` entry {dataset!r} is not a Hub dataset id"
+            )
