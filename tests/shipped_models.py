@@ -5,7 +5,9 @@ with pinned values. Run as a script, this file loads each folder through transfo
 `trust_remote_code=True` in a process where `hf_vqvae` cannot be imported, and prints the same outputs as JSON:
 the folders' own code copies must give the pinned values too.
 
-    python tests/shipped_models.py   # JSON of every folder's outputs, from the folders' remote code
+    python tests/shipped_models.py < codes.json   # the prior's input codes in; every folder's outputs out, as JSON
+
+(`tests/test_shipped_models.py::test_shipped_folders_run_with_their_own_code` runs it with the pinned VQ-VAE codes.)
 
 This file never imports `hf_vqvae` (the remote-code run must not see it); it only uses torch, transformers,
 pyarrow, PIL and soundfile.
