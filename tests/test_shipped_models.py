@@ -220,7 +220,7 @@ def test_shipped_folders_run_with_their_own_code(tmp_path):
 # `/work/...`, `../shared`, `~/...`, `/home/...`: paths of the machine a model was trained on. `../<folder>` may name a
 # sibling shipped folder (the prior's VQ-VAE).
 LOCAL_PATH = re.compile(
-    r"/work/|~/|(?<![\w.:/-])/(?:home|tmp|root|mnt|Users|scratch)/|\.\./(?!(?:{})\b)".format("|".join(SHIPPED))
+    r"/work/|~/|(?<![\w.:/-])/(?:home|tmp|root|mnt|Users|scratch)/|\.\./(?!(?:{})(?![\w.-]))".format("|".join(SHIPPED))
 )
 HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
