@@ -28,6 +28,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread for every test. The tensors here are tiny: a second thread only adds hand-offs, and on a
+    shared machine those hand-offs wait for a core (2000 EMA steps of test_quantizer: 2 s on one thread, 40-60 s on
+    two under load). Subprocesses (`accelerate launch`, the trust_remote_code checks) choose their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_tiny_config(**kwargs):
     from hf_vqvae import VQVAEConfig
 

@@ -187,6 +187,7 @@ def test_save_load_and_auto_classes(tmp_path):
     assert extractor.sampling_rate == RATE and extractor.pad_to_multiple_of == 64
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_the_package(tmp_path):
     model = VQVAEModel(make_audio_config(num_speakers=2)).eval()
     model.save_pretrained(tmp_path / "model")
@@ -369,6 +370,7 @@ def audio_args(root, config_dir, output_dir, steps: int, *extra) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_scripts_on_audio(audio_data):
     root, config_dir = audio_data
     output_dir = root / "out"

@@ -20,6 +20,8 @@ from hf_vqvae.quantizer import VectorQuantizer
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
+# Spawns two processes (real DDP over gloo): the slow lane.
+pytestmark = pytest.mark.slow
 WORLD_SIZE = 2
 JOIN_TIMEOUT = 300  # seconds: a hung collective fails the test instead of blocking CI (a slow machine needs ~60)
 NUM_STEPS = 5

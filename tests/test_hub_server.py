@@ -20,6 +20,9 @@ from hub_fixtures import HUB_TOKEN, hub_env_fixture, hub_in_process_fixture, hub
 from hub_server import GITATTRIBUTES, HubError, HubStorage, LocalHubServer, _git_object_oid
 
 
+# Starts the local Hub server (in a thread or a process): the slow lane.
+pytestmark = pytest.mark.slow
+
 README = "---\nlicense: mit\ntags:\n- test\n---\n# Tiny\n"
 
 

@@ -401,6 +401,7 @@ def test_auto_image_processor_resolves(tmp_path, tiny_vqvae_config):
     assert isinstance(processor, VQVAEImageProcessor) and processor.size == {"height": 16, "width": 16}
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_the_package(tmp_path, tiny_vqvae_config, pixel_values):
     """A saved folder carries its code: it loads where `hf_vqvae` cannot be imported."""
     model = VQVAEModel(make_tiny_config(use_ema_codebook=True)).eval()

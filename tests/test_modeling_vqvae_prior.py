@@ -422,6 +422,7 @@ def test_generation_settings_survive_save_and_load(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_the_package(tmp_path):
     """A saved prior loads and generates where `hf_vqvae` cannot be imported."""
     model = make_model()

@@ -22,6 +22,7 @@ from hub_fixtures import hub_env_vars, run_python
 OLAH_BIN = os.environ.get("OLAH_BIN") or shutil.which("olah-cli")
 
 pytestmark = [
+    pytest.mark.slow,  # starts olah and the local Hub server
     pytest.mark.skipif(OLAH_BIN is None, reason="olah is not installed: set OLAH_BIN or put `olah-cli` on PATH."),
     pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to build the mirrored repo."),
 ]

@@ -165,6 +165,7 @@ def trained(tmp_path_factory, vqvae_dir):
 # ---------------------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_train_prior_saves_a_complete_folder(trained, vqvae_dir):
     output, log = trained["output"], trained["log"]
     for name in (
@@ -215,6 +216,7 @@ def test_train_prior_saves_a_complete_folder(trained, vqvae_dir):
     assert '"max_train_steps": 6' in card and "![samples](samples/step-6.png)" in card
 
 
+@pytest.mark.slow
 def test_resume_from_latest_reuses_the_codes_and_continues_exactly(trained, vqvae_dir, tmp_path):
     # Stop after checkpoint-4 (a copy of it in a new folder), resume from `latest` for the last 2 steps: same data
     # position and RNG, so the same weights and samples as the uninterrupted run.
@@ -247,6 +249,7 @@ def test_resume_from_latest_reuses_the_codes_and_continues_exactly(trained, vqva
     assert (output / "samples/step-6.png").read_bytes() == (trained["output"] / "samples/step-6.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_codes_cache_of_another_vqvae_is_refused_then_rebuilt(trained, tmp_path):
     other = save_vqvae(tmp_path / "other_vqvae", seed=1)  # same sizes, other weights
     codes_dir = trained["output"] / "codes"
@@ -327,6 +330,7 @@ def test_train_prior_needs_a_class_label_column(tmp_path, vqvae_dir):
         train_prior.get_codes(args, PartialState(), vqvae, VQVAEImageProcessor.from_model_config(vqvae.config))
 
 
+@pytest.mark.slow
 def test_fine_tuning_checks_the_pretrained_prior_against_the_vqvae_and_data(trained, vqvae_dir, tmp_path):
     args = train_prior.parse_args(
         prior_args(
@@ -382,6 +386,7 @@ def test_push_uploads_the_prior_without_checkpoints_logs_or_codes(monkeypatch, t
 # ---------------------------------------------------------------------------------------------------------- sampling
 
 
+@pytest.mark.slow
 def test_sample_script_is_reproducible_with_a_seed(trained, tmp_path, capsys):
     def run(seed, name, extra=()):
         argv = [
@@ -420,6 +425,7 @@ def test_sample_script_is_reproducible_with_a_seed(trained, tmp_path, capsys):
     assert "row 1: class 3 (cat)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sample_script_rejects_bad_arguments(trained, tmp_path):
     prior = ["--prior", str(trained["output"])]
     for extra, message in [
@@ -478,6 +484,7 @@ def test_reconstruction_pipeline(vqvae_dir, tmp_path):
         pipeline("vqvae-reconstruction", model=VQVAEPriorForCausalLM(make_tiny_prior_config()))
 
 
+@pytest.mark.slow
 def test_generation_pipeline(trained, vqvae_dir, tmp_path):
     generate = pipeline("vqvae-generation", model=str(trained["output"]))  # the VQ-VAE from vqvae_reference.json
     assert isinstance(generate, VQVAEGenerationPipeline)
@@ -564,6 +571,7 @@ import evaluate_bits_per_dim  # noqa: E402
 import train_classifier  # noqa: E402
 
 
+@pytest.mark.slow
 def test_code_log_likelihood_matches_the_training_loss(trained):
     prior = VQVAEPriorForCausalLM.from_pretrained(trained["output"]).eval()
     codes = torch.randint(0, prior.config.codebook_size, (3, *GRID))
@@ -574,6 +582,7 @@ def test_code_log_likelihood_matches_the_training_loss(trained):
     torch.testing.assert_close(-log_likelihood.mean(), loss, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bits_per_dim_script_reports_both_bounds(trained, vqvae_dir, tmp_path):
     args = [
         "--model",
@@ -627,6 +636,7 @@ def test_discretized_gaussian_decoder_gives_bits_per_dim_without_a_fitted_scale(
     assert 5 < results["decoder_bits_per_dim"] < 12 and "bits_per_dim_learned_prior" not in results
 
 
+@pytest.mark.slow
 def test_classifier_scores_the_share_of_samples_of_the_requested_class(trained, tmp_path):
     classifier_dir = tmp_path / "classifier"
     results = train_classifier.main(

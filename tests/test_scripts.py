@@ -119,6 +119,7 @@ def base_args(config_dir, output_dir, steps, extra=()):
     ]
 
 
+@pytest.mark.slow
 def test_train_saves_a_complete_folder_and_resumes_exactly(tmp_path, tiny_config_dir):
     # An uninterrupted 12-step run (8 batches an epoch) ...
     extra = ["--random_flip", "--checkpointing_steps", "5", "--validation_steps", "6"]
@@ -157,6 +158,7 @@ def test_train_saves_a_complete_folder_and_resumes_exactly(tmp_path, tiny_config
         assert torch.equal(expected[key], actual[key]), key
 
 
+@pytest.mark.slow
 def test_checkpoint_limit_and_no_partial_checkpoints(tmp_path, tiny_config_dir):
     output = tmp_path / "run"
     launch(base_args(tiny_config_dir, output, 6, ["--checkpoints_total_limit", "2"]))
@@ -171,6 +173,7 @@ def test_checkpoint_limit_and_no_partial_checkpoints(tmp_path, tiny_config_dir):
     assert resolve_checkpoint("latest", output).name == "checkpoint-6"
 
 
+@pytest.mark.slow
 def test_two_process_ddp_keeps_ema_codebooks_identical(tmp_path, tiny_config_dir):
     output = tmp_path / "ddp"
     result = launch(base_args(tiny_config_dir, output, 2), num_processes=2)
@@ -182,6 +185,7 @@ def test_two_process_ddp_keeps_ema_codebooks_identical(tmp_path, tiny_config_dir
     assert (output / "checkpoint-2" / "random_states_1.pkl").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_script_writes_json(tmp_path, tiny_config_dir):
     output = tmp_path / "run"
     launch(base_args(tiny_config_dir, output, 2))
@@ -238,6 +242,7 @@ def test_evaluate_script_writes_json(tmp_path, tiny_config_dir):
     assert metrics["codes_used"] + metrics["dead_codes"] == metrics["codebook_size"] == 16
 
 
+@pytest.mark.slow
 def test_freeze_encoder_fine_tunes_the_decoder_alone(tmp_path, tiny_config_dir):
     pretrained = tmp_path / "pretrained"
     launch(base_args(tiny_config_dir, pretrained, 2))
@@ -262,6 +267,7 @@ def test_freeze_encoder_fine_tunes_the_decoder_alone(tmp_path, tiny_config_dir):
     assert "--freeze_encoder" in (tuned / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_clearly(tmp_path, tiny_config_dir):
     result = launch(base_args(tiny_config_dir, tmp_path / "x", 2, ["--push_to_hub"]), check=False)
     assert result.returncode != 0 and "needs `--hub_model_id`" in result.stderr
@@ -290,6 +296,7 @@ def test_bad_arguments_fail_clearly(tmp_path, tiny_config_dir):
     assert result.returncode != 0 and "No file matches" in result.stderr
 
 
+@pytest.mark.slow
 def test_push_to_hub_and_load_back(tmp_path, tiny_config_dir, hub_server, hub_env):
     output = tmp_path / "run"
     launch(
@@ -330,6 +337,7 @@ def test_push_to_hub_and_load_back(tmp_path, tiny_config_dir, hub_server, hub_en
     assert "remote ok VQVAEModel VQVAEImageProcessor" in run_python(code, env, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_failed_upload_says_so_and_keeps_the_output(tmp_path, tiny_config_dir):
     output = tmp_path / "run"
     # Nothing listens on this port: the upload fails after training.
@@ -348,6 +356,7 @@ def test_failed_upload_says_so_and_keeps_the_output(tmp_path, tiny_config_dir):
     shutil.rmtree(output)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_path, tiny_config_dir):
     output = tmp_path / "run"
     args = base_args(tiny_config_dir, output, 10_000, ["--checkpointing_steps", "3", "--validation_steps", "100000"])

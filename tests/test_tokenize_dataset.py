@@ -235,6 +235,7 @@ def test_image_folder_without_kept_columns(model_dir, tmp_path):
     assert ids.shape == (6, 64) and 100 <= ids.min() and ids.max() < 116  # codes only, shifted by the offset
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_single_process_result(model_dir, reference_run, tmp_path):
     output_dir = tmp_path / "tokens"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
@@ -276,6 +277,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_push_to_hub_as_dataset_repo_and_load_back(model_dir, reference_run, tmp_path, hub_in_process, hub_env):
     output_dir = copy_run(reference_run, tmp_path)
     stats = run(model_dir, output_dir, "--push_to_hub", "--hub_dataset_id", "org/cifar10-tokens")

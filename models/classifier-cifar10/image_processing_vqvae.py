@@ -178,14 +178,36 @@ def _convert_mode(image: Image.Image, image_mode: str) -> Image.Image:
     return image.convert("RGB").convert(image_mode)
 
 
-def _resize(image: Image.Image, size: dict[str, int], resample: PILImageResampling) -> Image.Image:
-    width, height = image.size
+def _resize_target(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
+    """`(width, height)` of an image of `(width, height)` after resizing to `size`."""
     if "shortest_edge" in size:
         scale = size["shortest_edge"] / min(width, height)
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    else:
-        target = (size["width"], size["height"])
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return size["width"], size["height"]
+
+
+def _resize(image: Image.Image, size: dict[str, int], resample: PILImageResampling) -> Image.Image:
+    target = _resize_target(*image.size, size)
     return image if image.size == target else image.resize(target, resample=resample)
+
+
+def _ready_array(image, settings: dict) -> np.ndarray | None:
+    """
+    `image` itself when it is already what the PIL steps would make of it: a uint8 `(H, W, 3)` array for an RGB
+    processor, at the size that resizing and cropping keep. Else `None`. Decoded JPEGs (`decode_image`) and uint8
+    datasets come this way, and skip the round trip through PIL, the larger part of the per-image cost on small images.
+    """
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        return None
+    height, width = image.shape[:2]
+    if settings["image_mode"] != "RGB" or height in (1, 3, 4) or 0 in image.shape:  # (C, H, W)-ambiguous or empty
+        return None
+    if settings["do_resize"] and _resize_target(width, height, settings["size"]) != (width, height):
+        return None
+    crop = settings["crop_size"]
+    if settings["do_center_crop"] and (crop["width"], crop["height"]) != (width, height):
+        return None
+    return image
 
 
 def _center_crop(image: Image.Image, crop_size: dict[str, int]) -> Image.Image:
@@ -333,32 +355,41 @@ class VQVAEImageProcessor(BaseImageProcessor):
         if not images:
             raise ValueError("`images` is empty; expected at least one image.")
 
-        shape = (-1, 1, 1)
-        mean, std = np.reshape(s["image_mean"], shape), np.reshape(s["image_std"], shape)
-        pixel_values = []
+        # Per image only the PIL work (mode, resize, crop) down to a uint8 (H, W, C) array; the arithmetic is one
+        # float32 pass over the stacked batch: x * (rescale / std) - mean / std, numerically (x * rescale - mean) / std.
+        arrays = []
         for index, image in enumerate(images):
+            array = _ready_array(image, s)
+            if array is not None:
+                arrays.append(array)
+                continue
             image = _convert_mode(_to_pil(image, index), s["image_mode"])
             if s["do_resize"]:
                 image = _resize(image, s["size"], s["resample"])
             if s["do_center_crop"]:
                 image = _center_crop(image, s["crop_size"])
-            array = np.asarray(image, dtype=np.float64)
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
-            if s["do_rescale"]:
-                array = array * s["rescale_factor"]
-            if s["do_normalize"]:
-                array = (array - mean) / std
-            pixel_values.append(array.astype(np.float32))
+            array = np.asarray(image)
+            arrays.append(array[:, :, None] if array.ndim == 2 else array)
+        scale = np.float32(s["rescale_factor"] if s["do_rescale"] else 1.0)
+        mean = np.asarray(s["image_mean"] if s["do_normalize"] else 0.0, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(s["image_std"] if s["do_normalize"] else 1.0, dtype=np.float32).reshape(-1, 1, 1)
+        multiplier, offset = scale / std, -mean / std  # (C or 1, 1, 1)
+
+        def to_pixel_values(uint8: np.ndarray) -> np.ndarray:  # (..., H, W, C) -> (..., C, H, W) float32
+            pixels = np.ascontiguousarray(np.moveaxis(uint8, -1, -3), dtype=np.float32)
+            pixels *= multiplier
+            pixels += offset
+            return pixels
 
         if return_tensors is None:
-            return BatchFeature(data={"pixel_values": pixel_values})
-        shapes = sorted({a.shape for a in pixel_values})
+            return BatchFeature(data={"pixel_values": [to_pixel_values(array) for array in arrays]})
+        shapes = sorted({(a.shape[2], a.shape[0], a.shape[1]) for a in arrays})
         if len(shapes) > 1:
             raise ValueError(
                 f"Processed images have different shapes {shapes} and cannot be stacked. Use `size={{'height': h, "
                 "'width': w}`, or `do_center_crop=True` with `shortest_edge`, or `return_tensors=None` for a list."
             )
-        batch = np.stack(pixel_values)  # (B, C, H, W)
+        batch = to_pixel_values(np.stack(arrays))  # (B, C, H, W)
         return BatchFeature(data={"pixel_values": torch.from_numpy(batch) if return_tensors == "pt" else batch})
 
     def postprocess(

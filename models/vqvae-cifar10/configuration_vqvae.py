@@ -12,6 +12,8 @@ TRAINING_ONLY_SETTINGS = (
     "ema_decay",
     "ema_epsilon",
     "dead_code_threshold",
+    "spectral_loss_weight",
+    "spectral_loss_fft_sizes",
 )
 
 
@@ -66,6 +68,13 @@ class VQVAEConfig(PreTrainedConfig):
             Weight of the reconstruction MSE in the loss, relative to the codebook and commitment terms. A Gaussian
             decoder of fixed variance s^2 has -log p(x|z) = MSE / (2 s^2) + const, so this sets s. DeepMind's
             reference divides the MSE by the data variance: about 4.0 for CIFAR-10 in [-1, 1] (variance ~0.25).
+        spectral_loss_weight (`float`, *optional*, defaults to 0.0):
+            For 1-D models: weight of a multi-resolution STFT loss added to the reconstruction loss (the spectral
+            convergence plus the L1 distance of log magnitudes, averaged over `spectral_loss_fft_sizes`, as in Parallel
+            WaveGAN and Jukebox). It ignores phase, which a deterministic decoder cannot predict from codes alone, so
+            the codes spend less on waveform detail and more on what is heard. 0 disables it (the paper's loss).
+        spectral_loss_fft_sizes (`tuple[int]`, *optional*, defaults to `(128, 256, 512, 1024)`):
+            FFT sizes of that loss (Hann window of the same length, hop of a quarter of it).
         use_ema_codebook (`bool`, *optional*, defaults to `False`):
             Update the codebook with exponential moving averages (paper appendix A.1) instead of the codebook loss.
         ema_decay (`float`, *optional*, defaults to 0.99):
@@ -114,6 +123,8 @@ class VQVAEConfig(PreTrainedConfig):
     commitment_cost: float = 0.25
     reconstruction_loss: str = "mse"
     reconstruction_loss_weight: float = 1.0
+    spectral_loss_weight: float = 0.0
+    spectral_loss_fft_sizes: list[int] | tuple[int, ...] = (128, 256, 512, 1024)
     use_ema_codebook: bool = False
     ema_decay: float = 0.99
     ema_epsilon: float = 1e-5
@@ -130,6 +141,7 @@ class VQVAEConfig(PreTrainedConfig):
             int(m) if isinstance(m, (int, float)) and not isinstance(m, bool) and float(m).is_integer() else m
             for m in self.channel_multipliers
         )
+        self.spectral_loss_fft_sizes = tuple(self.spectral_loss_fft_sizes)
         super().__post_init__(**kwargs)
         self.validate_vqvae()
 
@@ -194,6 +206,26 @@ class VQVAEConfig(PreTrainedConfig):
             )
         if not self.reconstruction_loss_weight > 0:
             raise ValueError(f"`reconstruction_loss_weight` must be > 0; got {self.reconstruction_loss_weight}.")
+        if (
+            isinstance(self.spectral_loss_weight, bool)
+            or not isinstance(self.spectral_loss_weight, (int, float))
+            or not self.spectral_loss_weight >= 0
+        ):
+            raise ValueError(
+                f"`spectral_loss_weight` must be a number >= 0 (0 disables it); got {self.spectral_loss_weight!r}."
+            )
+        if self.spectral_loss_weight > 0 and self.spatial_dims != 1:
+            raise ValueError(
+                "`spectral_loss_weight > 0` is for 1-D signals (`spatial_dims=1`); images have no STFT "
+                "loss. Set it to 0."
+            )
+        if len(self.spectral_loss_fft_sizes) == 0 or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 8 for n in self.spectral_loss_fft_sizes
+        ):
+            raise ValueError(
+                "`spectral_loss_fft_sizes` must hold one or more integers >= 8, e.g. (128, 256, 512, "
+                f"1024); got {self.spectral_loss_fft_sizes!r}."
+            )
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in (0, 1) (the paper uses 0.99); got {self.ema_decay}.")
         if not self.ema_epsilon > 0:

@@ -77,7 +77,7 @@ class VQVAEModelOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
             `config.reconstruction_loss_weight * reconstruction_loss + codebook_loss + commitment_loss` (eq. 3, with
-            the log-likelihood as a weighted MSE).
+            the log-likelihood as a weighted MSE), plus `config.spectral_loss_weight * spectral_loss` when set.
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Decoded pixels.
         codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
@@ -90,6 +90,9 @@ class VQVAEModelOutput(ModelOutput):
             `||sg[z_e] - e||^2`; zero with an EMA codebook.
         commitment_loss (`torch.FloatTensor` of shape `()`):
             `commitment_cost * ||z_e - sg[e]||^2`.
+        spectral_loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True` and
+        `config.spectral_loss_weight > 0`):
+            The multi-resolution STFT loss (see [`multi_resolution_stft_loss`]).
         perplexity (`torch.FloatTensor` of shape `()`):
             `exp(entropy)` of this batch's code histogram.
         latents (`torch.FloatTensor` of shape `(batch_size, codebook_dim, h, w)`):
@@ -113,6 +116,7 @@ class VQVAEModelOutput(ModelOutput):
     quantized: torch.FloatTensor | None = None
     codes_mask: torch.BoolTensor | None = None
     reconstruction_log_scale: torch.FloatTensor | None = None
+    spectral_loss: torch.FloatTensor | None = None
 
 
 def discretized_gaussian_log_likelihood(
@@ -141,6 +145,40 @@ def discretized_gaussian_log_likelihood(
     log_bin = torch.where(torch.isfinite(log_bin) & (log_bin > -30), log_bin, log_density)
     first, last = x < -1 + half_bin, x > 1 - half_bin
     return torch.where(first, log_cdf_upper, torch.where(last, log_sf_lower, log_bin))
+
+
+def multi_resolution_stft_loss(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    fft_sizes: tuple[int, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    Multi-resolution STFT loss of 1-D signals `(batch, channels, time)`: for each FFT size n (Hann window of n, hop
+    n // 4), the spectral convergence `||S - S_hat||_F / ||S||_F` plus the mean L1 distance of log magnitudes, averaged
+    over the sizes. Padding (`attention_mask == 0`) is zeroed in both signals first; sizes longer than the signal
+    are skipped (the smallest one always runs, on zero-padded frames). Computed in float32.
+    """
+    reconstruction, target = reconstruction.float().flatten(0, 1), target.float().flatten(0, 1)
+    if attention_mask is not None:
+        mask = attention_mask.to(target.device, torch.float32).repeat_interleave(
+            target.shape[0] // attention_mask.shape[0], dim=0
+        )
+        reconstruction, target = reconstruction * mask, target * mask
+    length = target.shape[-1]
+    sizes = [n for n in fft_sizes if n <= length] or [min(fft_sizes)]
+    total = reconstruction.new_zeros(())
+    for n_fft in sizes:
+        window = torch.hann_window(n_fft, device=target.device)
+        predicted, actual = (
+            torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window, pad_mode="constant", return_complex=True)
+            .abs()
+            .clamp(min=1e-7)
+            for signal in (reconstruction, target)
+        )
+        convergence = torch.linalg.vector_norm(actual - predicted) / torch.linalg.vector_norm(actual).clamp(min=1e-7)
+        total = total + convergence + (predicted.log() - actual.log()).abs().mean()
+    return total / len(sizes)
 
 
 def _conv_classes(spatial_dims: int) -> tuple[type[nn.Module], type[nn.Module]]:
@@ -554,7 +592,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         encoded = self._encode(inputs, attention_mask)
         speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
         reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized, speaker_ids))
-        loss = reconstruction_loss = None
+        loss = reconstruction_loss = spectral_loss = None
         if return_loss:
             if log_scale is not None:
                 error = -discretized_gaussian_log_likelihood(inputs, reconstruction, log_scale)
@@ -580,6 +618,11 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 + encoded.codebook_loss
                 + encoded.commitment_loss
             )
+            if self.config.spectral_loss_weight > 0:
+                spectral_loss = multi_resolution_stft_loss(
+                    reconstruction, inputs, self.config.spectral_loss_fft_sizes, attention_mask
+                )
+                loss = loss + self.config.spectral_loss_weight * spectral_loss
         output = VQVAEModelOutput(
             loss=loss,
             reconstruction=reconstruction,
@@ -592,12 +635,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
             quantized=encoded.quantized,
             codes_mask=encoded.codes_mask,
             reconstruction_log_scale=log_scale,
+            spectral_loss=spectral_loss,
         )
         return output if return_dict else output.to_tuple()
 
 
 __all__ = [
     "discretized_gaussian_log_likelihood",
+    "multi_resolution_stft_loss",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",
     "VQVAEModel",

@@ -57,11 +57,18 @@ def _broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 8192) -> torch.Tensor:
+# Scores per chunk of `_nearest`: 2 ** 20 floats (4 MB; 2048 rows at K=512). A much larger score matrix may be mapped
+# and first touched anew (page faults) on every call, which can cost more than the matmul that fills it, while chunks
+# of this size tend to be reused by the allocator; how much that saves depends on the allocator's state.
+SCORE_CHUNK_ELEMENTS = 1 << 20
+
+
+def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Index of the nearest row of `codebook` (K, D) for each row of `vectors` (N, D), by squared L2 distance."""
     # argmin_k ||x - e_k||^2 = argmax_k (2 x.e_k - ||e_k||^2), since ||x||^2 is the same for every k. Appending a
     # constant 1 to x and -||e_k||^2 to e_k makes that one matrix product with no (N, K) bias pass. Chunks of rows
     # bound the (chunk, K) score matrix, however many vectors come.
+    chunk_size = chunk_size or max(1, SCORE_CHUNK_ELEMENTS // codebook.shape[0])
     weights = torch.cat([2 * codebook, -(codebook * codebook).sum(1, keepdim=True)], dim=1).t()  # (D + 1, K)
     codes = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
     for start in range(0, vectors.shape[0], chunk_size):
