@@ -4,11 +4,13 @@ This file is also copied into saved model folders for `trust_remote_code=True` l
 numpy, PIL, transformers and the standard library.
 """
 
+import io
 import numbers
+import os
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import ImageInput, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
@@ -139,8 +141,148 @@ def _to_channels_last(array: np.ndarray, channels_first_default: bool, index: in
     return np.moveaxis(array, 0, -1) if first else array
 
 
-def _to_pil(image, index: int) -> Image.Image:
+_ENCODED = (bytes, bytearray, memoryview, str, os.PathLike, dict)
+# First bytes of common image files, to tell a damaged file of a known format from data that is no image at all.
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF"}
+
+
+def _describe_source(image) -> str:
+    if isinstance(image, dict):
+        data, path = image.get("bytes"), image.get("path")
+        return f"{len(data)} bytes from {path!r}" if data is not None and path else _describe_source(data or path)
+    if isinstance(image, (str, os.PathLike)):
+        return f"file {os.fspath(image)!r}"
     if isinstance(image, Image.Image):
+        return f"a PIL image read from {image.filename!r}" if getattr(image, "filename", "") else "a PIL image"
+    if image is None:
+        return "None"
+    data = bytes(image)
+    return f"{len(data)} bytes starting {data[:8]!r}"
+
+
+def load_image(image: bytes | str | os.PathLike | dict) -> Image.Image:
+    r"""
+    Decodes an image file the way [`VQVAEImageProcessor`] reads bytes and paths, with every failure a `ValueError`.
+
+    Args:
+        image (`bytes`, `str`, `os.PathLike` or `dict`):
+            The encoded bytes of an image file (PNG, JPEG, WebP, ... whatever Pillow reads), a path to one, or a cell
+            of a `datasets` `Image(decode=False)` column, `{"bytes": ..., "path": ...}` (the bytes win when both are
+            given).
+
+    Returns:
+        `PIL.Image.Image`: the fully decoded image in its own mode (RGB, L, CMYK, I;16, P, ...), with its EXIF
+        orientation applied (as `datasets.Image`, `transformers.image_utils.load_image` and diffusers' `load_image`
+        do: a phone photo comes out upright). Images already opened by the caller (PIL inputs to the processor) are
+        taken as they are.
+
+    Raises:
+        `ValueError`: naming the source and the cause, for missing, empty, truncated or undecodable data, and for
+        images of more pixels than Pillow's decompression-bomb guard `PIL.Image.MAX_IMAGE_PIXELS` allows (checked
+        from the header, before anything is decoded).
+    """
+    source = image
+    if isinstance(image, dict):
+        if "bytes" not in image and "path" not in image:
+            raise ValueError(
+                f"An image dict must hold `bytes` or `path` (a `datasets` Image cell); got keys {sorted(image)}."
+            )
+        image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
+    if image is None:
+        raise ValueError("The image is missing (None, or a dict with neither `bytes` nor `path`): nothing to decode.")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise ValueError("The image is empty (0 bytes): expected the bytes of an image file.")
+        fp = io.BytesIO(bytes(image))
+    elif isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise ValueError(f"No image file at {os.fspath(image)!r}; give the path of an existing file.")
+        fp = os.fspath(image)
+    else:
+        raise TypeError(
+            f"Expected image bytes, a path or a `datasets` Image dict {{'bytes', 'path'}}; got "
+            f"`{type(image).__name__}`."
+        )
+    try:
+        opened = Image.open(fp)
+    except Image.DecompressionBombError as error:
+        raise ValueError(_bomb_message(source, str(error))) from error
+    except Exception as error:  # any failure to parse untrusted bytes is "not an image" to the caller
+        raise ValueError(_undecodable_message(source, error, "could not be opened")) from error
+    try:
+        check_pixel_limit(opened.width, opened.height, source)  # Pillow only warns below twice its limit
+    except ValueError:
+        opened.close()
+        raise
+    try:
+        opened.load()
+        if opened.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: 1 is upright
+            opened = ImageOps.exif_transpose(opened)
+    except Exception as error:
+        raise ValueError(_undecodable_message(source, error, "could not be decoded")) from error
+    return opened
+
+
+def check_pixel_limit(width: int, height: int, source=None) -> None:
+    """
+    Raises the `ValueError` of [`load_image`] for a decompression bomb: an image of more pixels than
+    `PIL.Image.MAX_IMAGE_PIXELS` (no limit when that is `None`). For decoders other than Pillow, e.g. a JPEG decoder
+    called directly, to check the size read from the header before decoding. `source` (bytes, a path or a `datasets`
+    cell) only names the image in the message.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        detail = f"it has {width} x {height} = {width * height} pixels, more than the limit of {limit}"
+        raise ValueError(_bomb_message(source, detail))
+
+
+def _bomb_message(source, detail: str) -> str:
+    return (
+        f"Refusing to decode the image ({_describe_source(source)}): {detail.rstrip('.')}. Pillow's guard against "
+        "decompression bombs, `PIL.Image.MAX_IMAGE_PIXELS`, caps the pixels an image may have. If the image is "
+        "genuine, raise the limit (`PIL.Image.MAX_IMAGE_PIXELS = n`) or downscale the file; else drop it."
+    )
+
+
+def _undecodable_message(source, error: Exception, cause: str) -> str:
+    if isinstance(error, UnidentifiedImageError):  # its message only shows a BytesIO object's address
+        data = source.get("bytes") if isinstance(source, dict) else source
+        known = isinstance(data, (bytes, bytearray, memoryview)) and next(
+            (name for signature, name in _SIGNATURES.items() if bytes(data[: len(signature)]) == signature), None
+        )
+        detail = (
+            f"it starts like a {known} file, but Pillow cannot read it: it is truncated or corrupt"
+            if known
+            else "no image format Pillow reads was recognised"
+        )
+    else:
+        detail = f"{type(error).__name__}: {str(error).rstrip('.')}"
+    truncated = isinstance(error, EOFError) or "truncated" in str(error).lower()
+    if truncated:
+        detail = f"the data is truncated ({detail})"
+    hint = (
+        " (`PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True` decodes what there is)"
+        if truncated and not ImageFile.LOAD_TRUNCATED_IMAGES
+        else ""
+    )
+    return (
+        f"The image ({_describe_source(source)}) {cause}: {detail}. Expected a complete image file Pillow can read "
+        f"(PNG, JPEG, WebP, ...). Re-encode or re-download it, or drop it from the data{hint}."
+    )
+
+
+def _to_pil(image, index: int) -> Image.Image:
+    if isinstance(image, _ENCODED):
+        try:
+            return load_image(image)
+        except ValueError as error:
+            raise ValueError(f"Image {index}: {error}") from error
+    if isinstance(image, Image.Image):
+        try:
+            image.load()  # an image opened lazily by the caller is decoded here
+        except Exception as error:
+            message = _undecodable_message(image, error, "could not be decoded")
+            raise ValueError(f"Image {index}: {message}") from error
         return image
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
@@ -150,7 +292,8 @@ def _to_pil(image, index: int) -> Image.Image:
     else:
         raise TypeError(
             f"Image {index} is a `{type(image).__name__}`; expected a `PIL.Image.Image`, `numpy.ndarray` or "
-            "`torch.Tensor` (or a list of them). Load files first, e.g. with `PIL.Image.open(path)`."
+            "`torch.Tensor`, the encoded bytes of an image file, a path, or a `datasets` Image dict (or a list of "
+            "them)."
         )
     if array.ndim not in (2, 3):
         raise ValueError(
@@ -163,19 +306,30 @@ def _to_pil(image, index: int) -> Image.Image:
     return Image.fromarray(array[:, :, 0] if array.shape[-1] == 1 else np.ascontiguousarray(array))
 
 
-def _convert_mode(image: Image.Image, image_mode: str) -> Image.Image:
-    if image.mode == "F" or image.mode.startswith("I"):
+def _convert_mode(image: Image.Image, image_mode: str, index: int) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        # 16-bit gray (16-bit PNG/TIFF): the full 16-bit range maps onto 8 bits, 65535 -> 255, rounded.
+        sixteen = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.round(sixteen / 257).astype(np.uint8))
+    if image.mode in ("F", "I"):
         raise ValueError(
-            f"PIL mode {image.mode!r} (16/32-bit) is not supported; expected an 8-bit image. Pass a float numpy "
-            "array scaled to [0, 1] instead."
+            f"Image {index} has PIL mode {image.mode!r} (32-bit {'float' if image.mode == 'F' else 'integer'} "
+            "pixels), whose range is unknown; expected an 8-bit image or 16-bit gray (I;16). Pass a float numpy "
+            "array scaled to [0, 1], or a uint8 array."
         )
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        # Transparent pixels have no colour of their own: show them over white, as image viewers do.
-        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
-    if image.mode == image_mode:
-        return image
-    # Via RGB so that P, CMYK, YCbCr, 1, ... all work; RGB -> L is PIL's ITU-R 601-2 luma.
-    return image.convert("RGB").convert(image_mode)
+    try:
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            # Transparent pixels have no colour of their own: show them over white, as image viewers do.
+            image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+        if image.mode == image_mode:
+            return image
+        # Via RGB so that P, CMYK, YCbCr, 1, ... all work; RGB -> L is PIL's ITU-R 601-2 luma.
+        return image.convert("RGB").convert(image_mode)
+    except ValueError as error:  # modes PIL cannot convert to RGB, e.g. LAB or HSV
+        raise ValueError(
+            f"Image {index} has PIL mode {image.mode!r}, which Pillow cannot convert to RGB ({error}); convert it to "
+            "RGB or L first."
+        ) from error
 
 
 def _resize_target(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
@@ -227,7 +381,9 @@ class VQVAEImageProcessor(BaseImageProcessor):
         image_mode (`str`, *optional*, defaults to `"RGB"`):
             `"RGB"` (3 channels) or `"L"` (1 channel, e.g. MNIST). Gray inputs are replicated to RGB, RGB is turned
             into L with PIL's luma formula, and transparent inputs (RGBA, LA, P with transparency) are composited
-            onto white. Float inputs in [0, 1] are rounded to 8 bits first.
+            onto white. Float inputs in [0, 1] are rounded to 8 bits first, 16-bit gray (PIL `I;16`, e.g. 16-bit
+            PNGs) is scaled to 8 bits (65535 -> 255), and CMYK, YCbCr, 1-bit and palette images go through PIL's RGB
+            conversion. PIL modes `I` and `F` (32-bit, range unknown) are refused with a `ValueError`.
         do_resize (`bool`, *optional*, defaults to `True`):
             Whether to resize the images to `size`.
         size (`dict[str, int]`, *optional*, defaults to `{"height": 32, "width": 32}`):
@@ -325,9 +481,14 @@ class VQVAEImageProcessor(BaseImageProcessor):
         Converts an image or a batch of images to `pixel_values`.
 
         Args:
-            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `bytes`, `str`, `dict` or a list of them):
                 One image or a batch. Arrays and tensors may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4},
-                uint8 in [0, 255] or float in [0, 1]; a 4-D array or tensor is a batch. Images may differ in size.
+                uint8 in [0, 255] or float in [0, 1]; a 4-D array or tensor is a batch. Images may differ in size
+                (a 1x1 image is resized like any other). Encoded image files (`bytes`), paths and `datasets` Image
+                cells (`{"bytes", "path"}`) are decoded with [`load_image`]: EXIF orientation applied, and a
+                `ValueError` naming the image for undecodable, truncated or empty data and for decompression bombs
+                (more than `PIL.Image.MAX_IMAGE_PIXELS` pixels). PIL images are taken as they are (no EXIF rotation,
+                as in transformers' image processors).
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 `"pt"` for a `torch.Tensor`, `"np"` for a `np.ndarray`, `None` for a list of `np.ndarray`.
             kwargs:
@@ -363,7 +524,7 @@ class VQVAEImageProcessor(BaseImageProcessor):
             if array is not None:
                 arrays.append(array)
                 continue
-            image = _convert_mode(_to_pil(image, index), s["image_mode"])
+            image = _convert_mode(_to_pil(image, index), s["image_mode"], index)
             if s["do_resize"]:
                 image = _resize(image, s["size"], s["resample"])
             if s["do_center_crop"]:
@@ -446,4 +607,4 @@ class VQVAEImageProcessor(BaseImageProcessor):
         return [Image.fromarray(a[:, :, 0] if num_channels == 1 else a) for a in array]
 
 
-__all__ = ["VQVAEImageProcessor"]
+__all__ = ["VQVAEImageProcessor", "check_pixel_limit", "load_image"]

@@ -4,8 +4,11 @@ This file is also copied into saved model folders for `trust_remote_code=True` l
 torch, transformers and the standard library at module level (scipy only when resampling).
 """
 
+import io
 import math
 import numbers
+import os
+import re
 
 import numpy as np
 import torch
@@ -16,6 +19,10 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 _RETURN_TENSORS = ("pt", "np", None)
+# A peak below one step of 16-bit PCM is silence: normalising it would amplify only noise (up to ~30,000x).
+_SILENCE_PEAK = 2.0**-15
+# Resampling by more than this factor either way is taken for a unit mistake (kHz for Hz), not a real rate.
+_MAX_RESAMPLING_FACTOR = 100
 
 
 class VQVAEFeatureExtractor(SequenceFeatureExtractor):
@@ -32,7 +39,8 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
             The model's `downsample_factor`: padded lengths are multiples of it.
         do_normalize (`bool`, *optional*, defaults to `True`):
             Scale each waveform so that its peak magnitude is `peak_level` (recordings differ in level). The gain
-            used is returned as `gain` with `return_gain=True`, so that `postprocess` can undo it.
+            used is returned as `gain` with `return_gain=True`, so that `postprocess` can undo it. Silence (a peak
+            below 2**-15, one step of 16-bit audio) is left as it is, with gain 1.
         peak_level (`float`, *optional*, defaults to 0.9):
             Target peak magnitude of the normalisation.
         force_mono (`bool`, *optional*, defaults to `True`):
@@ -113,10 +121,13 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
         Prepare one waveform or a batch.
 
         Args:
-            raw_speech (`np.ndarray`, `torch.Tensor`, `list[float]`, a `datasets` audio dict, or a list of these):
-                Waveforms of shape `(time,)` or `(channels, time)`, as floats in [-1, 1] or integer PCM (scaled by
-                its type's range). Dicts with `"array"` and `"sampling_rate"` (as `datasets` decodes `Audio`) carry
-                their own rate.
+            raw_speech (`np.ndarray`, `torch.Tensor`, `list[float]`, `bytes`, a `datasets` audio dict, or a list):
+                Waveforms of shape `(time,)` or `(channels, time)`, as floats in [-1, 1] or integer PCM (int8/16/32,
+                uint8, scaled by its type's range; 24-bit PCM as int32, as soundfile and scipy read it). Channels are
+                averaged (`force_mono`). Dicts with `"array"` and `"sampling_rate"` (as `datasets` decodes `Audio`)
+                carry their own rate. Encoded audio files (`bytes`, or a `datasets` `Audio(decode=False)` cell
+                `{"bytes", "path"}`) are read with [`load_audio`] (soundfile: WAV of any bit depth, FLAC, OGG, ...).
+                Empty, NaN/inf and undecodable audio raise a `ValueError` naming the waveform.
             sampling_rate (`int`):
                 Rate of `raw_speech` in Hz (not needed for dicts that carry it). Required: audio at another rate than
                 the model's is resampled, never silently misread.
@@ -154,7 +165,7 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
             gain = 1.0
             if self.do_normalize:
                 peak = float(np.abs(waveform).max())
-                gain = self.peak_level / peak if peak > 0 else 1.0
+                gain = self.peak_level / peak if peak >= _SILENCE_PEAK else 1.0
                 waveform = waveform * gain
             if truncation and len(waveform) > max_length:
                 waveform = waveform[:max_length]
@@ -182,10 +193,18 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
     def _prepare_one(self, item, sampling_rate: int | None, index: int) -> np.ndarray:
         """One waveform as a mono float64 numpy array at the model's rate, with every check on the way."""
         rate = sampling_rate
+        if isinstance(item, (bytes, bytearray, memoryview)) or (
+            isinstance(item, dict) and "array" not in item and ("bytes" in item or "path" in item)
+        ):
+            try:
+                item = load_audio(item)
+            except ValueError as error:
+                raise ValueError(f"Waveform {index}: {error}") from error
         if isinstance(item, dict):
             if "array" not in item:
                 raise ValueError(
-                    f"Waveform {index}: a dict must hold `array` (and `sampling_rate`); got keys {sorted(item)}."
+                    f"Waveform {index}: a dict must hold `array` (and `sampling_rate`), or `bytes`/`path` of an "
+                    f"audio file; got keys {sorted(item)}."
                 )
             rate = item.get("sampling_rate", sampling_rate)
             item = item["array"]
@@ -199,12 +218,22 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
         if isinstance(item, torch.Tensor):
             item = item.detach().cpu().numpy()
         array = np.asarray(item)
+        if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+            raise ValueError(
+                f"Waveform {index} holds 64-bit integers ({array.dtype}), whose PCM range is unknown (a list of "
+                "Python ints becomes int64). Cast it to the file's sample type (`np.int16` for 16-bit, `np.int32` "
+                "for 24- or 32-bit PCM) or to floats in [-1, 1]."
+            )
         if array.dtype.kind in "iu":  # integer PCM, e.g. int16 WAV samples
             info = np.iinfo(array.dtype)
             array = (array.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
         elif array.dtype.kind != "f":
             raise ValueError(f"Waveform {index}: expected float or integer samples; got dtype {array.dtype}.")
         array = array.astype(np.float64)
+        if array.size == 0:
+            raise ValueError(
+                f"Waveform {index} is empty (0 samples); every waveform needs at least one sample. Drop it."
+            )
         if array.ndim == 2:
             channels, length = array.shape
             if channels > length:
@@ -220,10 +249,19 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
             array = array.mean(axis=0)
         elif array.ndim != 1:
             raise ValueError(f"Waveform {index} must have shape (time,) or (channels, time); got {array.shape}.")
-        if array.size == 0:
-            raise ValueError(f"Waveform {index} is empty; every waveform needs at least one sample.")
         if not np.isfinite(array).all():
-            raise ValueError(f"Waveform {index} holds NaN or infinite samples; clean it before extracting features.")
+            bad = int((~np.isfinite(array)).sum())
+            raise ValueError(
+                f"Waveform {index} holds {bad} NaN or infinite sample(s) of {array.size}; expected finite samples in "
+                "[-1, 1]. Clean it (e.g. `np.nan_to_num`) or drop it."
+            )
+        factor = max(rate / self.sampling_rate, self.sampling_rate / rate)
+        if factor > _MAX_RESAMPLING_FACTOR:
+            raise ValueError(
+                f"Waveform {index} is at {rate} Hz and the model at {self.sampling_rate} Hz: resampling by "
+                f"{factor:.0f}x is surely a wrong rate (kHz given for Hz?). Pass `sampling_rate` in Hz, e.g. 16000 "
+                "for 16 kHz."
+            )
         if rate != self.sampling_rate:
             array = _resample(array, rate, self.sampling_rate)
         return array
@@ -278,6 +316,59 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
         return waveforms
 
 
+def load_audio(audio: bytes | str | os.PathLike | dict) -> dict:
+    r"""
+    Reads an audio file the way [`VQVAEFeatureExtractor`] reads bytes, with every failure a `ValueError`.
+
+    Args:
+        audio (`bytes`, `str`, `os.PathLike` or `dict`):
+            The bytes of an audio file (WAV of 8/16/24/32-bit PCM or float, FLAC, OGG: what soundfile reads), a path
+            to one, a `datasets` `Audio(decode=False)` cell `{"bytes": ..., "path": ...}` (the bytes win), or an
+            already decoded `{"array", "sampling_rate"}` dict (returned with its array as float32).
+
+    Returns:
+        `dict`: `{"array": float32 np.ndarray of shape (time,) for mono or (channels, time), "sampling_rate": int}`,
+        samples in [-1, 1] whatever the file's bit depth. A WAV cut short gives the samples it holds (libsndfile
+        reads up to the end of the data); a file with no samples gives an empty array, which the feature extractor
+        refuses.
+
+    Raises:
+        `ValueError`: naming the source and the cause, for missing, empty or undecodable data.
+    """
+    if isinstance(audio, dict) and "array" in audio:
+        return {"array": np.asarray(audio["array"], dtype=np.float32), "sampling_rate": audio.get("sampling_rate")}
+    source = audio
+    if isinstance(audio, dict):
+        audio = audio.get("bytes") if audio.get("bytes") is not None else audio.get("path")
+    if audio is None:
+        raise ValueError("The audio is missing (None, or a dict with neither `bytes` nor `path`): nothing to read.")
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        if len(audio) == 0:
+            raise ValueError("The audio file is empty (0 bytes): expected the bytes of an audio file.")
+        where, fp = f"{len(audio)} bytes starting {bytes(audio[:8])!r}", io.BytesIO(bytes(audio))
+    elif isinstance(audio, (str, os.PathLike)):
+        if not os.path.isfile(audio):
+            raise ValueError(f"No audio file at {os.fspath(audio)!r}; give the path of an existing file.")
+        where = fp = os.fspath(audio)
+    else:
+        raise TypeError(f"Expected audio bytes, a path or a `datasets` Audio dict; got `{type(source).__name__}`.")
+    try:
+        import soundfile
+    except ImportError as error:
+        raise ImportError(
+            "Reading audio files needs soundfile: `pip install soundfile` (or `pip install hf_vqvae[audio]`)."
+        ) from error
+    try:
+        array, rate = soundfile.read(fp, dtype="float32", always_2d=True)  # (time, channels)
+    except Exception as error:  # soundfile raises RuntimeError subclasses, TypeError, ... for bad files
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", str(error)).rstrip(".")
+        raise ValueError(
+            f"The audio ({where}) could not be decoded: {type(error).__name__}: {detail}. Expected a complete audio "
+            "file soundfile reads (WAV, FLAC, OGG, ...). Re-encode it, or drop it from the data."
+        ) from error
+    return {"array": array.T if array.shape[1] > 1 else array[:, 0], "sampling_rate": int(rate)}
+
+
 def _is_batch(raw_speech) -> bool:
     if isinstance(raw_speech, (list, tuple)):
         return len(raw_speech) == 0 or not isinstance(raw_speech[0], numbers.Number)
@@ -298,4 +389,4 @@ def _resample(array: np.ndarray, orig_rate: float, target_rate: int) -> np.ndarr
     return resample_poly(array, int(target_rate) // divisor, orig // divisor)
 
 
-__all__ = ["VQVAEFeatureExtractor"]
+__all__ = ["VQVAEFeatureExtractor", "load_audio"]
