@@ -232,15 +232,17 @@ class VectorQuantizer(nn.Module):
         self.use_kmeans_init = use_kmeans_init
         self.kmeans_iters = kmeans_iters
 
-        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        # float32 whatever the default dtype: `from_config(..., dtype=torch.float16)` builds modules under a half
+        # default dtype, and nearest-code search and EMA statistics lose codes and counts in half precision.
+        self.codebook = nn.Embedding(codebook_size, codebook_dim, dtype=torch.float32)
         # With EMA the codebook follows the statistics below, not the gradient.
         self.codebook.weight.requires_grad_(not use_ema)
         # All state is in persistent buffers so that save/load restores training exactly.
         self.register_buffer("initialized", torch.tensor(not use_kmeans_init))
-        self.register_buffer("code_usage", torch.ones(codebook_size))
+        self.register_buffer("code_usage", torch.ones(codebook_size, dtype=torch.float32))
         if use_ema:
-            self.register_buffer("ema_cluster_size", torch.zeros(codebook_size))
-            self.register_buffer("ema_embed_sum", torch.zeros(codebook_size, codebook_dim))
+            self.register_buffer("ema_cluster_size", torch.zeros(codebook_size, dtype=torch.float32))
+            self.register_buffer("ema_embed_sum", torch.zeros(codebook_size, codebook_dim, dtype=torch.float32))
         self.reset_parameters()
 
     @torch.no_grad()

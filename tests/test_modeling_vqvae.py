@@ -448,3 +448,16 @@ def test_half_precision_load_keeps_the_quantizer_in_fp32(tmp_path, tiny_vqvae_co
     output.loss.backward()
     assert torch.isfinite(output.loss) and output.codes.dtype == torch.long
     assert model.decode(output.codes).reconstruction.dtype == torch.bfloat16
+
+
+def test_from_config_in_half_precision_keeps_the_quantizer_in_fp32(tiny_vqvae_config, pixel_values):
+    # `_keep_in_fp32_modules_strict` was honoured by `from_pretrained` only: `from_config(dtype=fp16)` built an fp16
+    # codebook and `code_usage` (transformers' common test `test_keep_in_fp32_modules_strict` found it).
+    for config in (tiny_vqvae_config, make_tiny_config(use_ema_codebook=True)):
+        model = AutoModel.from_config(config, dtype=torch.float16)
+        assert model.decoder.conv_in.weight.dtype == torch.float16
+        quantizer = model.quantizer
+        buffers = [quantizer.codebook.weight, quantizer.code_usage]
+        if config.use_ema_codebook:
+            buffers += [quantizer.ema_cluster_size, quantizer.ema_embed_sum]
+        assert all(tensor.dtype == torch.float32 for tensor in buffers)
