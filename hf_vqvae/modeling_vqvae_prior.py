@@ -20,6 +20,8 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .class_labels import ClassLabels as NamedClassLabels
+from .class_labels import resolve_class_labels
 from .configuration_vqvae_prior import VQVAEPriorConfig
 
 
@@ -720,7 +722,7 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
-    def code_log_likelihood(self, codes: torch.LongTensor, class_labels: ClassLabels = None) -> torch.FloatTensor:
+    def code_log_likelihood(self, codes: torch.LongTensor, class_labels: NamedClassLabels = None) -> torch.FloatTensor:
         r"""
         `log p(z_t | z_<t)` (nats) of every code of a batch of grids under the prior, by teacher forcing: summed over
         the grid, it is the `log p(z)` of the paper's bits/dim bound (section 3.3).
@@ -728,12 +730,14 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
         Args:
             codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
                 Codes in `[0, codebook_size)`.
-            class_labels (`int`, `list[int]` or `torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Class of each grid (`log p(z | class)`); `None` for the unconditional prompt.
+            class_labels (`int`, `str`, `list[int | str]` or `torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class of each grid (`log p(z | class)`): ids, or names from `config.id2label`; `None` for the
+                unconditional prompt.
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size, h, w)`, in float32.
         """
+        class_labels = resolve_class_labels(class_labels, self.config.num_classes, self.config.id2label)
         input_ids = self.code_mapping.codes_to_input_ids(codes.to(self.device), class_labels)  # (B, 1 + h*w)
         logits = self(input_ids=input_ids, use_cache=False).logits  # (B, 1 + h*w, V)
         # Position t predicts token t + 1: the prompt's logits predict the first code.
@@ -743,7 +747,7 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
     def generate_codes(
         self,
         num_samples: int | None = None,
-        class_labels: ClassLabels = None,
+        class_labels: NamedClassLabels = None,
         guidance_scale: float | None = None,
         do_sample: bool = True,
         seed: int | None = None,
@@ -755,8 +759,8 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
         Args:
             num_samples (`int`, *optional*):
                 Number of grids; defaults to the number of `class_labels`, or 1.
-            class_labels (`int`, `list[int]` or `torch.LongTensor` of shape `(num_samples,)`, *optional*):
-                Class of each sample; `None` samples unconditionally.
+            class_labels (`int`, `str`, `list[int | str]` or `torch.LongTensor` of shape `(num_samples,)`, *optional*):
+                Class (id, or name from `config.id2label`) of each sample; `None` samples unconditionally.
             guidance_scale (`float`, *optional*):
                 Classifier-free guidance: `log p_uncond + guidance_scale * (log p_cond - log p_uncond)` at each step,
                 with the unconditional branch prompted by `bos_token_id` (transformers'
@@ -779,6 +783,8 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
                 f"{sorted(fixed & generate_kwargs.keys())} (use `num_samples` for more samples)."
             )
         mapping = self.code_mapping
+        # Names from `config.id2label` (e.g. "cat") become ids; ids are checked.
+        class_labels = resolve_class_labels(class_labels, self.config.num_classes, self.config.id2label)
         prompt = mapping.prompt_ids(class_labels, batch_size=num_samples, device=self.device)  # (B, 1)
         if guidance_scale is not None and guidance_scale != 1:
             if class_labels is None:

@@ -311,6 +311,15 @@ class VectorQuantizer(nn.Module):
                 f"`mask` must have the shape of `latents` without its last dimension, {tuple(latents.shape[:-1])}; "
                 f"got {tuple(mask.shape)}."
             )
+        if self.training and not bool(torch.isfinite(latents).all()):
+            # A non-finite vector would be assigned code 0 and then enter the EMA sums and k-means: one such call
+            # would make the codebook non-finite for good. Inputs are checked by the model; this catches an encoder
+            # that diverged (learning rate, half-precision overflow).
+            raise ValueError(
+                f"`latents` contain {int((~torch.isfinite(latents)).sum())} NaN or infinite values in training: the "
+                "encoder produced them (diverged training? lower the learning rate, clip gradients, or train in "
+                "float32). The codebook was not updated."
+            )
         flat = latents.reshape(-1, self.codebook_dim)  # (N, D)
         keep = None if mask is None else mask.reshape(-1).bool()
         real = flat if keep is None else flat[keep]  # the vectors that count

@@ -601,3 +601,15 @@ def test_past_key_values_still_works_with_a_deprecation_warning():
         with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
             rest = model(input_ids[:, 3:], past_key_values=first.cache)
         torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), model(input_ids).logits)
+
+
+def test_generate_codes_and_log_likelihood_take_class_names():
+    model = make_model(id2label={0: "cat", 1: "dog", 2: "ship"})
+    by_name = model.generate_codes(class_labels=["ship", "cat"], seed=0)
+    assert torch.equal(by_name, model.generate_codes(class_labels=[2, 0], seed=0))
+    codes = random_codes(2)
+    torch.testing.assert_close(
+        model.code_log_likelihood(codes, class_labels=["dog", "dog"]), model.code_log_likelihood(codes, [1, 1])
+    )
+    with pytest.raises(ValueError, match=r"Unknown class name 'horse' in `class_labels`"):
+        model.generate_codes(class_labels=["horse"])

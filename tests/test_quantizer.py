@@ -533,3 +533,15 @@ def test_state_is_created_in_fp32_under_a_half_default_dtype(use_ema):
     state = {name: tensor for name, tensor in quantizer.state_dict().items() if tensor.is_floating_point()}
     assert set(state) >= {"codebook.weight", "code_usage"}
     assert all(tensor.dtype == torch.float32 for tensor in state.values()), {k: v.dtype for k, v in state.items()}
+
+
+@pytest.mark.parametrize("options", [{}, {"use_ema": True}, {"use_ema": True, "dead_code_threshold": 1.0}])
+def test_non_finite_latents_in_training_raise_before_any_update(options):
+    quantizer = VectorQuantizer(codebook_size=8, codebook_dim=4, **options).train()
+    before = {name: tensor.clone() for name, tensor in quantizer.state_dict().items()}
+    latents = torch.randn(2, 3, 3, 4)
+    latents[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite values in training"):
+        quantizer(latents)
+    assert all(torch.equal(before[k], v) for k, v in quantizer.state_dict().items())
+    quantizer(latents.nan_to_num())  # finite latents still go through
