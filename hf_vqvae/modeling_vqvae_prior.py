@@ -19,6 +19,7 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .class_labels import ClassLabels as NamedClassLabels
 from .class_labels import resolve_class_labels
@@ -213,6 +214,26 @@ class VQVAEPriorCodeMapping:
         return codes.long().reshape(-1, h, w)  # (B, h, w)
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scaling) v, written out: `(output (B, T, nh, hd), weights (B, nh, T, S))`."""
+    scores = (query @ key.transpose(-2, -1)) * scaling  # (B, nh, T, S)
+    if attention_mask is None:  # the keys are the queries: plain causal
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=key.device).tril()
+    scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2), weights
+
+
 class VQVAEPriorAttention(nn.Module):
     """Causal multi-head self-attention with a key/value cache; SDPA or eager (which also returns the weights)."""
 
@@ -253,28 +274,29 @@ class VQVAEPriorAttention(nn.Module):
             # slots <= its own. A static cache's slots past the tokens seen so far hold zeros: they come after
             # every query and stay masked. (SDPA's `is_causal` would align the mask top-left instead.)
             slots = torch.arange(key_length, device=key.device)  # (S,)
-            attention_mask = slots[None, :] <= query_slots[:, None].to(key.device)  # (T, S)
+            attention_mask = (slots[None, :] <= query_slots[:, None].to(key.device))[None, None]  # (1, 1, T, S)
             if key_padding is not None:
                 keep = key_padding.to(key.device)[:, :key_length]
                 keep = F.pad(keep, (0, key_length - keep.shape[1]), value=True)  # (B, S)
-                attention_mask = attention_mask[None, None] & keep[:, None, None, :]  # (B, 1, T, S)
+                attention_mask = attention_mask & keep[:, None, None, :]  # (B, 1, T, S)
                 # A query that may see no key (a padded position under left padding) attends to every slot, as in
                 # transformers, so that its (meaningless) output stays finite.
                 attention_mask = attention_mask | ~attention_mask.any(dim=-1, keepdim=True)
-        dropout = self.attention_dropout if self.training else 0.0
-        weights = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = (query @ key.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, S)
-            if attention_mask is None:  # no cache: plain causal
-                attention_mask = torch.ones(length, key.shape[2], dtype=torch.bool, device=key.device).tril()
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            weights = F.dropout(torch.softmax(scores.float(), dim=-1).to(query.dtype), dropout, self.training)
-            attended = weights @ value  # (B, nh, T, hd)
-        else:
-            attended = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, is_causal=attention_mask is None, dropout_p=dropout
-            )  # (B, nh, T, hd)
-        attended = attended.transpose(1, 2).reshape(batch_size, length, hidden_size)  # (B, T, C)
+        # transformers' attention functions ("sdpa" by default; any registered backend), picked per call so that
+        # `model.set_attn_implementation(...)` applies at once. Only the eager sum returns the weights, so it runs
+        # whenever they are asked for.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attended, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.head_dim**-0.5,
+        )  # (B, T, nh, hd)
+        attended = attended.reshape(batch_size, length, hidden_size)  # (B, T, C)
         return self.resid_dropout(self.proj(attended)), (weights if output_attentions else None)
 
 

@@ -613,3 +613,14 @@ def test_generate_codes_and_log_likelihood_take_class_names():
     )
     with pytest.raises(ValueError, match=r"Unknown class name 'horse' in `class_labels`"):
         model.generate_codes(class_labels=["horse"])
+
+
+def test_attention_implementation_can_be_set_at_run_time():
+    # transformers refused `set_attn_implementation` for the prior (its attention did not use the attention interface).
+    model = make_model().eval()
+    input_ids = random_input_ids(model)
+    with torch.no_grad():
+        expected = model(input_ids).logits
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager"
+        torch.testing.assert_close(model(input_ids).logits, expected)
