@@ -53,9 +53,9 @@ class VQVAEModelTester:
 
 class VQVAEModelTest(ModelTesterMixin, unittest.TestCase):
     all_model_classes = (VQVAEModel,)
+    # A convolutional VQ-VAE has no attention layers and no token embeddings (as transformers' Emu3/Janus VQ models).
     has_attentions = False
     test_resize_embeddings = False
-    test_torch_exportable = False
 
     def setUp(self):
         self.model_tester = VQVAEModelTester(self)
