@@ -27,6 +27,7 @@ def pytest_configure(config):
         "flash_attn_4_test",
         "torch_compile_test",
         "torch_export_test",
+        "accelerate_tests",
     ):
         config.addinivalue_line("markers", f"{marker}: a transformers common-test marker")
 
