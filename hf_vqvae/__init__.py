@@ -27,7 +27,12 @@ from .modeling_vqvae import (
     VQVAEModelOutput,
     VQVAEPreTrainedModel,
 )
-from .modeling_vqvae_prior import VQVAEPriorCodeMapping, VQVAEPriorForCausalLM, VQVAEPriorPreTrainedModel
+from .modeling_vqvae_prior import (
+    VQVAEPriorCodeMapping,
+    VQVAEPriorForCausalLM,
+    VQVAEPriorModel,
+    VQVAEPriorPreTrainedModel,
+)
 from .pipelines import VQVAEAnomalyPipeline, VQVAEGenerationPipeline, VQVAEReconstructionPipeline
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .tokenization_vqvae import VQVAEImageTokenizer
@@ -40,6 +45,7 @@ AutoModel.register(VQVAEConfig, VQVAEModel, exist_ok=True)
 AutoImageProcessor.register(VQVAEConfig, image_processor_classes={"pil": VQVAEImageProcessor}, exist_ok=True)
 AutoFeatureExtractor.register(VQVAEConfig, VQVAEFeatureExtractor, exist_ok=True)
 AutoConfig.register(VQVAEPriorConfig.model_type, VQVAEPriorConfig, exist_ok=True)
+AutoModel.register(VQVAEPriorConfig, VQVAEPriorModel, exist_ok=True)
 AutoModelForCausalLM.register(VQVAEPriorConfig, VQVAEPriorForCausalLM, exist_ok=True)
 # `save_pretrained` then copies the modeling files and writes `auto_map`, so that a saved folder loads with
 # `trust_remote_code=True` where hf_vqvae is not installed.
@@ -81,6 +87,7 @@ __all__ = [
     "VQVAEPriorCodeMapping",
     "VQVAEPriorConfig",
     "VQVAEPriorForCausalLM",
+    "VQVAEPriorModel",
     "VQVAEPriorPreTrainedModel",
     "VQVAEReconstructionPipeline",
     "VectorQuantizer",

@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 from transformers.utils import ModelOutput, logging
 
+from .class_labels import class_names, resolve_class_labels
 from .modeling_vqvae import VQVAEModel
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
 
@@ -197,22 +198,18 @@ class VQVAEAnomalyScorer:
                     "out."
                 )
             return None
-        names = {str(name): int(index) for index, name in (config.id2label or {}).items()}
+        names = list(class_names(config.id2label, config.num_classes))
         if class_label is None:
             raise ValueError(
                 f"The prior is class-conditional ({config.num_classes} classes): pass `class_label`, the class the "
-                f"normal images belong to, as an id in [0, {config.num_classes}) or a name from {list(names)[:10]}."
+                f"normal images belong to, as an id in [0, {config.num_classes}) or a name from {names[:10]}."
             )
-        if isinstance(class_label, str):
-            if class_label not in names:
-                raise ValueError(f"Unknown class name {class_label!r}; the prior's classes are {list(names)}.")
-            class_label = names[class_label]
-        valid = isinstance(class_label, int) and not isinstance(class_label, bool)
-        if not valid or not 0 <= class_label < config.num_classes:
+        if isinstance(class_label, (list, tuple, torch.Tensor)):
             raise ValueError(
-                f"`class_label` must be a class id in [0, {config.num_classes}) or a name; got {class_label!r}."
+                f"`class_label` is the one class the normal images belong to: an id in [0, {config.num_classes}) or "
+                f"a name; got {class_label!r}."
             )
-        return class_label
+        return resolve_class_labels(class_label, config.num_classes, config.id2label, keyword="class_label")
 
     @property
     def score_names(self) -> tuple[str, ...]:

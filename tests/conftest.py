@@ -19,6 +19,19 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def pytest_configure(config):
+    # Markers of transformers' own common tests (test_transformers_common_*.py), registered as its conftest does.
+    for marker in (
+        "flash_attn_test",
+        "flash_attn_3_test",
+        "flash_attn_4_test",
+        "torch_compile_test",
+        "torch_export_test",
+        "accelerate_tests",
+    ):
+        config.addinivalue_line("markers", f"{marker}: a transformers common-test marker")
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("RUN_SLOW", "0").lower() in ("1", "true", "yes"):
         return

@@ -449,3 +449,46 @@ def test_half_precision_load_keeps_the_quantizer_in_fp32(tmp_path, tiny_vqvae_co
     output.loss.backward()
     assert torch.isfinite(output.loss) and output.codes.dtype == torch.long
     assert model.decode(output.codes).reconstruction.dtype == torch.bfloat16
+
+
+def test_from_config_in_half_precision_keeps_the_quantizer_in_fp32(tiny_vqvae_config, pixel_values):
+    # `_keep_in_fp32_modules_strict` was honoured by `from_pretrained` only: `from_config(dtype=fp16)` built an fp16
+    # codebook and `code_usage` (transformers' common test `test_keep_in_fp32_modules_strict` found it).
+    for config in (tiny_vqvae_config, make_tiny_config(use_ema_codebook=True)):
+        model = AutoModel.from_config(config, dtype=torch.float16)
+        assert model.decoder.conv_in.weight.dtype == torch.float16
+        quantizer = model.quantizer
+        buffers = [quantizer.codebook.weight, quantizer.code_usage]
+        if config.use_ema_codebook:
+            buffers += [quantizer.ema_cluster_size, quantizer.ema_embed_sum]
+        assert all(tensor.dtype == torch.float32 for tensor in buffers)
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("call", ["encode", "forward", "get_codes"])
+def test_non_finite_inputs_raise_and_leave_the_codebook_alone(pixel_values, bad_value, training, call):
+    # NaN/inf became code 0 silently, the loss NaN, and one training batch made the EMA codebook non-finite.
+    model = VQVAEModel(make_tiny_config(use_ema_codebook=True)).train(training)
+    before = {name: tensor.clone() for name, tensor in model.quantizer.state_dict().items()}
+    bad = pixel_values.clone()
+    bad[1, 0, 3, 5] = bad_value
+    with pytest.raises(ValueError, match=r"`pixel_values` contains 1 NaN or infinite values"):
+        getattr(model, call)(bad)
+    after = model.quantizer.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_loading_a_folder_of_another_model_type_raises(tmp_path, tiny_vqvae_config):
+    # It returned a randomly initialised model with a warning.
+    from conftest import make_tiny_prior_config
+
+    from hf_vqvae import VQVAEPriorForCausalLM
+
+    VQVAEPriorForCausalLM(make_tiny_prior_config()).save_pretrained(tmp_path / "prior")
+    VQVAEModel(tiny_vqvae_config).save_pretrained(tmp_path / "vqvae")
+    with pytest.raises(ValueError, match="holds a model of type `hf_vqvae_prior`, not `hf_vqvae`"):
+        VQVAEModel.from_pretrained(tmp_path / "prior")
+    with pytest.raises(ValueError, match="holds a model of type `hf_vqvae`, not `hf_vqvae_prior`"):
+        VQVAEPriorForCausalLM.from_pretrained(tmp_path / "vqvae")
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "vqvae"), VQVAEModel)  # the right class still loads

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_modeling_vqvae import CommonModelTests
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from hf_vqvae import VQVAEPriorCodeMapping, VQVAEPriorConfig, VQVAEPriorForCausalLM
+from hf_vqvae import VQVAEPriorCodeMapping, VQVAEPriorConfig, VQVAEPriorForCausalLM, VQVAEPriorModel
 from hf_vqvae.modeling_vqvae_prior import CACHE_OUTPUT_FIELD
 
 
@@ -299,7 +299,6 @@ def test_class_dropout_replaces_the_class_prompt_in_training_only():
         ({"input_ids": torch.tensor([[16, 1, 2, 3, 4, 5, 6, 7]])}, "longer than `max_position_embeddings` \\(7"),
         ({"input_ids": torch.tensor([[1, 2, 3]])}, "one prompt token"),
         ({"input_ids": torch.tensor([[16, 2, 17]])}, "one prompt token"),
-        ({"input_ids": torch.tensor([[16, 2]]), "attention_mask": torch.tensor([[0, 1]])}, "all ones"),
         ({"input_ids": torch.tensor([[16, 2]]), "attention_mask": torch.ones(1, 3)}, r"shape \(1, 2\)"),
         ({"input_ids": torch.tensor([[16, 2]]), "position_ids": torch.tensor([[0, 7]])}, "`position_ids`"),
         ({"input_ids": torch.tensor([[16, 2]]), "labels": torch.tensor([[-100, 16]])}, "`labels` must be codes"),
@@ -461,3 +460,168 @@ def test_trust_remote_code_without_the_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
+
+
+# ------------------------------------------------------------------ issue 21: what transformers' common tests found
+
+
+def random_input_ids(model, batch_size: int = 3, seed: int = 0) -> torch.LongTensor:
+    return model.code_mapping.codes_to_input_ids(random_codes(batch_size, seed), [0, 1, 2][:batch_size])
+
+
+def test_forward_returns_attentions_and_hidden_states():
+    # They were swallowed by `**kwargs` and came back as None.
+    model = make_model().eval()
+    input_ids = random_input_ids(model)  # (3, 7)
+    with torch.no_grad():
+        out = model(input_ids, output_attentions=True, output_hidden_states=True)
+        plain = model(input_ids)
+    config = model.config
+    assert len(out.attentions) == config.num_hidden_layers
+    assert out.attentions[0].shape == (3, config.num_attention_heads, 7, 7)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(3, config.num_attention_heads, 7))
+    assert torch.all(out.attentions[0].triu(diagonal=1) == 0)  # causal
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert all(h.shape == (3, 7, config.hidden_size) for h in out.hidden_states)
+    torch.testing.assert_close(out.logits, plain.logits)  # the eager attention computes the same thing
+    assert plain.attentions is None and plain.hidden_states is None
+
+
+def test_generate_returns_attentions_and_hidden_states():
+    model = make_model().eval()
+    out = model.generate(
+        model.code_mapping.prompt_ids([0, 2]),
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_attentions=True,
+        output_hidden_states=True,
+    )
+    steps = model.config.num_codes
+    assert len(out.attentions) == steps and len(out.hidden_states) == steps
+    assert out.attentions[0][0].shape == (2, model.config.num_attention_heads, 1, 1)
+    assert out.attentions[-1][0].shape == (2, model.config.num_attention_heads, 1, steps)
+    assert out.hidden_states[-1][-1].shape == (2, 1, model.config.hidden_size)
+
+
+def test_eager_and_sdpa_attention_agree_with_and_without_a_cache():
+    sdpa = make_model().eval()
+    assert sdpa.config._attn_implementation == "sdpa" and type(sdpa)._supports_sdpa
+    eager = make_model(attn_implementation="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    input_ids = random_input_ids(sdpa)
+    with torch.no_grad():
+        torch.testing.assert_close(eager(input_ids).logits, sdpa(input_ids).logits)
+        first = eager(input_ids[:, :3], use_cache=True)
+        rest = eager(input_ids[:, 3:], cache=first.cache)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), sdpa(input_ids).logits)
+
+
+def test_forward_with_a_static_cache_is_exact():
+    # The attention took the static cache's preset length for the number of real tokens (logits off by ~0.09).
+    from transformers import StaticCache
+
+    model = make_model().eval()
+    input_ids = random_input_ids(model)
+    with torch.no_grad():
+        expected = model(input_ids).logits
+        cache = StaticCache(config=model.config, max_cache_len=model.config.max_position_embeddings)
+        logits = [model(input_ids[:, :3], cache=cache).logits]
+        for t in range(3, input_ids.shape[1]):
+            logits.append(model(input_ids[:, t : t + 1], cache=cache).logits)
+    torch.testing.assert_close(torch.cat(logits, 1), expected)
+
+
+def test_generate_with_a_static_cache_matches_the_dynamic_cache():
+    # `generate(cache_implementation="static")` raised on the 4-D mask that generate passes.
+    model = make_model().eval()
+    prompt = model.code_mapping.prompt_ids([0, 1, 2])
+    dynamic = model.generate(prompt, do_sample=False)
+    static = model.generate(prompt, do_sample=False, cache_implementation="static")
+    assert torch.equal(static, dynamic)
+
+
+def test_a_padding_mask_is_honoured():
+    # A 2-D mask with zeros was refused; it now masks those keys, as in every transformers model.
+    model = make_model().eval()
+    input_ids = random_input_ids(model, batch_size=1)
+    mask = torch.ones_like(input_ids)
+    mask[:, 2] = 0
+    with torch.no_grad():
+        masked = model(input_ids, attention_mask=mask, output_attentions=True)
+    assert torch.all(masked.attentions[0][..., 2][..., 3:] == 0)  # later queries ignore key 2
+    with torch.no_grad():
+        plain = model(input_ids)
+    torch.testing.assert_close(masked.logits[:, :2], plain.logits[:, :2])  # earlier queries never saw it
+    assert not torch.allclose(masked.logits[:, 3:], plain.logits[:, 3:])
+
+
+def test_resize_token_embeddings_adds_class_prompts_and_round_trips(tmp_path):
+    # Resizing succeeded but the saved model could not be loaded (`vocab_size` is derived from `num_classes`).
+    model = make_model().eval()
+    model.resize_token_embeddings(model.config.vocab_size + 2)
+    assert (model.config.num_classes, model.config.vocab_size) == (5, 22)
+    assert model.generate_codes(class_labels=[4], seed=0).shape == (1, 2, 3)  # a new class is usable
+    model.save_pretrained(tmp_path)
+    loaded = VQVAEPriorForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.num_classes == 5
+    input_ids = model.code_mapping.codes_to_input_ids(random_codes(2), [4, 3])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
+
+
+@pytest.mark.parametrize("new_num_tokens", [19, 16, 5])
+def test_resize_token_embeddings_refuses_to_shrink(new_num_tokens):
+    model = make_model()
+    with pytest.raises(ValueError, match="can only grow"):
+        model.resize_token_embeddings(new_num_tokens)
+    assert model.config.vocab_size == 20 and model.get_input_embeddings().num_embeddings == 20
+
+
+def test_base_model_is_a_pretrained_model_that_saves_and_loads(tmp_path):
+    # `base_model_prefix` named a plain nn.Module, so `model.base_model.save_pretrained` failed.
+    from transformers import AutoModel
+
+    model = make_model().eval()
+    assert isinstance(model.base_model, VQVAEPriorModel)
+    model.base_model.save_pretrained(tmp_path)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, VQVAEPriorModel)
+    input_ids = random_input_ids(model)
+    with torch.no_grad():
+        assert torch.equal(base(input_ids).last_hidden_state, model.prior(input_ids).last_hidden_state)
+    # and the head loads on top of the base model's weights
+    head = VQVAEPriorForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(head.prior.embed_tokens.weight, model.prior.embed_tokens.weight)
+
+
+def test_past_key_values_still_works_with_a_deprecation_warning():
+    model = make_model().eval()
+    input_ids = random_input_ids(model)
+    with torch.no_grad():
+        first = model(input_ids[:, :3], use_cache=True)
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+            rest = model(input_ids[:, 3:], past_key_values=first.cache)
+        torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), model(input_ids).logits)
+
+
+def test_generate_codes_and_log_likelihood_take_class_names():
+    model = make_model(id2label={0: "cat", 1: "dog", 2: "ship"})
+    by_name = model.generate_codes(class_labels=["ship", "cat"], seed=0)
+    assert torch.equal(by_name, model.generate_codes(class_labels=[2, 0], seed=0))
+    codes = random_codes(2)
+    torch.testing.assert_close(
+        model.code_log_likelihood(codes, class_labels=["dog", "dog"]), model.code_log_likelihood(codes, [1, 1])
+    )
+    with pytest.raises(ValueError, match=r"Unknown class name 'horse' in `class_labels`"):
+        model.generate_codes(class_labels=["horse"])
+
+
+def test_attention_implementation_can_be_set_at_run_time():
+    # transformers refused `set_attn_implementation` for the prior (its attention did not use the attention interface).
+    model = make_model().eval()
+    input_ids = random_input_ids(model)
+    with torch.no_grad():
+        expected = model(input_ids).logits
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager"
+        torch.testing.assert_close(model(input_ids).logits, expected)

@@ -518,3 +518,30 @@ def test_nearest_codes_of_a_large_codebook_match_float64():
     vectors = torch.randn(20000, 16, generator=generator)  # more than one chunk of rows
     expected = torch.cdist(vectors.double(), quantizer.codebook.weight.double()).argmin(1)
     assert torch.equal(quantizer.nearest_codes(vectors), expected)
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_state_is_created_in_fp32_under_a_half_default_dtype(use_ema):
+    # transformers builds a model under `torch.set_default_dtype(dtype)` in `from_config(..., dtype=...)`; the codebook
+    # and its statistics must still be fp32 (nearest-code search and EMA counts lose codes in half precision).
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        quantizer = VectorQuantizer(codebook_size=8, codebook_dim=4, use_ema=use_ema)
+    finally:
+        torch.set_default_dtype(default)
+    state = {name: tensor for name, tensor in quantizer.state_dict().items() if tensor.is_floating_point()}
+    assert set(state) >= {"codebook.weight", "code_usage"}
+    assert all(tensor.dtype == torch.float32 for tensor in state.values()), {k: v.dtype for k, v in state.items()}
+
+
+@pytest.mark.parametrize("options", [{}, {"use_ema": True}, {"use_ema": True, "dead_code_threshold": 1.0}])
+def test_non_finite_latents_in_training_raise_before_any_update(options):
+    quantizer = VectorQuantizer(codebook_size=8, codebook_dim=4, **options).train()
+    before = {name: tensor.clone() for name, tensor in quantizer.state_dict().items()}
+    latents = torch.randn(2, 3, 3, 4)
+    latents[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite values in training"):
+        quantizer(latents)
+    assert all(torch.equal(before[k], v) for k, v in quantizer.state_dict().items())
+    quantizer(latents.nan_to_num())  # finite latents still go through
