@@ -98,6 +98,22 @@ class VQVAEPriorConfig(PreTrainedConfig):
     pad_token_id: int | None = None
     eos_token_id: int | None = None
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # transformers only warns when a folder's `model_type` differs, then builds this config from defaults, so
+        # that `VQVAEPriorForCausalLM.from_pretrained(other_folder)` returned a randomly initialised model. Refuse
+        # instead.
+        # (Kept in this file: a shipped folder's remote code has only its own configuration file.)
+        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
+        found = config_dict.get("model_type")
+        if found is not None and found != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} holds a model of type `{found}`, not `{cls.model_type}` "
+                f"({cls.__name__}): load it with its own class or the Auto classes (`AutoConfig`, `AutoModel`; "
+                "`AutoModelForCausalLM` for a prior)."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def __post_init__(self, **kwargs):
         # JSON gives lists; keep one type so that equality and hashing behave.
         if isinstance(self.grid_size, (list, tuple)):

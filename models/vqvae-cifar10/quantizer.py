@@ -232,15 +232,17 @@ class VectorQuantizer(nn.Module):
         self.use_kmeans_init = use_kmeans_init
         self.kmeans_iters = kmeans_iters
 
-        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        # float32 whatever the default dtype: `from_config(..., dtype=torch.float16)` builds modules under a half
+        # default dtype, and nearest-code search and EMA statistics lose codes and counts in half precision.
+        self.codebook = nn.Embedding(codebook_size, codebook_dim, dtype=torch.float32)
         # With EMA the codebook follows the statistics below, not the gradient.
         self.codebook.weight.requires_grad_(not use_ema)
         # All state is in persistent buffers so that save/load restores training exactly.
         self.register_buffer("initialized", torch.tensor(not use_kmeans_init))
-        self.register_buffer("code_usage", torch.ones(codebook_size))
+        self.register_buffer("code_usage", torch.ones(codebook_size, dtype=torch.float32))
         if use_ema:
-            self.register_buffer("ema_cluster_size", torch.zeros(codebook_size))
-            self.register_buffer("ema_embed_sum", torch.zeros(codebook_size, codebook_dim))
+            self.register_buffer("ema_cluster_size", torch.zeros(codebook_size, dtype=torch.float32))
+            self.register_buffer("ema_embed_sum", torch.zeros(codebook_size, codebook_dim, dtype=torch.float32))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -308,6 +310,15 @@ class VectorQuantizer(nn.Module):
             raise ValueError(
                 f"`mask` must have the shape of `latents` without its last dimension, {tuple(latents.shape[:-1])}; "
                 f"got {tuple(mask.shape)}."
+            )
+        if self.training and not bool(torch.isfinite(latents).all()):
+            # A non-finite vector would be assigned code 0 and then enter the EMA sums and k-means: one such call
+            # would make the codebook non-finite for good. Inputs are checked by the model; this catches an encoder
+            # that diverged (learning rate, half-precision overflow).
+            raise ValueError(
+                f"`latents` contain {int((~torch.isfinite(latents)).sum())} NaN or infinite values in training: the "
+                "encoder produced them (diverged training? lower the learning rate, clip gradients, or train in "
+                "float32). The codebook was not updated."
             )
         flat = latents.reshape(-1, self.codebook_dim)  # (N, D)
         keep = None if mask is None else mask.reshape(-1).bool()

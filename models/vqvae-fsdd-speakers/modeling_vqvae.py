@@ -394,6 +394,16 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 f"W positive multiples of {factor} (`downsample_factor`); got {got}. Resize or pad the images, or use "
                 "VQVAEImageProcessor."
             )
+        # One reduction per call. NaN or inf would otherwise become code 0 silently (every distance is NaN), the loss
+        # NaN, and one such training batch would make the EMA codebook non-finite for good.
+        if not bool(torch.isfinite(pixel_values).all()):
+            name = "input_values" if self.config.spatial_dims == 1 else "pixel_values"
+            count = int((~torch.isfinite(pixel_values)).sum())
+            raise ValueError(
+                f"`{name}` contains {count} NaN or infinite values (of {pixel_values.numel()}, shape "
+                f"{tuple(pixel_values.shape)}): the model needs finite inputs. Check how the data were loaded and "
+                "normalized (e.g. a division by a zero standard deviation)."
+            )
 
     def _inputs(self, pixel_values, input_values) -> torch.Tensor:
         """The model input as `(batch, channels, *spatial)`, from `pixel_values` (images) or `input_values` (audio)."""
