@@ -33,8 +33,12 @@ image). [`anomaly_metrics`] gives AUROC and AUPRC (scikit-learn, `pip install "h
 ```
 """
 
+import difflib
+import inspect
+import io
 import math
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +47,7 @@ from PIL import Image
 from transformers.utils import ModelOutput, logging
 
 from .class_labels import class_names, resolve_class_labels
-from .modeling_vqvae import VQVAEModel
+from .modeling_vqvae import VQVAEModel, discretized_gaussian_log_likelihood
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
 
 
@@ -75,6 +79,30 @@ class VQVAEAnomalyOutput(ModelOutput):
             Codes of the images.
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, with `return_maps`):
             Decoded pixels.
+        nll_bits (`torch.FloatTensor` of shape `(batch_size,)`, once the pixel likelihood is known):
+            `-log2 p(x | z) - log2 p(z)` in bits per image: the pixel term of [`VQVAEAnomalyScorer`]'s
+            `pixel_log_likelihood` plus the prior's code term (a uniform `log2 K` per code without a prior).
+        compression_bits (`torch.FloatTensor` of shape `(batch_size,)`):
+            [`compression_bits`]: length in bits of the image as a lossless PNG (the complexity baseline).
+        complexity_corrected_nll (`torch.FloatTensor` of shape `(batch_size,)`, with `nll_bits`):
+            `nll_bits - compression_bits` (Serrà et al. 2020).
+        likelihood_ratio (`torch.FloatTensor` of shape `(batch_size,)`, with a background model):
+            `nll_bits` minus the same bits under the background model (Ren et al. 2019).
+        likelihood_ratio_map (`torch.FloatTensor` of shape `(batch_size, height, width)`, with `likelihood_ratio` and
+            `return_maps`): the ratio per pixel (pixel term per pixel, each code's term spread evenly over its `f x f`
+            pixels); its sum over pixels is `likelihood_ratio`.
+        restoration_nll (`torch.FloatTensor` of shape `(batch_size,)`, with a prior and a restoration threshold):
+            Sum of `code_nll` (nats) over the unlikely codes (Marimont & Tarroni 2021); 0 when no code is unlikely.
+        restoration_error (`torch.FloatTensor` of shape `(batch_size,)`, with `restore=True`):
+            Mean of `restoration_map`.
+        restoration_map (`torch.FloatTensor` of shape `(batch_size, height, width)`, with `restore=True`):
+            `|pixel_values - restoration|` averaged over channels (L1).
+        unlikely_codes (`torch.BoolTensor` of shape `(batch_size, h, w)`, with `restoration_nll`):
+            Codes whose prior probability lies below the restoration threshold.
+        restored_codes (`torch.LongTensor` of shape `(batch_size, h, w)`, with `restore=True`):
+            `codes` with each unlikely code re-drawn from the prior.
+        restoration (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, with `restore=True`):
+            `restored_codes` decoded.
     """
 
     reconstruction_error: torch.FloatTensor | None = None
@@ -85,6 +113,17 @@ class VQVAEAnomalyOutput(ModelOutput):
     code_nll: torch.FloatTensor | None = None
     codes: torch.LongTensor | None = None
     reconstruction: torch.FloatTensor | None = None
+    nll_bits: torch.FloatTensor | None = None
+    compression_bits: torch.FloatTensor | None = None
+    complexity_corrected_nll: torch.FloatTensor | None = None
+    likelihood_ratio: torch.FloatTensor | None = None
+    likelihood_ratio_map: torch.FloatTensor | None = None
+    restoration_nll: torch.FloatTensor | None = None
+    restoration_error: torch.FloatTensor | None = None
+    restoration_map: torch.FloatTensor | None = None
+    unlikely_codes: torch.BoolTensor | None = None
+    restored_codes: torch.LongTensor | None = None
+    restoration: torch.FloatTensor | None = None
 
 
 def _describe(value) -> str:
@@ -115,39 +154,152 @@ def _flatten_images(name: str, pixel_values) -> torch.Tensor:
     return pixel_values.detach().reshape(pixel_values.shape[0], -1).double()  # (N, D)
 
 
+def _unknown_keywords_message(owner: str, kwargs: dict, known) -> str:
+    """Name the keyword that exists for each unknown one (`prior_class_label` -> `class_label`)."""
+    parts = []
+    for keyword in kwargs:
+        close = difflib.get_close_matches(keyword, known, n=1, cutoff=0.5)
+        if not close and "class" in keyword:
+            close = [name for name in known if "class" in name][:1]
+        parts.append(f"`{keyword}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    return f"{owner} got unknown keyword arguments {', '.join(parts)}; its keywords are {list(known)}."
+
+
+# ---------------------------------------------------------------------------------------------------------- complexity
+
+# PNG via Pillow, zlib level 9, `optimize=False` (Pillow's extra search off): a fixed, deterministic compressor.
+PNG_COMPRESS_LEVEL = 9
+
+
+def compression_bits(pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+    r"""
+    Length in bits of each image as a lossless PNG: the complexity `L(x)` of Serrà et al. (ICLR 2020, arXiv
+    1909.11480), whose input-complexity-corrected score is `nll_bits - L(x)`. Alone, it is the complexity baseline.
+
+    The image is first rounded to its 8-bit values (`(x + 1) * 127.5`), then written by Pillow as an 8-bit gray
+    (1 channel) or RGB (3 channels) PNG with `compress_level=9` ([`PNG_COMPRESS_LEVEL`]) and `optimize=False`, no
+    metadata; the length includes PNG's fixed headers (the same for every image of a size, so rankings ignore them).
+    The same pixels always give the same length.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [-1, 1] with 1 or 3 channels.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size,)` (on the CPU): `8 * len(png_bytes)` per image.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point() or pixel_values.ndim != 4:
+        raise ValueError(
+            f"`pixel_values` must be a float tensor (batch, channels, H, W) in [-1, 1]; got {_describe(pixel_values)}."
+        )
+    if pixel_values.shape[1] not in (1, 3):
+        raise ValueError(f"PNG lengths are for gray (1) or RGB (3) images; got {pixel_values.shape[1]} channels.")
+    _check_finite("pixel_values", pixel_values)
+    levels = ((pixel_values.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    lengths = []
+    for image in levels.permute(0, 2, 3, 1).numpy():  # (H, W, C)
+        buffer = io.BytesIO()
+        Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(
+            buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False
+        )
+        lengths.append(8 * buffer.getbuffer().nbytes)
+    return torch.tensor(lengths, dtype=torch.float32)
+
+
+@torch.no_grad()
+def _fit_log_scale(vqvae: VQVAEModel, batches: list) -> float:
+    """The single log-scale that maximises the discretized-Gaussian likelihood of the images given their codes."""
+    pairs = []
+    for batch in batches:
+        inputs = batch.to(vqvae.device, vqvae.dtype)
+        pairs.append((inputs.float(), vqvae.decode(vqvae.get_codes(inputs)).reconstruction.float()))
+
+    def mean_log_likelihood(log_scale: float) -> float:
+        total = sum(
+            float(discretized_gaussian_log_likelihood(x, mean, torch.full_like(mean, log_scale)).sum())
+            for x, mean in pairs
+        )
+        return total / sum(x.numel() for x, _ in pairs)
+
+    # Golden-section search on log(scale) in [log 1e-3, log 1]: the likelihood is unimodal in the scale.
+    low, high = math.log(1e-3), 0.0
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = mean_log_likelihood(a), mean_log_likelihood(b)
+    for _ in range(30):
+        if fa > fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = mean_log_likelihood(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = mean_log_likelihood(b)
+    return (low + high) / 2
+
+
 # ---------------------------------------------------------------------------------------------------------- scorer
 
 
 class VQVAEAnomalyScorer:
     r"""
     Anomaly scores and maps from a trained [`VQVAEModel`] and, optionally, a prior over its codes (see the module
-    docstring for the definitions). Scoring runs both models in eval mode under `torch.no_grad()`, in chunks of
-    `batch_size` images, with no sampling: the same model and input always give the same scores, and a batch gives
-    the scores of its images scored one by one (up to float rounding). The models' train/eval mode is restored after.
+    docstring for the definitions). Scoring runs the models in eval mode under `torch.no_grad()`, in chunks of
+    `batch_size` images: the same models and input always give the same scores, and a batch gives the scores of its
+    images scored one by one (up to float rounding). The only random step, the restoration's re-drawing of unlikely
+    codes, draws from a generator seeded by `restoration_seed` and the image's own codes, so it is deterministic too
+    and does not depend on the batch. The models' train/eval mode is restored after.
 
-    Any image size divisible by `downsample_factor` works for `reconstruction_error`. `prior_nll` needs the code grid
-    the prior was trained on (`prior.config.grid_size`): other sizes raise a `ValueError`.
+    Any image size divisible by `downsample_factor` works for `reconstruction_error`. The prior's scores need the code
+    grid the prior was trained on (`prior.config.grid_size`): other sizes raise a `ValueError`.
 
     Args:
         vqvae ([`VQVAEModel`]):
             The VQ-VAE, trained on normal images.
         prior ([`VQVAEPriorForCausalLM`], *optional*):
-            A prior trained on the codes of normal images from `vqvae`; its codebook size must match.
+            A prior trained on the codes of normal images from `vqvae`; its codebook size must match. Only its
+            `code_log_likelihood(codes, class_labels)` is used, so any prior with that method works.
         class_label (`int` or `str`, *optional*):
             The class (id, or name from `prior.config.id2label`) a class-conditional prior is conditioned on, e.g.
-            the normal class. Required for a class-conditional prior, refused for an unconditional one.
+            the normal class. Required for a class-conditional prior, refused for an unconditional one. A
+            class-conditional background prior is conditioned on the same class.
         batch_size (`int`, *optional*, defaults to 64):
             Images per forward pass.
         statistics (`dict`, *optional*):
             The `statistics` of an earlier [`~VQVAEAnomalyScorer.fit`] with the same models, instead of fitting.
+        background_prior ([`VQVAEPriorForCausalLM`], *optional*):
+            For `likelihood_ratio` (Ren et al. 2019): a prior trained like `prior` but on codes corrupted by
+            [`corrupt_codes`] (random substitutions at a rate such as 0.1-0.3), over the codes of `background_vqvae`
+            if given, else of `vqvae`.
+        background_vqvae ([`VQVAEModel`], *optional*):
+            For `likelihood_ratio`: a VQ-VAE trained like `vqvae` on images corrupted by [`corrupt_pixels`]. Without
+            it the background shares `vqvae` (and its pixel term, which then cancels in the ratio).
+        pixel_log_likelihood (`Callable`, *optional*):
+            `pixel_log_likelihood(vqvae, pixel_values, codes) -> log p(x | z)` in nats, of shape `(B, C, H, W)` or
+            `(B, H, W)` (summed over channels), for `nll_bits`. The default is a discretized Gaussian around the
+            reconstruction (`discretized_gaussian_log_likelihood`), with the decoder's own scales when it has them
+            (`reconstruction_loss="discretized_gaussian"`), else one scale (`reconstruction_log_scale`, or fitted
+            by maximum likelihood in `fit`). A pixel-likelihood decoder (a logistic mixture or a PixelCNN over
+            pixels) plugs in here: pass a function that returns its per-pixel log-likelihood given the codes.
+        reconstruction_log_scale (`float`, *optional*):
+            The natural log of the single Gaussian scale (on the [-1, 1] pixel scale) of an MSE-trained decoder;
+            `fit` measures it when it is not given.
+        restoration_threshold (`float`, *optional*):
+            A code is unlikely (for `restoration_nll` and the restoration) when its prior probability given the codes
+            before it is below this value, in (0, 1). When not given, `fit` sets it to the
+            `restoration_quantile` of the code probabilities of the normal images.
+        restoration_quantile (`float`, *optional*, defaults to 0.01):
+            Share of the codes of normal images that `fit` lets fall below the threshold it sets.
+        restoration_seed (`int`, *optional*, defaults to 0):
+            Seed of the re-drawing of unlikely codes.
 
     Example:
 
     ```python
-    >>> scorer = VQVAEAnomalyScorer(vqvae, prior).fit(normal_pixel_values)
-    >>> output = scorer.score(test_pixel_values)
-    >>> output.combined_score  # (B,), higher = more anomalous
-    >>> render_anomaly_heatmap(test_pixel_values[0], output.prior_nll_map[0]).save("heatmap.png")
+    >>> scorer = VQVAEAnomalyScorer(vqvae, prior, class_label="automobile").fit(normal_pixel_values)
+    >>> output = scorer.score(test_pixel_values, restore=True)
+    >>> output.combined_score, output.complexity_corrected_nll, output.restoration_nll  # (B,), higher = anomalous
+    >>> render_anomaly_heatmap(test_pixel_values[0], output.restoration_map[0]).save("heatmap.png")
     ```
     """
 
@@ -158,50 +310,111 @@ class VQVAEAnomalyScorer:
         class_label: int | str | None = None,
         batch_size: int = 64,
         statistics: dict | None = None,
+        background_prior: VQVAEPriorForCausalLM | None = None,
+        background_vqvae: VQVAEModel | None = None,
+        pixel_log_likelihood: Callable | None = None,
+        reconstruction_log_scale: float | None = None,
+        restoration_threshold: float | None = None,
+        restoration_quantile: float = 0.01,
+        restoration_seed: int = 0,
+        **kwargs,
     ):
+        if kwargs:
+            raise TypeError(_unknown_keywords_message("VQVAEAnomalyScorer", kwargs, _SCORER_KEYWORDS))
         if not isinstance(vqvae, VQVAEModel):
             raise TypeError(f"`vqvae` must be a `VQVAEModel`; got {_describe(vqvae)}.")
         if prior is not None and not isinstance(prior, VQVAEPriorForCausalLM):
             raise TypeError(f"`prior` must be a `VQVAEPriorForCausalLM` or `None`; got {_describe(prior)}.")
+        if background_prior is not None and not hasattr(background_prior, "code_log_likelihood"):
+            raise TypeError(
+                f"`background_prior` must be a prior (with `code_log_likelihood`); got {_describe(prior)}."
+            )
+        if background_vqvae is not None and not isinstance(background_vqvae, VQVAEModel):
+            raise TypeError(f"`background_vqvae` must be a `VQVAEModel` or `None`; got {_describe(background_vqvae)}.")
+        if pixel_log_likelihood is not None and not callable(pixel_log_likelihood):
+            raise TypeError(
+                "`pixel_log_likelihood` must be a function `(vqvae, pixel_values, codes) -> log p(x | z)` in nats; "
+                f"got {_describe(pixel_log_likelihood)}."
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
-        # Images only: 1-D (audio) and speaker-conditioned VQ-VAEs take other inputs.
-        if vqvae.config.spatial_dims != 2 or vqvae.config.num_speakers:
+        for name, value in (("reconstruction_log_scale", reconstruction_log_scale),):
+            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise ValueError(f"`{name}` must be a finite float (a natural log); got {value!r}.")
+        if restoration_threshold is not None and not (
+            isinstance(restoration_threshold, (int, float)) and 0 < restoration_threshold < 1
+        ):
             raise ValueError(
-                "`VQVAEAnomalyScorer` scores images: it needs a VQ-VAE with `spatial_dims=2` and no speaker "
-                "conditioning (`num_speakers=0`)."
+                f"`restoration_threshold` is a probability in (0, 1) (e.g. 0.01); got {restoration_threshold!r}."
+            )
+        if not (isinstance(restoration_quantile, (int, float)) and 0 < restoration_quantile < 1):
+            raise ValueError(f"`restoration_quantile` must lie in (0, 1) (e.g. 0.01); got {restoration_quantile!r}.")
+        if isinstance(restoration_seed, bool) or not isinstance(restoration_seed, int):
+            raise ValueError(f"`restoration_seed` must be an integer; got {restoration_seed!r}.")
+        # Images only: 1-D (audio) and speaker-conditioned VQ-VAEs take other inputs.
+        for name, model in (("vqvae", vqvae), ("background_vqvae", background_vqvae)):
+            if model is not None and (model.config.spatial_dims != 2 or model.config.num_speakers):
+                raise ValueError(
+                    f"`VQVAEAnomalyScorer` scores images: `{name}` must have `spatial_dims=2` and no speaker "
+                    "conditioning (`num_speakers=0`)."
+                )
+        if (
+            background_vqvae is not None
+            and background_vqvae.config.downsample_factor != vqvae.config.downsample_factor
+        ):
+            raise ValueError(
+                "`background_vqvae` must downsample like `vqvae` (the same code grid); got `downsample_factor` "
+                f"{background_vqvae.config.downsample_factor} and {vqvae.config.downsample_factor}."
             )
         self.vqvae = vqvae
         self.prior = prior
+        self.background_prior = background_prior
+        self.background_vqvae = background_vqvae
+        self.pixel_log_likelihood = pixel_log_likelihood
+        self.reconstruction_log_scale = reconstruction_log_scale
+        self.restoration_threshold = restoration_threshold
+        self.restoration_quantile = float(restoration_quantile)
+        self.restoration_seed = restoration_seed
         self.batch_size = batch_size
         self.class_label = None
+        self.background_class_label = None
         if prior is not None:
-            if prior.config.codebook_size != vqvae.config.codebook_size:
-                raise ValueError(
-                    f"The prior models {prior.config.codebook_size} codes but the VQ-VAE has `codebook_size` "
-                    f"{vqvae.config.codebook_size}: they do not belong together. Pass the prior trained on this "
-                    "VQ-VAE's codes."
-                )
-            self.class_label = self._resolve_class_label(class_label)
+            self._check_codebook("prior", prior, vqvae)
+            self.class_label = self._resolve_class_label(prior, class_label, "prior")
         elif class_label is not None:
             raise ValueError("`class_label` conditions the prior; it needs a class-conditional `prior`.")
+        if background_prior is not None:
+            self._check_codebook("background_prior", background_prior, background_vqvae or vqvae)
+            # The background is conditioned on the same class as the prior when it takes classes.
+            if background_prior.config.num_classes:
+                self.background_class_label = self._resolve_class_label(background_prior, class_label, "prior")
         self.statistics = None
         if statistics is not None:
             self.statistics = self._check_statistics(statistics)
 
-    def _resolve_class_label(self, class_label) -> int | None:
-        config = self.prior.config
+    @staticmethod
+    def _check_codebook(name: str, prior, vqvae: VQVAEModel):
+        if prior.config.codebook_size != vqvae.config.codebook_size:
+            raise ValueError(
+                f"The `{name}` models {prior.config.codebook_size} codes but its VQ-VAE has `codebook_size` "
+                f"{vqvae.config.codebook_size}: they do not belong together. Pass the prior trained on this "
+                "VQ-VAE's codes."
+            )
+
+    @staticmethod
+    def _resolve_class_label(prior, class_label, name: str) -> int | None:
+        config = prior.config
         if config.num_classes == 0:
             if class_label is not None:
                 raise ValueError(
-                    f"The prior is unconditional (`num_classes` is 0); got `class_label`={class_label!r}. Leave it "
+                    f"The {name} is unconditional (`num_classes` is 0); got `class_label`={class_label!r}. Leave it "
                     "out."
                 )
             return None
         names = list(class_names(config.id2label, config.num_classes))
         if class_label is None:
             raise ValueError(
-                f"The prior is class-conditional ({config.num_classes} classes): pass `class_label`, the class the "
+                f"The {name} is class-conditional ({config.num_classes} classes): pass `class_label`, the class the "
                 f"normal images belong to, as an id in [0, {config.num_classes}) or a name from {names[:10]}."
             )
         if isinstance(class_label, (list, tuple, torch.Tensor)):
@@ -213,8 +426,18 @@ class VQVAEAnomalyScorer:
 
     @property
     def score_names(self) -> tuple[str, ...]:
-        """The per-image scores this scorer computes and `combined_score` sums: `reconstruction_error`, `prior_nll`."""
+        """The per-image scores `combined_score` sums: `reconstruction_error`, and `prior_nll` with a prior."""
         return SCORE_NAMES if self.prior is not None else SCORE_NAMES[:1]
+
+    @property
+    def available_scores(self) -> tuple[str, ...]:
+        """Every per-image score this scorer can return once fitted (`fit` measures each one's mean and std)."""
+        names = [*self.score_names, "nll_bits", "compression_bits", "complexity_corrected_nll"]
+        if self.background_prior is not None or self.background_vqvae is not None:
+            names.append("likelihood_ratio")
+        if self.prior is not None:
+            names.append("restoration_nll")
+        return tuple(names)
 
     @property
     def is_fitted(self) -> bool:
@@ -289,7 +512,9 @@ class VQVAEAnomalyScorer:
                 )
         return pixel_values
 
-    def score(self, pixel_values: torch.FloatTensor, return_maps: bool = True) -> VQVAEAnomalyOutput:
+    def score(
+        self, pixel_values: torch.FloatTensor, return_maps: bool = True, restore: bool = False
+    ) -> VQVAEAnomalyOutput:
         r"""
         Score a batch of images.
 
@@ -299,12 +524,24 @@ class VQVAEAnomalyScorer:
                 and equal to the prior's grid times that factor when there is a prior.
             return_maps (`bool`, *optional*, defaults to `True`):
                 Also return the maps and the reconstruction (leave them out to score many images cheaply).
+            restore (`bool`, *optional*, defaults to `False`):
+                Also restore the images (re-draw their unlikely codes from the prior and decode): `restoration_map`,
+                `restoration_error`, `restored_codes` and `restoration`. Needs a prior and a restoration threshold.
+                Each unlikely code costs one prior pass over `codebook_size` grids.
 
         Returns:
             [`VQVAEAnomalyOutput`], on the VQ-VAE's device. `combined_score` is `None` (with a warning) until the
-            scorer is fitted.
+            scorer is fitted; so are `nll_bits` and its scores for an MSE-trained decoder without
+            `reconstruction_log_scale`, and `restoration_nll` without `restoration_threshold`.
         """
-        output = self._score(pixel_values, return_maps)
+        if restore and self.prior is None:
+            raise ValueError("`restore=True` re-draws unlikely codes from the prior: give the scorer a `prior`.")
+        if restore and self._restoration_nll_threshold is None:
+            raise ValueError(
+                "`restore=True` needs the threshold below which a code is unlikely: pass `restoration_threshold=` or "
+                "call `scorer.fit(normal_pixel_values)` first."
+            )
+        output = self._score(pixel_values, return_maps, restore)
         if self.is_fitted:
             # A new output, so that the fields keep their documented order (`to_tuple`).
             output = VQVAEAnomalyOutput(**{**output, "combined_score": self.combine(output)})
@@ -315,54 +552,214 @@ class VQVAEAnomalyScorer:
             )
         return output
 
+    def _setting(self, name: str):
+        """A fitted setting (`reconstruction_log_scale`, ...) from `statistics`, or `None`."""
+        return None if self.statistics is None else self.statistics.get(name)
+
+    @property
+    def _restoration_nll_threshold(self) -> float | None:
+        """Codes whose NLL (nats) exceeds this are unlikely: `-log(restoration_threshold)`, or fitted."""
+        if self.restoration_threshold is not None:
+            return -math.log(self.restoration_threshold)
+        return self._setting("restoration_nll_threshold")
+
+    def _models(self) -> list:
+        return [m for m in (self.vqvae, self.prior, self.background_vqvae, self.background_prior) if m is not None]
+
     @torch.no_grad()
-    def _score(self, pixel_values: torch.Tensor, return_maps: bool) -> VQVAEAnomalyOutput:
+    def _score(self, pixel_values: torch.Tensor, return_maps: bool, restore: bool = False) -> VQVAEAnomalyOutput:
         """The scores without `combined_score`."""
         pixel_values = self._check_pixel_values(pixel_values)
-        modes = (self.vqvae.training, self.prior.training if self.prior is not None else None)
-        self.vqvae.eval()
-        if self.prior is not None:
-            self.prior.eval()
+        models = self._models()
+        modes = [model.training for model in models]
+        for model in models:
+            model.eval()
         try:
             chunks = [
-                self._score_batch(pixel_values[start : start + self.batch_size], return_maps)
+                self._score_batch(pixel_values[start : start + self.batch_size], return_maps, restore)
                 for start in range(0, pixel_values.shape[0], self.batch_size)
             ]
         finally:
-            self.vqvae.train(modes[0])
-            if self.prior is not None:
-                self.prior.train(modes[1])
+            for model, mode in zip(models, modes):
+                model.train(mode)
         fields = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0] if chunks[0][key] is not None}
         return VQVAEAnomalyOutput(**fields)
 
-    def _score_batch(self, pixel_values: torch.Tensor, return_maps: bool) -> dict:
+    def _pixel_nll_bits(self, vqvae: VQVAEModel, target: torch.Tensor, codes, decoded, log_scale) -> torch.Tensor:
+        """`-log2 p(x | z)` per pixel, summed over channels, `(B, H, W)`; `None` when no likelihood is known."""
+        if self.pixel_log_likelihood is not None:
+            log_px = self.pixel_log_likelihood(vqvae, target, codes)
+            batch, channels, height, width = target.shape
+            if not isinstance(log_px, torch.Tensor) or tuple(log_px.shape) not in (
+                (batch, channels, height, width),
+                (batch, height, width),
+            ):
+                raise ValueError(
+                    f"`pixel_log_likelihood` must return log p(x | z) in nats of shape {(batch, channels, height, width)}"
+                    f" or {(batch, height, width)}; got {_describe(log_px)}."
+                )
+            log_px = log_px.sum(1) if log_px.ndim == 4 else log_px
+        else:
+            scales = decoded.reconstruction_log_scale
+            if scales is None:
+                if log_scale is None:
+                    return None
+                scales = torch.full_like(decoded.reconstruction, log_scale)
+            log_px = discretized_gaussian_log_likelihood(target, decoded.reconstruction, scales).sum(1)
+        return -log_px.float() / math.log(2)
+
+    def _code_nll_bits(self, prior, codes: torch.Tensor, class_label, codebook_size: int) -> torch.Tensor:
+        """`-log2 p(z_t | z_<t)` per code, `(B, h, w)`; a uniform `log2 K` without a prior."""
+        if prior is None:
+            return torch.full(codes.shape, math.log2(codebook_size), device=codes.device)
+        return -prior.code_log_likelihood(codes, class_label).to(codes.device).float() / math.log(2)
+
+    def _score_batch(self, pixel_values: torch.Tensor, return_maps: bool, restore: bool = False) -> dict:
         vqvae = self.vqvae
+        factor = vqvae.config.downsample_factor
         inputs = pixel_values.to(vqvae.device, vqvae.dtype)
+        target = pixel_values.to(vqvae.device).float()
         codes = vqvae.get_codes(inputs)  # (B, h, w)
-        reconstruction = vqvae.decode(codes).reconstruction  # (B, C, H, W)
-        error_map = (reconstruction.float() - pixel_values.to(vqvae.device).float()).pow(2).mean(1)  # (B, H, W)
+        decoded = vqvae.decode(codes)
+        reconstruction = decoded.reconstruction  # (B, C, H, W)
+        error_map = (reconstruction.float() - target).pow(2).mean(1)  # (B, H, W)
         result = {
             "reconstruction_error": error_map.flatten(1).mean(1),  # (B,)
             "codes": codes,
             "reconstruction_error_map": error_map if return_maps else None,
             "reconstruction": reconstruction.float() if return_maps else None,
         }
+
+        def upsample(per_code: torch.Tensor) -> torch.Tensor:
+            # Nearest upsampling: code (i, j) stands for exactly the f x f pixels of its patch.
+            return per_code.repeat_interleave(factor, 1).repeat_interleave(factor, 2)  # (B, H, W)
+
+        code_nll = None
         if self.prior is not None:
-            code_nll = -self.prior.code_log_likelihood(codes, self.class_label).to(vqvae.device)  # (B, h, w)
-            factor = vqvae.config.downsample_factor
+            code_nll = -self.prior.code_log_likelihood(codes, self.class_label).to(vqvae.device).float()  # (B, h, w)
             result["prior_nll"] = code_nll.flatten(1).mean(1)  # (B,) nats per code
             result["code_nll"] = code_nll
-            # Nearest upsampling: code (i, j) stands for exactly the f x f pixels of its patch.
-            result["prior_nll_map"] = (
-                code_nll.repeat_interleave(factor, 1).repeat_interleave(factor, 2) if return_maps else None
-            )  # (B, H, W)
+            result["prior_nll_map"] = upsample(code_nll) if return_maps else None
+
+        # Complexity-corrected likelihood (Serrà et al. 2020): bits of x under the model minus bits of a PNG of x.
+        pixel_bits = self._pixel_nll_bits(vqvae, target, codes, decoded, self._reconstruction_log_scale())
+        codebook_size = vqvae.config.codebook_size
+        code_bits = (
+            code_nll / math.log(2) if code_nll is not None else self._code_nll_bits(None, codes, None, codebook_size)
+        )
+        result["compression_bits"] = compression_bits(pixel_values).to(vqvae.device)
+        if pixel_bits is not None:
+            result["nll_bits"] = pixel_bits.flatten(1).sum(1) + code_bits.flatten(1).sum(1)
+            result["complexity_corrected_nll"] = result["nll_bits"] - result["compression_bits"]
+
+        # Likelihood ratio (Ren et al. 2019): the same bits minus those of the background model.
+        if self.background_prior is not None or self.background_vqvae is not None:
+            ratio_pixels = None  # without a background VQ-VAE the pixel terms are the same and cancel
+            background_codes = codes
+            if self.background_vqvae is not None:
+                background = self.background_vqvae
+                background_codes = background.get_codes(pixel_values.to(background.device, background.dtype))
+                background_codes = background_codes.to(vqvae.device)
+                background_bits = self._pixel_nll_bits(
+                    background,
+                    target.to(background.device),
+                    background_codes,
+                    background.decode(background_codes.to(background.device)),
+                    self._reconstruction_log_scale(background=True),
+                )
+                if pixel_bits is not None and background_bits is not None:
+                    ratio_pixels = pixel_bits - background_bits.to(vqvae.device)  # (B, H, W)
+            background_size = (self.background_vqvae or vqvae).config.codebook_size
+            ratio_codes = code_bits - self._code_nll_bits(
+                self.background_prior, background_codes, self.background_class_label, background_size
+            )  # (B, h, w)
+            if ratio_pixels is not None or self.background_vqvae is None:
+                ratio = ratio_codes.flatten(1).sum(1)
+                ratio_map = upsample(ratio_codes) / factor**2  # each code's bits spread over its f x f pixels
+                if ratio_pixels is not None:
+                    ratio = ratio + ratio_pixels.flatten(1).sum(1)
+                    ratio_map = ratio_map + ratio_pixels
+                result["likelihood_ratio"] = ratio
+                result["likelihood_ratio_map"] = ratio_map if return_maps else None
+
+        # Restoration (Marimont & Tarroni 2021): the NLL of the unlikely codes; optionally re-draw them and decode.
+        threshold = self._restoration_nll_threshold
+        if code_nll is not None and threshold is not None:
+            unlikely = code_nll > threshold  # (B, h, w)
+            result["unlikely_codes"] = unlikely
+            result["restoration_nll"] = (code_nll * unlikely).flatten(1).sum(1)
+            if restore:
+                restored = self._restore(codes, unlikely, threshold)
+                restoration = vqvae.decode(restored).reconstruction.float()
+                restoration_map = (target - restoration).abs().mean(1)  # (B, H, W), L1 over channels
+                result["restored_codes"] = restored
+                result["restoration"] = restoration
+                result["restoration_map"] = restoration_map
+                result["restoration_error"] = restoration_map.flatten(1).mean(1)
         return result
+
+    def _reconstruction_log_scale(self, background: bool = False) -> float | None:
+        if background:
+            return self._setting("background_reconstruction_log_scale")
+        if self.reconstruction_log_scale is not None:
+            return float(self.reconstruction_log_scale)
+        return self._setting("reconstruction_log_scale")
+
+    def _restore(self, codes: torch.LongTensor, unlikely: torch.BoolTensor, nll_threshold: float) -> torch.LongTensor:
+        r"""
+        Re-draw the unlikely codes in raster order, each from the causal prior given the codes before it (the
+        input's likely codes and the codes already re-drawn): `p(z_t = k | z_<t)` for all `k` from one
+        `code_log_likelihood` pass over `K` copies of the grid that differ only at `t` (the prior is causal, so
+        position `t`'s probability does not depend on the codes after it). The draw is restricted to the codes that
+        are not unlikely themselves (all codes if none is likely) and uses inverse-CDF sampling on one uniform per
+        position from a generator seeded by `restoration_seed` and the image's codes. Likely codes are kept.
+        """
+        batch, height, width = codes.shape
+        num_codes, codebook_size = height * width, self.vqvae.config.codebook_size
+        restored = codes.clone().view(batch, num_codes)
+        flags = unlikely.view(batch, num_codes)
+        uniforms = torch.stack([self._restoration_uniforms(grid, num_codes) for grid in codes]).to(codes.device)
+        candidates = torch.arange(codebook_size, device=codes.device)
+        grids_per_pass = max(codebook_size, 1024)
+        for position in range(num_codes):
+            rows = flags[:, position].nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            variants = restored[rows].repeat_interleave(codebook_size, 0)  # (n * K, h * w)
+            variants[:, position] = candidates.repeat(len(rows))
+            log_probs = torch.cat(
+                [
+                    self.prior.code_log_likelihood(chunk.view(-1, height, width), self.class_label)
+                    .to(codes.device)
+                    .view(-1, num_codes)[:, position]
+                    .float()
+                    for chunk in variants.split(grids_per_pass)
+                ]
+            ).view(len(rows), codebook_size)  # (n, K)
+            allowed = log_probs >= -nll_threshold
+            allowed[~allowed.any(1)] = True
+            weights = torch.where(allowed, (log_probs - log_probs.max(1, keepdim=True).values).exp(), 0.0)
+            cdf = weights.double().cumsum(1)  # (n, K)
+            draws = uniforms[rows, position, None] * cdf[:, -1:]
+            chosen = torch.searchsorted(cdf, draws).clamp(max=codebook_size - 1).squeeze(1)
+            restored[rows, position] = chosen
+        return restored.view(batch, height, width)
+
+    def _restoration_uniforms(self, grid: torch.LongTensor, num_codes: int) -> torch.Tensor:
+        """One uniform per position, from the image's codes and `restoration_seed`: the same image, the same draws."""
+        digest = zlib.crc32(grid.detach().cpu().numpy().astype(np.int64).tobytes())
+        generator = torch.Generator().manual_seed(self.restoration_seed * 4_294_967_296 + digest)
+        return torch.rand(num_codes, generator=generator, dtype=torch.float64)
 
     def fit(
         self, normal_pixel_values: torch.FloatTensor | Iterable, max_images: int | None = None
     ) -> "VQVAEAnomalyScorer":
         r"""
-        Measure the mean and standard deviation of each score on normal images, for `combined_score`.
+        Measure, on normal images, what the scores need: the mean and standard deviation of every score in
+        `available_scores` (for `combined_score` and [`select_score`]), the Gaussian scale of an MSE-trained
+        decoder (`reconstruction_log_scale`, by maximum likelihood of the discretized Gaussian; also for a
+        `background_vqvae`), and the restoration threshold (`restoration_nll_threshold`, the NLL in nats that
+        a `restoration_quantile` share of the normal codes exceed) unless they were given.
 
         Args:
             normal_pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`, or batches):
@@ -373,24 +770,25 @@ class VQVAEAnomalyScorer:
                 Use only the first `max_images` images.
 
         Returns:
-            The scorer itself, with `statistics` = `{score_name: {"mean": float, "std": float}, "num_images": int}`.
+            The scorer itself, with `statistics` = `{score_name: {"mean": float, "std": float}, "num_images": int}`
+            and the fitted settings (`reconstruction_log_scale`, `background_reconstruction_log_scale`,
+            `restoration_nll_threshold`, floats) where they apply.
         """
         if max_images is not None and (
             isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2
         ):
             raise ValueError(f"`max_images` must be an integer >= 2; got {max_images!r}.")
         if isinstance(normal_pixel_values, torch.Tensor):
-            batches = [normal_pixel_values]
+            source = [normal_pixel_values]
         elif isinstance(normal_pixel_values, Iterable) and not isinstance(normal_pixel_values, (str, bytes, dict)):
-            batches = normal_pixel_values
+            source = normal_pixel_values
         else:
             raise ValueError(
                 "`normal_pixel_values` must be a float tensor (N, C, H, W) or an iterable of such batches (or of "
                 f"dicts with `pixel_values`); got {_describe(normal_pixel_values)}."
             )
-        scores = {name: [] for name in self.score_names}
-        seen = 0
-        for batch in batches:
+        batches, seen = [], 0
+        for batch in source:
             if isinstance(batch, dict):
                 if "pixel_values" not in batch:
                     raise ValueError(f"Batches given as dicts need a `pixel_values` key; got keys {sorted(batch)}.")
@@ -399,19 +797,48 @@ class VQVAEAnomalyScorer:
                 batch = batch[: max_images - seen]
             if len(batch) == 0:
                 break
-            output = self._score(batch, return_maps=False)
-            for name in self.score_names:
-                scores[name].append(getattr(output, name).double().cpu())
+            batches.append(self._check_pixel_values(batch))
             seen += len(batch)
             if max_images is not None and seen >= max_images:
                 break
         if seen < 2:
             raise ValueError(f"`fit` needs at least 2 normal images to measure a standard deviation; got {seen}.")
-        statistics = {"num_images": seen}
+
+        # The settings first: the scores below depend on them.
+        settings = {}
+        with torch.no_grad():
+            if self.pixel_log_likelihood is None and self.reconstruction_log_scale is None:
+                if self.vqvae.config.reconstruction_loss != "discretized_gaussian":
+                    settings["reconstruction_log_scale"] = _fit_log_scale(self.vqvae, batches)
+            background = self.background_vqvae
+            if background is not None and self.pixel_log_likelihood is None:
+                if background.config.reconstruction_loss != "discretized_gaussian":
+                    settings["background_reconstruction_log_scale"] = _fit_log_scale(background, batches)
+            if self.prior is not None and self.restoration_threshold is None:
+                code_nll = []
+                for batch in batches:
+                    for start in range(0, len(batch), self.batch_size):
+                        inputs = batch[start : start + self.batch_size].to(self.vqvae.device, self.vqvae.dtype)
+                        codes = self.vqvae.get_codes(inputs)
+                        code_nll.append(-self.prior.code_log_likelihood(codes, self.class_label).flatten().cpu())
+                values = torch.cat(code_nll).double().numpy()
+                settings["restoration_nll_threshold"] = float(np.quantile(values, 1 - self.restoration_quantile))
+        self.statistics = {"num_images": seen, **settings}
+
+        scores = {name: [] for name in self.available_scores}
+        for batch in batches:
+            output = self._score(batch, return_maps=False)
+            for name in scores:
+                if output.get(name) is not None:
+                    scores[name].append(output[name].double().cpu())
+        statistics = {"num_images": seen, **settings}
         for name, values in scores.items():
+            if not values:
+                continue
             values = torch.cat(values)
             mean, std = float(values.mean()), float(values.std())
-            if not std > 0:
+            if name in self.score_names and not std > 0:
+                self.statistics = None
                 raise ValueError(
                     f"All {seen} normal images have the same `{name}` ({mean:.6g}), so it cannot be standardised. Fit "
                     "on more varied normal images."
@@ -444,6 +871,9 @@ class VQVAEAnomalyScorer:
             standardised = (value.float() - self.statistics[name]["mean"]) / self.statistics[name]["std"]
             total = standardised if total is None else total + standardised
         return total
+
+
+_SCORER_KEYWORDS = tuple(inspect.signature(VQVAEAnomalyScorer.__init__).parameters)[1:-1]
 
 
 # ---------------------------------------------------------------------------------------------------------- heat maps
