@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from transformers.utils import ModelOutput, logging
 
 from .class_labels import class_names, resolve_class_labels
@@ -973,6 +973,7 @@ class PCABaseline:
         self.chunk_size = chunk_size
         self.mean = None  # (D,)
         self.components = None  # (n_components, D), orthonormal rows
+        self.image_shape = None  # (C, H, W) of the normal images
 
     def fit(self, normal_pixel_values: torch.FloatTensor) -> "PCABaseline":
         """Fit the mean and principal components of `normal_pixel_values` (`(N, ...)` float); returns `self`."""
@@ -985,6 +986,7 @@ class PCABaseline:
                 "images."
             )
         self.mean = data.mean(0)
+        self.image_shape = tuple(normal_pixel_values.shape[1:])
         _, _, vh = torch.linalg.svd(data - self.mean, full_matrices=False)  # vh: (min(N, D), D)
         self.components = vh[: self.n_components].contiguous()
         return self
@@ -1005,6 +1007,36 @@ class PCABaseline:
             residual = centered - (centered @ self.components.T) @ self.components
             scores.append(residual.pow(2).mean(1))
         return torch.cat(scores).float()
+
+    def _residuals(self, pixel_values: torch.FloatTensor):
+        if self.components is None:
+            raise ValueError("`PCABaseline` is not fitted: call `fit(normal_pixel_values)` first.")
+        data = _flatten_images("pixel_values", pixel_values)
+        if data.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"`pixel_values` have {data.shape[1]} values per image but the baseline was fitted on "
+                f"{self.mean.shape[0]}; preprocess them the same way."
+            )
+        for chunk in data.split(self.chunk_size):
+            centered = chunk - self.mean  # (n, D)
+            yield centered - (centered @ self.components.T) @ self.components
+
+    def score_map(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        r"""
+        The baseline anomaly map: the absolute PCA residual per pixel, averaged over channels.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
+                Images preprocessed like the normal images of `fit`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_images, height, width)`, from the residual whose mean square is
+            `score`.
+        """
+        if self.image_shape is not None and len(self.image_shape) != 3:
+            raise ValueError(f"`score_map` needs images (N, C, H, W) at `fit`; it was fitted on {self.image_shape}.")
+        maps = [residual.abs().reshape(-1, *self.image_shape).mean(1) for residual in self._residuals(pixel_values)]
+        return torch.cat(maps).float()
 
 
 class NearestNeighborBaseline:
@@ -1117,12 +1149,366 @@ def anomaly_metrics(scores: torch.Tensor | np.ndarray, is_anomaly: torch.Tensor 
     }
 
 
+# ---------------------------------------------------------------------------------------------------------- background
+
+
+def corrupt_codes(
+    codes: torch.LongTensor, rate: float, codebook_size: int, generator: torch.Generator | None = None
+) -> torch.LongTensor:
+    r"""
+    Random code substitution, the input perturbation of the background model of Ren et al. (NeurIPS 2019, arXiv
+    1906.02845) applied to codes: each code is replaced, with probability `rate`, by a code drawn uniformly from
+    `[0, codebook_size)` (which may be the same code). Train the background prior on `corrupt_codes(codes, rate, K)`
+    of fresh draws every batch, with everything else as for the prior; Ren et al. found rates of 0.1 to 0.3 best.
+
+    Args:
+        codes (`torch.LongTensor` of shape `(batch_size, h, w)` or any shape):
+            Codes in `[0, codebook_size)`.
+        rate (`float`):
+            Substitution probability `mu`, in [0, 1].
+        codebook_size (`int`):
+            `K`.
+        generator (`torch.Generator`, *optional*):
+            On the CPU; for reproducible draws.
+
+    Returns:
+        `torch.LongTensor` of the shape and device of `codes`.
+    """
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dtype == torch.bool:
+        raise ValueError(f"`codes` must be an integer tensor of code ids; got {_describe(codes)}.")
+    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 1:
+        raise ValueError(f"`codebook_size` must be a positive integer; got {codebook_size!r}.")
+    if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ValueError(f"`rate` is a substitution probability in [0, 1] (e.g. 0.2); got {rate!r}.")
+    if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise ValueError(f"`codes` must lie in [0, {codebook_size}); got [{int(codes.min())}, {int(codes.max())}].")
+    replace = torch.rand(codes.shape, generator=generator) < rate
+    random_codes = torch.randint(0, codebook_size, codes.shape, generator=generator)
+    return torch.where(replace.to(codes.device), random_codes.to(codes.device), codes.long())
+
+
+def corrupt_pixels(
+    pixel_values: torch.FloatTensor, rate: float, generator: torch.Generator | None = None
+) -> torch.FloatTensor:
+    r"""
+    Random pixel substitution (Ren et al. 2019), for training a background VQ-VAE: each pixel is replaced, with
+    probability `rate`, by a uniformly drawn 8-bit value per channel (mapped to [-1, 1]).
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [-1, 1].
+        rate (`float`):
+            Substitution probability `mu`, in [0, 1].
+        generator (`torch.Generator`, *optional*):
+            On the CPU; for reproducible draws.
+
+    Returns:
+        `torch.FloatTensor` of the shape and device of `pixel_values`.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point() or pixel_values.ndim != 4:
+        raise ValueError(f"`pixel_values` must be a float tensor (batch, C, H, W); got {_describe(pixel_values)}.")
+    if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ValueError(f"`rate` is a substitution probability in [0, 1] (e.g. 0.2); got {rate!r}.")
+    batch, channels, height, width = pixel_values.shape
+    replace = torch.rand(batch, 1, height, width, generator=generator) < rate
+    values = torch.randint(0, 256, pixel_values.shape, generator=generator).float() / 127.5 - 1
+    return torch.where(replace.to(pixel_values.device), values.to(pixel_values), pixel_values)
+
+
+# ---------------------------------------------------------------------------------------------------------- defects
+
+DEFECT_KINDS = ("patch", "scribble", "blur", "color")
+
+
+def make_synthetic_defects(
+    pixel_values: torch.FloatTensor,
+    kinds: tuple[str, ...] | list[str] = DEFECT_KINDS,
+    seed: int = 0,
+    source_pixel_values: torch.FloatTensor | None = None,
+    defect_size: tuple[float, float] = (0.2, 0.4),
+    min_change: float = 0.05,
+) -> tuple[torch.FloatTensor, torch.BoolTensor, list[str]]:
+    r"""
+    Paste one synthetic local defect into each image, for a pixel-level localisation benchmark, and return where.
+
+    Image `i` gets the defect `kinds[i % len(kinds)]` in a random rectangle whose sides are `defect_size` fractions
+    of the image's (uniform draws):
+    - `"patch"`: the same-sized rectangle cut from another image (of `source_pixel_values`, else another image of the
+      batch) at a random place;
+    - `"scribble"`: a random polyline of 3-6 points inside the rectangle, 1-3 pixels wide (about 1/16 of the side),
+      in a random colour;
+    - `"blur"`: the image blurred with a box filter (width about a quarter of the side, reflected borders), inside
+      the rectangle;
+    - `"color"`: a colour shift inside the rectangle: each channel moved by +-0.3 to +-0.6 (one sign per image and
+      channel), clipped to [-1, 1].
+    The result is rounded to 8-bit values (`k / 127.5 - 1`) inside the defect. A pixel of the defect whose values
+    all moved by less than `min_change` is set back to its original value, so the mask is exactly the set of changed
+    pixels: `masks[i] == (defected[i] != pixel_values[i]).any(0)`, and nothing outside the mask changes.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normal images in [-1, 1] (e.g. normal test images).
+        kinds (`tuple[str, ...]`, *optional*, defaults to `DEFECT_KINDS`):
+            Defects to use, in turn; a subset of `("patch", "scribble", "blur", "color")`.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of every random choice: the same images and seed give the same defects.
+        source_pixel_values (`torch.FloatTensor` of shape `(num_sources, num_channels, height, width)`, *optional*):
+            Images the patches come from (e.g. other normal or other-class images); by default, the batch.
+        defect_size (`tuple[float, float]`, *optional*, defaults to `(0.2, 0.4)`):
+            Range of the rectangle's sides, as fractions of the image's, in (0, 1].
+        min_change (`float`, *optional*, defaults to 0.05):
+            Smallest change on the [-1, 1] scale (about 6 levels of 255) that makes a pixel part of the defect.
+
+    Returns:
+        `(defected, masks, kinds)`: the images (`torch.FloatTensor`, the input's shape, on the CPU), the masks
+        (`torch.BoolTensor` of shape `(batch_size, height, width)`, `True` = defect) and the kind of each image.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point() or pixel_values.ndim != 4:
+        raise ValueError(
+            f"`pixel_values` must be a float tensor (batch, channels, H, W) in [-1, 1]; got {_describe(pixel_values)}."
+        )
+    _check_finite("pixel_values", pixel_values)
+    kinds = list(kinds) if isinstance(kinds, (list, tuple)) else kinds
+    if not isinstance(kinds, list) or not kinds or any(kind not in DEFECT_KINDS for kind in kinds):
+        raise ValueError(f"`kinds` must be a non-empty list from {list(DEFECT_KINDS)}; got {kinds!r}.")
+    low, high = defect_size if isinstance(defect_size, (list, tuple)) and len(defect_size) == 2 else (None, None)
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high <= 1):
+        raise ValueError(f"`defect_size` must be `(low, high)` with 0 < low <= high <= 1; got {defect_size!r}.")
+    if not isinstance(min_change, (int, float)) or not 0 <= min_change < 2:
+        raise ValueError(f"`min_change` must lie in [0, 2); got {min_change!r}.")
+    images = pixel_values.detach().float().cpu()
+    batch, channels, height, width = images.shape
+    if source_pixel_values is None:
+        sources, own = images, True
+    else:
+        if (
+            not isinstance(source_pixel_values, torch.Tensor)
+            or source_pixel_values.ndim != 4
+            or tuple(source_pixel_values.shape[1:]) != (channels, height, width)
+        ):
+            raise ValueError(
+                f"`source_pixel_values` must be float images of shape (num_sources, {channels}, {height}, {width}); "
+                f"got {_describe(source_pixel_values)}."
+            )
+        sources, own = source_pixel_values.detach().float().cpu(), False
+    if "patch" in kinds and len(sources) < (2 if own else 1):
+        raise ValueError("`'patch'` defects need another image to cut from: give 2+ images or `source_pixel_values`.")
+    rng = np.random.default_rng(seed)
+    defected, masks, used = images.clone(), torch.zeros(batch, height, width, dtype=torch.bool), []
+    for index in range(batch):
+        kind = kinds[index % len(kinds)]
+        used.append(kind)
+        box_h = max(1, round(height * rng.uniform(low, high)))
+        box_w = max(1, round(width * rng.uniform(low, high)))
+        top, left = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+        region = torch.zeros(height, width, dtype=torch.bool)
+        region[top : top + box_h, left : left + box_w] = True
+        image, new = images[index], images[index].clone()
+        if kind == "patch":
+            choices = [j for j in range(len(sources)) if not (own and j == index)]
+            source = sources[choices[int(rng.integers(0, len(choices)))]]
+            src_top, src_left = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+            new[:, top : top + box_h, left : left + box_w] = source[
+                :, src_top : src_top + box_h, src_left : src_left + box_w
+            ]
+        elif kind == "scribble":
+            canvas = Image.new("L", (width, height), 0)
+            points = [
+                (left + rng.uniform(0, box_w - 1), top + rng.uniform(0, box_h - 1))
+                for _ in range(int(rng.integers(3, 7)))
+            ]
+            line_width = int(rng.integers(1, max(2, round(min(height, width) / 16)) + 1))
+            ImageDraw.Draw(canvas).line(points, fill=255, width=line_width)
+            region = torch.from_numpy(np.asarray(canvas) > 0)
+            colour = torch.from_numpy(rng.uniform(-1, 1, size=(channels, 1, 1))).float()
+            new = torch.where(region, colour.expand_as(new), new)
+        elif kind == "blur":
+            radius = max(1, round(min(height, width) / 8))
+            padded = torch.nn.functional.pad(image[None], (radius,) * 4, mode="reflect")
+            blurred = torch.nn.functional.avg_pool2d(padded, 2 * radius + 1, stride=1)[0]
+            new = torch.where(region, blurred, new)
+        else:  # color
+            signs = torch.from_numpy(rng.choice([-1.0, 1.0], size=(channels, 1, 1))).float()
+            shift = signs * torch.from_numpy(rng.uniform(0.3, 0.6, size=(channels, 1, 1))).float()
+            new = torch.where(region, (new + shift).clamp(-1, 1), new)
+        new = torch.where(region, ((new + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1, image)
+        changed = region & ((new - image).abs().amax(0) >= max(min_change, 1e-12))
+        defected[index] = torch.where(changed, new, image)
+        masks[index] = changed
+    return defected, masks, used
+
+
+# ---------------------------------------------------------------------------------------------------------- localisation
+
+
+def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    maps = np.asarray(maps.detach().float().cpu() if isinstance(maps, torch.Tensor) else maps, dtype=np.float64)
+    masks = np.asarray(masks.detach().cpu() if isinstance(masks, torch.Tensor) else masks)
+    if maps.ndim != 3 or masks.shape != maps.shape:
+        raise ValueError(
+            f"`maps` and `masks` must both have shape (num_images, height, width); got {maps.shape} and "
+            f"{masks.shape}. Maps of [`VQVAEAnomalyScorer`] already have the input's size."
+        )
+    if not np.isfinite(maps).all():
+        raise ValueError(f"`maps` contains {int((~np.isfinite(maps)).sum())} NaN or inf values.")
+    if not np.isin(masks, [0, 1]).all():
+        raise ValueError("`masks` must hold booleans or 0/1 (True = anomalous pixel).")
+    masks = masks.astype(bool)
+    if masks.all() or not masks.any():
+        raise ValueError(
+            f"Pixel metrics need anomalous and normal pixels; got {int(masks.sum())} anomalous of {masks.size}."
+        )
+    return maps, masks
+
+
+def pixel_auroc(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> float:
+    r"""
+    Pixel-level AUROC: every pixel of every image is a sample, anomalous where `masks` is `True`, scored by `maps`
+    (scikit-learn's `roc_auc_score`).
+
+    Args:
+        maps (`torch.Tensor` or `np.ndarray` of shape `(num_images, height, width)`):
+            Anomaly maps at the input size (higher = more anomalous).
+        masks (`torch.BoolTensor` or `np.ndarray` of the same shape):
+            Ground-truth defects, e.g. from [`make_synthetic_defects`].
+
+    Returns:
+        `float` in [0, 1].
+    """
+    from sklearn.metrics import roc_auc_score
+
+    maps, masks = _maps_and_masks(maps, masks)
+    return float(roc_auc_score(masks.ravel(), maps.ravel()))
+
+
+def per_region_overlap(
+    maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray, max_fpr: float = 0.3, num_steps: int = 100
+) -> float:
+    r"""
+    Normalised area under the per-region-overlap curve (PRO, Bergmann et al., MVTec AD, CVPR 2019) up to a false
+    positive rate of `max_fpr`. Each connected region of each mask (8-connectivity, `scipy.ndimage.label`) counts
+    once, whatever its size. For each false positive rate `f` in `num_steps + 1` evenly spaced levels of
+    `[0, max_fpr]`, the threshold is the `1 - f` quantile of the map over the normal pixels (`np.quantile`, linear);
+    the overlap of a region is the share of its pixels whose map value exceeds the threshold, and PRO(f) the mean
+    over regions. The result is the trapezoidal area under PRO(f) divided by `max_fpr`: 1 for a map whose every
+    region lies above all normal pixels, about `max_fpr / 2` for a random one.
+
+    Args:
+        maps (`torch.Tensor` or `np.ndarray` of shape `(num_images, height, width)`):
+            Anomaly maps at the input size.
+        masks (`torch.BoolTensor` or `np.ndarray` of the same shape):
+            Ground-truth defects.
+        max_fpr (`float`, *optional*, defaults to 0.3):
+            Upper end of the false-positive-rate range, in (0, 1] (0.3 as in MVTec AD).
+        num_steps (`int`, *optional*, defaults to 100):
+            Intervals of the false-positive-rate axis.
+
+    Returns:
+        `float` in [0, 1].
+    """
+    from scipy import ndimage
+
+    maps, masks = _maps_and_masks(maps, masks)
+    if not isinstance(max_fpr, (int, float)) or not 0 < max_fpr <= 1:
+        raise ValueError(f"`max_fpr` must lie in (0, 1]; got {max_fpr!r}.")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
+    regions = []
+    for image_map, mask in zip(maps, masks):
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions.extend(np.sort(image_map[labels == k]) for k in range(1, count + 1))
+    fprs = np.linspace(0, max_fpr, num_steps + 1)
+    thresholds = np.quantile(maps[~masks], 1 - fprs)
+    overlaps = [
+        np.mean([1 - np.searchsorted(values, threshold, side="right") / len(values) for values in regions])
+        for threshold in thresholds
+    ]
+    overlaps = np.asarray(overlaps)
+    area = float(((overlaps[1:] + overlaps[:-1]) / 2 * np.diff(fprs)).sum())  # trapezoids
+    return area / max_fpr
+
+
+def localization_metrics(maps, masks, max_fpr: float = 0.3) -> dict:
+    """`{"pixel_auroc": ..., "pro": ...}` of [`pixel_auroc`] and [`per_region_overlap`] (see them)."""
+    return {"pixel_auroc": pixel_auroc(maps, masks), "pro": per_region_overlap(maps, masks, max_fpr=max_fpr)}
+
+
+# ---------------------------------------------------------------------------------------------------------- selection
+
+
+def select_score(normal_scores: dict, synthetic_anomaly_scores: dict, names: list[str] | None = None) -> dict:
+    r"""
+    Choose the score to report without looking at the test labels.
+
+    With normal images alone no criterion can tell which score separates anomalies best (that needs anomalies), so
+    the protocol here is: a **validation split of normal images** (held out of model training, e.g. the hold-out of
+    `scripts/anomaly.py --statistics_holdout_fraction`) and **synthetic anomalies made from other held-out normal
+    images** by [`make_synthetic_defects`] (or any transformation of normal data); no test image and no other-class
+    image is used. Each score's AUROC of synthetic anomalies against the normal validation images is measured, and
+    the highest wins (ties go to the earlier name). The synthetic anomalies are local defects, so the choice favours
+    scores that notice local change; say so beside the result.
+
+    Args:
+        normal_scores (`dict[str, array]`):
+            Per score name, the scores of the held-out normal images (1-D).
+        synthetic_anomaly_scores (`dict[str, array]`):
+            Per score name, the scores of the synthetic anomalies (1-D).
+        names (`list[str]`, *optional*):
+            Scores to choose from, in order of preference on ties; defaults to the names present in both dicts, in
+            the order of `normal_scores`.
+
+    Returns:
+        `dict`: `best` (the name), `validation_auroc` (`{name: float}`), `criterion` (a sentence for the report),
+        `num_normal`, `num_synthetic`.
+    """
+    if not isinstance(normal_scores, dict) or not isinstance(synthetic_anomaly_scores, dict):
+        raise ValueError(
+            "`normal_scores` and `synthetic_anomaly_scores` must be dicts `{score_name: 1-D scores}`; got "
+            f"{_describe(normal_scores)} and {_describe(synthetic_anomaly_scores)}."
+        )
+    if names is None:
+        names = [name for name in normal_scores if name in synthetic_anomaly_scores]
+    missing = [name for name in names if name not in normal_scores or name not in synthetic_anomaly_scores]
+    if not names or missing:
+        raise ValueError(
+            f"Every score to choose from needs values on normal and synthetic images; missing {missing}, names "
+            f"{list(names)}, normal {sorted(normal_scores)}, synthetic {sorted(synthetic_anomaly_scores)}."
+        )
+    aurocs, counts = {}, None
+    for name in names:
+        normal = np.asarray(normal_scores[name], dtype=np.float64).ravel()
+        synthetic = np.asarray(synthetic_anomaly_scores[name], dtype=np.float64).ravel()
+        metrics = anomaly_metrics(
+            np.concatenate([normal, synthetic]), np.r_[np.zeros(len(normal)), np.ones(len(synthetic))]
+        )
+        aurocs[name] = metrics["auroc"]
+        counts = (metrics["num_normal"], metrics["num_anomalous"])
+    best = max(names, key=lambda name: (aurocs[name], -names.index(name)))
+    return {
+        "best": best,
+        "validation_auroc": aurocs,
+        "criterion": "highest AUROC of synthetic defects (make_synthetic_defects) against held-out normal images",
+        "num_normal": counts[0],
+        "num_synthetic": counts[1],
+    }
+
+
 __all__ = [
+    "DEFECT_KINDS",
+    "PNG_COMPRESS_LEVEL",
     "SCORE_NAMES",
     "NearestNeighborBaseline",
     "PCABaseline",
     "VQVAEAnomalyOutput",
     "VQVAEAnomalyScorer",
     "anomaly_metrics",
+    "compression_bits",
+    "corrupt_codes",
+    "corrupt_pixels",
+    "localization_metrics",
+    "make_synthetic_defects",
+    "per_region_overlap",
+    "pixel_auroc",
     "render_anomaly_heatmap",
+    "select_score",
 ]
