@@ -11,9 +11,27 @@ A VQ-VAE trained on normal images reconstructs normal inputs well and unusual on
   prior reads the true codes and scores each one given the codes before it in row-major order). Its map is each code's
   NLL repeated over the `f x f` pixels the code stands for (nearest upsampling, `f = downsample_factor`); the score is
   the mean of the map.
-- `combined_score`: each available score standardised with the mean and standard deviation measured on normal images
-  by [`~VQVAEAnomalyScorer.fit`], then summed: `sum_s (s - mean_s) / std_s`. Without a prior it is the standardised
-  reconstruction error (the same ranking as `reconstruction_error`).
+- `combined_score`: `reconstruction_error` and `prior_nll` standardised with the mean and standard deviation measured
+  on normal images by [`~VQVAEAnomalyScorer.fit`], then summed: `sum_s (s - mean_s) / std_s`. Without a prior it is
+  the standardised reconstruction error (the same ranking as `reconstruction_error`).
+- `nll_bits`, `compression_bits`, `complexity_corrected_nll` (Serrà et al., ICLR 2020, arXiv 1909.11480): raw
+  likelihoods favour simple images whatever they show, so the image's NLL in bits (`-log2 p(x | z) - log2 p(z)`:
+  a pixel likelihood given the codes plus the prior's bits of the codes) minus its length as a lossless PNG
+  ([`compression_bits`], Pillow, `compress_level=9`, `optimize=False`). The PNG length alone is reported as the
+  complexity baseline. The pixel term is a discretized Gaussian around the reconstruction (the decoder's own scales,
+  or one scale fitted by `fit` for an MSE decoder) unless `pixel_log_likelihood=` gives a pixel-likelihood decoder's.
+- `likelihood_ratio` (Ren et al., NeurIPS 2019, arXiv 1906.02845): `nll_bits` minus the bits under a background
+  model (a prior, and optionally a VQ-VAE, trained on inputs corrupted by [`corrupt_codes`] / [`corrupt_pixels`]),
+  which captures the population-level statistics that the ratio cancels. Its map sums to the score.
+- `restoration_nll`, `restoration_error` and `restoration_map` (Marimont & Tarroni, ISBI 2021, arXiv 2012.06765):
+  codes whose prior probability (given the codes before them) falls below a threshold are unlikely; the score is
+  their summed NLL (nats). With `restore=True` they are re-drawn from the prior in raster order and the grid is
+  decoded: the L1 distance between the input and this restoration, averaged over channels, is the pixel map.
+
+Every map has the input's size. For localisation, [`make_synthetic_defects`] pastes defects with exact masks into
+normal images, [`pixel_auroc`] and [`per_region_overlap`] (PRO) measure a map against them, and
+[`PCABaseline.score_map`] is the baseline map. [`select_score`] picks the score to report from held-out normal
+images and synthetic defects, never from test labels.
 
 The baselines work on the same `pixel_values`, flattened: [`PCABaseline`] (reconstruction error from the first
 principal components of the normal images) and [`NearestNeighborBaseline`] (Euclidean distance to the closest normal
@@ -327,7 +345,7 @@ class VQVAEAnomalyScorer:
             raise TypeError(f"`prior` must be a `VQVAEPriorForCausalLM` or `None`; got {_describe(prior)}.")
         if background_prior is not None and not hasattr(background_prior, "code_log_likelihood"):
             raise TypeError(
-                f"`background_prior` must be a prior (with `code_log_likelihood`); got {_describe(prior)}."
+                f"`background_prior` must be a prior (with `code_log_likelihood`); got {_describe(background_prior)}."
             )
         if background_vqvae is not None and not isinstance(background_vqvae, VQVAEModel):
             raise TypeError(f"`background_vqvae` must be a `VQVAEModel` or `None`; got {_describe(background_vqvae)}.")
@@ -708,9 +726,9 @@ class VQVAEAnomalyScorer:
     def _restore(self, codes: torch.LongTensor, unlikely: torch.BoolTensor, nll_threshold: float) -> torch.LongTensor:
         r"""
         Re-draw the unlikely codes in raster order, each from the causal prior given the codes before it (the
-        input's likely codes and the codes already re-drawn): `p(z_t = k | z_<t)` for all `k` from one
-        `code_log_likelihood` pass over `K` copies of the grid that differ only at `t` (the prior is causal, so
-        position `t`'s probability does not depend on the codes after it). The draw is restricted to the codes that
+        input's likely codes and the codes already re-drawn), `p(z_t = k | z_<t)` for all `k` (see
+        `_conditional_log_probs`). With a causal prior this is "given the preceding codes", not given the whole rest
+        of the grid as in Marimont & Tarroni's description. The draw is restricted to the codes that
         are not unlikely themselves (all codes if none is likely) and uses inverse-CDF sampling on one uniform per
         position from a generator seeded by `restoration_seed` and the image's codes. Likely codes are kept.
         """
@@ -719,23 +737,11 @@ class VQVAEAnomalyScorer:
         restored = codes.clone().view(batch, num_codes)
         flags = unlikely.view(batch, num_codes)
         uniforms = torch.stack([self._restoration_uniforms(grid, num_codes) for grid in codes]).to(codes.device)
-        candidates = torch.arange(codebook_size, device=codes.device)
-        grids_per_pass = max(codebook_size, 1024)
         for position in range(num_codes):
             rows = flags[:, position].nonzero().flatten()
             if len(rows) == 0:
                 continue
-            variants = restored[rows].repeat_interleave(codebook_size, 0)  # (n * K, h * w)
-            variants[:, position] = candidates.repeat(len(rows))
-            log_probs = torch.cat(
-                [
-                    self.prior.code_log_likelihood(chunk.view(-1, height, width), self.class_label)
-                    .to(codes.device)
-                    .view(-1, num_codes)[:, position]
-                    .float()
-                    for chunk in variants.split(grids_per_pass)
-                ]
-            ).view(len(rows), codebook_size)  # (n, K)
+            log_probs = self._conditional_log_probs(restored[rows], position, height, width)  # (n, K)
             allowed = log_probs >= -nll_threshold
             allowed[~allowed.any(1)] = True
             weights = torch.where(allowed, (log_probs - log_probs.max(1, keepdim=True).values).exp(), 0.0)
@@ -744,6 +750,34 @@ class VQVAEAnomalyScorer:
             chosen = torch.searchsorted(cdf, draws).clamp(max=codebook_size - 1).squeeze(1)
             restored[rows, position] = chosen
         return restored.view(batch, height, width)
+
+    def _conditional_log_probs(self, grids: torch.LongTensor, position: int, height: int, width: int) -> torch.Tensor:
+        r"""
+        `log p(z_position = k | z_<position)` for every code `k`, `(n, K)` float32, of flattened grids `(n, h * w)`.
+
+        Any prior: one `code_log_likelihood` pass over `K` copies of each grid that differ only at `position` (the
+        prior is causal, so the probability at `position` does not depend on the codes after it). The transformer
+        prior has a faster path with the same values: one forward pass over the tokens up to `position`, whose last
+        logits give the whole distribution (log-softmax over its vocabulary, as in its `code_log_likelihood`).
+        """
+        codebook_size = self.vqvae.config.codebook_size
+        prior = self.prior
+        if isinstance(prior, VQVAEPriorForCausalLM):
+            input_ids = prior.code_mapping.codes_to_input_ids(
+                grids.view(-1, height, width).to(prior.device), self.class_label
+            )  # (n, 1 + h * w): the prompt, then the codes
+            logits = prior(input_ids=input_ids[:, : position + 1], use_cache=False).logits[:, -1]  # (n, V)
+            return torch.log_softmax(logits.float(), dim=-1)[:, :codebook_size].to(grids.device)
+        variants = grids.repeat_interleave(codebook_size, 0)  # (n * K, h * w)
+        variants[:, position] = torch.arange(codebook_size, device=grids.device).repeat(len(grids))
+        log_probs = [
+            prior.code_log_likelihood(chunk.view(-1, height, width), self.class_label)
+            .to(grids.device)
+            .view(-1, height * width)[:, position]
+            .float()
+            for chunk in variants.split(max(codebook_size, 1024))
+        ]
+        return torch.cat(log_probs).view(len(grids), codebook_size)
 
     def _restoration_uniforms(self, grid: torch.LongTensor, num_codes: int) -> torch.Tensor:
         """One uniform per position, from the image's codes and `restoration_seed`: the same image, the same draws."""
@@ -1375,7 +1409,10 @@ def pixel_auroc(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarra
     Returns:
         `float` in [0, 1].
     """
-    from sklearn.metrics import roc_auc_score
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError as error:
+        raise ImportError('`pixel_auroc` needs scikit-learn: `pip install "hf_vqvae[anomaly]"`.') from error
 
     maps, masks = _maps_and_masks(maps, masks)
     return float(roc_auc_score(masks.ravel(), maps.ravel()))
@@ -1406,7 +1443,10 @@ def per_region_overlap(
     Returns:
         `float` in [0, 1].
     """
-    from scipy import ndimage
+    try:
+        from scipy import ndimage
+    except ImportError as error:
+        raise ImportError('`per_region_overlap` needs scipy: `pip install "hf_vqvae[anomaly]"`.') from error
 
     maps, masks = _maps_and_masks(maps, masks)
     if not isinstance(max_fpr, (int, float)) or not 0 < max_fpr <= 1:

@@ -859,3 +859,20 @@ def test_wrong_keyword_names_the_existing_one(vqvae):
     detect = pipeline("vqvae-anomaly", model=vqvae, prior=conditional, prior_class_label="automobile")
     with pytest.raises(TypeError, match=r"`class_label` \(did you mean `prior_class_label`\?\)"):
         detect(Image.new("RGB", (16, 16)), class_label="automobile")
+
+
+def test_restoration_distribution_of_both_paths(pattern_scorer, monkeypatch):
+    """The transformer's one-pass distribution equals `code_log_likelihood` of the K grids that differ at one code,
+    which is the path any other prior (only `code_log_likelihood`) takes."""
+    import hf_vqvae.anomaly as anomaly_module
+
+    scorer, prior = pattern_scorer, pattern_scorer.prior
+    grids = scorer.score(paste_patch(pattern_images(2, seed=3)), return_maps=False).codes.flatten(1)  # (2, 16)
+    position = 6
+    fast = scorer._conditional_log_probs(grids, position, 4, 4)
+    variants = grids.repeat_interleave(16, 0)
+    variants[:, position] = torch.arange(16).repeat(2)
+    expected = prior.code_log_likelihood(variants.view(-1, 4, 4)).view(2, 16, 4, 4)[:, :, position // 4, position % 4]
+    torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(anomaly_module, "VQVAEPriorForCausalLM", type("OtherPrior", (), {}))
+    torch.testing.assert_close(scorer._conditional_log_probs(grids, position, 4, 4), fast, rtol=1e-4, atol=1e-5)
