@@ -876,3 +876,22 @@ def test_restoration_distribution_of_both_paths(pattern_scorer, monkeypatch):
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
     monkeypatch.setattr(anomaly_module, "VQVAEPriorForCausalLM", type("OtherPrior", (), {}))
     torch.testing.assert_close(scorer._conditional_log_probs(grids, position, 4, 4), fast, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_of_the_new_scores(vqvae, prior):
+    with pytest.raises(ValueError, match=r"`restoration_threshold` is a probability in \(0, 1\)"):
+        VQVAEAnomalyScorer(vqvae, prior, restoration_threshold=1.5)
+    with pytest.raises(ValueError, match="`restoration_quantile`"):
+        VQVAEAnomalyScorer(vqvae, prior, restoration_quantile=0)
+    with pytest.raises(TypeError, match="`background_prior` must be a prior"):
+        VQVAEAnomalyScorer(vqvae, prior, background_prior="prior")
+    with pytest.raises(ValueError, match="`background_prior` models 32 codes"):
+        VQVAEAnomalyScorer(
+            vqvae, prior, background_prior=VQVAEPriorForCausalLM(make_tiny_prior_config(codebook_size=32))
+        )
+    with pytest.raises(TypeError, match="`pixel_log_likelihood` must be a function"):
+        VQVAEAnomalyScorer(vqvae, pixel_log_likelihood=1.0)
+    with pytest.raises(ValueError, match="`reconstruction_log_scale` must be a finite float"):
+        VQVAEAnomalyScorer(vqvae, reconstruction_log_scale=float("nan"))
+    with pytest.raises(TypeError, match=r"`restoration_treshold` \(did you mean `restoration_threshold`\?\)"):
+        VQVAEAnomalyScorer(vqvae, prior, restoration_treshold=0.01)
