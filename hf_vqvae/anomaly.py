@@ -1473,6 +1473,77 @@ def localization_metrics(maps, masks, max_fpr: float = 0.3) -> dict:
     return {"pixel_auroc": pixel_auroc(maps, masks), "pro": per_region_overlap(maps, masks, max_fpr=max_fpr)}
 
 
+# Maps of [`VQVAEAnomalyOutput`] that [`evaluate_localization`] measures, by the name used in reports.
+MAP_NAMES = {
+    "reconstruction_error": "reconstruction_error_map",
+    "prior_nll": "prior_nll_map",
+    "likelihood_ratio": "likelihood_ratio_map",
+    "restoration": "restoration_map",
+}
+
+
+def evaluate_localization(
+    scorer: "VQVAEAnomalyScorer",
+    pixel_values: torch.FloatTensor,
+    masks: torch.BoolTensor,
+    pca: "PCABaseline | None" = None,
+    max_fpr: float = 0.3,
+) -> dict:
+    r"""
+    The localisation benchmark on images with known defects (e.g. [`make_synthetic_defects`] of normal test
+    images): every map the scorer returns (with `restore=True` when it can restore) and, as the baseline, the PCA
+    residual map, each measured by [`pixel_auroc`] and [`per_region_overlap`].
+
+    Args:
+        scorer ([`VQVAEAnomalyScorer`]):
+            Fitted on normal images (for the restoration threshold), or given `restoration_threshold`.
+        pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
+            The images with defects.
+        masks (`torch.BoolTensor` of shape `(num_images, height, width)`):
+            Where the defects are.
+        pca ([`PCABaseline`], *optional*):
+            Fitted on normal images: adds `"pca_residual"`.
+        max_fpr (`float`, *optional*, defaults to 0.3):
+            See [`per_region_overlap`].
+
+    Returns:
+        `dict`: `{map_name: {"pixel_auroc": float, "pro": float}}` with map names from `MAP_NAMES` and
+        `"pca_residual"`, plus `"maps"`: `{map_name: torch.FloatTensor (num_images, height, width)}` for figures.
+    """
+    restore = scorer.prior is not None and scorer._restoration_nll_threshold is not None
+    output = scorer.score(pixel_values, return_maps=True, restore=restore)
+    maps = {name: output[field].cpu() for name, field in MAP_NAMES.items() if output.get(field) is not None}
+    if pca is not None:
+        maps["pca_residual"] = pca.score_map(pixel_values)
+    results = {name: localization_metrics(value, masks, max_fpr=max_fpr) for name, value in maps.items()}
+    results["maps"] = maps
+    return results
+
+
+def validation_scores(
+    scorer: "VQVAEAnomalyScorer",
+    normal_pixel_values: torch.FloatTensor,
+    seed: int = 0,
+    kinds: tuple[str, ...] | list[str] = DEFECT_KINDS,
+) -> tuple[dict, dict]:
+    r"""
+    The inputs of [`select_score`] from held-out normal images only: every per-image score of the scorer on the
+    images as they are, and on the same images with one synthetic defect each ([`make_synthetic_defects`] with
+    `seed` and `kinds`, patches cut from the other held-out images).
+
+    Returns:
+        `(normal_scores, synthetic_anomaly_scores)`: two `dict[str, np.ndarray]` with the same keys.
+    """
+    defected, _, _ = make_synthetic_defects(normal_pixel_values, kinds=kinds, seed=seed)
+    normal = scorer.score(normal_pixel_values, return_maps=False)
+    synthetic = scorer.score(defected.to(normal_pixel_values.device), return_maps=False)
+    names = [name for name in (*scorer.available_scores, "combined_score") if normal.get(name) is not None]
+    return (
+        {name: normal[name].double().cpu().numpy() for name in names},
+        {name: synthetic[name].double().cpu().numpy() for name in names},
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------- selection
 
 
@@ -1535,6 +1606,7 @@ def select_score(normal_scores: dict, synthetic_anomaly_scores: dict, names: lis
 
 __all__ = [
     "DEFECT_KINDS",
+    "MAP_NAMES",
     "PNG_COMPRESS_LEVEL",
     "SCORE_NAMES",
     "NearestNeighborBaseline",
@@ -1545,10 +1617,12 @@ __all__ = [
     "compression_bits",
     "corrupt_codes",
     "corrupt_pixels",
+    "evaluate_localization",
     "localization_metrics",
     "make_synthetic_defects",
     "per_region_overlap",
     "pixel_auroc",
     "render_anomaly_heatmap",
     "select_score",
+    "validation_scores",
 ]

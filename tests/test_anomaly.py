@@ -895,3 +895,21 @@ def test_bad_arguments_of_the_new_scores(vqvae, prior):
         VQVAEAnomalyScorer(vqvae, reconstruction_log_scale=float("nan"))
     with pytest.raises(TypeError, match=r"`restoration_treshold` \(did you mean `restoration_threshold`\?\)"):
         VQVAEAnomalyScorer(vqvae, prior, restoration_treshold=0.01)
+
+
+def test_localization_benchmark_and_validation_choice(pattern_scorer):
+    from hf_vqvae.anomaly import evaluate_localization, validation_scores
+
+    normal = pattern_images(8, seed=7)
+    defected, masks, _ = make_synthetic_defects(normal, seed=0, source_pixel_values=paste_patch(normal))
+    pca = PCABaseline(n_components=4).fit(pattern_images(32, seed=5))
+    results = evaluate_localization(pattern_scorer, defected, masks, pca=pca)
+    assert set(results) == {"reconstruction_error", "prior_nll", "restoration", "pca_residual", "maps"}
+    for name, maps in results["maps"].items():
+        assert maps.shape == (8, 16, 16)
+        assert results[name] == localization_metrics(maps, masks)
+    normal_scores, synthetic_scores = validation_scores(pattern_scorer, normal, seed=1)
+    assert set(normal_scores) == set(synthetic_scores) and "complexity_corrected_nll" in normal_scores
+    assert all(len(values) == 8 for values in (*normal_scores.values(), *synthetic_scores.values()))
+    choice = select_score(normal_scores, synthetic_scores)
+    assert choice["validation_auroc"][choice["best"]] == max(choice["validation_auroc"].values())
