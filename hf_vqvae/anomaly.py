@@ -367,8 +367,8 @@ class VQVAEAnomalyScorer:
             )
         if not (isinstance(restoration_quantile, (int, float)) and 0 < restoration_quantile < 1):
             raise ValueError(f"`restoration_quantile` must lie in (0, 1) (e.g. 0.01); got {restoration_quantile!r}.")
-        if isinstance(restoration_seed, bool) or not isinstance(restoration_seed, int):
-            raise ValueError(f"`restoration_seed` must be an integer; got {restoration_seed!r}.")
+        if isinstance(restoration_seed, bool) or not isinstance(restoration_seed, int) or restoration_seed < 0:
+            raise ValueError(f"`restoration_seed` must be a non-negative integer; got {restoration_seed!r}.")
         # Images only: 1-D (audio) and speaker-conditioned VQ-VAEs take other inputs.
         for name, model in (("vqvae", vqvae), ("background_vqvae", background_vqvae)):
             if model is not None and (model.config.spatial_dims != 2 or model.config.num_speakers):
@@ -747,7 +747,8 @@ class VQVAEAnomalyScorer:
             weights = torch.where(allowed, (log_probs - log_probs.max(1, keepdim=True).values).exp(), 0.0)
             cdf = weights.double().cumsum(1)  # (n, K)
             draws = uniforms[rows, position, None] * cdf[:, -1:]
-            chosen = torch.searchsorted(cdf, draws).clamp(max=codebook_size - 1).squeeze(1)
+            # side="right": the first code whose cumulative weight exceeds the draw, never a zero-weight code.
+            chosen = torch.searchsorted(cdf, draws, side="right").clamp(max=codebook_size - 1).squeeze(1)
             restored[rows, position] = chosen
         return restored.view(batch, height, width)
 
