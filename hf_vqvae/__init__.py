@@ -14,7 +14,12 @@ from .anomaly import (
     VQVAEAnomalyOutput,
     VQVAEAnomalyScorer,
     anomaly_metrics,
+    compression_bits,
+    corrupt_codes,
+    localization_metrics,
+    make_synthetic_defects,
     render_anomaly_heatmap,
+    select_score,
 )
 from .configuration_vqvae import VQVAEConfig
 from .configuration_vqvae_prior import VQVAEPriorConfig
@@ -93,5 +98,10 @@ __all__ = [
     "VectorQuantizer",
     "__version__",
     "anomaly_metrics",
+    "compression_bits",
+    "corrupt_codes",
+    "localization_metrics",
+    "make_synthetic_defects",
     "render_anomaly_heatmap",
+    "select_score",
 ]

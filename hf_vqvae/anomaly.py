@@ -11,9 +11,27 @@ A VQ-VAE trained on normal images reconstructs normal inputs well and unusual on
   prior reads the true codes and scores each one given the codes before it in row-major order). Its map is each code's
   NLL repeated over the `f x f` pixels the code stands for (nearest upsampling, `f = downsample_factor`); the score is
   the mean of the map.
-- `combined_score`: each available score standardised with the mean and standard deviation measured on normal images
-  by [`~VQVAEAnomalyScorer.fit`], then summed: `sum_s (s - mean_s) / std_s`. Without a prior it is the standardised
-  reconstruction error (the same ranking as `reconstruction_error`).
+- `combined_score`: `reconstruction_error` and `prior_nll` standardised with the mean and standard deviation measured
+  on normal images by [`~VQVAEAnomalyScorer.fit`], then summed: `sum_s (s - mean_s) / std_s`. Without a prior it is
+  the standardised reconstruction error (the same ranking as `reconstruction_error`).
+- `nll_bits`, `compression_bits`, `complexity_corrected_nll` (Serrà et al., ICLR 2020, arXiv 1909.11480): raw
+  likelihoods favour simple images whatever they show, so the image's NLL in bits (`-log2 p(x | z) - log2 p(z)`:
+  a pixel likelihood given the codes plus the prior's bits of the codes) minus its length as a lossless PNG
+  ([`compression_bits`], Pillow, `compress_level=9`, `optimize=False`). The PNG length alone is reported as the
+  complexity baseline. The pixel term is a discretized Gaussian around the reconstruction (the decoder's own scales,
+  or one scale fitted by `fit` for an MSE decoder) unless `pixel_log_likelihood=` gives a pixel-likelihood decoder's.
+- `likelihood_ratio` (Ren et al., NeurIPS 2019, arXiv 1906.02845): `nll_bits` minus the bits under a background
+  model (a prior, and optionally a VQ-VAE, trained on inputs corrupted by [`corrupt_codes`] / [`corrupt_pixels`]),
+  which captures the population-level statistics that the ratio cancels. Its map sums to the score.
+- `restoration_nll`, `restoration_error` and `restoration_map` (Marimont & Tarroni, ISBI 2021, arXiv 2012.06765):
+  codes whose prior probability (given the codes before them) falls below a threshold are unlikely; the score is
+  their summed NLL (nats). With `restore=True` they are re-drawn from the prior in raster order and the grid is
+  decoded: the L1 distance between the input and this restoration, averaged over channels, is the pixel map.
+
+Every map has the input's size. For localisation, [`make_synthetic_defects`] pastes defects with exact masks into
+normal images, [`pixel_auroc`] and [`per_region_overlap`] (PRO) measure a map against them, and
+[`PCABaseline.score_map`] is the baseline map. [`select_score`] picks the score to report from held-out normal
+images and synthetic defects, never from test labels.
 
 The baselines work on the same `pixel_values`, flattened: [`PCABaseline`] (reconstruction error from the first
 principal components of the normal images) and [`NearestNeighborBaseline`] (Euclidean distance to the closest normal
@@ -33,17 +51,21 @@ image). [`anomaly_metrics`] gives AUROC and AUPRC (scikit-learn, `pip install "h
 ```
 """
 
+import difflib
+import inspect
+import io
 import math
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from transformers.utils import ModelOutput, logging
 
 from .class_labels import class_names, resolve_class_labels
-from .modeling_vqvae import VQVAEModel
+from .modeling_vqvae import VQVAEModel, discretized_gaussian_log_likelihood
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
 
 
@@ -75,6 +97,30 @@ class VQVAEAnomalyOutput(ModelOutput):
             Codes of the images.
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, with `return_maps`):
             Decoded pixels.
+        nll_bits (`torch.FloatTensor` of shape `(batch_size,)`, once the pixel likelihood is known):
+            `-log2 p(x | z) - log2 p(z)` in bits per image: the pixel term of [`VQVAEAnomalyScorer`]'s
+            `pixel_log_likelihood` plus the prior's code term (a uniform `log2 K` per code without a prior).
+        compression_bits (`torch.FloatTensor` of shape `(batch_size,)`):
+            [`compression_bits`]: length in bits of the image as a lossless PNG (the complexity baseline).
+        complexity_corrected_nll (`torch.FloatTensor` of shape `(batch_size,)`, with `nll_bits`):
+            `nll_bits - compression_bits` (Serrà et al. 2020).
+        likelihood_ratio (`torch.FloatTensor` of shape `(batch_size,)`, with a background model):
+            `nll_bits` minus the same bits under the background model (Ren et al. 2019).
+        likelihood_ratio_map (`torch.FloatTensor` of shape `(batch_size, height, width)`, with `likelihood_ratio` and
+            `return_maps`): the ratio per pixel (pixel term per pixel, each code's term spread evenly over its `f x f`
+            pixels); its sum over pixels is `likelihood_ratio`.
+        restoration_nll (`torch.FloatTensor` of shape `(batch_size,)`, with a prior and a restoration threshold):
+            Sum of `code_nll` (nats) over the unlikely codes (Marimont & Tarroni 2021); 0 when no code is unlikely.
+        restoration_error (`torch.FloatTensor` of shape `(batch_size,)`, with `restore=True`):
+            Mean of `restoration_map`.
+        restoration_map (`torch.FloatTensor` of shape `(batch_size, height, width)`, with `restore=True`):
+            `|pixel_values - restoration|` averaged over channels (L1).
+        unlikely_codes (`torch.BoolTensor` of shape `(batch_size, h, w)`, with `restoration_nll`):
+            Codes whose prior probability lies below the restoration threshold.
+        restored_codes (`torch.LongTensor` of shape `(batch_size, h, w)`, with `restore=True`):
+            `codes` with each unlikely code re-drawn from the prior.
+        restoration (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, with `restore=True`):
+            `restored_codes` decoded.
     """
 
     reconstruction_error: torch.FloatTensor | None = None
@@ -85,6 +131,17 @@ class VQVAEAnomalyOutput(ModelOutput):
     code_nll: torch.FloatTensor | None = None
     codes: torch.LongTensor | None = None
     reconstruction: torch.FloatTensor | None = None
+    nll_bits: torch.FloatTensor | None = None
+    compression_bits: torch.FloatTensor | None = None
+    complexity_corrected_nll: torch.FloatTensor | None = None
+    likelihood_ratio: torch.FloatTensor | None = None
+    likelihood_ratio_map: torch.FloatTensor | None = None
+    restoration_nll: torch.FloatTensor | None = None
+    restoration_error: torch.FloatTensor | None = None
+    restoration_map: torch.FloatTensor | None = None
+    unlikely_codes: torch.BoolTensor | None = None
+    restored_codes: torch.LongTensor | None = None
+    restoration: torch.FloatTensor | None = None
 
 
 def _describe(value) -> str:
@@ -115,39 +172,152 @@ def _flatten_images(name: str, pixel_values) -> torch.Tensor:
     return pixel_values.detach().reshape(pixel_values.shape[0], -1).double()  # (N, D)
 
 
+def _unknown_keywords_message(owner: str, kwargs: dict, known) -> str:
+    """Name the keyword that exists for each unknown one (`prior_class_label` -> `class_label`)."""
+    parts = []
+    for keyword in kwargs:
+        close = difflib.get_close_matches(keyword, known, n=1, cutoff=0.5)
+        if not close and "class" in keyword:
+            close = [name for name in known if "class" in name][:1]
+        parts.append(f"`{keyword}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    return f"{owner} got unknown keyword arguments {', '.join(parts)}; its keywords are {list(known)}."
+
+
+# ---------------------------------------------------------------------------------------------------------- complexity
+
+# PNG via Pillow, zlib level 9, `optimize=False` (Pillow's extra search off): a fixed, deterministic compressor.
+PNG_COMPRESS_LEVEL = 9
+
+
+def compression_bits(pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+    r"""
+    Length in bits of each image as a lossless PNG: the complexity `L(x)` of Serrà et al. (ICLR 2020, arXiv
+    1909.11480), whose input-complexity-corrected score is `nll_bits - L(x)`. Alone, it is the complexity baseline.
+
+    The image is first rounded to its 8-bit values (`(x + 1) * 127.5`), then written by Pillow as an 8-bit gray
+    (1 channel) or RGB (3 channels) PNG with `compress_level=9` ([`PNG_COMPRESS_LEVEL`]) and `optimize=False`, no
+    metadata; the length includes PNG's fixed headers (the same for every image of a size, so rankings ignore them).
+    The same pixels always give the same length.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [-1, 1] with 1 or 3 channels.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size,)` (on the CPU): `8 * len(png_bytes)` per image.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point() or pixel_values.ndim != 4:
+        raise ValueError(
+            f"`pixel_values` must be a float tensor (batch, channels, H, W) in [-1, 1]; got {_describe(pixel_values)}."
+        )
+    if pixel_values.shape[1] not in (1, 3):
+        raise ValueError(f"PNG lengths are for gray (1) or RGB (3) images; got {pixel_values.shape[1]} channels.")
+    _check_finite("pixel_values", pixel_values)
+    levels = ((pixel_values.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    lengths = []
+    for image in levels.permute(0, 2, 3, 1).numpy():  # (H, W, C)
+        buffer = io.BytesIO()
+        Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(
+            buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False
+        )
+        lengths.append(8 * buffer.getbuffer().nbytes)
+    return torch.tensor(lengths, dtype=torch.float32)
+
+
+@torch.no_grad()
+def _fit_log_scale(vqvae: VQVAEModel, batches: list) -> float:
+    """The single log-scale that maximises the discretized-Gaussian likelihood of the images given their codes."""
+    pairs = []
+    for batch in batches:
+        inputs = batch.to(vqvae.device, vqvae.dtype)
+        pairs.append((inputs.float(), vqvae.decode(vqvae.get_codes(inputs)).reconstruction.float()))
+
+    def mean_log_likelihood(log_scale: float) -> float:
+        total = sum(
+            float(discretized_gaussian_log_likelihood(x, mean, torch.full_like(mean, log_scale)).sum())
+            for x, mean in pairs
+        )
+        return total / sum(x.numel() for x, _ in pairs)
+
+    # Golden-section search on log(scale) in [log 1e-3, log 1]: the likelihood is unimodal in the scale.
+    low, high = math.log(1e-3), 0.0
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = mean_log_likelihood(a), mean_log_likelihood(b)
+    for _ in range(30):
+        if fa > fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = mean_log_likelihood(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = mean_log_likelihood(b)
+    return (low + high) / 2
+
+
 # ---------------------------------------------------------------------------------------------------------- scorer
 
 
 class VQVAEAnomalyScorer:
     r"""
     Anomaly scores and maps from a trained [`VQVAEModel`] and, optionally, a prior over its codes (see the module
-    docstring for the definitions). Scoring runs both models in eval mode under `torch.no_grad()`, in chunks of
-    `batch_size` images, with no sampling: the same model and input always give the same scores, and a batch gives
-    the scores of its images scored one by one (up to float rounding). The models' train/eval mode is restored after.
+    docstring for the definitions). Scoring runs the models in eval mode under `torch.no_grad()`, in chunks of
+    `batch_size` images: the same models and input always give the same scores, and a batch gives the scores of its
+    images scored one by one (up to float rounding). The only random step, the restoration's re-drawing of unlikely
+    codes, draws from a generator seeded by `restoration_seed` and the image's own codes, so it is deterministic too
+    and does not depend on the batch. The models' train/eval mode is restored after.
 
-    Any image size divisible by `downsample_factor` works for `reconstruction_error`. `prior_nll` needs the code grid
-    the prior was trained on (`prior.config.grid_size`): other sizes raise a `ValueError`.
+    Any image size divisible by `downsample_factor` works for `reconstruction_error`. The prior's scores need the code
+    grid the prior was trained on (`prior.config.grid_size`): other sizes raise a `ValueError`.
 
     Args:
         vqvae ([`VQVAEModel`]):
             The VQ-VAE, trained on normal images.
         prior ([`VQVAEPriorForCausalLM`], *optional*):
-            A prior trained on the codes of normal images from `vqvae`; its codebook size must match.
+            A prior trained on the codes of normal images from `vqvae`; its codebook size must match. Only its
+            `code_log_likelihood(codes, class_labels)` is used, so any prior with that method works.
         class_label (`int` or `str`, *optional*):
             The class (id, or name from `prior.config.id2label`) a class-conditional prior is conditioned on, e.g.
-            the normal class. Required for a class-conditional prior, refused for an unconditional one.
+            the normal class. Required for a class-conditional prior, refused for an unconditional one. A
+            class-conditional background prior is conditioned on the same class.
         batch_size (`int`, *optional*, defaults to 64):
             Images per forward pass.
         statistics (`dict`, *optional*):
             The `statistics` of an earlier [`~VQVAEAnomalyScorer.fit`] with the same models, instead of fitting.
+        background_prior ([`VQVAEPriorForCausalLM`], *optional*):
+            For `likelihood_ratio` (Ren et al. 2019): a prior trained like `prior` but on codes corrupted by
+            [`corrupt_codes`] (random substitutions at a rate such as 0.1-0.3), over the codes of `background_vqvae`
+            if given, else of `vqvae`.
+        background_vqvae ([`VQVAEModel`], *optional*):
+            For `likelihood_ratio`: a VQ-VAE trained like `vqvae` on images corrupted by [`corrupt_pixels`]. Without
+            it the background shares `vqvae` (and its pixel term, which then cancels in the ratio).
+        pixel_log_likelihood (`Callable`, *optional*):
+            `pixel_log_likelihood(vqvae, pixel_values, codes) -> log p(x | z)` in nats, of shape `(B, C, H, W)` or
+            `(B, H, W)` (summed over channels), for `nll_bits`. The default is a discretized Gaussian around the
+            reconstruction (`discretized_gaussian_log_likelihood`), with the decoder's own scales when it has them
+            (`reconstruction_loss="discretized_gaussian"`), else one scale (`reconstruction_log_scale`, or fitted
+            by maximum likelihood in `fit`). A pixel-likelihood decoder (a logistic mixture or a PixelCNN over
+            pixels) plugs in here: pass a function that returns its per-pixel log-likelihood given the codes.
+        reconstruction_log_scale (`float`, *optional*):
+            The natural log of the single Gaussian scale (on the [-1, 1] pixel scale) of an MSE-trained decoder;
+            `fit` measures it when it is not given.
+        restoration_threshold (`float`, *optional*):
+            A code is unlikely (for `restoration_nll` and the restoration) when its prior probability given the codes
+            before it is below this value, in (0, 1). When not given, `fit` sets it to the
+            `restoration_quantile` of the code probabilities of the normal images.
+        restoration_quantile (`float`, *optional*, defaults to 0.01):
+            Share of the codes of normal images that `fit` lets fall below the threshold it sets.
+        restoration_seed (`int`, *optional*, defaults to 0):
+            Seed of the re-drawing of unlikely codes.
 
     Example:
 
     ```python
-    >>> scorer = VQVAEAnomalyScorer(vqvae, prior).fit(normal_pixel_values)
-    >>> output = scorer.score(test_pixel_values)
-    >>> output.combined_score  # (B,), higher = more anomalous
-    >>> render_anomaly_heatmap(test_pixel_values[0], output.prior_nll_map[0]).save("heatmap.png")
+    >>> scorer = VQVAEAnomalyScorer(vqvae, prior, class_label="automobile").fit(normal_pixel_values)
+    >>> output = scorer.score(test_pixel_values, restore=True)
+    >>> output.combined_score, output.complexity_corrected_nll, output.restoration_nll  # (B,), higher = anomalous
+    >>> render_anomaly_heatmap(test_pixel_values[0], output.restoration_map[0]).save("heatmap.png")
     ```
     """
 
@@ -158,50 +328,111 @@ class VQVAEAnomalyScorer:
         class_label: int | str | None = None,
         batch_size: int = 64,
         statistics: dict | None = None,
+        background_prior: VQVAEPriorForCausalLM | None = None,
+        background_vqvae: VQVAEModel | None = None,
+        pixel_log_likelihood: Callable | None = None,
+        reconstruction_log_scale: float | None = None,
+        restoration_threshold: float | None = None,
+        restoration_quantile: float = 0.01,
+        restoration_seed: int = 0,
+        **kwargs,
     ):
+        if kwargs:
+            raise TypeError(_unknown_keywords_message("VQVAEAnomalyScorer", kwargs, _SCORER_KEYWORDS))
         if not isinstance(vqvae, VQVAEModel):
             raise TypeError(f"`vqvae` must be a `VQVAEModel`; got {_describe(vqvae)}.")
         if prior is not None and not isinstance(prior, VQVAEPriorForCausalLM):
             raise TypeError(f"`prior` must be a `VQVAEPriorForCausalLM` or `None`; got {_describe(prior)}.")
+        if background_prior is not None and not hasattr(background_prior, "code_log_likelihood"):
+            raise TypeError(
+                f"`background_prior` must be a prior (with `code_log_likelihood`); got {_describe(background_prior)}."
+            )
+        if background_vqvae is not None and not isinstance(background_vqvae, VQVAEModel):
+            raise TypeError(f"`background_vqvae` must be a `VQVAEModel` or `None`; got {_describe(background_vqvae)}.")
+        if pixel_log_likelihood is not None and not callable(pixel_log_likelihood):
+            raise TypeError(
+                "`pixel_log_likelihood` must be a function `(vqvae, pixel_values, codes) -> log p(x | z)` in nats; "
+                f"got {_describe(pixel_log_likelihood)}."
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
-        # Images only: 1-D (audio) and speaker-conditioned VQ-VAEs take other inputs.
-        if vqvae.config.spatial_dims != 2 or vqvae.config.num_speakers:
+        for name, value in (("reconstruction_log_scale", reconstruction_log_scale),):
+            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise ValueError(f"`{name}` must be a finite float (a natural log); got {value!r}.")
+        if restoration_threshold is not None and not (
+            isinstance(restoration_threshold, (int, float)) and 0 < restoration_threshold < 1
+        ):
             raise ValueError(
-                "`VQVAEAnomalyScorer` scores images: it needs a VQ-VAE with `spatial_dims=2` and no speaker "
-                "conditioning (`num_speakers=0`)."
+                f"`restoration_threshold` is a probability in (0, 1) (e.g. 0.01); got {restoration_threshold!r}."
+            )
+        if not (isinstance(restoration_quantile, (int, float)) and 0 < restoration_quantile < 1):
+            raise ValueError(f"`restoration_quantile` must lie in (0, 1) (e.g. 0.01); got {restoration_quantile!r}.")
+        if isinstance(restoration_seed, bool) or not isinstance(restoration_seed, int) or restoration_seed < 0:
+            raise ValueError(f"`restoration_seed` must be a non-negative integer; got {restoration_seed!r}.")
+        # Images only: 1-D (audio) and speaker-conditioned VQ-VAEs take other inputs.
+        for name, model in (("vqvae", vqvae), ("background_vqvae", background_vqvae)):
+            if model is not None and (model.config.spatial_dims != 2 or model.config.num_speakers):
+                raise ValueError(
+                    f"`VQVAEAnomalyScorer` scores images: `{name}` must have `spatial_dims=2` and no speaker "
+                    "conditioning (`num_speakers=0`)."
+                )
+        if (
+            background_vqvae is not None
+            and background_vqvae.config.downsample_factor != vqvae.config.downsample_factor
+        ):
+            raise ValueError(
+                "`background_vqvae` must downsample like `vqvae` (the same code grid); got `downsample_factor` "
+                f"{background_vqvae.config.downsample_factor} and {vqvae.config.downsample_factor}."
             )
         self.vqvae = vqvae
         self.prior = prior
+        self.background_prior = background_prior
+        self.background_vqvae = background_vqvae
+        self.pixel_log_likelihood = pixel_log_likelihood
+        self.reconstruction_log_scale = reconstruction_log_scale
+        self.restoration_threshold = restoration_threshold
+        self.restoration_quantile = float(restoration_quantile)
+        self.restoration_seed = restoration_seed
         self.batch_size = batch_size
         self.class_label = None
+        self.background_class_label = None
         if prior is not None:
-            if prior.config.codebook_size != vqvae.config.codebook_size:
-                raise ValueError(
-                    f"The prior models {prior.config.codebook_size} codes but the VQ-VAE has `codebook_size` "
-                    f"{vqvae.config.codebook_size}: they do not belong together. Pass the prior trained on this "
-                    "VQ-VAE's codes."
-                )
-            self.class_label = self._resolve_class_label(class_label)
+            self._check_codebook("prior", prior, vqvae)
+            self.class_label = self._resolve_class_label(prior, class_label, "prior")
         elif class_label is not None:
             raise ValueError("`class_label` conditions the prior; it needs a class-conditional `prior`.")
+        if background_prior is not None:
+            self._check_codebook("background_prior", background_prior, background_vqvae or vqvae)
+            # The background is conditioned on the same class as the prior when it takes classes.
+            if background_prior.config.num_classes:
+                self.background_class_label = self._resolve_class_label(background_prior, class_label, "prior")
         self.statistics = None
         if statistics is not None:
             self.statistics = self._check_statistics(statistics)
 
-    def _resolve_class_label(self, class_label) -> int | None:
-        config = self.prior.config
+    @staticmethod
+    def _check_codebook(name: str, prior, vqvae: VQVAEModel):
+        if prior.config.codebook_size != vqvae.config.codebook_size:
+            raise ValueError(
+                f"The `{name}` models {prior.config.codebook_size} codes but its VQ-VAE has `codebook_size` "
+                f"{vqvae.config.codebook_size}: they do not belong together. Pass the prior trained on this "
+                "VQ-VAE's codes."
+            )
+
+    @staticmethod
+    def _resolve_class_label(prior, class_label, name: str) -> int | None:
+        config = prior.config
         if config.num_classes == 0:
             if class_label is not None:
                 raise ValueError(
-                    f"The prior is unconditional (`num_classes` is 0); got `class_label`={class_label!r}. Leave it "
+                    f"The {name} is unconditional (`num_classes` is 0); got `class_label`={class_label!r}. Leave it "
                     "out."
                 )
             return None
         names = list(class_names(config.id2label, config.num_classes))
         if class_label is None:
             raise ValueError(
-                f"The prior is class-conditional ({config.num_classes} classes): pass `class_label`, the class the "
+                f"The {name} is class-conditional ({config.num_classes} classes): pass `class_label`, the class the "
                 f"normal images belong to, as an id in [0, {config.num_classes}) or a name from {names[:10]}."
             )
         if isinstance(class_label, (list, tuple, torch.Tensor)):
@@ -213,8 +444,18 @@ class VQVAEAnomalyScorer:
 
     @property
     def score_names(self) -> tuple[str, ...]:
-        """The per-image scores this scorer computes and `combined_score` sums: `reconstruction_error`, `prior_nll`."""
+        """The per-image scores `combined_score` sums: `reconstruction_error`, and `prior_nll` with a prior."""
         return SCORE_NAMES if self.prior is not None else SCORE_NAMES[:1]
+
+    @property
+    def available_scores(self) -> tuple[str, ...]:
+        """Every per-image score this scorer can return once fitted (`fit` measures each one's mean and std)."""
+        names = [*self.score_names, "nll_bits", "compression_bits", "complexity_corrected_nll"]
+        if self.background_prior is not None or self.background_vqvae is not None:
+            names.append("likelihood_ratio")
+        if self.prior is not None:
+            names.append("restoration_nll")
+        return tuple(names)
 
     @property
     def is_fitted(self) -> bool:
@@ -289,7 +530,9 @@ class VQVAEAnomalyScorer:
                 )
         return pixel_values
 
-    def score(self, pixel_values: torch.FloatTensor, return_maps: bool = True) -> VQVAEAnomalyOutput:
+    def score(
+        self, pixel_values: torch.FloatTensor, return_maps: bool = True, restore: bool = False
+    ) -> VQVAEAnomalyOutput:
         r"""
         Score a batch of images.
 
@@ -299,12 +542,24 @@ class VQVAEAnomalyScorer:
                 and equal to the prior's grid times that factor when there is a prior.
             return_maps (`bool`, *optional*, defaults to `True`):
                 Also return the maps and the reconstruction (leave them out to score many images cheaply).
+            restore (`bool`, *optional*, defaults to `False`):
+                Also restore the images (re-draw their unlikely codes from the prior and decode): `restoration_map`,
+                `restoration_error`, `restored_codes` and `restoration`. Needs a prior and a restoration threshold.
+                Each unlikely code costs one prior pass over `codebook_size` grids.
 
         Returns:
             [`VQVAEAnomalyOutput`], on the VQ-VAE's device. `combined_score` is `None` (with a warning) until the
-            scorer is fitted.
+            scorer is fitted; so are `nll_bits` and its scores for an MSE-trained decoder without
+            `reconstruction_log_scale`, and `restoration_nll` without `restoration_threshold`.
         """
-        output = self._score(pixel_values, return_maps)
+        if restore and self.prior is None:
+            raise ValueError("`restore=True` re-draws unlikely codes from the prior: give the scorer a `prior`.")
+        if restore and self._restoration_nll_threshold is None:
+            raise ValueError(
+                "`restore=True` needs the threshold below which a code is unlikely: pass `restoration_threshold=` or "
+                "call `scorer.fit(normal_pixel_values)` first."
+            )
+        output = self._score(pixel_values, return_maps, restore)
         if self.is_fitted:
             # A new output, so that the fields keep their documented order (`to_tuple`).
             output = VQVAEAnomalyOutput(**{**output, "combined_score": self.combine(output)})
@@ -315,54 +570,231 @@ class VQVAEAnomalyScorer:
             )
         return output
 
+    def _setting(self, name: str):
+        """A fitted setting (`reconstruction_log_scale`, ...) from `statistics`, or `None`."""
+        return None if self.statistics is None else self.statistics.get(name)
+
+    @property
+    def _restoration_nll_threshold(self) -> float | None:
+        """Codes whose NLL (nats) exceeds this are unlikely: `-log(restoration_threshold)`, or fitted."""
+        if self.restoration_threshold is not None:
+            return -math.log(self.restoration_threshold)
+        return self._setting("restoration_nll_threshold")
+
+    def _models(self) -> list:
+        return [m for m in (self.vqvae, self.prior, self.background_vqvae, self.background_prior) if m is not None]
+
     @torch.no_grad()
-    def _score(self, pixel_values: torch.Tensor, return_maps: bool) -> VQVAEAnomalyOutput:
+    def _score(self, pixel_values: torch.Tensor, return_maps: bool, restore: bool = False) -> VQVAEAnomalyOutput:
         """The scores without `combined_score`."""
         pixel_values = self._check_pixel_values(pixel_values)
-        modes = (self.vqvae.training, self.prior.training if self.prior is not None else None)
-        self.vqvae.eval()
-        if self.prior is not None:
-            self.prior.eval()
+        models = self._models()
+        modes = [model.training for model in models]
+        for model in models:
+            model.eval()
         try:
             chunks = [
-                self._score_batch(pixel_values[start : start + self.batch_size], return_maps)
+                self._score_batch(pixel_values[start : start + self.batch_size], return_maps, restore)
                 for start in range(0, pixel_values.shape[0], self.batch_size)
             ]
         finally:
-            self.vqvae.train(modes[0])
-            if self.prior is not None:
-                self.prior.train(modes[1])
+            for model, mode in zip(models, modes):
+                model.train(mode)
         fields = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0] if chunks[0][key] is not None}
         return VQVAEAnomalyOutput(**fields)
 
-    def _score_batch(self, pixel_values: torch.Tensor, return_maps: bool) -> dict:
+    def _pixel_nll_bits(self, vqvae: VQVAEModel, target: torch.Tensor, codes, decoded, log_scale) -> torch.Tensor:
+        """`-log2 p(x | z)` per pixel, summed over channels, `(B, H, W)`; `None` when no likelihood is known."""
+        if self.pixel_log_likelihood is not None:
+            log_px = self.pixel_log_likelihood(vqvae, target, codes)
+            batch, channels, height, width = target.shape
+            if not isinstance(log_px, torch.Tensor) or tuple(log_px.shape) not in (
+                (batch, channels, height, width),
+                (batch, height, width),
+            ):
+                raise ValueError(
+                    f"`pixel_log_likelihood` must return log p(x | z) in nats of shape {(batch, channels, height, width)}"
+                    f" or {(batch, height, width)}; got {_describe(log_px)}."
+                )
+            log_px = log_px.sum(1) if log_px.ndim == 4 else log_px
+        else:
+            scales = decoded.reconstruction_log_scale
+            if scales is None:
+                if log_scale is None:
+                    return None
+                scales = torch.full_like(decoded.reconstruction, log_scale)
+            log_px = discretized_gaussian_log_likelihood(target, decoded.reconstruction, scales).sum(1)
+        return -log_px.float() / math.log(2)
+
+    def _code_nll_bits(self, prior, codes: torch.Tensor, class_label, codebook_size: int) -> torch.Tensor:
+        """`-log2 p(z_t | z_<t)` per code, `(B, h, w)`; a uniform `log2 K` without a prior."""
+        if prior is None:
+            return torch.full(codes.shape, math.log2(codebook_size), device=codes.device)
+        return -prior.code_log_likelihood(codes, class_label).to(codes.device).float() / math.log(2)
+
+    def _score_batch(self, pixel_values: torch.Tensor, return_maps: bool, restore: bool = False) -> dict:
         vqvae = self.vqvae
+        factor = vqvae.config.downsample_factor
         inputs = pixel_values.to(vqvae.device, vqvae.dtype)
+        target = pixel_values.to(vqvae.device).float()
         codes = vqvae.get_codes(inputs)  # (B, h, w)
-        reconstruction = vqvae.decode(codes).reconstruction  # (B, C, H, W)
-        error_map = (reconstruction.float() - pixel_values.to(vqvae.device).float()).pow(2).mean(1)  # (B, H, W)
+        decoded = vqvae.decode(codes)
+        reconstruction = decoded.reconstruction  # (B, C, H, W)
+        error_map = (reconstruction.float() - target).pow(2).mean(1)  # (B, H, W)
         result = {
             "reconstruction_error": error_map.flatten(1).mean(1),  # (B,)
             "codes": codes,
             "reconstruction_error_map": error_map if return_maps else None,
             "reconstruction": reconstruction.float() if return_maps else None,
         }
+
+        def upsample(per_code: torch.Tensor) -> torch.Tensor:
+            # Nearest upsampling: code (i, j) stands for exactly the f x f pixels of its patch.
+            return per_code.repeat_interleave(factor, 1).repeat_interleave(factor, 2)  # (B, H, W)
+
+        code_nll = None
         if self.prior is not None:
-            code_nll = -self.prior.code_log_likelihood(codes, self.class_label).to(vqvae.device)  # (B, h, w)
-            factor = vqvae.config.downsample_factor
+            code_nll = -self.prior.code_log_likelihood(codes, self.class_label).to(vqvae.device).float()  # (B, h, w)
             result["prior_nll"] = code_nll.flatten(1).mean(1)  # (B,) nats per code
             result["code_nll"] = code_nll
-            # Nearest upsampling: code (i, j) stands for exactly the f x f pixels of its patch.
-            result["prior_nll_map"] = (
-                code_nll.repeat_interleave(factor, 1).repeat_interleave(factor, 2) if return_maps else None
-            )  # (B, H, W)
+            result["prior_nll_map"] = upsample(code_nll) if return_maps else None
+
+        # Complexity-corrected likelihood (Serrà et al. 2020): bits of x under the model minus bits of a PNG of x.
+        pixel_bits = self._pixel_nll_bits(vqvae, target, codes, decoded, self._reconstruction_log_scale())
+        codebook_size = vqvae.config.codebook_size
+        code_bits = (
+            code_nll / math.log(2) if code_nll is not None else self._code_nll_bits(None, codes, None, codebook_size)
+        )
+        result["compression_bits"] = compression_bits(pixel_values).to(vqvae.device)
+        if pixel_bits is not None:
+            result["nll_bits"] = pixel_bits.flatten(1).sum(1) + code_bits.flatten(1).sum(1)
+            result["complexity_corrected_nll"] = result["nll_bits"] - result["compression_bits"]
+
+        # Likelihood ratio (Ren et al. 2019): the same bits minus those of the background model.
+        if self.background_prior is not None or self.background_vqvae is not None:
+            ratio_pixels = None  # without a background VQ-VAE the pixel terms are the same and cancel
+            background_codes = codes
+            if self.background_vqvae is not None:
+                background = self.background_vqvae
+                background_codes = background.get_codes(pixel_values.to(background.device, background.dtype))
+                background_codes = background_codes.to(vqvae.device)
+                background_bits = self._pixel_nll_bits(
+                    background,
+                    target.to(background.device),
+                    background_codes,
+                    background.decode(background_codes.to(background.device)),
+                    self._reconstruction_log_scale(background=True),
+                )
+                if pixel_bits is not None and background_bits is not None:
+                    ratio_pixels = pixel_bits - background_bits.to(vqvae.device)  # (B, H, W)
+            background_size = (self.background_vqvae or vqvae).config.codebook_size
+            ratio_codes = code_bits - self._code_nll_bits(
+                self.background_prior, background_codes, self.background_class_label, background_size
+            )  # (B, h, w)
+            if ratio_pixels is not None or self.background_vqvae is None:
+                ratio = ratio_codes.flatten(1).sum(1)
+                ratio_map = upsample(ratio_codes) / factor**2  # each code's bits spread over its f x f pixels
+                if ratio_pixels is not None:
+                    ratio = ratio + ratio_pixels.flatten(1).sum(1)
+                    ratio_map = ratio_map + ratio_pixels
+                result["likelihood_ratio"] = ratio
+                result["likelihood_ratio_map"] = ratio_map if return_maps else None
+
+        # Restoration (Marimont & Tarroni 2021): the NLL of the unlikely codes; optionally re-draw them and decode.
+        threshold = self._restoration_nll_threshold
+        if code_nll is not None and threshold is not None:
+            unlikely = code_nll > threshold  # (B, h, w)
+            result["unlikely_codes"] = unlikely
+            result["restoration_nll"] = (code_nll * unlikely).flatten(1).sum(1)
+            if restore:
+                restored = self._restore(codes, unlikely, threshold)
+                restoration = vqvae.decode(restored).reconstruction.float()
+                restoration_map = (target - restoration).abs().mean(1)  # (B, H, W), L1 over channels
+                result["restored_codes"] = restored
+                result["restoration"] = restoration
+                result["restoration_map"] = restoration_map
+                result["restoration_error"] = restoration_map.flatten(1).mean(1)
         return result
+
+    def _reconstruction_log_scale(self, background: bool = False) -> float | None:
+        if background:
+            return self._setting("background_reconstruction_log_scale")
+        if self.reconstruction_log_scale is not None:
+            return float(self.reconstruction_log_scale)
+        return self._setting("reconstruction_log_scale")
+
+    def _restore(self, codes: torch.LongTensor, unlikely: torch.BoolTensor, nll_threshold: float) -> torch.LongTensor:
+        r"""
+        Re-draw the unlikely codes in raster order, each from the causal prior given the codes before it (the
+        input's likely codes and the codes already re-drawn), `p(z_t = k | z_<t)` for all `k` (see
+        `_conditional_log_probs`). With a causal prior this is "given the preceding codes", not given the whole rest
+        of the grid as in Marimont & Tarroni's description. The draw is restricted to the codes that
+        are not unlikely themselves (all codes if none is likely) and uses inverse-CDF sampling on one uniform per
+        position from a generator seeded by `restoration_seed` and the image's codes. Likely codes are kept.
+        """
+        batch, height, width = codes.shape
+        num_codes, codebook_size = height * width, self.vqvae.config.codebook_size
+        restored = codes.clone().view(batch, num_codes)
+        flags = unlikely.view(batch, num_codes)
+        uniforms = torch.stack([self._restoration_uniforms(grid, num_codes) for grid in codes]).to(codes.device)
+        for position in range(num_codes):
+            rows = flags[:, position].nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            log_probs = self._conditional_log_probs(restored[rows], position, height, width)  # (n, K)
+            allowed = log_probs >= -nll_threshold
+            allowed[~allowed.any(1)] = True
+            weights = torch.where(allowed, (log_probs - log_probs.max(1, keepdim=True).values).exp(), 0.0)
+            cdf = weights.double().cumsum(1)  # (n, K)
+            draws = uniforms[rows, position, None] * cdf[:, -1:]
+            # side="right": the first code whose cumulative weight exceeds the draw, never a zero-weight code.
+            chosen = torch.searchsorted(cdf, draws, side="right").clamp(max=codebook_size - 1).squeeze(1)
+            restored[rows, position] = chosen
+        return restored.view(batch, height, width)
+
+    def _conditional_log_probs(self, grids: torch.LongTensor, position: int, height: int, width: int) -> torch.Tensor:
+        r"""
+        `log p(z_position = k | z_<position)` for every code `k`, `(n, K)` float32, of flattened grids `(n, h * w)`.
+
+        Any prior: one `code_log_likelihood` pass over `K` copies of each grid that differ only at `position` (the
+        prior is causal, so the probability at `position` does not depend on the codes after it). The transformer
+        prior has a faster path with the same values: one forward pass over the tokens up to `position`, whose last
+        logits give the whole distribution (log-softmax over its vocabulary, as in its `code_log_likelihood`).
+        """
+        codebook_size = self.vqvae.config.codebook_size
+        prior = self.prior
+        if isinstance(prior, VQVAEPriorForCausalLM):
+            input_ids = prior.code_mapping.codes_to_input_ids(
+                grids.view(-1, height, width).to(prior.device), self.class_label
+            )  # (n, 1 + h * w): the prompt, then the codes
+            logits = prior(input_ids=input_ids[:, : position + 1], use_cache=False).logits[:, -1]  # (n, V)
+            return torch.log_softmax(logits.float(), dim=-1)[:, :codebook_size].to(grids.device)
+        variants = grids.repeat_interleave(codebook_size, 0)  # (n * K, h * w)
+        variants[:, position] = torch.arange(codebook_size, device=grids.device).repeat(len(grids))
+        log_probs = [
+            prior.code_log_likelihood(chunk.view(-1, height, width), self.class_label)
+            .to(grids.device)
+            .view(-1, height * width)[:, position]
+            .float()
+            for chunk in variants.split(max(codebook_size, 1024))
+        ]
+        return torch.cat(log_probs).view(len(grids), codebook_size)
+
+    def _restoration_uniforms(self, grid: torch.LongTensor, num_codes: int) -> torch.Tensor:
+        """One uniform per position, from the image's codes and `restoration_seed`: the same image, the same draws."""
+        digest = zlib.crc32(grid.detach().cpu().numpy().astype(np.int64).tobytes())
+        generator = torch.Generator().manual_seed(self.restoration_seed * 4_294_967_296 + digest)
+        return torch.rand(num_codes, generator=generator, dtype=torch.float64)
 
     def fit(
         self, normal_pixel_values: torch.FloatTensor | Iterable, max_images: int | None = None
     ) -> "VQVAEAnomalyScorer":
         r"""
-        Measure the mean and standard deviation of each score on normal images, for `combined_score`.
+        Measure, on normal images, what the scores need: the mean and standard deviation of every score in
+        `available_scores` (for `combined_score` and [`select_score`]), the Gaussian scale of an MSE-trained
+        decoder (`reconstruction_log_scale`, by maximum likelihood of the discretized Gaussian; also for a
+        `background_vqvae`), and the restoration threshold (`restoration_nll_threshold`, the NLL in nats that
+        a `restoration_quantile` share of the normal codes exceed) unless they were given.
 
         Args:
             normal_pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`, or batches):
@@ -373,24 +805,25 @@ class VQVAEAnomalyScorer:
                 Use only the first `max_images` images.
 
         Returns:
-            The scorer itself, with `statistics` = `{score_name: {"mean": float, "std": float}, "num_images": int}`.
+            The scorer itself, with `statistics` = `{score_name: {"mean": float, "std": float}, "num_images": int}`
+            and the fitted settings (`reconstruction_log_scale`, `background_reconstruction_log_scale`,
+            `restoration_nll_threshold`, floats) where they apply.
         """
         if max_images is not None and (
             isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2
         ):
             raise ValueError(f"`max_images` must be an integer >= 2; got {max_images!r}.")
         if isinstance(normal_pixel_values, torch.Tensor):
-            batches = [normal_pixel_values]
+            source = [normal_pixel_values]
         elif isinstance(normal_pixel_values, Iterable) and not isinstance(normal_pixel_values, (str, bytes, dict)):
-            batches = normal_pixel_values
+            source = normal_pixel_values
         else:
             raise ValueError(
                 "`normal_pixel_values` must be a float tensor (N, C, H, W) or an iterable of such batches (or of "
                 f"dicts with `pixel_values`); got {_describe(normal_pixel_values)}."
             )
-        scores = {name: [] for name in self.score_names}
-        seen = 0
-        for batch in batches:
+        batches, seen = [], 0
+        for batch in source:
             if isinstance(batch, dict):
                 if "pixel_values" not in batch:
                     raise ValueError(f"Batches given as dicts need a `pixel_values` key; got keys {sorted(batch)}.")
@@ -399,19 +832,48 @@ class VQVAEAnomalyScorer:
                 batch = batch[: max_images - seen]
             if len(batch) == 0:
                 break
-            output = self._score(batch, return_maps=False)
-            for name in self.score_names:
-                scores[name].append(getattr(output, name).double().cpu())
+            batches.append(self._check_pixel_values(batch))
             seen += len(batch)
             if max_images is not None and seen >= max_images:
                 break
         if seen < 2:
             raise ValueError(f"`fit` needs at least 2 normal images to measure a standard deviation; got {seen}.")
-        statistics = {"num_images": seen}
+
+        # The settings first: the scores below depend on them.
+        settings = {}
+        with torch.no_grad():
+            if self.pixel_log_likelihood is None and self.reconstruction_log_scale is None:
+                if self.vqvae.config.reconstruction_loss != "discretized_gaussian":
+                    settings["reconstruction_log_scale"] = _fit_log_scale(self.vqvae, batches)
+            background = self.background_vqvae
+            if background is not None and self.pixel_log_likelihood is None:
+                if background.config.reconstruction_loss != "discretized_gaussian":
+                    settings["background_reconstruction_log_scale"] = _fit_log_scale(background, batches)
+            if self.prior is not None and self.restoration_threshold is None:
+                code_nll = []
+                for batch in batches:
+                    for start in range(0, len(batch), self.batch_size):
+                        inputs = batch[start : start + self.batch_size].to(self.vqvae.device, self.vqvae.dtype)
+                        codes = self.vqvae.get_codes(inputs)
+                        code_nll.append(-self.prior.code_log_likelihood(codes, self.class_label).flatten().cpu())
+                values = torch.cat(code_nll).double().numpy()
+                settings["restoration_nll_threshold"] = float(np.quantile(values, 1 - self.restoration_quantile))
+        self.statistics = {"num_images": seen, **settings}
+
+        scores = {name: [] for name in self.available_scores}
+        for batch in batches:
+            output = self._score(batch, return_maps=False)
+            for name in scores:
+                if output.get(name) is not None:
+                    scores[name].append(output[name].double().cpu())
+        statistics = {"num_images": seen, **settings}
         for name, values in scores.items():
+            if not values:
+                continue
             values = torch.cat(values)
             mean, std = float(values.mean()), float(values.std())
-            if not std > 0:
+            if name in self.score_names and not std > 0:
+                self.statistics = None
                 raise ValueError(
                     f"All {seen} normal images have the same `{name}` ({mean:.6g}), so it cannot be standardised. Fit "
                     "on more varied normal images."
@@ -444,6 +906,9 @@ class VQVAEAnomalyScorer:
             standardised = (value.float() - self.statistics[name]["mean"]) / self.statistics[name]["std"]
             total = standardised if total is None else total + standardised
         return total
+
+
+_SCORER_KEYWORDS = tuple(inspect.signature(VQVAEAnomalyScorer.__init__).parameters)[1:-1]
 
 
 # ---------------------------------------------------------------------------------------------------------- heat maps
@@ -543,6 +1008,7 @@ class PCABaseline:
         self.chunk_size = chunk_size
         self.mean = None  # (D,)
         self.components = None  # (n_components, D), orthonormal rows
+        self.image_shape = None  # (C, H, W) of the normal images
 
     def fit(self, normal_pixel_values: torch.FloatTensor) -> "PCABaseline":
         """Fit the mean and principal components of `normal_pixel_values` (`(N, ...)` float); returns `self`."""
@@ -555,6 +1021,7 @@ class PCABaseline:
                 "images."
             )
         self.mean = data.mean(0)
+        self.image_shape = tuple(normal_pixel_values.shape[1:])
         _, _, vh = torch.linalg.svd(data - self.mean, full_matrices=False)  # vh: (min(N, D), D)
         self.components = vh[: self.n_components].contiguous()
         return self
@@ -575,6 +1042,36 @@ class PCABaseline:
             residual = centered - (centered @ self.components.T) @ self.components
             scores.append(residual.pow(2).mean(1))
         return torch.cat(scores).float()
+
+    def _residuals(self, pixel_values: torch.FloatTensor):
+        if self.components is None:
+            raise ValueError("`PCABaseline` is not fitted: call `fit(normal_pixel_values)` first.")
+        data = _flatten_images("pixel_values", pixel_values)
+        if data.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"`pixel_values` have {data.shape[1]} values per image but the baseline was fitted on "
+                f"{self.mean.shape[0]}; preprocess them the same way."
+            )
+        for chunk in data.split(self.chunk_size):
+            centered = chunk - self.mean  # (n, D)
+            yield centered - (centered @ self.components.T) @ self.components
+
+    def score_map(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        r"""
+        The baseline anomaly map: the absolute PCA residual per pixel, averaged over channels.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
+                Images preprocessed like the normal images of `fit`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_images, height, width)`, from the residual whose mean square is
+            `score`.
+        """
+        if self.image_shape is not None and len(self.image_shape) != 3:
+            raise ValueError(f"`score_map` needs images (N, C, H, W) at `fit`; it was fitted on {self.image_shape}.")
+        maps = [residual.abs().reshape(-1, *self.image_shape).mean(1) for residual in self._residuals(pixel_values)]
+        return torch.cat(maps).float()
 
 
 class NearestNeighborBaseline:
@@ -687,12 +1184,446 @@ def anomaly_metrics(scores: torch.Tensor | np.ndarray, is_anomaly: torch.Tensor 
     }
 
 
+# ---------------------------------------------------------------------------------------------------------- background
+
+
+def corrupt_codes(
+    codes: torch.LongTensor, rate: float, codebook_size: int, generator: torch.Generator | None = None
+) -> torch.LongTensor:
+    r"""
+    Random code substitution, the input perturbation of the background model of Ren et al. (NeurIPS 2019, arXiv
+    1906.02845) applied to codes: each code is replaced, with probability `rate`, by a code drawn uniformly from
+    `[0, codebook_size)` (which may be the same code). Train the background prior on `corrupt_codes(codes, rate, K)`
+    of fresh draws every batch, with everything else as for the prior; Ren et al. found rates of 0.1 to 0.3 best.
+
+    Args:
+        codes (`torch.LongTensor` of shape `(batch_size, h, w)` or any shape):
+            Codes in `[0, codebook_size)`.
+        rate (`float`):
+            Substitution probability `mu`, in [0, 1].
+        codebook_size (`int`):
+            `K`.
+        generator (`torch.Generator`, *optional*):
+            On the CPU; for reproducible draws.
+
+    Returns:
+        `torch.LongTensor` of the shape and device of `codes`.
+    """
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dtype == torch.bool:
+        raise ValueError(f"`codes` must be an integer tensor of code ids; got {_describe(codes)}.")
+    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 1:
+        raise ValueError(f"`codebook_size` must be a positive integer; got {codebook_size!r}.")
+    if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ValueError(f"`rate` is a substitution probability in [0, 1] (e.g. 0.2); got {rate!r}.")
+    if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise ValueError(f"`codes` must lie in [0, {codebook_size}); got [{int(codes.min())}, {int(codes.max())}].")
+    replace = torch.rand(codes.shape, generator=generator) < rate
+    random_codes = torch.randint(0, codebook_size, codes.shape, generator=generator)
+    return torch.where(replace.to(codes.device), random_codes.to(codes.device), codes.long())
+
+
+def corrupt_pixels(
+    pixel_values: torch.FloatTensor, rate: float, generator: torch.Generator | None = None
+) -> torch.FloatTensor:
+    r"""
+    Random pixel substitution (Ren et al. 2019), for training a background VQ-VAE: each pixel is replaced, with
+    probability `rate`, by a uniformly drawn 8-bit value per channel (mapped to [-1, 1]).
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [-1, 1].
+        rate (`float`):
+            Substitution probability `mu`, in [0, 1].
+        generator (`torch.Generator`, *optional*):
+            On the CPU; for reproducible draws.
+
+    Returns:
+        `torch.FloatTensor` of the shape and device of `pixel_values`.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point() or pixel_values.ndim != 4:
+        raise ValueError(f"`pixel_values` must be a float tensor (batch, C, H, W); got {_describe(pixel_values)}.")
+    if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ValueError(f"`rate` is a substitution probability in [0, 1] (e.g. 0.2); got {rate!r}.")
+    batch, channels, height, width = pixel_values.shape
+    replace = torch.rand(batch, 1, height, width, generator=generator) < rate
+    values = torch.randint(0, 256, pixel_values.shape, generator=generator).float() / 127.5 - 1
+    return torch.where(replace.to(pixel_values.device), values.to(pixel_values), pixel_values)
+
+
+# ---------------------------------------------------------------------------------------------------------- defects
+
+DEFECT_KINDS = ("patch", "scribble", "blur", "color")
+
+
+def make_synthetic_defects(
+    pixel_values: torch.FloatTensor,
+    kinds: tuple[str, ...] | list[str] = DEFECT_KINDS,
+    seed: int = 0,
+    source_pixel_values: torch.FloatTensor | None = None,
+    defect_size: tuple[float, float] = (0.2, 0.4),
+    min_change: float = 0.05,
+) -> tuple[torch.FloatTensor, torch.BoolTensor, list[str]]:
+    r"""
+    Paste one synthetic local defect into each image, for a pixel-level localisation benchmark, and return where.
+
+    Image `i` gets the defect `kinds[i % len(kinds)]` in a random rectangle whose sides are `defect_size` fractions
+    of the image's (uniform draws):
+    - `"patch"`: the same-sized rectangle cut from another image (of `source_pixel_values`, else another image of the
+      batch) at a random place;
+    - `"scribble"`: a random polyline of 3-6 points inside the rectangle, 1-3 pixels wide (about 1/16 of the side),
+      in a random colour;
+    - `"blur"`: the image blurred with a box filter (width about a quarter of the side, reflected borders), inside
+      the rectangle;
+    - `"color"`: a colour shift inside the rectangle: each channel moved by +-0.3 to +-0.6 (one sign per image and
+      channel), clipped to [-1, 1].
+    The result is rounded to 8-bit values (`k / 127.5 - 1`) inside the defect. A pixel of the defect whose values
+    all moved by less than `min_change` is set back to its original value, so the mask is exactly the set of changed
+    pixels: `masks[i] == (defected[i] != pixel_values[i]).any(0)`, and nothing outside the mask changes.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normal images in [-1, 1] (e.g. normal test images).
+        kinds (`tuple[str, ...]`, *optional*, defaults to `DEFECT_KINDS`):
+            Defects to use, in turn; a subset of `("patch", "scribble", "blur", "color")`.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of every random choice: the same images and seed give the same defects.
+        source_pixel_values (`torch.FloatTensor` of shape `(num_sources, num_channels, height, width)`, *optional*):
+            Images the patches come from (e.g. other normal or other-class images); by default, the batch.
+        defect_size (`tuple[float, float]`, *optional*, defaults to `(0.2, 0.4)`):
+            Range of the rectangle's sides, as fractions of the image's, in (0, 1].
+        min_change (`float`, *optional*, defaults to 0.05):
+            Smallest change on the [-1, 1] scale (about 6 levels of 255) that makes a pixel part of the defect.
+
+    Returns:
+        `(defected, masks, kinds)`: the images (`torch.FloatTensor`, the input's shape, on the CPU), the masks
+        (`torch.BoolTensor` of shape `(batch_size, height, width)`, `True` = defect) and the kind of each image.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point() or pixel_values.ndim != 4:
+        raise ValueError(
+            f"`pixel_values` must be a float tensor (batch, channels, H, W) in [-1, 1]; got {_describe(pixel_values)}."
+        )
+    _check_finite("pixel_values", pixel_values)
+    kinds = list(kinds) if isinstance(kinds, (list, tuple)) else kinds
+    if not isinstance(kinds, list) or not kinds or any(kind not in DEFECT_KINDS for kind in kinds):
+        raise ValueError(f"`kinds` must be a non-empty list from {list(DEFECT_KINDS)}; got {kinds!r}.")
+    low, high = defect_size if isinstance(defect_size, (list, tuple)) and len(defect_size) == 2 else (None, None)
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high <= 1):
+        raise ValueError(f"`defect_size` must be `(low, high)` with 0 < low <= high <= 1; got {defect_size!r}.")
+    if not isinstance(min_change, (int, float)) or not 0 <= min_change < 2:
+        raise ValueError(f"`min_change` must lie in [0, 2); got {min_change!r}.")
+    images = pixel_values.detach().float().cpu()
+    batch, channels, height, width = images.shape
+    if source_pixel_values is None:
+        sources, own = images, True
+    else:
+        if (
+            not isinstance(source_pixel_values, torch.Tensor)
+            or source_pixel_values.ndim != 4
+            or tuple(source_pixel_values.shape[1:]) != (channels, height, width)
+        ):
+            raise ValueError(
+                f"`source_pixel_values` must be float images of shape (num_sources, {channels}, {height}, {width}); "
+                f"got {_describe(source_pixel_values)}."
+            )
+        sources, own = source_pixel_values.detach().float().cpu(), False
+    if "patch" in kinds and len(sources) < (2 if own else 1):
+        raise ValueError("`'patch'` defects need another image to cut from: give 2+ images or `source_pixel_values`.")
+    rng = np.random.default_rng(seed)
+    defected, masks, used = images.clone(), torch.zeros(batch, height, width, dtype=torch.bool), []
+    for index in range(batch):
+        kind = kinds[index % len(kinds)]
+        used.append(kind)
+        box_h = max(1, round(height * rng.uniform(low, high)))
+        box_w = max(1, round(width * rng.uniform(low, high)))
+        top, left = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+        region = torch.zeros(height, width, dtype=torch.bool)
+        region[top : top + box_h, left : left + box_w] = True
+        image, new = images[index], images[index].clone()
+        if kind == "patch":
+            choices = [j for j in range(len(sources)) if not (own and j == index)]
+            source = sources[choices[int(rng.integers(0, len(choices)))]]
+            src_top, src_left = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+            new[:, top : top + box_h, left : left + box_w] = source[
+                :, src_top : src_top + box_h, src_left : src_left + box_w
+            ]
+        elif kind == "scribble":
+            canvas = Image.new("L", (width, height), 0)
+            points = [
+                (left + rng.uniform(0, box_w - 1), top + rng.uniform(0, box_h - 1))
+                for _ in range(int(rng.integers(3, 7)))
+            ]
+            line_width = int(rng.integers(1, max(2, round(min(height, width) / 16)) + 1))
+            ImageDraw.Draw(canvas).line(points, fill=255, width=line_width)
+            region = torch.from_numpy(np.asarray(canvas) > 0)
+            colour = torch.from_numpy(rng.uniform(-1, 1, size=(channels, 1, 1))).float()
+            new = torch.where(region, colour.expand_as(new), new)
+        elif kind == "blur":
+            radius = max(1, round(min(height, width) / 8))
+            padded = torch.nn.functional.pad(image[None], (radius,) * 4, mode="reflect")
+            blurred = torch.nn.functional.avg_pool2d(padded, 2 * radius + 1, stride=1)[0]
+            new = torch.where(region, blurred, new)
+        else:  # color
+            signs = torch.from_numpy(rng.choice([-1.0, 1.0], size=(channels, 1, 1))).float()
+            shift = signs * torch.from_numpy(rng.uniform(0.3, 0.6, size=(channels, 1, 1))).float()
+            new = torch.where(region, (new + shift).clamp(-1, 1), new)
+        new = torch.where(region, ((new + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1, image)
+        changed = region & ((new - image).abs().amax(0) >= max(min_change, 1e-12))
+        defected[index] = torch.where(changed, new, image)
+        masks[index] = changed
+    return defected, masks, used
+
+
+# ---------------------------------------------------------------------------------------------------------- localisation
+
+
+def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    maps = np.asarray(maps.detach().float().cpu() if isinstance(maps, torch.Tensor) else maps, dtype=np.float64)
+    masks = np.asarray(masks.detach().cpu() if isinstance(masks, torch.Tensor) else masks)
+    if maps.ndim != 3 or masks.shape != maps.shape:
+        raise ValueError(
+            f"`maps` and `masks` must both have shape (num_images, height, width); got {maps.shape} and "
+            f"{masks.shape}. Maps of [`VQVAEAnomalyScorer`] already have the input's size."
+        )
+    if not np.isfinite(maps).all():
+        raise ValueError(f"`maps` contains {int((~np.isfinite(maps)).sum())} NaN or inf values.")
+    if not np.isin(masks, [0, 1]).all():
+        raise ValueError("`masks` must hold booleans or 0/1 (True = anomalous pixel).")
+    masks = masks.astype(bool)
+    if masks.all() or not masks.any():
+        raise ValueError(
+            f"Pixel metrics need anomalous and normal pixels; got {int(masks.sum())} anomalous of {masks.size}."
+        )
+    return maps, masks
+
+
+def pixel_auroc(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> float:
+    r"""
+    Pixel-level AUROC: every pixel of every image is a sample, anomalous where `masks` is `True`, scored by `maps`
+    (scikit-learn's `roc_auc_score`).
+
+    Args:
+        maps (`torch.Tensor` or `np.ndarray` of shape `(num_images, height, width)`):
+            Anomaly maps at the input size (higher = more anomalous).
+        masks (`torch.BoolTensor` or `np.ndarray` of the same shape):
+            Ground-truth defects, e.g. from [`make_synthetic_defects`].
+
+    Returns:
+        `float` in [0, 1].
+    """
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError as error:
+        raise ImportError('`pixel_auroc` needs scikit-learn: `pip install "hf_vqvae[anomaly]"`.') from error
+
+    maps, masks = _maps_and_masks(maps, masks)
+    return float(roc_auc_score(masks.ravel(), maps.ravel()))
+
+
+def per_region_overlap(
+    maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray, max_fpr: float = 0.3, num_steps: int = 100
+) -> float:
+    r"""
+    Normalised area under the per-region-overlap curve (PRO, Bergmann et al., MVTec AD, CVPR 2019) up to a false
+    positive rate of `max_fpr`. Each connected region of each mask (8-connectivity, `scipy.ndimage.label`) counts
+    once, whatever its size. For each false positive rate `f` in `num_steps + 1` evenly spaced levels of
+    `[0, max_fpr]`, the threshold is the `1 - f` quantile of the map over the normal pixels (`np.quantile`, linear);
+    the overlap of a region is the share of its pixels whose map value exceeds the threshold, and PRO(f) the mean
+    over regions. The result is the trapezoidal area under PRO(f) divided by `max_fpr`: 1 for a map whose every
+    region lies above all normal pixels, about `max_fpr / 2` for a random one.
+
+    Args:
+        maps (`torch.Tensor` or `np.ndarray` of shape `(num_images, height, width)`):
+            Anomaly maps at the input size.
+        masks (`torch.BoolTensor` or `np.ndarray` of the same shape):
+            Ground-truth defects.
+        max_fpr (`float`, *optional*, defaults to 0.3):
+            Upper end of the false-positive-rate range, in (0, 1] (0.3 as in MVTec AD).
+        num_steps (`int`, *optional*, defaults to 100):
+            Intervals of the false-positive-rate axis.
+
+    Returns:
+        `float` in [0, 1].
+    """
+    try:
+        from scipy import ndimage
+    except ImportError as error:
+        raise ImportError('`per_region_overlap` needs scipy: `pip install "hf_vqvae[anomaly]"`.') from error
+
+    maps, masks = _maps_and_masks(maps, masks)
+    if not isinstance(max_fpr, (int, float)) or not 0 < max_fpr <= 1:
+        raise ValueError(f"`max_fpr` must lie in (0, 1]; got {max_fpr!r}.")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
+    regions = []
+    for image_map, mask in zip(maps, masks):
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions.extend(np.sort(image_map[labels == k]) for k in range(1, count + 1))
+    fprs = np.linspace(0, max_fpr, num_steps + 1)
+    thresholds = np.quantile(maps[~masks], 1 - fprs)
+    overlaps = [
+        np.mean([1 - np.searchsorted(values, threshold, side="right") / len(values) for values in regions])
+        for threshold in thresholds
+    ]
+    overlaps = np.asarray(overlaps)
+    area = float(((overlaps[1:] + overlaps[:-1]) / 2 * np.diff(fprs)).sum())  # trapezoids
+    return area / max_fpr
+
+
+def localization_metrics(maps, masks, max_fpr: float = 0.3) -> dict:
+    """`{"pixel_auroc": ..., "pro": ...}` of [`pixel_auroc`] and [`per_region_overlap`] (see them)."""
+    return {"pixel_auroc": pixel_auroc(maps, masks), "pro": per_region_overlap(maps, masks, max_fpr=max_fpr)}
+
+
+# Maps of [`VQVAEAnomalyOutput`] that [`evaluate_localization`] measures, by the name used in reports.
+MAP_NAMES = {
+    "reconstruction_error": "reconstruction_error_map",
+    "prior_nll": "prior_nll_map",
+    "likelihood_ratio": "likelihood_ratio_map",
+    "restoration": "restoration_map",
+}
+
+
+def evaluate_localization(
+    scorer: "VQVAEAnomalyScorer",
+    pixel_values: torch.FloatTensor,
+    masks: torch.BoolTensor,
+    pca: "PCABaseline | None" = None,
+    max_fpr: float = 0.3,
+) -> dict:
+    r"""
+    The localisation benchmark on images with known defects (e.g. [`make_synthetic_defects`] of normal test
+    images): every map the scorer returns (with `restore=True` when it can restore) and, as the baseline, the PCA
+    residual map, each measured by [`pixel_auroc`] and [`per_region_overlap`].
+
+    Args:
+        scorer ([`VQVAEAnomalyScorer`]):
+            Fitted on normal images (for the restoration threshold), or given `restoration_threshold`.
+        pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
+            The images with defects.
+        masks (`torch.BoolTensor` of shape `(num_images, height, width)`):
+            Where the defects are.
+        pca ([`PCABaseline`], *optional*):
+            Fitted on normal images: adds `"pca_residual"`.
+        max_fpr (`float`, *optional*, defaults to 0.3):
+            See [`per_region_overlap`].
+
+    Returns:
+        `dict`: `{map_name: {"pixel_auroc": float, "pro": float}}` with map names from `MAP_NAMES` and
+        `"pca_residual"`, plus `"maps"`: `{map_name: torch.FloatTensor (num_images, height, width)}` for figures.
+    """
+    restore = scorer.prior is not None and scorer._restoration_nll_threshold is not None
+    output = scorer.score(pixel_values, return_maps=True, restore=restore)
+    maps = {name: output[field].cpu() for name, field in MAP_NAMES.items() if output.get(field) is not None}
+    if pca is not None:
+        maps["pca_residual"] = pca.score_map(pixel_values)
+    results = {name: localization_metrics(value, masks, max_fpr=max_fpr) for name, value in maps.items()}
+    results["maps"] = maps
+    return results
+
+
+def validation_scores(
+    scorer: "VQVAEAnomalyScorer",
+    normal_pixel_values: torch.FloatTensor,
+    seed: int = 0,
+    kinds: tuple[str, ...] | list[str] = DEFECT_KINDS,
+) -> tuple[dict, dict]:
+    r"""
+    The inputs of [`select_score`] from held-out normal images only: every per-image score of the scorer on the
+    images as they are, and on the same images with one synthetic defect each ([`make_synthetic_defects`] with
+    `seed` and `kinds`, patches cut from the other held-out images).
+
+    Returns:
+        `(normal_scores, synthetic_anomaly_scores)`: two `dict[str, np.ndarray]` with the same keys.
+    """
+    defected, _, _ = make_synthetic_defects(normal_pixel_values, kinds=kinds, seed=seed)
+    normal = scorer.score(normal_pixel_values, return_maps=False)
+    synthetic = scorer.score(defected.to(normal_pixel_values.device), return_maps=False)
+    names = [name for name in (*scorer.available_scores, "combined_score") if normal.get(name) is not None]
+    return (
+        {name: normal[name].double().cpu().numpy() for name in names},
+        {name: synthetic[name].double().cpu().numpy() for name in names},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- selection
+
+
+def select_score(normal_scores: dict, synthetic_anomaly_scores: dict, names: list[str] | None = None) -> dict:
+    r"""
+    Choose the score to report without looking at the test labels.
+
+    With normal images alone no criterion can tell which score separates anomalies best (that needs anomalies), so
+    the protocol here is: a **validation split of normal images** (held out of model training, e.g. the hold-out of
+    `scripts/anomaly.py --statistics_holdout_fraction`) and **synthetic anomalies made from other held-out normal
+    images** by [`make_synthetic_defects`] (or any transformation of normal data); no test image and no other-class
+    image is used. Each score's AUROC of synthetic anomalies against the normal validation images is measured, and
+    the highest wins (ties go to the earlier name). The synthetic anomalies are local defects, so the choice favours
+    scores that notice local change; say so beside the result.
+
+    Args:
+        normal_scores (`dict[str, array]`):
+            Per score name, the scores of the held-out normal images (1-D).
+        synthetic_anomaly_scores (`dict[str, array]`):
+            Per score name, the scores of the synthetic anomalies (1-D).
+        names (`list[str]`, *optional*):
+            Scores to choose from, in order of preference on ties; defaults to the names present in both dicts, in
+            the order of `normal_scores`.
+
+    Returns:
+        `dict`: `best` (the name), `validation_auroc` (`{name: float}`), `criterion` (a sentence for the report),
+        `num_normal`, `num_synthetic`.
+    """
+    if not isinstance(normal_scores, dict) or not isinstance(synthetic_anomaly_scores, dict):
+        raise ValueError(
+            "`normal_scores` and `synthetic_anomaly_scores` must be dicts `{score_name: 1-D scores}`; got "
+            f"{_describe(normal_scores)} and {_describe(synthetic_anomaly_scores)}."
+        )
+    if names is None:
+        names = [name for name in normal_scores if name in synthetic_anomaly_scores]
+    missing = [name for name in names if name not in normal_scores or name not in synthetic_anomaly_scores]
+    if not names or missing:
+        raise ValueError(
+            f"Every score to choose from needs values on normal and synthetic images; missing {missing}, names "
+            f"{list(names)}, normal {sorted(normal_scores)}, synthetic {sorted(synthetic_anomaly_scores)}."
+        )
+    aurocs, counts = {}, None
+    for name in names:
+        normal = np.asarray(normal_scores[name], dtype=np.float64).ravel()
+        synthetic = np.asarray(synthetic_anomaly_scores[name], dtype=np.float64).ravel()
+        metrics = anomaly_metrics(
+            np.concatenate([normal, synthetic]), np.r_[np.zeros(len(normal)), np.ones(len(synthetic))]
+        )
+        aurocs[name] = metrics["auroc"]
+        counts = (metrics["num_normal"], metrics["num_anomalous"])
+    best = max(names, key=lambda name: (aurocs[name], -names.index(name)))
+    return {
+        "best": best,
+        "validation_auroc": aurocs,
+        "criterion": "highest AUROC of synthetic defects (make_synthetic_defects) against held-out normal images",
+        "num_normal": counts[0],
+        "num_synthetic": counts[1],
+    }
+
+
 __all__ = [
+    "DEFECT_KINDS",
+    "MAP_NAMES",
+    "PNG_COMPRESS_LEVEL",
     "SCORE_NAMES",
     "NearestNeighborBaseline",
     "PCABaseline",
     "VQVAEAnomalyOutput",
     "VQVAEAnomalyScorer",
     "anomaly_metrics",
+    "compression_bits",
+    "corrupt_codes",
+    "corrupt_pixels",
+    "evaluate_localization",
+    "localization_metrics",
+    "make_synthetic_defects",
+    "per_region_overlap",
+    "pixel_auroc",
     "render_anomaly_heatmap",
+    "select_score",
+    "validation_scores",
 ]

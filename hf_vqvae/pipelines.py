@@ -32,7 +32,7 @@ from transformers import Pipeline
 from transformers.image_utils import load_image
 from transformers.utils import cached_file, logging
 
-from .anomaly import SCORE_NAMES, VQVAEAnomalyScorer, render_anomaly_heatmap
+from .anomaly import SCORE_NAMES, VQVAEAnomalyScorer, _unknown_keywords_message, render_anomaly_heatmap
 from .image_processing_vqvae import VQVAEImageProcessor
 from .modeling_vqvae import VQVAEModel
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
@@ -42,6 +42,18 @@ from .training_utils import codes_fingerprint
 logger = logging.get_logger(__name__)
 
 VQVAE_REFERENCE_NAME = "vqvae_reference.json"
+# The per-image scores the anomaly pipeline returns, and the maps it can draw (`<name>_map` of the scorer's output).
+PIPELINE_SCORES = (
+    *SCORE_NAMES,
+    "combined_score",
+    "nll_bits",
+    "compression_bits",
+    "complexity_corrected_nll",
+    "likelihood_ratio",
+    "restoration_nll",
+    "restoration_error",
+)
+HEATMAP_NAMES = (*SCORE_NAMES, "likelihood_ratio", "restoration")
 _OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -481,7 +493,12 @@ class VQVAEAnomalyPipeline(Pipeline):
         prior_class_label (`int` or `str`, *optional*):
             The class a class-conditional prior is conditioned on (required for such a prior).
         statistics (`dict`, *optional*):
-            The `statistics` of a [`VQVAEAnomalyScorer.fit`] with the same models, for `combined_score`.
+            The `statistics` of a [`VQVAEAnomalyScorer.fit`] with the same models, for `combined_score` and the
+            fitted settings of the other scores.
+        background_prior (`str`, `os.PathLike` or [`VQVAEPriorForCausalLM`], *optional*):
+            A prior trained on corrupted codes of this VQ-VAE ([`corrupt_codes`]), for `likelihood_ratio`.
+        scorer_kwargs (`dict`, *optional*):
+            More arguments of [`VQVAEAnomalyScorer`], e.g. `{"restoration_threshold": 0.01}`.
 
     Example:
 
@@ -505,8 +522,19 @@ class VQVAEAnomalyPipeline(Pipeline):
     _load_tokenizer = False
 
     def __init__(
-        self, model, *args, prior=None, prior_revision=None, prior_class_label=None, statistics=None, **kwargs
+        self,
+        model,
+        *args,
+        prior=None,
+        prior_revision=None,
+        prior_class_label=None,
+        statistics=None,
+        background_prior=None,
+        scorer_kwargs=None,
+        **kwargs,
     ):
+        self._background_prior = background_prior
+        self._scorer_kwargs = dict(scorer_kwargs or {})
         super().__init__(model, *args, **kwargs)
         if not isinstance(self.model, VQVAEModel):
             raise TypeError(
@@ -530,7 +558,19 @@ class VQVAEAnomalyPipeline(Pipeline):
             )
         if prior is not None:
             prior = prior.to(self.device).eval()
-        return VQVAEAnomalyScorer(self.model, prior, class_label=prior_class_label, statistics=statistics)
+        background = self._background_prior
+        if isinstance(background, (str, os.PathLike)):
+            background = self._background_prior = VQVAEPriorForCausalLM.from_pretrained(background)
+        if background is not None:
+            background = background.to(self.device).eval()
+        return VQVAEAnomalyScorer(
+            self.model,
+            prior,
+            class_label=prior_class_label,
+            statistics=statistics,
+            background_prior=background,
+            **self._scorer_kwargs,
+        )
 
     def fit(self, images, batch_size: int = 64, timeout: float | None = None) -> dict:
         r"""
@@ -568,8 +608,11 @@ class VQVAEAnomalyPipeline(Pipeline):
             images (`str`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
                 An image (a path or URL is loaded), or a list of images.
             heatmap (`str`, *optional*):
-                Also return a heat map (`PIL.Image.Image`) of `"reconstruction_error"` or `"prior_nll"` (needs a
-                prior) over the preprocessed image.
+                Also return a heat map (`PIL.Image.Image`) of `"reconstruction_error"`, `"prior_nll"` (needs a
+                prior), `"likelihood_ratio"` (needs a background prior) or `"restoration"` (needs a prior and
+                `restore=True`) over the preprocessed image.
+            restore (`bool`, *optional*, defaults to `False`):
+                Also restore the image ([`VQVAEAnomalyScorer.score`]): `restoration_error` and its map.
             heatmap_range (`tuple[float, float]`, *optional*):
                 Map values `(vmin, vmax)` drawn without and with full tint; default `(0, the image's maximum)`. Fix it
                 to compare images.
@@ -590,8 +633,8 @@ class VQVAEAnomalyPipeline(Pipeline):
                 Images per forward pass, for a list of images.
 
         Returns:
-            A `dict` per image (a list of them for a list): `reconstruction_error`, `prior_nll` and `combined_score`
-            (`float`, or `None` without a prior / before `fit`), and `heatmap` and the maps when asked.
+            A `dict` per image (a list of them for a list): every score of `PIPELINE_SCORES` (`float`, or `None`
+            when the score needs a model or a `fit` that is missing), and `heatmap` and the maps when asked.
         """
         return super().__call__(images, **kwargs)
 
@@ -605,7 +648,13 @@ class VQVAEAnomalyPipeline(Pipeline):
         prior_revision=None,
         prior_class_label=None,
         statistics=None,
+        restore=None,
+        **kwargs,
     ):
+        if kwargs:
+            known = ("heatmap", "heatmap_range", "return_maps", "timeout", "prior", "prior_revision")
+            known += ("prior_class_label", "statistics", "restore", "batch_size")
+            raise TypeError(_unknown_keywords_message("The 'vqvae-anomaly' pipeline", kwargs, known))
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if timeout is not None:
             preprocess_params["timeout"] = timeout
@@ -617,11 +666,17 @@ class VQVAEAnomalyPipeline(Pipeline):
             )
             forward_params["scorer"] = scorer
         if heatmap is not None:
-            if heatmap not in SCORE_NAMES:
-                raise ValueError(f"`heatmap` must be one of {list(SCORE_NAMES)} or None; got {heatmap!r}.")
-            if heatmap == "prior_nll" and (scorer is None or scorer.prior is None):
-                raise ValueError("`heatmap='prior_nll'` needs a prior: pass `prior=` to the pipeline or the call.")
+            if heatmap not in HEATMAP_NAMES:
+                raise ValueError(f"`heatmap` must be one of {list(HEATMAP_NAMES)} or None; got {heatmap!r}.")
+            if heatmap in ("prior_nll", "restoration") and (scorer is None or scorer.prior is None):
+                raise ValueError(f"`heatmap={heatmap!r}` needs a prior: pass `prior=` to the pipeline or the call.")
+            if heatmap == "restoration" and not restore:
+                raise ValueError("`heatmap='restoration'` needs `restore=True`.")
+            if heatmap == "likelihood_ratio" and (scorer is None or scorer.background_prior is None):
+                raise ValueError("`heatmap='likelihood_ratio'` needs `background_prior=` when building the pipeline.")
             postprocess_params["heatmap"] = heatmap
+        if restore:
+            forward_params["restore"] = True
         if heatmap_range is not None:
             if not isinstance(heatmap_range, (list, tuple)) or len(heatmap_range) != 2:
                 raise ValueError(f"`heatmap_range` must be `(vmin, vmax)`; got {heatmap_range!r}.")
@@ -635,19 +690,23 @@ class VQVAEAnomalyPipeline(Pipeline):
     def preprocess(self, image, timeout: float | None = None):
         return _preprocess_one_image(self.image_processor, image, timeout)
 
-    def _forward(self, model_inputs, return_maps: bool = False, scorer: VQVAEAnomalyScorer | None = None):
+    def _forward(
+        self, model_inputs, return_maps: bool = False, scorer: VQVAEAnomalyScorer | None = None, restore: bool = False
+    ):
         pixel_values = model_inputs["pixel_values"]
-        output = (scorer or self.scorer).score(pixel_values.to(self.model.device), return_maps=return_maps)
-        maps_and_scores = {key: value for key, value in output.items() if key != "reconstruction"}
+        output = (scorer or self.scorer).score(
+            pixel_values.to(self.model.device), return_maps=return_maps, restore=restore
+        )
+        maps_and_scores = {key: value for key, value in output.items() if key not in ("reconstruction", "restoration")}
         return {"pixel_values": pixel_values, **maps_and_scores}
 
     def postprocess(self, model_outputs, heatmap: str | None = None, heatmap_range=None, return_maps: bool = False):
         result = {}
-        for name in (*SCORE_NAMES, "combined_score"):
+        for name in PIPELINE_SCORES:
             value = model_outputs.get(name)
             result[name] = None if value is None else float(value[0])
         if return_maps:
-            for name in ("reconstruction_error_map", "prior_nll_map"):
+            for name in (f"{name}_map" for name in HEATMAP_NAMES):
                 value = model_outputs.get(name)
                 result[name] = None if value is None else value[0].cpu()  # (H, W)
         if heatmap is not None:

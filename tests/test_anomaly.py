@@ -4,6 +4,7 @@ The inliers are smooth, low-amplitude sinusoids; the obvious outliers are unifor
 a tiny prior are fitted on the inliers for a few dozen steps (well under a second each), once per module.
 """
 
+import io
 import json
 import math
 import sys
@@ -24,8 +25,22 @@ from hf_vqvae import (
     VQVAEModel,
     VQVAEPriorForCausalLM,
     anomaly_metrics,
+    compression_bits,
+    corrupt_codes,
+    localization_metrics,
+    make_synthetic_defects,
     render_anomaly_heatmap,
+    select_score,
 )
+from hf_vqvae.anomaly import (
+    DEFECT_KINDS,
+    PNG_COMPRESS_LEVEL,
+    corrupt_pixels,
+    per_region_overlap,
+    pixel_auroc,
+)
+from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
+from hf_vqvae.pipelines import PIPELINE_SCORES
 
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -344,9 +359,10 @@ def test_pipeline(saved_models, vqvae, prior, test_images):
     detect = pipeline("vqvae-anomaly", model=str(saved_models / "vqvae"))
     assert isinstance(detect, VQVAEAnomalyPipeline)
     result = detect(images[0])
-    assert set(result) == {"reconstruction_error", "prior_nll", "combined_score"}
-    assert result["prior_nll"] is None and result["combined_score"] is None
+    assert set(result) == set(PIPELINE_SCORES)
+    assert result["prior_nll"] is None and result["combined_score"] is None and result["restoration_nll"] is None
     pixel_values = VQVAEImageProcessor.from_model_config(vqvae.config)(images, return_tensors="pt")["pixel_values"]
+    assert result["compression_bits"] == float(compression_bits(pixel_values[:1]))
     expected = VQVAEAnomalyScorer(vqvae, prior).score(pixel_values)
     assert result["reconstruction_error"] == pytest.approx(float(expected.reconstruction_error[0]), rel=1e-5)
 
@@ -361,9 +377,21 @@ def test_pipeline(saved_models, vqvae, prior, test_images):
     torch.testing.assert_close(one_by_one[1]["reconstruction_error_map"], expected.reconstruction_error_map[1])
 
     statistics = detect.fit([to_pil(image) for image in smooth_images(10, seed=5)])
-    assert set(statistics) == {"num_images", "reconstruction_error", "prior_nll"}
+    assert {"num_images", "reconstruction_error", "prior_nll", "nll_bits", "restoration_nll_threshold"} <= set(
+        statistics
+    )
     inlier, outlier = detect(images, batch_size=2)
     assert outlier["combined_score"] > inlier["combined_score"]
+    assert outlier["nll_bits"] > inlier["nll_bits"] and inlier["restoration_error"] is None
+    restored = detect(images[1], restore=True, heatmap="restoration", return_maps=True)
+    assert restored["restoration_error"] > 0 and restored["restoration_map"].shape == (16, 16)
+    assert restored["heatmap"].size == (16, 16)
+    with pytest.raises(ValueError, match="needs `restore=True`"):
+        detect(images[0], heatmap="restoration")
+    with pytest.raises(ValueError, match="needs `background_prior=`"):
+        detect(images[0], heatmap="likelihood_ratio")
+    with_background = pipeline("vqvae-anomaly", model=vqvae, prior=prior, background_prior=prior)
+    assert with_background(images[0], heatmap="likelihood_ratio")["likelihood_ratio"] == 0
     with pytest.raises(ValueError, match="`heatmap` must be one of"):
         detect(images[0], heatmap="pixels")
     with pytest.raises(ValueError, match="needs a prior"):
@@ -507,3 +535,381 @@ def test_script_rejects_bad_arguments(parquet_data, tmp_path):
         anomaly_script.main(
             parse(script_args(parquet_data, tmp_path, ["--baselines_only", "--normal_classes", "cat"]))
         )
+
+
+# ---------------------------------------------------------------------------------------------------------- issue 19
+# Complexity-corrected likelihood, likelihood ratio, restoration, localisation, score selection.
+
+
+def textured_images(num_images: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Smooth images with a finer stripe pattern on top: enough texture that every kind of defect changes pixels."""
+    stripes = 0.4 * torch.sin(torch.arange(size) * 2.0)[None, None, :, None]  # (1, 1, size, 1)
+    return (smooth_images(num_images, size, seed) + stripes).clamp(-1, 1)
+
+
+def pattern_images(num_images: int, seed: int = 0) -> torch.Tensor:
+    """(N, 3, 16, 16) one fixed pattern of gradients, at amplitudes 0.6-1, plus a little noise: very regular normal
+    data, whose codes at each position a prior learns to predict well."""
+    generator = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(-0.8, 0.8, 16)
+    y, x = ramp[:, None].expand(16, 16), ramp[None, :].expand(16, 16)
+    pattern = torch.stack([y, x, -y * x])  # (3, 16, 16)
+    amplitude = 0.6 + 0.4 * torch.rand(num_images, 1, 1, 1, generator=generator)
+    return (amplitude * pattern + 0.03 * torch.randn(num_images, 3, 16, 16, generator=generator)).clamp(-1, 1)
+
+
+PATCH = (slice(4, 8), slice(8, 12))  # one 4x4 code patch: code (1, 2)
+
+
+def paste_patch(images: torch.Tensor) -> torch.Tensor:
+    """The images with a saturated magenta square (a colour no normal image has) pasted over `PATCH`."""
+    pasted = images.clone()
+    pasted[:, :, PATCH[0], PATCH[1]] = torch.tensor([1.0, -1.0, 1.0])[:, None, None]
+    return pasted
+
+
+@pytest.fixture(scope="module")
+def pattern_scorer():
+    """A tiny VQ-VAE and prior trained (60 Adam steps each, ~2 s) on `pattern_images`, fitted on 32 unseen ones."""
+    torch.manual_seed(0)
+    vqvae = VQVAEModel(make_tiny_config())
+    data = pattern_images(32)
+    optimizer = torch.optim.Adam(vqvae.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = vqvae(data).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vqvae.eval()
+    torch.manual_seed(0)
+    prior = VQVAEPriorForCausalLM(make_tiny_prior_config(grid_size=(4, 4), num_classes=0))
+    with torch.no_grad():
+        codes = vqvae.encode(data).codes
+    mapping = prior.code_mapping
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = prior(mapping.codes_to_input_ids(codes), labels=mapping.codes_to_labels(codes)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return VQVAEAnomalyScorer(vqvae, prior.eval()).fit(pattern_images(32, seed=5))
+
+
+@pytest.fixture(scope="module")
+def fitted_scorer(vqvae, prior):
+    """Scorer with the tiny models, fitted on 32 unseen smooth images (Gaussian scale, threshold, statistics)."""
+    return VQVAEAnomalyScorer(vqvae, prior).fit(smooth_images(32, seed=5))
+
+
+def test_compression_bits_is_png_length_and_deterministic():
+    images = torch.cat([torch.zeros(1, 3, 16, 16), noise_images(1), smooth_images(1)])
+    bits = compression_bits(images)
+    torch.testing.assert_close(bits, compression_bits(images.clone()), rtol=0, atol=0)  # deterministic
+    for image, length in zip(images, bits):
+        array = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+        assert length == 8 * len(buffer.getvalue())
+    assert bits[0] < bits[2] < bits[1]  # flat < smooth < noise
+    gray = compression_bits(images[:, :1])
+    assert gray.shape == (3,) and (gray < bits).all()
+    with pytest.raises(ValueError, match="gray \\(1\\) or RGB \\(3\\)"):
+        compression_bits(torch.zeros(1, 2, 8, 8))
+    with pytest.raises(ValueError, match="float tensor"):
+        compression_bits(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_complexity_corrected_nll(vqvae, prior, fitted_scorer, test_images):
+    # Before `fit` an MSE decoder has no Gaussian scale: no bits.
+    assert VQVAEAnomalyScorer(vqvae, prior).score(test_images).nll_bits is None
+    log_scale = fitted_scorer.statistics["reconstruction_log_scale"]
+    assert math.log(1e-3) < log_scale < 0
+    output = fitted_scorer.score(test_images)
+    # By hand: discretized-Gaussian bits of the pixels around the reconstruction, plus the prior's bits of the codes.
+    decoded = vqvae.decode(output.codes)
+    log_px = discretized_gaussian_log_likelihood(
+        test_images, decoded.reconstruction, torch.full_like(decoded.reconstruction, log_scale)
+    )
+    code_bits = -prior.code_log_likelihood(output.codes).flatten(1).sum(1) / math.log(2)
+    expected = -log_px.flatten(1).sum(1) / math.log(2) + code_bits
+    torch.testing.assert_close(output.nll_bits, expected.detach(), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(output.compression_bits, compression_bits(test_images))
+    torch.testing.assert_close(output.complexity_corrected_nll, output.nll_bits - output.compression_bits)
+    # Noise costs the most bits under the model, and also the most PNG bits (it is incompressible): with this weak
+    # decoder (Gaussian scale ~0.26) the correction removes most of the gap, so the corrected score is not asserted.
+    assert output.nll_bits[6:].min() > output.nll_bits[:6].max()
+    assert output.compression_bits[6:].min() > output.compression_bits[:6].max()
+    # A decoder with its own pixel likelihood plugs in as `pixel_log_likelihood`: here a constant 1 nat per value.
+    constant = VQVAEAnomalyScorer(
+        vqvae, prior, pixel_log_likelihood=lambda model, pixels, codes: -torch.ones_like(pixels)
+    ).score(test_images)
+    torch.testing.assert_close(constant.nll_bits, 3 * 16 * 16 / math.log(2) + code_bits.detach(), rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="must return log p"):
+        VQVAEAnomalyScorer(vqvae, pixel_log_likelihood=lambda model, pixels, codes: pixels[:, 0, 0]).score(test_images)
+
+
+def test_likelihood_ratio_with_identical_models_is_zero(vqvae, prior, fitted_scorer, test_images):
+    same_prior = VQVAEAnomalyScorer(vqvae, prior, background_prior=prior).score(test_images)
+    assert same_prior.likelihood_ratio.abs().max() == 0 and same_prior.likelihood_ratio_map.abs().max() == 0
+    both = VQVAEAnomalyScorer(
+        vqvae, prior, background_prior=prior, background_vqvae=vqvae, statistics=fitted_scorer.statistics
+    )
+    both.statistics["background_reconstruction_log_scale"] = both.statistics["reconstruction_log_scale"]
+    output = both.score(test_images)
+    assert output.likelihood_ratio.abs().max() == 0 and output.likelihood_ratio_map.abs().max() == 0
+
+
+def test_likelihood_ratio_against_a_background_prior(vqvae, prior, test_images):
+    torch.manual_seed(1)
+    background = VQVAEPriorForCausalLM(make_tiny_prior_config(grid_size=(4, 4), num_classes=0)).eval()
+    output = VQVAEAnomalyScorer(vqvae, prior, background_prior=background).score(test_images)
+    # Without a background VQ-VAE the pixel terms cancel: the ratio is the prior's bits minus the background's.
+    expected = (prior.code_log_likelihood(output.codes) - background.code_log_likelihood(output.codes)).flatten(1).sum(
+        1
+    ) / -math.log(2)
+    torch.testing.assert_close(output.likelihood_ratio, expected, rtol=1e-5, atol=1e-4)
+    # Its map spreads each code's bits over the code's 4x4 pixels: the sum over pixels is the score.
+    assert output.likelihood_ratio_map.shape == (8, 16, 16)
+    torch.testing.assert_close(output.likelihood_ratio_map.sum((1, 2)), output.likelihood_ratio, rtol=1e-4, atol=1e-3)
+
+
+def test_corrupt_codes():
+    codes = torch.randint(0, 16, (200, 4, 4), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(corrupt_codes(codes, 0.0, 16), codes)
+    first = corrupt_codes(codes, 0.3, 16, generator=torch.Generator().manual_seed(1))
+    again = corrupt_codes(codes, 0.3, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and first.shape == codes.shape and first.min() >= 0 and first.max() < 16
+    changed = float((first != codes).float().mean())
+    assert abs(changed - 0.3 * 15 / 16) < 0.03  # a substitution may draw the same code
+    noisy = corrupt_pixels(smooth_images(4), 1.0, generator=torch.Generator().manual_seed(0))
+    levels = (noisy + 1) * 127.5
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)  # 8-bit values
+    with pytest.raises(ValueError, match="substitution probability"):
+        corrupt_codes(codes, 1.5, 16)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 8\)"):
+        corrupt_codes(codes, 0.1, 8)
+
+
+def test_pasted_patch_scores_higher_and_its_maps_peak_inside(pattern_scorer):
+    clean = pattern_images(6, seed=1)
+    pasted = paste_patch(clean)
+    patch = torch.zeros(16, 16, dtype=torch.bool)
+    patch[PATCH] = True
+    clean_output = pattern_scorer.score(clean, restore=True)
+    output = pattern_scorer.score(pasted, restore=True)
+    for name in (
+        "reconstruction_error",
+        "prior_nll",
+        "nll_bits",
+        "complexity_corrected_nll",
+        "restoration_nll",
+        "restoration_error",
+        "combined_score",
+    ):
+        assert (output[name] > clean_output[name]).all(), name
+    # The patch makes codes unlikely (the encoder's receptive field spreads it to the codes around it too)...
+    assert (output.unlikely_codes.sum((1, 2)) > clean_output.unlikely_codes.sum((1, 2))).all()
+    # ...and the pixel maps, at the input size, peak inside the patch.
+    for name in ("restoration_map", "reconstruction_error_map"):
+        maps = output[name]
+        assert maps.shape == (6, 16, 16)
+        assert patch.flatten()[maps.flatten(1).argmax(1)].all(), name
+    assert localization_metrics(output.restoration_map, patch.expand(6, 16, 16))["pixel_auroc"] > 0.9
+
+
+def test_restoration_keeps_likely_codes(pattern_scorer):
+    scorer = pattern_scorer
+    prior = scorer.prior
+    pasted = paste_patch(pattern_images(4, seed=2))
+    output = scorer.score(pasted, restore=True)
+    unlikely = output.unlikely_codes
+    assert unlikely.any() and not unlikely.all()
+    assert torch.equal(output.restored_codes[~unlikely], output.codes[~unlikely])
+    threshold = scorer.statistics["restoration_nll_threshold"]
+    torch.testing.assert_close(output.restoration_nll, (output.code_nll * (output.code_nll > threshold)).sum((1, 2)))
+    # Each re-drawn code is likely given the (restored) codes before it.
+    redrawn = -prior.code_log_likelihood(output.restored_codes)
+    assert (redrawn[unlikely] <= threshold + 1e-4).all()
+    # Deterministic, and the same image restores the same way alone or in a batch.
+    again = scorer.score(pasted, restore=True)
+    alone = scorer.score(pasted[2:3], restore=True)
+    assert torch.equal(output.restored_codes, again.restored_codes)
+    assert torch.equal(output.restored_codes[2:3], alone.restored_codes)
+    torch.testing.assert_close(output.restoration_map, (pasted - output.restoration).abs().mean(1))
+    # With a threshold no code falls below, nothing changes: the restoration is the reconstruction.
+    nothing = VQVAEAnomalyScorer(scorer.vqvae, prior, restoration_threshold=1e-30).score(pasted, restore=True)
+    assert not nothing.unlikely_codes.any() and torch.equal(nothing.restored_codes, nothing.codes)
+    torch.testing.assert_close(nothing.restoration, nothing.reconstruction)
+    assert (nothing.restoration_nll == 0).all()
+    with pytest.raises(ValueError, match="needs the threshold"):
+        VQVAEAnomalyScorer(scorer.vqvae, prior).score(pasted, restore=True)
+    with pytest.raises(ValueError, match="give the scorer a `prior`"):
+        VQVAEAnomalyScorer(scorer.vqvae).score(pasted, restore=True)
+
+
+def test_fit_measures_every_available_score(vqvae, prior, fitted_scorer):
+    statistics = fitted_scorer.statistics
+    assert set(fitted_scorer.available_scores) == {
+        "reconstruction_error",
+        "prior_nll",
+        "nll_bits",
+        "compression_bits",
+        "complexity_corrected_nll",
+        "restoration_nll",
+    }
+    for name in fitted_scorer.available_scores:
+        assert statistics[name]["std"] >= 0 and math.isfinite(statistics[name]["mean"]), name
+    # The threshold lets `restoration_quantile` of the normal codes through as unlikely.
+    normal = fitted_scorer.score(smooth_images(32, seed=5), return_maps=False)
+    share = float(normal.unlikely_codes.float().mean())
+    assert 0 < share <= 0.02
+    # The fitted settings come back with `statistics=`.
+    reused = VQVAEAnomalyScorer(vqvae, prior, statistics=statistics).score(smooth_images(3, seed=9))
+    torch.testing.assert_close(reused.nll_bits, fitted_scorer.score(smooth_images(3, seed=9)).nll_bits)
+
+
+def test_synthetic_defect_masks_match_changed_pixels():
+    images = textured_images(12)
+    defected, masks, kinds = make_synthetic_defects(images, seed=0)
+    assert kinds == list(DEFECT_KINDS) * 3 and masks.shape == (12, 16, 16) and masks.dtype == torch.bool
+    torch.testing.assert_close(masks, (defected != images).any(1), rtol=0, atol=0)
+    assert masks.flatten(1).any(1).all()  # every image got a visible defect
+    changed = (defected - images).abs().amax(1)
+    assert (changed[masks] >= 0.05).all()
+    levels = (defected[masks[:, None].expand_as(defected)] + 1) * 127.5
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)  # 8-bit values inside the defects
+    again, again_masks, _ = make_synthetic_defects(images, seed=0)
+    assert torch.equal(again, defected) and torch.equal(again_masks, masks)
+    other, _, _ = make_synthetic_defects(images, seed=1)
+    assert not torch.equal(other, defected)
+    # Patches from other images.
+    sources = noise_images(3)
+    pasted, patch_masks, _ = make_synthetic_defects(images[:2], kinds=["patch"], source_pixel_values=sources)
+    assert patch_masks.any() and torch.equal(patch_masks, (pasted != images[:2]).any(1))
+    with pytest.raises(ValueError, match="`kinds`"):
+        make_synthetic_defects(images, kinds=["stain"])
+    with pytest.raises(ValueError, match="another image"):
+        make_synthetic_defects(images[:1], kinds=["patch"])
+    with pytest.raises(ValueError, match="defect_size"):
+        make_synthetic_defects(images, defect_size=(0.5, 0.2))
+
+
+def test_pixel_auroc_and_pro_on_hand_made_maps():
+    masks = np.zeros((1, 4, 4), dtype=bool)
+    masks[0, 0, 0] = True  # region A: one pixel
+    masks[0, 2:4, 3] = True  # region B: three pixels
+    masks[0, 3, 2] = True
+    perfect = masks.astype(float)
+    assert pixel_auroc(perfect, masks) == 1.0 and per_region_overlap(perfect, masks) == pytest.approx(1.0)
+    assert pixel_auroc(1 - perfect, masks) == 0.0 and per_region_overlap(1 - perfect, masks) == pytest.approx(0.0)
+    # A map that finds only region A (normal pixels and B all 0): AUROC = (1 * 1 + 3 * 0.5) / 4 over the
+    # 4 anomalous pixels (ties count half); each region counts once in PRO, so PRO = 0.5 at every FPR.
+    only_a = np.zeros((1, 4, 4))
+    only_a[0, 0, 0] = 1.0
+    assert pixel_auroc(only_a, masks) == pytest.approx(0.625)
+    assert per_region_overlap(only_a, masks) == pytest.approx(0.5)
+    assert localization_metrics(torch.from_numpy(only_a), torch.from_numpy(masks)) == pytest.approx(
+        {"pixel_auroc": 0.625, "pro": 0.5}
+    )
+    with pytest.raises(ValueError, match="anomalous and normal pixels"):
+        pixel_auroc(only_a, np.zeros_like(masks))
+    with pytest.raises(ValueError, match="same shape|both have shape"):
+        per_region_overlap(only_a[0], masks)
+    with pytest.raises(ValueError, match="max_fpr"):
+        per_region_overlap(only_a, masks, max_fpr=0)
+
+
+def test_pca_residual_map():
+    normal = smooth_images(40)
+    baseline = PCABaseline(n_components=5).fit(normal)
+    queries = paste_patch(smooth_images(3, seed=4))
+    maps = baseline.score_map(queries)
+    assert maps.shape == (3, 16, 16)
+    data = normal.reshape(40, -1).double().numpy()
+    _, _, vh = np.linalg.svd(data - data.mean(0), full_matrices=False)
+    centered = queries.reshape(3, -1).double().numpy() - data.mean(0)
+    residual = centered - centered @ vh[:5].T @ vh[:5]
+    np.testing.assert_allclose(maps.numpy(), np.abs(residual).reshape(3, 3, 16, 16).mean(1), rtol=1e-4, atol=1e-6)
+    patch = torch.zeros(3, 16, 16, dtype=torch.bool)
+    patch[:, 4:8, 8:12] = True
+    assert pixel_auroc(maps, patch) > 0.9
+
+
+def test_select_score_uses_validation_data_only():
+    rng = np.random.default_rng(0)
+    normal = {"good": rng.normal(0, 1, 50), "bad": rng.normal(0, 1, 50), "tie": np.zeros(50)}
+    synthetic = {"good": rng.normal(3, 1, 20), "bad": rng.normal(0, 1, 20), "tie": np.zeros(20)}
+    choice = select_score(normal, synthetic)
+    assert choice["best"] == "good" and choice["num_normal"] == 50 and choice["num_synthetic"] == 20
+    assert choice["validation_auroc"]["tie"] == 0.5 and choice["validation_auroc"]["good"] > 0.95
+    assert select_score(normal, synthetic, names=["tie", "bad"])["best"] in ("tie", "bad")
+    with pytest.raises(ValueError, match="missing"):
+        select_score(normal, {"good": synthetic["good"]}, names=["good", "bad"])
+
+
+def test_wrong_keyword_names_the_existing_one(vqvae):
+    config = make_tiny_prior_config(grid_size=(4, 4), num_classes=3, id2label={0: "cat", 1: "automobile", 2: "dog"})
+    conditional = VQVAEPriorForCausalLM(config).eval()
+    with pytest.raises(TypeError, match=r"`prior_class_label` \(did you mean `class_label`\?\)"):
+        VQVAEAnomalyScorer(vqvae, conditional, prior_class_label="automobile")
+    scorer = VQVAEAnomalyScorer(vqvae, conditional, class_label="automobile")
+    assert scorer.class_label == 1
+    with pytest.raises(ValueError, match=r"Unknown class name 'truck' in `class_label`.*'automobile'"):
+        VQVAEAnomalyScorer(vqvae, conditional, class_label="truck")
+    detect = pipeline("vqvae-anomaly", model=vqvae, prior=conditional, prior_class_label="automobile")
+    with pytest.raises(TypeError, match=r"`class_label` \(did you mean `prior_class_label`\?\)"):
+        detect(Image.new("RGB", (16, 16)), class_label="automobile")
+
+
+def test_restoration_distribution_of_both_paths(pattern_scorer, monkeypatch):
+    """The transformer's one-pass distribution equals `code_log_likelihood` of the K grids that differ at one code,
+    which is the path any other prior (only `code_log_likelihood`) takes."""
+    import hf_vqvae.anomaly as anomaly_module
+
+    scorer, prior = pattern_scorer, pattern_scorer.prior
+    grids = scorer.score(paste_patch(pattern_images(2, seed=3)), return_maps=False).codes.flatten(1)  # (2, 16)
+    position = 6
+    fast = scorer._conditional_log_probs(grids, position, 4, 4)
+    variants = grids.repeat_interleave(16, 0)
+    variants[:, position] = torch.arange(16).repeat(2)
+    expected = prior.code_log_likelihood(variants.view(-1, 4, 4)).view(2, 16, 4, 4)[:, :, position // 4, position % 4]
+    torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(anomaly_module, "VQVAEPriorForCausalLM", type("OtherPrior", (), {}))
+    torch.testing.assert_close(scorer._conditional_log_probs(grids, position, 4, 4), fast, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_of_the_new_scores(vqvae, prior):
+    with pytest.raises(ValueError, match=r"`restoration_threshold` is a probability in \(0, 1\)"):
+        VQVAEAnomalyScorer(vqvae, prior, restoration_threshold=1.5)
+    with pytest.raises(ValueError, match="`restoration_quantile`"):
+        VQVAEAnomalyScorer(vqvae, prior, restoration_quantile=0)
+    with pytest.raises(TypeError, match="`background_prior` must be a prior"):
+        VQVAEAnomalyScorer(vqvae, prior, background_prior="prior")
+    with pytest.raises(ValueError, match="`background_prior` models 32 codes"):
+        VQVAEAnomalyScorer(
+            vqvae, prior, background_prior=VQVAEPriorForCausalLM(make_tiny_prior_config(codebook_size=32))
+        )
+    with pytest.raises(TypeError, match="`pixel_log_likelihood` must be a function"):
+        VQVAEAnomalyScorer(vqvae, pixel_log_likelihood=1.0)
+    with pytest.raises(ValueError, match="`reconstruction_log_scale` must be a finite float"):
+        VQVAEAnomalyScorer(vqvae, reconstruction_log_scale=float("nan"))
+    with pytest.raises(TypeError, match=r"`restoration_treshold` \(did you mean `restoration_threshold`\?\)"):
+        VQVAEAnomalyScorer(vqvae, prior, restoration_treshold=0.01)
+
+
+def test_localization_benchmark_and_validation_choice(pattern_scorer):
+    from hf_vqvae.anomaly import evaluate_localization, validation_scores
+
+    normal = pattern_images(8, seed=7)
+    defected, masks, _ = make_synthetic_defects(normal, seed=0, source_pixel_values=paste_patch(normal))
+    pca = PCABaseline(n_components=4).fit(pattern_images(32, seed=5))
+    results = evaluate_localization(pattern_scorer, defected, masks, pca=pca)
+    assert set(results) == {"reconstruction_error", "prior_nll", "restoration", "pca_residual", "maps"}
+    for name, maps in results["maps"].items():
+        assert maps.shape == (8, 16, 16)
+        assert results[name] == localization_metrics(maps, masks)
+    normal_scores, synthetic_scores = validation_scores(pattern_scorer, normal, seed=1)
+    assert set(normal_scores) == set(synthetic_scores) and "complexity_corrected_nll" in normal_scores
+    assert all(len(values) == 8 for values in (*normal_scores.values(), *synthetic_scores.values()))
+    choice = select_score(normal_scores, synthetic_scores)
+    assert choice["validation_auroc"][choice["best"]] == max(choice["validation_auroc"].values())
