@@ -1207,10 +1207,10 @@ class _NoProgress:
 
 
 def load_tokenize_script():
-    spec = importlib.util.spec_from_file_location("tokenize_dataset", REPO_ROOT / "scripts" / "tokenize_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The tokenization data path of `scripts/tokenize_dataset.py` (it lives in the package)."""
+    from hf_vqvae.training import tokenize
+
+    return tokenize
 
 
 def resolve_model(args, sizes: Sizes, workdir: Path, section: Section) -> Path | None:

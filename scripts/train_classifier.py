@@ -13,8 +13,6 @@ It is saved with its image processor and a `results.json` holding its accuracy o
 import argparse
 import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -26,13 +24,9 @@ from tqdm.auto import tqdm
 from transformers import ResNetConfig, ResNetForImageClassification, get_scheduler
 
 from hf_vqvae import VQVAEImageProcessor
-from hf_vqvae.training_utils import (
-    atomic_write_text,
-    load_image_dataset,
-    make_preprocessing,
-    save_pretrained_atomic,
-    write_json,
-)
+from hf_vqvae.training.cards import command_line
+from hf_vqvae.training.checkpointing import atomic_write_text, save_pretrained_atomic, write_json
+from hf_vqvae.training.data import load_image_dataset, make_preprocessing
 
 
 def parse_args(argv=None):
@@ -51,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="Seed.")
     parser.add_argument("--output_dir", default="outputs/classifier", help="Where the classifier is saved.")
     args = parser.parse_args(argv)
-    args.command_line = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    args.command_line = command_line(argv)
     args.hidden_sizes = [int(size) for size in args.hidden_sizes.split(",")]
     if args.num_train_epochs < 1 or args.train_batch_size < 1 or len(args.hidden_sizes) != 3:
         raise ValueError("`--num_train_epochs` and `--train_batch_size` must be >= 1 and `--hidden_sizes` three ints.")
