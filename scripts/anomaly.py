@@ -527,7 +527,10 @@ def heatmap_grids(scorer, pixel_values: torch.Tensor, order: np.ndarray, count: 
     """Grids of the `count` most and least anomalous images: the images, then one row of heat maps per map."""
     chosen = {"most-anomalous": order[::-1][:count].copy(), "least-anomalous": order[:count].copy()}
     outputs = {key: scorer.score(pixel_values[torch.as_tensor(idx)], return_maps=True) for key, idx in chosen.items()}
-    map_names = [n for n in ("reconstruction_error_map", "prior_nll_map") if outputs["most-anomalous"][n] is not None]
+    # ModelOutput leaves out the fields that are None (no prior: no `prior_nll_map`).
+    map_names = [
+        n for n in ("reconstruction_error_map", "prior_nll_map") if outputs["most-anomalous"].get(n) is not None
+    ]
     # One colour scale per map for both grids, so that they compare.
     vmax = {
         n: float(torch.quantile(torch.cat([o[n].flatten() for o in outputs.values()]).float().cpu(), 0.99))
