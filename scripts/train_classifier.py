@@ -1,8 +1,11 @@
 """Train a small image classifier (a transformers ResNet) to judge how recognisable a prior's class-conditional samples are.
 
-    accelerate launch scripts/train_classifier.py --train_data_files "../shared/data/cifar10/train-*.parquet" \
-        --validation_data_files "../shared/data/cifar10/test-*.parquet" --num_train_epochs 10 \
-        --output_dir models/classifier-cifar10
+    accelerate launch scripts/train_classifier.py --train_data_files "data/cifar10_sample/train-*.parquet" \
+        --validation_data_files "data/cifar10_sample/test-*.parquet" --num_train_epochs 10 \
+        --output_dir outputs/classifier-cifar10
+
+(`data/cifar10_sample/` is the CIFAR-10 sample shipped in the repository; `models/classifier-cifar10` was trained the
+same way on all of CIFAR-10, the Hub dataset `uoft-cs/cifar10` saved as parquet files.)
 
 The classifier is a stock `ResNetForImageClassification` (three stages of basic blocks), trained from scratch with
 random crops and flips on images prepared by `VQVAEImageProcessor` (pixels in [-1, 1], as the VQ-VAE decodes them).
