@@ -18,7 +18,6 @@ Then draw samples with `scripts/sample.py --prior outputs/prior-cifar10` (the pr
 `vqvae_reference.json`) or `pipeline("vqvae-generation", model="outputs/prior-cifar10")`.
 """
 
-import dataclasses
 import glob
 import json
 import math
@@ -68,7 +67,7 @@ from hf_vqvae.training.loop import (
     init_trackers,
     optimizer_step,
     prepare_training,
-    resolve_max_train_steps,
+    with_max_train_steps,
 )
 from hf_vqvae.training.metrics import VALIDATION_LOG_NAME, append_validation_log, validation_curve
 
@@ -308,17 +307,7 @@ def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, spl
 
 def get_codes(args, accelerator, vqvae, image_processor):
     """The codes (and labels) of the training and validation splits, and the class names (`None`: unconditional)."""
-    dataset = load_training_dataset(
-        accelerator,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        train_data_files=args.train_data_files,
-        validation_data_files=args.validation_data_files,
-        train_split=args.train_split,
-        validation_split=args.validation_split,
-        cache_dir=args.cache_dir,
-    )
+    dataset = load_training_dataset(args, accelerator)
     splits = {args.train_split: args.max_train_samples}
     if args.validation_split in dataset and args.validation_split != args.train_split:
         splits[args.validation_split] = args.max_eval_samples
@@ -591,13 +580,7 @@ def upload_ignore_patterns(args: PriorTrainingArguments) -> list[str]:
 
 
 def main(args):
-    accelerator = create_accelerator(
-        args.output_dir,
-        seed=args.seed,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        report_to=args.report_to,
-    )
+    accelerator = create_accelerator(args)
 
     # The frozen VQ-VAE: it encodes the data once and decodes the sample grids, and is never trained here.
     vqvae = VQVAEModel.from_pretrained(
@@ -616,15 +599,7 @@ def main(args):
     mapping = model.code_mapping
     train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping)
 
-    # The step budget of `--num_train_epochs` when `--max_train_steps` is not given (the card records it).
-    max_train_steps = resolve_max_train_steps(
-        args.max_train_steps,
-        args.num_train_epochs,
-        len(train_dataloader),
-        accelerator.num_processes,
-        args.gradient_accumulation_steps,
-    )
-    args = dataclasses.replace(args, max_train_steps=max_train_steps)
+    args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
     # Weight decay on matrices and embeddings only, not on biases and LayerNorms (as in GPT-2 / nanoGPT).
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -636,26 +611,12 @@ def main(args):
         betas=(args.adam_beta1, args.adam_beta2),
     )
     model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
-        accelerator,
-        model,
-        optimizer,
-        train_dataloader,
-        validation_dataloader,
-        lr_scheduler=args.lr_scheduler,
-        lr_warmup_steps=args.lr_warmup_steps,
-        max_train_steps=args.max_train_steps,
+        args, accelerator, model, optimizer, train_dataloader, validation_dataloader
     )
     # Checkpoints hold the prior as a `save_pretrained` folder (weights, config, generation config).
     register_pretrained_hooks(accelerator, VQVAEPriorForCausalLM, "prior")
-    init_trackers(accelerator, args.tracker_project_name, args.report_to, args.public_dict())
-    run = resume_training(
-        accelerator,
-        train_dataloader,
-        max_train_steps=args.max_train_steps,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        output_dir=args.output_dir,
-    )
+    init_trackers(args, accelerator)
+    run = resume_training(args, accelerator, train_dataloader)
 
     unwrapped_config = accelerator.unwrap_model(model).config
     conditioning = f"{unwrapped_config.num_classes} classes" if unwrapped_config.num_classes else "unconditional"
@@ -699,9 +660,7 @@ def main(args):
                 clock.elapsed(),
             )
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
-        save_checkpoint_if_due(
-            accelerator, args.output_dir, run.global_step, args.checkpointing_steps, args.checkpoints_total_limit
-        )
+        save_checkpoint_if_due(args, accelerator, run.global_step)
     progress.close()
 
     accelerator.wait_for_everyone()

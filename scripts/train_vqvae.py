@@ -13,7 +13,6 @@ Two processes on CPU (real DDP with gloo; `--cpu --num_processes 2` would silent
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_vqvae.py ...
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from hf_vqvae.training.loop import (
     init_trackers,
     optimizer_step,
     prepare_training,
-    resolve_max_train_steps,
+    with_max_train_steps,
 )
 from hf_vqvae.training.metrics import (
     VALIDATION_LOG_NAME,
@@ -192,17 +191,7 @@ def build_model(args) -> VQVAEModel:
 
 def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor):
     """Train and validation dataloaders of model batches (`pixel_values`, or `input_values` for 1-D models)."""
-    dataset = load_training_dataset(
-        accelerator,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        train_data_files=args.train_data_files,
-        validation_data_files=args.validation_data_files,
-        train_split=args.train_split,
-        validation_split=args.validation_split,
-        cache_dir=args.cache_dir,
-    )
+    dataset = load_training_dataset(args, accelerator)
     train = dataset[args.train_split]
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
@@ -357,13 +346,7 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
 
 
 def main(args):
-    accelerator = create_accelerator(
-        args.output_dir,
-        seed=args.seed,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        report_to=args.report_to,
-    )
+    accelerator = create_accelerator(args)
 
     model = build_model(args)
     # Images go through the image processor; waveforms (1-D models) through the feature extractor.
@@ -381,15 +364,7 @@ def main(args):
         model = model.to(memory_format=torch.channels_last)
     train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, model.config, processor)
 
-    # The step budget of `--num_train_epochs` when `--max_train_steps` is not given (the card records it).
-    max_train_steps = resolve_max_train_steps(
-        args.max_train_steps,
-        args.num_train_epochs,
-        len(train_dataloader),
-        accelerator.num_processes,
-        args.gradient_accumulation_steps,
-    )
-    args = dataclasses.replace(args, max_train_steps=max_train_steps)
+    args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=args.learning_rate,
@@ -397,26 +372,12 @@ def main(args):
         weight_decay=args.adam_weight_decay,
     )
     model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
-        accelerator,
-        model,
-        optimizer,
-        train_dataloader,
-        validation_dataloader,
-        lr_scheduler=args.lr_scheduler,
-        lr_warmup_steps=args.lr_warmup_steps,
-        max_train_steps=args.max_train_steps,
+        args, accelerator, model, optimizer, train_dataloader, validation_dataloader
     )
     # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
     register_pretrained_hooks(accelerator, VQVAEModel, "vqvae")
-    init_trackers(accelerator, args.tracker_project_name, args.report_to, args.public_dict())
-    run = resume_training(
-        accelerator,
-        train_dataloader,
-        max_train_steps=args.max_train_steps,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        output_dir=args.output_dir,
-    )
+    init_trackers(args, accelerator)
+    run = resume_training(args, accelerator, train_dataloader)
 
     accelerator.print(
         f"{len(train_dataloader.dataset)} training images, {run.summary(args.train_batch_size, accelerator, model)}"
@@ -463,9 +424,7 @@ def main(args):
                     args, accelerator, model, processor, validation_dataloader, run.global_step, elapsed
                 )
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
-        save_checkpoint_if_due(
-            accelerator, args.output_dir, run.global_step, args.checkpointing_steps, args.checkpoints_total_limit
-        )
+        save_checkpoint_if_due(args, accelerator, run.global_step)
     progress.close()
 
     accelerator.wait_for_everyone()

@@ -206,20 +206,16 @@ class TrainingRun:
         )
 
 
-def resume_training(
-    accelerator,
-    train_dataloader,
-    *,
-    max_train_steps: int,
-    gradient_accumulation_steps: int,
-    resume_from_checkpoint: str | None,
-    output_dir: str | os.PathLike,
-) -> TrainingRun:
+def resume_training(args, accelerator, train_dataloader) -> TrainingRun:
     """
-    The [`TrainingRun`] of a prepared (sharded) `train_dataloader`, resumed from `resume_from_checkpoint` when it
-    names one (`accelerator.load_state`; the hooks of [`register_pretrained_hooks`] must be registered before):
-    the run continues at the checkpoint's step and data position.
+    The [`TrainingRun`] of a prepared (sharded) `train_dataloader` for a script's `args` (a
+    [`~hf_vqvae.training.args.TrainingArguments`] with `max_train_steps` set), resumed from
+    `args.resume_from_checkpoint` when it names one (`accelerator.load_state`; the hooks of
+    [`register_pretrained_hooks`] must be registered before): the run continues at the checkpoint's step and data
+    position.
     """
+    max_train_steps, gradient_accumulation_steps = args.max_train_steps, args.gradient_accumulation_steps
+    resume_from_checkpoint, output_dir = args.resume_from_checkpoint, args.output_dir
     # From the sharded loader: with several processes, an epoch has fewer steps than the unsharded loader has batches.
     steps_per_epoch = math.ceil(len(train_dataloader) / gradient_accumulation_steps)
     run = TrainingRun(
@@ -238,16 +234,10 @@ def resume_training(
     return run
 
 
-def save_checkpoint_if_due(
-    accelerator,
-    output_dir: str | os.PathLike,
-    global_step: int,
-    checkpointing_steps: int,
-    total_limit: int | None = None,
-):
-    """[`save_checkpoint`] every `checkpointing_steps` optimizer steps, keeping the newest `total_limit`."""
-    if global_step % checkpointing_steps == 0:
-        save_checkpoint(accelerator, output_dir, global_step, total_limit)
+def save_checkpoint_if_due(args, accelerator, global_step: int):
+    """[`save_checkpoint`] every `args.checkpointing_steps` optimizer steps, keeping `args.checkpoints_total_limit`."""
+    if global_step % args.checkpointing_steps == 0:
+        save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
 
 
 def previous_elapsed(output_dir: str | os.PathLike, global_step: int) -> float:

@@ -242,32 +242,24 @@ def augment_batch(
     return batch
 
 
-def load_training_dataset(
-    accelerator,
-    *,
-    dataset_name: str | None,
-    dataset_config_name: str | None,
-    train_data_dir: str | None,
-    train_data_files: list[str] | None,
-    validation_data_files: list[str] | None,
-    train_split: str,
-    validation_split: str,
-    cache_dir: str | None,
-):
+def load_training_dataset(args, accelerator):
     """
-    The dataset of a training script's data arguments ([`load_image_dataset`]; `train_data_files` and
-    `validation_data_files` become the splits `train_split` and `validation_split`), loaded by the main process first
-    so that the others read its cache. It must hold `train_split`.
+    The dataset of a training script's data arguments (a [`~hf_vqvae.training.args.TrainingArguments`];
+    [`load_image_dataset`], with `train_data_files` and `validation_data_files` as the splits `train_split` and
+    `validation_split`), loaded by the main process first so that the others read its cache. It must hold
+    `train_split`.
     """
     data_files = None
-    if train_data_files:
-        data_files = {train_split: train_data_files}
-        if validation_data_files:
-            data_files[validation_split] = validation_data_files
+    if args.train_data_files:
+        data_files = {args.train_split: args.train_data_files}
+        if args.validation_data_files:
+            data_files[args.validation_split] = args.validation_data_files
     with accelerator.main_process_first():
-        dataset = load_image_dataset(dataset_name, dataset_config_name, train_data_dir, data_files, cache_dir)
-    if train_split not in dataset:
-        raise ValueError(f"No split {train_split!r} in the dataset (splits: {list(dataset)}).")
+        dataset = load_image_dataset(
+            args.dataset_name, args.dataset_config_name, args.train_data_dir, data_files, args.cache_dir
+        )
+    if args.train_split not in dataset:
+        raise ValueError(f"No split {args.train_split!r} in the dataset (splits: {list(dataset)}).")
     return dataset
 
 

@@ -2,72 +2,56 @@
 optimizer step and the trackers. Each takes explicit values (or a script's arguments dataclass, read only).
 """
 
+import dataclasses
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from .args import TrainingArguments
 from .hub import strip_token_arguments
 
 
-def create_accelerator(
-    output_dir: str | os.PathLike,
-    *,
-    seed: int,
-    gradient_accumulation_steps: int = 1,
-    mixed_precision: str | None = None,
-    report_to: str = "none",
-):
+def create_accelerator(args: TrainingArguments):
     """
     The `Accelerator` of a training script: gradient accumulation, mixed precision and trackers (`report_to`), logs
     in `output_dir/logs`, and a seedable sampler (each epoch's order follows from the seed, so a resumed run sees the
     same batches). Every RNG is seeded with `seed`, and the main process makes `output_dir`.
     """
+    output_dir = args.output_dir
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
     project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs"))
     accelerator = Accelerator(
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        mixed_precision=mixed_precision,
-        log_with=None if report_to == "none" else report_to,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
         project_config=project_config,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    set_seed(seed)
+    set_seed(args.seed)
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
     return accelerator
 
 
-def resolve_max_train_steps(
-    max_train_steps: int | None,
-    num_train_epochs: int,
-    num_batches: int,
-    num_processes: int,
-    gradient_accumulation_steps: int,
-) -> int:
+def with_max_train_steps(args: TrainingArguments, accelerator, train_dataloader) -> TrainingArguments:
     """
-    `max_train_steps` when given, else the optimizer steps of `num_train_epochs` epochs: each process gets
-    1/num_processes of the `num_batches` batches of the (not yet sharded) training loader.
+    `args` with `max_train_steps` set (a new object: the arguments never change): as given, else the optimizer steps
+    of `num_train_epochs` epochs, each process getting 1/num_processes of the batches of the (not yet sharded)
+    `train_dataloader`. The card records the value.
     """
-    if max_train_steps is not None:
-        return max_train_steps
-    batches_per_process = math.ceil(num_batches / num_processes)
-    return num_train_epochs * math.ceil(batches_per_process / gradient_accumulation_steps)
+    if args.max_train_steps is not None:
+        return args
+    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    steps = args.num_train_epochs * math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    return dataclasses.replace(args, max_train_steps=steps)
 
 
 def prepare_training(
-    accelerator,
-    model,
-    optimizer,
-    train_dataloader,
-    validation_dataloader=None,
-    *,
-    lr_scheduler: str,
-    lr_warmup_steps: int,
-    max_train_steps: int,
+    args: TrainingArguments, accelerator, model, optimizer, train_dataloader, validation_dataloader=None
 ):
     """
     The `lr_scheduler` schedule of `optimizer` (warm-up and length in optimizer steps of each process), then the
@@ -77,10 +61,10 @@ def prepare_training(
     from transformers import get_scheduler
 
     schedule = get_scheduler(
-        lr_scheduler,
+        args.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     model, optimizer, train_dataloader, schedule = accelerator.prepare(model, optimizer, train_dataloader, schedule)
     if validation_dataloader is not None:
@@ -88,14 +72,14 @@ def prepare_training(
     return model, optimizer, train_dataloader, validation_dataloader, schedule
 
 
-def init_trackers(accelerator, project_name: str, report_to: str, config: dict):
+def init_trackers(args: TrainingArguments, accelerator):
     """
-    Start the `report_to` trackers on the main process with `config`, reduced to its plain values (numbers, strings,
-    booleans). Give it a script's `public_dict()`, which holds no secret.
+    Start the `report_to` trackers on the main process with the run's plain arguments (numbers, strings, booleans)
+    of `args.public_dict()`, which holds no secret.
     """
-    if accelerator.is_main_process and report_to != "none":
-        tracker_config = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(project_name, config=tracker_config)
+    if accelerator.is_main_process and args.report_to != "none":
+        config = {k: v for k, v in args.public_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
 
 
 def optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, max_grad_norm: float):
@@ -132,6 +116,6 @@ __all__ = [
     "init_trackers",
     "optimizer_step",
     "prepare_training",
-    "resolve_max_train_steps",
+    "with_max_train_steps",
     "run_script",
 ]
