@@ -1,6 +1,7 @@
 """Images <-> token ids through a VQ-VAE, with the interface of a transformers tokenizer.
 
-Token layout (stable; other tools may produce and consume it):
+The image tokenizer's token layout (stable; other tools may produce and consume it). It is one of two layouts: the
+prior's differs (see "Token layouts" in docs/ARCHITECTURE.md, where both are side by side):
 
 - ids `[code_offset, code_offset + codebook_size)` are the codes: id = `code_offset + code`;
 - then, when `add_image_delimiters`, `boi_token_id = code_offset + codebook_size` (begin of image) and

@@ -5,9 +5,7 @@ images ("normal"), score the whole test split (the other digits are the anomalie
 and the mean, for each score (`reconstruction_error`, `prior_nll`, `combined_score`) and for two pixel-space baselines
 (PCA reconstruction error, distance to the nearest normal training image):
 
-    python scripts/anomaly.py --fit --one_class_protocol --label_column label \
-        --train_data_files "../shared/data/mnist/train-*.parquet" \
-        --test_data_files "../shared/data/mnist/test-*.parquet" \
+    python scripts/anomaly.py --fit --one_class_protocol --label_column label --dataset_name ylecun/mnist \
         --vqvae_config_overrides "hidden_channels=128,res_hidden_channels=32,codebook_size=128,codebook_dim=32,\
 use_ema_codebook=true,dead_code_threshold=1.0,use_kmeans_init=true" \
         --vqvae_steps 800 --vqvae_learning_rate 5e-4 --vqvae_extra_args "--lr_scheduler cosine --lr_warmup_steps 50" \
@@ -24,14 +22,11 @@ AUROC and AUPRC), `histograms/<run>.png` (scores of normal and anomalous test im
 `grids/<run>-most-anomalous.png` / `grids/<run>-least-anomalous.png` (test images over their heat maps).
 """
 
-import argparse
-import importlib
 import logging
 import os
 import re
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -50,13 +45,12 @@ from hf_vqvae import (
     anomaly_metrics,
     render_anomaly_heatmap,
 )
-from hf_vqvae.training_utils import (
-    atomic_write_text,
-    find_image_column,
-    load_image_dataset,
-    make_image_grid,
-    write_json,
-)
+from hf_vqvae.training.args import ScriptArgumentParser
+from hf_vqvae.training.cards import command_line, make_image_grid
+from hf_vqvae.training.checkpointing import atomic_write_text, write_json
+from hf_vqvae.training.data import find_image_column, load_image_dataset
+from hf_vqvae.training.hub import find_secrets, redact, warn_token_on_command_line
+from hf_vqvae.training.loop import run_script
 
 
 logger = logging.getLogger("anomaly")
@@ -64,18 +58,18 @@ logger = logging.getLogger("anomaly")
 SCRIPTS_DIR = Path(__file__).resolve().parent
 MODEL_SCORES = ("reconstruction_error", "prior_nll", "combined_score")
 BASELINES = ("pca", "nearest_neighbor")
-# Checkpoints and mid-run validation are not needed for these short in-process runs.
+# Checkpoints and mid-run validation are not needed for these short runs.
 NEVER = str(10**9)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
     # Models
     parser.add_argument(
         "--fit",
         action="store_true",
         help="Train a VQ-VAE (and a prior) on the normal training images, with scripts/train_vqvae.py "
-        "and scripts/train_prior.py run in this process.",
+        "and scripts/train_prior.py (run as child processes).",
     )
     parser.add_argument(
         "--model",
@@ -215,8 +209,11 @@ def parse_args(argv=None):
     parser.add_argument("--histogram_bins", type=int, default=40, help="Bins of the score histograms.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of training and of the statistics hold-out split.")
     args = parser.parse_args(argv)
-    given = sys.argv[1:] if argv is None else list(argv)
-    args.command_line = shlex.join(["python", "scripts/anomaly.py", *given])
+    # A Hub token inside `--vqvae_extra_args` / `--prior_extra_args` is shown as `***` (see `public_settings`) and
+    # reaches the training scripts in their environment (`run_script`).
+    args.command_line = "python scripts/anomaly.py " + command_line(argv)
+    if find_secrets([args.vqvae_extra_args, args.prior_extra_args]):
+        warn_token_on_command_line()
 
     modes = [args.fit, args.model is not None, args.baselines_only]
     if sum(modes) != 1:
@@ -343,11 +340,10 @@ def processor_for_data(split, image_column: str) -> VQVAEImageProcessor:
 # ---------------------------------------------------------------------------------------------------------- models
 
 
-def load_training_script(name: str):
-    """scripts/train_vqvae.py or scripts/train_prior.py as a module (train_prior imports train_vqvae by name)."""
-    if str(SCRIPTS_DIR) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS_DIR))
-    return importlib.import_module(name)
+def public_settings(args) -> dict:
+    """The arguments for `results.json`, every Hub token of the nested training arguments shown as `***`."""
+    secrets = find_secrets([args.vqvae_extra_args, args.prior_extra_args])
+    return redact({k: v for k, v in vars(args).items() if k != "command_line"}, secrets)
 
 
 def is_saved_model(folder: Path) -> bool:
@@ -382,7 +378,6 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
         shutil.rmtree(vqvae_dir, ignore_errors=True)
         data_file.parent.mkdir(parents=True, exist_ok=True)
         normal_train.to_parquet(str(data_file))
-        train_vqvae = load_training_script("train_vqvae")
         overrides = overrides_with_data_shape(args.vqvae_config_overrides, normal_train[0][image_column])
         argv = [
             "--train_data_files",
@@ -415,7 +410,7 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
         if args.cache_dir is not None:
             argv += ["--cache_dir", args.cache_dir]
         logger.info(f"Training the VQ-VAE of {run_dir.name}: {len(normal_train)} images, {args.vqvae_steps} steps")
-        train_vqvae.main(train_vqvae.parse_args(argv + shlex.split(args.vqvae_extra_args)))
+        run_script(SCRIPTS_DIR / "train_vqvae.py", argv + shlex.split(args.vqvae_extra_args))
         retrained = True
     if args.prior_steps == 0:
         return vqvae_dir, None, time.time() - start
@@ -424,7 +419,6 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
         if not data_file.exists():
             data_file.parent.mkdir(parents=True, exist_ok=True)
             normal_train.to_parquet(str(data_file))
-        train_prior = load_training_script("train_prior")
         warmup = args.prior_lr_warmup_steps if args.prior_lr_warmup_steps is not None else args.prior_steps // 10
         argv = [
             "--vqvae_model_name_or_path",
@@ -465,7 +459,7 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
         if args.cache_dir is not None:
             argv += ["--cache_dir", args.cache_dir]
         logger.info(f"Training the prior of {run_dir.name}: {args.prior_steps} steps")
-        train_prior.main(train_prior.parse_args(argv + shlex.split(args.prior_extra_args)))
+        run_script(SCRIPTS_DIR / "train_prior.py", argv + shlex.split(args.prior_extra_args))
     return vqvae_dir, prior_dir, time.time() - start
 
 
@@ -533,7 +527,10 @@ def heatmap_grids(scorer, pixel_values: torch.Tensor, order: np.ndarray, count: 
     """Grids of the `count` most and least anomalous images: the images, then one row of heat maps per map."""
     chosen = {"most-anomalous": order[::-1][:count].copy(), "least-anomalous": order[:count].copy()}
     outputs = {key: scorer.score(pixel_values[torch.as_tensor(idx)], return_maps=True) for key, idx in chosen.items()}
-    map_names = [n for n in ("reconstruction_error_map", "prior_nll_map") if outputs["most-anomalous"][n] is not None]
+    # ModelOutput leaves out the fields that are None (no prior: no `prior_nll_map`).
+    map_names = [
+        n for n in ("reconstruction_error_map", "prior_nll_map") if outputs["most-anomalous"].get(n) is not None
+    ]
     # One colour scale per map for both grids, so that they compare.
     vmax = {
         n: float(torch.quantile(torch.cat([o[n].flatten() for o in outputs.values()]).float().cpu(), 0.99))
@@ -681,7 +678,7 @@ def main(args):
         "num_test": len(test),
         "runs": {},
         "mean": {},
-        "settings": {k: v for k, v in vars(args).items() if k != "command_line"},
+        "settings": public_settings(args),
     }
     test_pixels = {}  # pixel_values of the test split per image processor
     for run_name, normal_ids in runs:

@@ -24,7 +24,6 @@ split come from the trained model. Needs the `audio` and `anomaly` extras (sound
 import argparse
 import copy
 import json
-import shlex
 import sys
 import time
 from collections import Counter
@@ -36,13 +35,10 @@ from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEFeatureExtractor, VQVAEModel
 from hf_vqvae.quantizer import VectorQuantizer
-from hf_vqvae.training_utils import (
-    evaluate_reconstruction,
-    load_image_dataset,
-    make_preprocessing,
-    update_model_card,
-    write_json,
-)
+from hf_vqvae.training.cards import command_line, update_model_card
+from hf_vqvae.training.checkpointing import write_json
+from hf_vqvae.training.data import load_image_dataset, make_preprocessing
+from hf_vqvae.training.metrics import evaluate_reconstruction
 
 
 def parse_args(argv=None):
@@ -281,7 +277,7 @@ def main(args) -> dict:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.output_file, results)
     if args.model_card_section:
-        command = "python scripts/evaluate_audio_codes.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = "python scripts/evaluate_audio_codes.py " + command_line()
         update_model_card(args.model, args.model_card_section, command, format_probe_table(results))
     return results
 

@@ -1,8 +1,8 @@
 """Bits per dimension of a VQ-VAE (and its prior) on a test split: the likelihood bound of the paper's section 3.3.
 
     python scripts/evaluate_bits_per_dim.py --model models/vqvae-cifar10 --prior models/prior-cifar10 \
-        --data_files "../shared/data/cifar10/test-*.parquet" \
-        --scale_fit_data_files "../shared/data/cifar10/train-*.parquet" --output_file outputs/bits_per_dim.json
+        --data_files "data/cifar10_sample/test-*.parquet" \
+        --scale_fit_data_files "data/cifar10_sample/train-*.parquet" --output_file outputs/bits_per_dim.json
 
 For each test image x with codes z = encode(x): bits/dim = -(log p(x|z) + log p(z)) / (num_dims * ln 2), a lower bound
 on log p(x) (an upper bound on its bits/dim). Both bounds are reported, averaged over the split:
@@ -18,7 +18,6 @@ on `--scale_fit_data_files` (train images, never the test split). The output lis
 import argparse
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,15 +27,10 @@ from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
-from hf_vqvae.pipelines import load_vqvae_reference
-from hf_vqvae.training_utils import (
-    codes_fingerprint,
-    format_metrics_table,
-    load_image_dataset,
-    make_preprocessing,
-    update_model_card,
-    write_json,
-)
+from hf_vqvae.pairing import codes_fingerprint, load_vqvae_reference
+from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
+from hf_vqvae.training.checkpointing import write_json
+from hf_vqvae.training.data import load_image_dataset, make_preprocessing
 
 
 # Section 4.1 of the paper: CIFAR-10 bits/dim (lower is better).
@@ -244,7 +238,7 @@ def main(args) -> dict:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.output_file, results)
     if args.model_card_section:
-        command = "python scripts/evaluate_bits_per_dim.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = "python scripts/evaluate_bits_per_dim.py " + command_line()
         shown = {k: v for k, v in results.items() if k not in ("model", "prior", "data", "assumptions")}
         body = format_metrics_table(shown) + "\n\nAssumptions:\n" + "\n".join(f"- {a}" for a in results["assumptions"])
         update_model_card(args.prior or args.model, args.model_card_section, command, body)

@@ -8,7 +8,6 @@ Runs on one process, or on many with `accelerate launch` (each evaluates a shard
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -18,14 +17,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
-from hf_vqvae.training_utils import (
-    evaluate_reconstruction,
-    format_metrics_table,
-    load_image_dataset,
-    make_preprocessing,
-    update_model_card,
-    write_json,
-)
+from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
+from hf_vqvae.training.checkpointing import write_json
+from hf_vqvae.training.data import load_image_dataset, make_preprocessing
+from hf_vqvae.training.metrics import evaluate_reconstruction
 
 
 def parse_args(argv=None):
@@ -101,7 +96,7 @@ def main(args) -> dict:
             Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
             write_json(args.output_file, metrics)
         if args.model_card_section:
-            command = "python scripts/evaluate_vqvae.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            command = "python scripts/evaluate_vqvae.py " + command_line()
             shown = {k: v for k, v in metrics.items() if k not in ("model", "data", "split")}
             update_model_card(Path(args.model), args.model_card_section, command, format_metrics_table(shown))
     return metrics

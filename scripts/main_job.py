@@ -6,32 +6,30 @@
 1. load the shipped CIFAR-10 VQ-VAE (`models/vqvae-cifar10`);
 2. reconstruct the embedded test images and write a PNG grid of originals over reconstructions;
 3. tokenize them with `VQVAEImageTokenizer` (images -> token ids -> images) and write the ids;
-4. fine-tune briefly with Accelerate (`scripts/train_vqvae.py`) on the embedded CIFAR-10 training sample;
-5. evaluate the shipped and the fine-tuned model on the embedded test sample (`scripts/evaluate_vqvae.py`);
+4. fine-tune briefly with Accelerate (`scripts/train_vqvae.py`, run as a child process) on the embedded CIFAR-10
+   training sample;
+5. evaluate the shipped and the fine-tuned model on the embedded test sample (`scripts/evaluate_vqvae.py`, the same
+   way);
 6. write `results.json` and the PNG grids to the output folder.
 """
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import load_dataset
+
+from hf_vqvae import VQVAEImageTokenizer
+from hf_vqvae.training.cards import make_image_grid
+from hf_vqvae.training.checkpointing import write_json
+from hf_vqvae.training.loop import run_script
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import evaluate_vqvae  # noqa: E402
-import train_vqvae  # noqa: E402
-from datasets import load_dataset  # noqa: E402
-
-from hf_vqvae import VQVAEImageTokenizer  # noqa: E402
-from hf_vqvae.training_utils import make_image_grid, write_json  # noqa: E402
-
-
+SCRIPTS_DIR = REPO_ROOT / "scripts"
 DEFAULT_MODEL = REPO_ROOT / "models" / "vqvae-cifar10"
 SAMPLE = REPO_ROOT / "data" / "cifar10_sample"
 
@@ -92,51 +90,44 @@ def main(args) -> dict:
 
     print(f"[4/5] Fine-tuning for {args.fine_tune_steps} steps with Accelerate")
     fine_tuned = output_dir / "fine_tuned"
-    train_vqvae.main(
-        train_vqvae.parse_args(
-            [
-                "--pretrained_model_name_or_path",
-                args.model,
-                "--train_data_files",
-                args.train_files,
-                "--validation_data_files",
-                args.test_files,
-                "--max_train_steps",
-                str(args.fine_tune_steps),
-                "--train_batch_size",
-                str(args.batch_size),
-                "--learning_rate",
-                "1e-4",
-                "--checkpointing_steps",
-                str(args.fine_tune_steps),
-                "--checkpoints_total_limit",
-                "1",
-                "--validation_steps",
-                str(args.fine_tune_steps),
-                "--output_dir",
-                str(fine_tuned),
-                "--report_to",
-                "none",
-                "--seed",
-                "0",
-            ]
-        )
+    run_script(
+        SCRIPTS_DIR / "train_vqvae.py",
+        [
+            "--pretrained_model_name_or_path",
+            args.model,
+            "--train_data_files",
+            args.train_files,
+            "--validation_data_files",
+            args.test_files,
+            "--max_train_steps",
+            str(args.fine_tune_steps),
+            "--train_batch_size",
+            str(args.batch_size),
+            "--learning_rate",
+            "1e-4",
+            "--checkpointing_steps",
+            str(args.fine_tune_steps),
+            "--checkpoints_total_limit",
+            "1",
+            "--validation_steps",
+            str(args.fine_tune_steps),
+            "--output_dir",
+            str(fine_tuned),
+            "--report_to",
+            "none",
+            "--seed",
+            "0",
+        ],
     )
 
     print("[5/5] Evaluating the shipped and the fine-tuned model on the test sample")
     for name, path in (("shipped", args.model), ("fine_tuned", str(fine_tuned))):
-        results[name] = evaluate_vqvae.main(
-            evaluate_vqvae.parse_args(
-                [
-                    "--model",
-                    path,
-                    "--data_files",
-                    args.test_files,
-                    "--output_file",
-                    str(output_dir / f"eval_{name}.json"),
-                ]
-            )
+        eval_file = output_dir / f"eval_{name}.json"
+        run_script(
+            SCRIPTS_DIR / "evaluate_vqvae.py",
+            ["--model", path, "--data_files", args.test_files, "--output_file", str(eval_file)],
         )
+        results[name] = json.loads(eval_file.read_text())
     results["seconds"] = round(time.time() - started, 1)
     write_json(output_dir / "results.json", results)
     print(json.dumps({k: results[k] for k in ("tokens", "seconds")}, indent=2))

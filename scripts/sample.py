@@ -15,7 +15,8 @@ import torch
 from transformers import pipeline
 
 import hf_vqvae  # noqa: F401 (registers the "vqvae-generation" pipeline)
-from hf_vqvae.training_utils import command_line, make_image_grid, update_model_card, write_json
+from hf_vqvae.training.cards import command_line, make_image_grid, update_model_card
+from hf_vqvae.training.checkpointing import write_json
 
 
 def parse_args(argv=None):

@@ -1,8 +1,11 @@
 """Train a small image classifier (a transformers ResNet) to judge how recognisable a prior's class-conditional samples are.
 
-    accelerate launch scripts/train_classifier.py --train_data_files "../shared/data/cifar10/train-*.parquet" \
-        --validation_data_files "../shared/data/cifar10/test-*.parquet" --num_train_epochs 10 \
-        --output_dir models/classifier-cifar10
+    accelerate launch scripts/train_classifier.py --train_data_files "data/cifar10_sample/train-*.parquet" \
+        --validation_data_files "data/cifar10_sample/test-*.parquet" --num_train_epochs 10 \
+        --output_dir outputs/classifier-cifar10
+
+(`data/cifar10_sample/` is the CIFAR-10 sample shipped in the repository; `models/classifier-cifar10` was trained the
+same way on all of CIFAR-10, the Hub dataset `uoft-cs/cifar10` saved as parquet files.)
 
 The classifier is a stock `ResNetForImageClassification` (three stages of basic blocks), trained from scratch with
 random crops and flips on images prepared by `VQVAEImageProcessor` (pixels in [-1, 1], as the VQ-VAE decodes them).
@@ -13,8 +16,6 @@ It is saved with its image processor and a `results.json` holding its accuracy o
 import argparse
 import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -26,13 +27,9 @@ from tqdm.auto import tqdm
 from transformers import ResNetConfig, ResNetForImageClassification, get_scheduler
 
 from hf_vqvae import VQVAEImageProcessor
-from hf_vqvae.training_utils import (
-    atomic_write_text,
-    load_image_dataset,
-    make_preprocessing,
-    save_pretrained_atomic,
-    write_json,
-)
+from hf_vqvae.training.cards import command_line
+from hf_vqvae.training.checkpointing import atomic_write_text, save_pretrained_atomic, write_json
+from hf_vqvae.training.data import load_image_dataset, make_preprocessing
 
 
 def parse_args(argv=None):
@@ -51,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="Seed.")
     parser.add_argument("--output_dir", default="outputs/classifier", help="Where the classifier is saved.")
     args = parser.parse_args(argv)
-    args.command_line = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    args.command_line = command_line(argv)
     args.hidden_sizes = [int(size) for size in args.hidden_sizes.split(",")]
     if args.num_train_epochs < 1 or args.train_batch_size < 1 or len(args.hidden_sizes) != 3:
         raise ValueError("`--num_train_epochs` and `--train_batch_size` must be >= 1 and `--hidden_sizes` three ints.")

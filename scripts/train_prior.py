@@ -18,7 +18,6 @@ Then draw samples with `scripts/sample.py --prior outputs/prior-cifar10` (the pr
 `vqvae_reference.json`) or `pipeline("vqvae-generation", model="outputs/prior-cifar10")`.
 """
 
-import argparse
 import glob
 import json
 import math
@@ -31,7 +30,6 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from datasets import ClassLabel
 from tqdm.auto import tqdm
-from train_vqvae import parse_overrides  # the same conventions as the VQ-VAE script
 
 from hf_vqvae import (
     VQVAEImageProcessor,
@@ -39,31 +37,39 @@ from hf_vqvae import (
     VQVAEPriorCodeMapping,
     VQVAEPriorConfig,
     VQVAEPriorForCausalLM,
-    training_utils,
 )
-from hf_vqvae.pipelines import VQVAE_REFERENCE_NAME, save_vqvae_reference
-from hf_vqvae.training_utils import (
-    HUB_IGNORE_PATTERNS,
+from hf_vqvae.pairing import VQVAE_REFERENCE_NAME, codes_fingerprint, save_vqvae_reference
+from hf_vqvae.training.args import (
+    PriorTrainingArguments,
+    ScriptArgumentParser,
+    add_checkpoint_arguments,
+    add_data_arguments,
+    add_hub_arguments,
+    add_optimization_arguments,
+    check_positive,
+    check_training_arguments,
+    parse_overrides,
+)
+from hf_vqvae.training.cards import fill_model_card, format_metrics_table, make_image_grid
+from hf_vqvae.training.checkpointing import (
     TrainingClock,
     atomic_write_text,
-    codes_fingerprint,
-    command_line,
-    create_accelerator,
-    fill_model_card,
-    find_image_column,
-    format_metrics_table,
-    init_trackers,
-    load_training_dataset,
-    make_image_grid,
-    optimizer_step,
-    prepare_training,
     register_pretrained_hooks,
     resume_training,
     save_checkpoint_if_due,
     save_pretrained_atomic,
-    set_max_train_steps,
     write_json,
 )
+from hf_vqvae.training.data import find_image_column, load_training_dataset
+from hf_vqvae.training.hub import HUB_IGNORE_PATTERNS, push_folder
+from hf_vqvae.training.loop import (
+    create_accelerator,
+    init_trackers,
+    optimizer_step,
+    prepare_training,
+    with_max_train_steps,
+)
+from hf_vqvae.training.metrics import VALIDATION_LOG_NAME, append_validation_log, validation_curve
 
 
 logger = get_logger(__name__)
@@ -82,170 +88,104 @@ DERIVED_CONFIG_KEYS = (
 MAX_DEFAULT_SAMPLE_CLASSES = 10
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # Models
-    parser.add_argument(
+def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
+    parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
+    models = parser.add_argument_group("models")
+    models.add_argument(
         "--vqvae_model_name_or_path",
         required=True,
         help="The trained VQ-VAE (folder or Hub id) whose codes the prior models; it stays frozen.",
     )
-    parser.add_argument("--vqvae_revision", default=None, help="Hub revision of the VQ-VAE.")
-    parser.add_argument(
+    models.add_argument("--vqvae_revision", default=None, help="Hub revision of the VQ-VAE.")
+    models.add_argument(
         "--pretrained_prior_name_or_path",
         default=None,
         help="Fine-tune this prior (folder or Hub id) instead of training one from scratch; its "
         "codebook size, grid and number of classes must match the VQ-VAE and the data.",
     )
-    parser.add_argument(
+    models.add_argument(
         "--prior_config_name_or_path",
         default=None,
         help="A prior config.json, or a folder/Hub id holding one, for a prior trained from scratch "
         "(default: the `VQVAEPriorConfig` defaults). Codebook size, grid and classes always come "
         "from the VQ-VAE and the data.",
     )
-    parser.add_argument(
+    models.add_argument(
         "--config_overrides",
         default=None,
         help="Comma-separated key=value settings of the prior config, e.g. "
         "'hidden_size=128,num_hidden_layers=4,class_dropout_prob=0.1'.",
     )
-    parser.add_argument("--revision", default=None, help="Hub revision of the pretrained prior or config.")
-    # Data
-    parser.add_argument(
-        "--dataset_name", default=None, help="A Hub dataset, or the builder of `--*_data_files` (default parquet)."
+    models.add_argument("--revision", default=None, help="Hub revision of the pretrained prior or config.")
+    data = add_data_arguments(
+        parser,
+        validation_split_help="Split whose NLL is measured; skipped when the dataset has none (samples are still "
+        "drawn).",
     )
-    parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
-    parser.add_argument("--train_data_dir", default=None, help="A local image folder (`imagefolder`).")
-    parser.add_argument("--train_data_files", nargs="+", default=None, help="Files or globs of the training split.")
-    parser.add_argument(
-        "--validation_data_files", nargs="+", default=None, help="Files or globs of the validation split."
-    )
-    parser.add_argument("--train_split", default="train", help="Split to train on.")
-    parser.add_argument(
-        "--validation_split",
-        default="test",
-        help="Split whose NLL is measured; skipped when the dataset has none (samples are still drawn).",
-    )
-    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument(
+    data.add_argument(
         "--label_column",
         default=None,
         help="A ClassLabel column: train a class-conditional prior with one class per label name.",
     )
-    parser.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
-    parser.add_argument("--cache_dir", default=None, help="Where `datasets` and the Hub cache downloads.")
-    # Codes cache
-    parser.add_argument(
+    codes = parser.add_argument_group("codes cache")
+    codes.add_argument(
         "--codes_cache_dir",
         default=None,
         help="Where the encoded codes are cached, one `<split>.pt` per split (default: "
         "`<output_dir>/codes`); share it between runs on the same VQ-VAE and data.",
     )
-    parser.add_argument(
+    codes.add_argument(
         "--overwrite_codes_cache",
         action="store_true",
         help="Re-encode when the cache was made with another VQ-VAE or other data (default: error).",
     )
-    parser.add_argument("--encode_batch_size", type=int, default=256, help="Images encoded at once by the VQ-VAE.")
-    # Optimisation
-    parser.add_argument("--output_dir", default="outputs/prior", help="Where checkpoints and the prior are written.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for reproducible training and sample grids.")
-    parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size (images) per process.")
-    parser.add_argument("--eval_batch_size", type=int, default=256, help="Validation batch size per process.")
-    parser.add_argument("--num_train_epochs", type=int, default=10, help="Epochs, unless `--max_train_steps` is set.")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps (overrides epochs).")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
-    parser.add_argument("--learning_rate", type=float, default=3e-4, help="Peak learning rate.")
-    parser.add_argument(
-        "--lr_scheduler",
-        default="cosine",
-        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...",
+    codes.add_argument("--encode_batch_size", type=int, default=256, help="Images encoded at once by the VQ-VAE.")
+    add_optimization_arguments(
+        parser,
+        output_dir="outputs/prior",
+        num_train_epochs=10,
+        learning_rate=3e-4,
+        lr_scheduler="cosine",
+        lr_warmup_steps=100,
+        adam_beta2=0.95,  # as in GPT training
+        adam_weight_decay=0.01,  # of the weight matrices and embeddings only (not of biases and norms)
+        mixed_precision_help="Mixed precision of the prior (default: Accelerate's config). The codes are encoded "
+        "in fp32.",
     )
-    parser.add_argument("--lr_warmup_steps", type=int, default=100, help="Warm-up optimizer steps.")
-    parser.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
-    parser.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (0.95 as in GPT training).")
-    parser.add_argument(
-        "--adam_weight_decay",
-        type=float,
-        default=0.01,
-        help="AdamW weight decay of the weight matrices and embeddings (not of biases and norms).",
+    validation = add_checkpoint_arguments(
+        parser,
+        tracker_project_name="train_prior",
+        validation_steps_help="Every N optimizer steps, measure the validation NLL and write a sample grid.",
     )
-    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
-    parser.add_argument(
-        "--mixed_precision",
-        choices=["no", "fp16", "bf16"],
-        default=None,
-        help="Mixed precision of the prior (default: Accelerate's config). The codes are encoded in fp32.",
-    )
-    # Checkpoints, logging, validation
-    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint every N steps.")
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
-    parser.add_argument(
-        "--resume_from_checkpoint",
-        default=None,
-        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.",
-    )
-    parser.add_argument(
-        "--validation_steps",
-        type=int,
-        default=1000,
-        help="Every N optimizer steps, measure the validation NLL and write a sample grid.",
-    )
-    parser.add_argument(
+    validation.add_argument(
         "--num_validation_samples",
         type=int,
         default=8,
         help="Samples per class in each grid (one row per class), or in total for an unconditional prior (rows of 8).",
     )
-    parser.add_argument(
+    validation.add_argument(
         "--validation_classes",
         type=int,
         nargs="+",
         default=None,
         help=f"Class ids of the sample grids (default: the first {MAX_DEFAULT_SAMPLE_CLASSES}).",
     )
-    parser.add_argument(
+    validation.add_argument(
         "--validation_guidance_scale",
         type=float,
         default=None,
         help="Classifier-free guidance scale of the sample grids (class-conditional priors).",
     )
-    parser.add_argument("--validation_temperature", type=float, default=1.0, help="Temperature of the sample grids.")
-    parser.add_argument("--logging_steps", type=int, default=10, help="Log training losses every N steps.")
-    parser.add_argument(
-        "--report_to", default="tensorboard", help="Accelerate trackers: tensorboard, wandb, all, or none."
+    validation.add_argument(
+        "--validation_temperature", type=float, default=1.0, help="Temperature of the sample grids."
     )
-    parser.add_argument("--tracker_project_name", default="train_prior", help="Project name for the trackers.")
-    # Hub
-    parser.add_argument("--push_to_hub", action="store_true", help="Upload the final folder to the Hub.")
-    parser.add_argument("--hub_model_id", default=None, help="Hub repository, e.g. `org/vqvae-prior-cifar10`.")
-    parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
-    parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+    add_hub_arguments(parser, repo_example="org/vqvae-prior-cifar10")
     args = parser.parse_args(argv)
-    args.command_line = command_line(argv, secret=args.hub_token)  # for the model card
 
     if args.pretrained_prior_name_or_path is not None and args.prior_config_name_or_path is not None:
         raise ValueError("Give at most one of `--pretrained_prior_name_or_path` and `--prior_config_name_or_path`.")
-    if args.dataset_name is None and args.train_data_dir is None and args.train_data_files is None:
-        raise ValueError("Give the data: `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
-    for name in (
-        "train_batch_size",
-        "eval_batch_size",
-        "gradient_accumulation_steps",
-        "checkpointing_steps",
-        "validation_steps",
-        "logging_steps",
-        "num_train_epochs",
-        "encode_batch_size",
-        "num_validation_samples",
-    ):
-        if getattr(args, name) < 1:
-            raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
-    for name in ("max_train_steps", "checkpoints_total_limit", "max_train_samples", "max_eval_samples"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
+    check_training_arguments(args, repo_example="org/vqvae-prior-cifar10")
+    check_positive(args, ("encode_batch_size", "num_validation_samples"), ("max_train_samples", "max_eval_samples"))
     if args.lr_warmup_steps < 0:
         raise ValueError(f"`--lr_warmup_steps` must be >= 0; got {args.lr_warmup_steps}.")
     if not args.validation_temperature > 0:
@@ -254,22 +194,21 @@ def parse_args(argv=None):
         raise ValueError("`--validation_guidance_scale` needs a class-conditional prior: give `--label_column`.")
     if args.validation_classes is not None and args.label_column is None:
         raise ValueError("`--validation_classes` needs a class-conditional prior: give `--label_column`.")
-    if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("`--push_to_hub` needs `--hub_model_id`, e.g. `--hub_model_id org/vqvae-prior-cifar10`.")
-    if args.codes_cache_dir is None:
-        args.codes_cache_dir = str(Path(args.output_dir) / "codes")
-    args.config_overrides = parse_overrides(args.config_overrides)
-    if args.pretrained_prior_name_or_path is not None and args.config_overrides:
+    config_overrides = parse_overrides(args.config_overrides)
+    if args.pretrained_prior_name_or_path is not None and config_overrides:
         raise ValueError("`--config_overrides` change the architecture; they cannot apply to a pretrained prior.")
-    derived = sorted(
-        {"codebook_size", "grid_size", "num_classes", *DERIVED_CONFIG_KEYS} & args.config_overrides.keys()
-    )
+    derived = sorted({"codebook_size", "grid_size", "num_classes", *DERIVED_CONFIG_KEYS} & config_overrides.keys())
     if derived:
         raise ValueError(
             f"`--config_overrides` cannot set {derived}: they follow from the VQ-VAE "
             "(`codebook_size`, `grid_size`) and `--label_column` (`num_classes`)."
         )
-    return args
+    return PriorTrainingArguments.from_namespace(
+        args,
+        argv,
+        config_overrides=config_overrides,
+        codes_cache_dir=args.codes_cache_dir or str(Path(args.output_dir) / "codes"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- codes
@@ -575,8 +514,7 @@ def log_validation(
         sample_dir.mkdir(parents=True, exist_ok=True)
         grid.save(sample_dir / f"step-{global_step}.png")
         metrics.update(sample_codes_used=codes_used, sample_file=f"samples/step-{global_step}.png")
-        with open(Path(args.output_dir) / "validation_log.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_validation_log(args.output_dir, metrics)
     accelerator.log(
         {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}, step=global_step
     )
@@ -592,35 +530,12 @@ def log_validation(
 # ---------------------------------------------------------------------------------------------------------- card, hub
 
 
-def validation_curve(log_file: Path) -> str:
-    """A Markdown table of the validation NLL against training steps and time, from `validation_log.jsonl`."""
-    if not log_file.exists():
-        return "No validation was run."
-    by_step = {}
-    for line in log_file.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            by_step[entry["step"]] = entry  # a re-run's entry for the same step replaces the earlier one
-    rows = [
-        "| step | training time (min) | NLL (nats/code) | NLL (bits/code) | perplexity | samples |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for step, m in sorted(by_step.items()):
-        nll = (
-            f"{m['nll_nats_per_code']:.4f} | {m['nll_bits_per_code']:.4f} | {m['perplexity']:.1f}"
-            if "nll_nats_per_code" in m
-            else "- | - | -"
-        )
-        rows.append(f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {nll} | {m.get('sample_file', '-')} |")
-    return "\n".join(rows)
-
-
 def save_model_card(
     args, output_dir, config, metrics: dict | None, train_seconds: float, reference: dict, command: str
 ):
     """Fill `prior_model_card.md` with this run's command, arguments, VQ-VAE and measured metrics, as `README.md`."""
-    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token", "command_line")}
-    log = Path(output_dir) / "validation_log.jsonl"
+    arguments = args.public_dict()
+    log = Path(output_dir) / VALIDATION_LOG_NAME
     samples = sorted(Path(output_dir).glob("samples/step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
     classes = (
         ", ".join(f"{i}: {name}" for i, name in sorted(config.id2label.items()))
@@ -651,26 +566,14 @@ def save_model_card(
     atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
 
 
-def push_folder(args):
-    """Upload the output folder (not its checkpoints, logs or codes cache); on failure say so, keep the files, exit 1."""
+def upload_ignore_patterns(args: PriorTrainingArguments) -> list[str]:
+    """What an upload of the output folder leaves out: checkpoints, logs, temporary files and the codes cache."""
     ignore = list(HUB_IGNORE_PATTERNS)
     codes_dir = Path(args.codes_cache_dir).resolve()
     if codes_dir.is_relative_to(Path(args.output_dir).resolve()):
         relative = codes_dir.relative_to(Path(args.output_dir).resolve()).as_posix()
         ignore += [relative, f"{relative}/**"]
-    try:
-        url = training_utils.push_folder(
-            args.output_dir,
-            args.hub_model_id,
-            "Upload VQ-VAE prior trained with hf_vqvae",
-            private=args.hub_private_repo,
-            token=args.hub_token,
-            ignore_patterns=ignore,
-        )
-    except RuntimeError as error:
-        logger.error(str(error), main_process_only=True)
-        raise SystemExit(1) from error
-    logger.info(f"Uploaded {args.output_dir} to {url}", main_process_only=True)
+    return ignore
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -696,7 +599,7 @@ def main(args):
     mapping = model.code_mapping
     train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping)
 
-    set_max_train_steps(args, accelerator, train_dataloader)
+    args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
     # Weight decay on matrices and embeddings only, not on biases and LayerNorms (as in GPT-2 / nanoGPT).
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -719,7 +622,7 @@ def main(args):
     conditioning = f"{unwrapped_config.num_classes} classes" if unwrapped_config.num_classes else "unconditional"
     accelerator.print(
         f"{len(train_dataloader.dataset)} training images of {unwrapped_config.grid_size} codes "
-        f"(K = {unwrapped_config.codebook_size}, {conditioning}), {run.summary(args, accelerator, model)}"
+        f"(K = {unwrapped_config.codebook_size}, {conditioning}), {run.summary(args.train_batch_size, accelerator, model)}"
     )
     progress = run.progress_bar(accelerator)
     # Elapsed time carries over a resume through the validation log.
@@ -729,7 +632,7 @@ def main(args):
     for batch in run.batches(accelerator, train_dataloader):
         with accelerator.accumulate(model):
             output = model(input_ids=batch["input_ids"], labels=batch["labels"])
-            optimizer_step(args, accelerator, model, optimizer, lr_scheduler, output.loss)
+            optimizer_step(accelerator, model, optimizer, lr_scheduler, output.loss, args.max_grad_norm)
 
         if not accelerator.sync_gradients:
             continue
@@ -793,7 +696,15 @@ def main(args):
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
-        push_folder(args)
+        push_folder(
+            args.output_dir,
+            args.hub_model_id,
+            "Upload VQ-VAE prior trained with hf_vqvae",
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            ignore_patterns=upload_ignore_patterns(args),
+            exit_on_failure=True,
+        )
 
 
 if __name__ == "__main__":

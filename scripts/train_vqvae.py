@@ -13,36 +13,48 @@ Two processes on CPU (real DDP with gloo; `--cpu --num_processes 2` would silent
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_vqvae.py ...
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
 
-from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel, training_utils
+from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.configuration_vqvae import TRAINING_ONLY_SETTINGS
-from hf_vqvae.training_utils import (
+from hf_vqvae.training.args import (
+    ScriptArgumentParser,
+    VQVAETrainingArguments,
+    add_checkpoint_arguments,
+    add_data_arguments,
+    add_hub_arguments,
+    add_optimization_arguments,
+    check_training_arguments,
+    parse_overrides,
+)
+from hf_vqvae.training.cards import fill_model_card, format_metrics_table, reconstruction_grid
+from hf_vqvae.training.checkpointing import (
     TrainingClock,
     atomic_write_text,
-    command_line,
-    create_accelerator,
-    evaluate_reconstruction,
-    fill_model_card,
-    format_metrics_table,
-    init_trackers,
-    load_training_dataset,
-    make_preprocessing,
-    optimizer_step,
-    prepare_training,
-    random_crop,
-    reconstruction_grid,
     register_pretrained_hooks,
     resume_training,
     save_checkpoint_if_due,
     save_pretrained_atomic,
-    set_max_train_steps,
     write_json,
+)
+from hf_vqvae.training.data import augment_batch, load_training_dataset, make_preprocessing
+from hf_vqvae.training.hub import push_folder
+from hf_vqvae.training.loop import (
+    create_accelerator,
+    init_trackers,
+    optimizer_step,
+    prepare_training,
+    with_max_train_steps,
+)
+from hf_vqvae.training.metrics import (
+    VALIDATION_LOG_NAME,
+    append_validation_log,
+    evaluate_reconstruction,
+    validation_curve,
 )
 
 
@@ -52,178 +64,85 @@ PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet12
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # Model
-    parser.add_argument(
+def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
+    parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
+    model = parser.add_argument_group("model")
+    model.add_argument(
         "--pretrained_model_name_or_path",
         default=None,
         help="Fine-tune this VQ-VAE (a folder or Hub id) instead of training from scratch.",
     )
-    parser.add_argument(
+    model.add_argument(
         "--model_config_name_or_path",
         default=None,
         help="A config.json, or a folder/Hub id holding one, for a model trained from scratch.",
     )
-    parser.add_argument(
+    model.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
         help="A paper architecture for a model trained from scratch.",
     )
-    parser.add_argument(
+    model.add_argument(
         "--config_overrides",
         default=None,
         help="Comma-separated key=value settings applied to the config, e.g. "
         "'hidden_channels=128,use_ema_codebook=true'. A fine-tune takes only the settings of the "
         "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'.",
     )
-    parser.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
-    parser.add_argument(
+    model.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
+    model.add_argument(
         "--freeze_encoder",
         action="store_true",
         help="Fine-tune the decoder alone: the encoder and codebook of the pretrained model stay fixed, "
         "so every image keeps its codes (and a prior trained on them stays valid).",
     )
-    # Data
-    parser.add_argument(
-        "--dataset_name", default=None, help="A Hub dataset, or the builder of `--*_data_files` (default parquet)."
+    data = add_data_arguments(
+        parser, validation_split_help="Split to validate on; validation is skipped when the dataset has none."
     )
-    parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
-    parser.add_argument("--train_data_dir", default=None, help="A local image folder (`imagefolder`).")
-    parser.add_argument("--train_data_files", nargs="+", default=None, help="Files or globs of the training split.")
-    parser.add_argument(
-        "--validation_data_files", nargs="+", default=None, help="Files or globs of the validation split."
-    )
-    parser.add_argument("--train_split", default="train", help="Split to train on.")
-    parser.add_argument(
-        "--validation_split",
-        default="test",
-        help="Split to validate on; validation is skipped when the dataset has none.",
-    )
-    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument(
+    data.add_argument(
         "--audio_column", default=None, help="For 1-D models: column with the audio (default: first Audio column)."
     )
-    parser.add_argument(
+    data.add_argument(
         "--speaker_column", default=None, help="For speaker-conditioned 1-D models: column with integer speaker ids."
     )
-    parser.add_argument(
+    data.add_argument(
         "--max_audio_length",
         type=int,
         default=None,
         help="For 1-D models: train on random windows of at most this many samples (at the model's "
         "rate); validation uses whole recordings.",
     )
-    parser.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
-    parser.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
-    parser.add_argument("--cache_dir", default=None, help="Where `datasets` and the Hub cache downloads.")
-    # Optimisation
-    parser.add_argument("--output_dir", default="outputs/vqvae", help="Where checkpoints and the model are written.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for reproducible training.")
-    parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size per process.")
-    parser.add_argument("--eval_batch_size", type=int, default=256, help="Validation batch size per process.")
-    parser.add_argument("--num_train_epochs", type=int, default=1, help="Epochs, unless `--max_train_steps` is set.")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps (overrides epochs).")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
-    parser.add_argument("--learning_rate", type=float, default=2e-4, help="Peak learning rate (paper: 2e-4).")
-    parser.add_argument(
-        "--lr_scheduler",
-        default="constant_with_warmup",
-        help="A transformers schedule: constant, constant_with_warmup, cosine, linear, ...",
+    data.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
+    optimization = add_optimization_arguments(
+        parser,
+        output_dir="outputs/vqvae",
+        num_train_epochs=1,
+        learning_rate=2e-4,  # the paper's
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=0,
+        adam_beta2=0.999,
+        adam_weight_decay=0.0,
+        mixed_precision_help="Mixed precision (default: Accelerate's config). The quantizer always runs in fp32.",
     )
-    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up optimizer steps.")
-    parser.add_argument("--adam_beta1", type=float, default=0.9, help="Adam beta1.")
-    parser.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2.")
-    parser.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay.")
-    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
-    parser.add_argument(
-        "--mixed_precision",
-        choices=["no", "fp16", "bf16"],
-        default=None,
-        help="Mixed precision (default: Accelerate's config). The quantizer always runs in fp32.",
+    optimization.add_argument("--channels_last", action="store_true", help="Use the channels_last memory format.")
+    optimization.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    checkpoints = add_checkpoint_arguments(
+        parser, tracker_project_name="train_vqvae", validation_steps_help="Validate every N optimizer steps."
     )
-    parser.add_argument("--channels_last", action="store_true", help="Use the channels_last memory format.")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
-    # Checkpoints, logging, validation
-    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint every N steps.")
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
-    parser.add_argument(
-        "--resume_from_checkpoint",
-        default=None,
-        help="A checkpoint folder, or `latest` for the newest one in `--output_dir`.",
+    checkpoints.add_argument(
+        "--num_validation_images", type=int, default=16, help="Images in each reconstruction grid."
     )
-    parser.add_argument("--validation_steps", type=int, default=1000, help="Validate every N optimizer steps.")
-    parser.add_argument("--num_validation_images", type=int, default=16, help="Images in each reconstruction grid.")
-    parser.add_argument("--logging_steps", type=int, default=10, help="Log training losses every N steps.")
-    parser.add_argument(
-        "--report_to", default="tensorboard", help="Accelerate trackers: tensorboard, wandb, all, or none."
-    )
-    parser.add_argument("--tracker_project_name", default="train_vqvae", help="Project name for the trackers.")
-    # Hub
-    parser.add_argument("--push_to_hub", action="store_true", help="Upload the final folder to the Hub.")
-    parser.add_argument("--hub_model_id", default=None, help="Hub repository, e.g. `org/vqvae-cifar10`.")
-    parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one).")
-    parser.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+    add_hub_arguments(parser, repo_example="org/vqvae-cifar10")
     args = parser.parse_args(argv)
-    args.command_line = command_line(argv, secret=args.hub_token)  # for the model card
 
     sources = [args.pretrained_model_name_or_path, args.model_config_name_or_path, args.preset]
     if sum(s is not None for s in sources) > 1:
         raise ValueError(
             "Give at most one of `--pretrained_model_name_or_path`, `--model_config_name_or_path`, `--preset`."
         )
-    if args.dataset_name is None and args.train_data_dir is None and args.train_data_files is None:
-        raise ValueError("Give the data: `--dataset_name`, `--train_data_dir` or `--train_data_files`.")
-    for name in (
-        "train_batch_size",
-        "eval_batch_size",
-        "gradient_accumulation_steps",
-        "checkpointing_steps",
-        "validation_steps",
-        "logging_steps",
-        "num_train_epochs",
-    ):
-        if getattr(args, name) < 1:
-            raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        raise ValueError(f"`--max_train_steps` must be >= 1; got {args.max_train_steps}.")
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise ValueError(f"`--checkpoints_total_limit` must be >= 1; got {args.checkpoints_total_limit}.")
-    if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("`--push_to_hub` needs `--hub_model_id`, e.g. `--hub_model_id org/vqvae-cifar10`.")
-    args.config_overrides = parse_overrides(args.config_overrides)
-    return args
-
-
-def parse_overrides(text: str | None) -> dict:
-    """'a=1,b=true,c=(1,2)' -> {'a': 1, 'b': True, 'c': [1, 2]} (values parsed as JSON where possible)."""
-    overrides = {}
-    for item in filter(None, _split_top(text or "")):
-        if "=" not in item:
-            raise ValueError(f"`--config_overrides` items must be key=value; got {item!r}.")
-        key, value = (s.strip() for s in item.split("=", 1))
-        value = value.replace("(", "[").replace(")", "]")
-        try:
-            overrides[key] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
-
-
-def _split_top(text: str) -> list[str]:
-    """Split on commas outside parentheses."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char == "("
-        depth -= char == ")"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    return parts + [current]
+    check_training_arguments(args, repo_example="org/vqvae-cifar10")
+    return VQVAETrainingArguments.from_namespace(args, argv, config_overrides=parse_overrides(args.config_overrides))
 
 
 def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict):
@@ -270,7 +189,7 @@ def build_model(args) -> VQVAEModel:
     return VQVAEModel(config)
 
 
-def get_dataloaders(args, accelerator, config, processor):
+def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor):
     """Train and validation dataloaders of model batches (`pixel_values`, or `input_values` for 1-D models)."""
     dataset = load_training_dataset(args, accelerator)
     train = dataset[args.train_split]
@@ -340,8 +259,7 @@ def log_validation(args, accelerator, model, processor, validation_dataloader, g
             )
         else:
             write_audio_examples(processor, batch, reconstruction, examples_dir / f"step-{global_step}")
-        with open(Path(args.output_dir) / "validation_log.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_validation_log(args.output_dir, metrics)
     accelerator.log(
         {f"val/{k}": v for k, v in metrics.items() if k not in ("step", "codebook_size")}, step=global_step
     )
@@ -364,28 +282,6 @@ def write_audio_examples(feature_extractor, batch, reconstruction, folder: Path)
     for i, (original, decoded) in enumerate(zip(originals, reconstructions)):
         soundfile.write(folder / f"original-{i}.wav", original, feature_extractor.sampling_rate)
         soundfile.write(folder / f"reconstruction-{i}.wav", decoded, feature_extractor.sampling_rate)
-
-
-def validation_curve(log_file: Path) -> str:
-    """A Markdown table of the validation metrics against training steps and time, from `validation_log.jsonl`."""
-    if not log_file.exists():
-        return "No validation was run."
-    by_step = {}
-    for line in log_file.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            by_step[entry["step"]] = entry  # a re-run's entry for the same step replaces the earlier one
-    quality = "psnr" if "psnr" in next(iter(by_step.values())) else "snr"  # images or signals
-    rows = [
-        f"| step | training time (min, validation excluded) | {quality.upper()} (dB) | MSE | codes used |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for step, m in sorted(by_step.items()):
-        rows.append(
-            f"| {step} | {m['elapsed_seconds'] / 60:.1f} | {m[quality]:.2f} | {m['mse']:.5f} | "
-            f"{m['codes_used']}/{m['codebook_size']} |"
-        )
-    return "\n".join(rows)
 
 
 IMAGE_USAGE = """from hf_vqvae import VQVAEImageProcessor, VQVAEModel
@@ -432,7 +328,7 @@ def card_modality(config, model_id: str) -> dict:
 
 def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, command: str):
     """Fill `model_card.md` with this run's command, arguments and measured metrics, as `README.md` of `output_dir`."""
-    arguments = {k: v for k, v in vars(args).items() if k not in ("hub_token", "command_line")}
+    arguments = args.public_dict()
     values = {
         "command": command,
         "model_id": args.hub_model_id or Path(output_dir).name,
@@ -443,7 +339,7 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
         "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
         "training_time": f"{train_seconds / 60:.1f} minutes",
         "evaluation": format_metrics_table(metrics) if metrics else "No validation split was given.",
-        "validation_curve": validation_curve(Path(output_dir) / "validation_log.jsonl"),
+        "validation_curve": validation_curve(Path(output_dir) / VALIDATION_LOG_NAME),
     }
     values.update(card_modality(config, values["model_id"]))
     atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
@@ -468,7 +364,7 @@ def main(args):
         model = model.to(memory_format=torch.channels_last)
     train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, model.config, processor)
 
-    set_max_train_steps(args, accelerator, train_dataloader)
+    args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=args.learning_rate,
@@ -483,7 +379,9 @@ def main(args):
     init_trackers(args, accelerator)
     run = resume_training(args, accelerator, train_dataloader)
 
-    accelerator.print(f"{len(train_dataloader.dataset)} training images, {run.summary(args, accelerator, model)}")
+    accelerator.print(
+        f"{len(train_dataloader.dataset)} training images, {run.summary(args.train_batch_size, accelerator, model)}"
+    )
     progress = run.progress_bar(accelerator)
     # Elapsed training time carries over a resume through the validation log; validation passes do not count.
     clock = TrainingClock(args.output_dir, run.global_step)
@@ -491,21 +389,17 @@ def main(args):
     unwrapped_config = accelerator.unwrap_model(model).config
     model.train()
     for batch in run.batches(accelerator, train_dataloader):
-        # Random flips and audio windows are drawn here, not in the collate function: the dataloader fetches a batch
-        # ahead, and a resumed run must draw the same numbers as an uninterrupted one.
-        if "pixel_values" in batch:
-            pixel_values = batch["pixel_values"]
-            if args.random_flip:
-                flip = torch.rand(len(pixel_values), device=pixel_values.device) < 0.5
-                pixel_values = torch.where(flip[:, None, None, None], pixel_values.flip(-1), pixel_values)
-            if args.channels_last:
-                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-            batch = {"pixel_values": pixel_values}
-        elif args.max_audio_length is not None:
-            batch = random_crop(batch, args.max_audio_length, unwrapped_config.downsample_factor)
+        # Random flips and audio windows are drawn here, in the loop (see `augment_batch`).
+        batch = augment_batch(
+            batch,
+            do_random_flip=args.random_flip,
+            channels_last=args.channels_last,
+            max_audio_length=args.max_audio_length,
+            downsample_factor=unwrapped_config.downsample_factor,
+        )
         with accelerator.accumulate(model):
             output = model(**batch)
-            optimizer_step(args, accelerator, model, optimizer, lr_scheduler, output.loss)
+            optimizer_step(accelerator, model, optimizer, lr_scheduler, output.loss, args.max_grad_norm)
 
         if not accelerator.sync_gradients:
             continue
@@ -557,7 +451,14 @@ def main(args):
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
-        push_folder(args)
+        push_folder(
+            args.output_dir,
+            args.hub_model_id,
+            "Upload VQ-VAE trained with hf_vqvae",
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            exit_on_failure=True,
+        )
 
 
 def check_quantizer_in_sync(accelerator, model):
@@ -572,22 +473,6 @@ def check_quantizer_in_sync(accelerator, model):
     accelerator.print(
         f"Quantizer state (codebook, EMA statistics) identical on all {accelerator.num_processes} processes."
     )
-
-
-def push_folder(args):
-    """Upload the output folder (not its checkpoints or logs); on failure say so, keep the files and exit 1."""
-    try:
-        url = training_utils.push_folder(
-            args.output_dir,
-            args.hub_model_id,
-            "Upload VQ-VAE trained with hf_vqvae",
-            private=args.hub_private_repo,
-            token=args.hub_token,
-        )
-    except RuntimeError as error:
-        logger.error(str(error), main_process_only=True)
-        raise SystemExit(1) from error
-    logger.info(f"Uploaded {args.output_dir} to {url}", main_process_only=True)
 
 
 if __name__ == "__main__":

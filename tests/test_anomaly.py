@@ -448,6 +448,7 @@ def script_args(data, output_dir, extra):
     ]
 
 
+@pytest.mark.slow  # trains a VQ-VAE and a prior per class, each in a child process (scripts/train_*.py)
 def test_script_one_class_protocol(parquet_data, tmp_path):
     output_dir = tmp_path / "report"
     fit = [

@@ -16,7 +16,8 @@ from transformers import AutoFeatureExtractor, AutoModel
 
 from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEModel
 from hf_vqvae.modeling_vqvae import multi_resolution_stft_loss
-from hf_vqvae.training_utils import ReconstructionMetrics, decode_audio, random_crop
+from hf_vqvae.training.data import decode_audio, random_crop
+from hf_vqvae.training.metrics import ReconstructionMetrics
 
 
 soundfile = pytest.importorskip("soundfile")

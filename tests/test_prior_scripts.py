@@ -4,6 +4,7 @@ One class-conditional training run (`accelerate launch`, tiny VQ-VAE and prior, 
 tests of this module; the other runs are as short as the check they make.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -20,15 +21,11 @@ from safetensors.torch import load_file
 from test_scripts import SAMPLE, script_env
 from transformers import pipeline
 
-import hf_vqvae.pipelines
+import hf_vqvae.pairing
 from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
-from hf_vqvae.pipelines import (
-    VQVAE_REFERENCE_NAME,
-    VQVAEGenerationPipeline,
-    VQVAEReconstructionPipeline,
-    load_vqvae_for_prior,
-)
-from hf_vqvae.training_utils import codes_fingerprint, model_fingerprint
+from hf_vqvae.pairing import VQVAE_REFERENCE_NAME, codes_fingerprint, load_vqvae_for_prior, model_fingerprint
+from hf_vqvae.pipelines import VQVAEGenerationPipeline, VQVAEReconstructionPipeline
+from hf_vqvae.training.hub import push_folder
 
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -322,10 +319,10 @@ def test_train_prior_needs_a_class_label_column(tmp_path, vqvae_dir):
     vqvae = VQVAEModel.from_pretrained(vqvae_dir)
     with pytest.raises(ValueError, match="must be a `ClassLabel` column"):
         train_prior.get_codes(args, PartialState(), vqvae, VQVAEImageProcessor.from_model_config(vqvae.config))
-    args.label_column = "missing"
+    args = dataclasses.replace(args, label_column="missing")  # the arguments are frozen
     with pytest.raises(ValueError, match="is not one of the columns"):
         train_prior.get_codes(args, PartialState(), vqvae, VQVAEImageProcessor.from_model_config(vqvae.config))
-    args.label_column, args.validation_classes = "label", [3, 12]
+    args = dataclasses.replace(args, label_column="label", validation_classes=[3, 12])
     with pytest.raises(ValueError, match=r"`--validation_classes` \[12\] are not class ids"):
         train_prior.get_codes(args, PartialState(), vqvae, VQVAEImageProcessor.from_model_config(vqvae.config))
 
@@ -366,7 +363,13 @@ def test_push_uploads_the_prior_without_checkpoints_logs_or_codes(monkeypatch, t
         lambda **kwargs: uploads.append(kwargs) or SimpleNamespace(commit_url="http://hub/commit"),
     )
     args = train_prior.parse_args(prior_args("vqvae", tmp_path / "out", 2, ["--push_to_hub", "--hub_model_id", "o/p"]))
-    train_prior.push_folder(args)
+    push_folder(
+        args.output_dir,
+        args.hub_model_id,
+        "Upload VQ-VAE prior trained with hf_vqvae",
+        token=args.hub_token,
+        ignore_patterns=train_prior.upload_ignore_patterns(args),
+    )
     assert uploads[0]["repo_id"] == "o/p" and uploads[0]["folder_path"] == str(tmp_path / "out")
     files = [
         "config.json",
@@ -529,7 +532,7 @@ def test_generation_pipeline(trained, vqvae_dir, tmp_path):
     tuned = VQVAEModel.from_pretrained(vqvae_dir)
     with torch.no_grad():
         tuned.decoder.conv_in.weight.add_(0.1)
-    with mock.patch.object(hf_vqvae.pipelines.logger, "warning") as warning:
+    with mock.patch.object(hf_vqvae.pairing.logger, "warning") as warning:
         load_vqvae_for_prior(generate.model, tuned)
         assert not warning.called
         with torch.no_grad():

@@ -168,7 +168,7 @@ def test_checkpoint_limit_and_no_partial_checkpoints(tmp_path, tiny_config_dir):
     ]
     # A crash mid-save leaves only a hidden temporary folder, which `latest` never picks.
     (output / ".tmp-checkpoint-8").mkdir()
-    from hf_vqvae.training_utils import resolve_checkpoint
+    from hf_vqvae.training.checkpointing import resolve_checkpoint
 
     assert resolve_checkpoint("latest", output).name == "checkpoint-6"
 
@@ -372,7 +372,7 @@ def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the whole process group, as a crash or OOM killer would
         process.wait()
-    from hf_vqvae.training_utils import list_checkpoints
+    from hf_vqvae.training.checkpointing import list_checkpoints
 
     last = list_checkpoints(output)[-1]
     last_step = int(last.name.split("-")[1])

@@ -24,6 +24,7 @@ from hub_fixtures import hub_env_fixture, hub_in_process_fixture, hub_server_fix
 from PIL import Image
 
 from hf_vqvae import VQVAEImageProcessor, VQVAEImageTokenizer, VQVAEModel
+from hf_vqvae.training import tokenize as tokenization
 
 
 SCRIPT = REPO_ROOT / "scripts" / "tokenize_dataset.py"
@@ -188,9 +189,9 @@ def test_stream_reading_helpers():
 
     PartialState()  # the script's logger needs it
     stream = datasets.IterableDataset.from_generator(lambda: ({"x": i} for i in range(25)))  # size unknown
-    assert tokenize_dataset.count_rows(stream, "train", streaming=True) == 25
-    assert tokenize_dataset.count_rows(stream, "train", streaming=True, limit=10) == 10
-    rows = tokenize_dataset.StreamRows(stream, 25, chunk_size=4)
+    assert tokenization.count_rows(stream, "train", streaming=True) == 25
+    assert tokenization.count_rows(stream, "train", streaming=True, limit=10) == 10
+    rows = tokenization.StreamRows(stream, 25, chunk_size=4)
     assert rows.read(3, 7).column("x").to_pylist() == [3, 4, 5, 6]
     assert rows.read(12, 25).column("x").to_pylist() == list(range(12, 25))  # skips 7-11 across chunks
     with pytest.raises(RuntimeError, match="in order"):
@@ -426,8 +427,8 @@ def _jpeg(image: Image.Image, **save_kwargs) -> bytes:
 
 
 def test_decode_image_gives_pils_pixels_faster_and_falls_back_to_pil():
-    from hf_vqvae import training_utils
-    from hf_vqvae.training_utils import decode_image
+    from hf_vqvae.training import data
+    from hf_vqvae.training.data import decode_image
 
     # The sample stores PNG files; the full CIFAR-10 copy stores JPEG ones, as most photo datasets do.
     pngs = pq.read_table(sorted(SAMPLE.glob("test-*.parquet"))[0]).column("img").to_pylist()[:64]
@@ -454,5 +455,5 @@ def test_decode_image_gives_pils_pixels_faster_and_falls_back_to_pil():
     rotated = decode_image(_jpeg(wide, exif=exif.tobytes()))
     assert isinstance(rotated, Image.Image) and rotated.size == (2, 4)
     assert isinstance(decode_image(pngs[0]), Image.Image)
-    with mock.patch.object(training_utils, "_jpeg_decoder", return_value=None):
+    with mock.patch.object(data, "_jpeg_decoder", return_value=None):
         assert isinstance(decode_image(cells[0]), Image.Image)

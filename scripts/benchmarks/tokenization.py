@@ -1,8 +1,6 @@
 """Benchmark section `tokenize`: a dataset split to code tokens with the tokenization code of
 `scripts/tokenize_dataset.py`: images/s against the bare encoder, and peak memory."""
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from hf_vqvae.training.data import load_image_dataset
 
 from .harness import REPO_ROOT, Section, Sizes, fmt, time_interleaved, verdict
 
@@ -21,12 +21,11 @@ class _NoProgress:
 
 
 def load_tokenize_script():
-    """The tokenization code this section measures (`prepare_batch`, `tokenize_rows`, `main`): the one place that
-    names where it lives."""
-    spec = importlib.util.spec_from_file_location("tokenize_dataset", REPO_ROOT / "scripts" / "tokenize_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The tokenization code this section measures (`prepare_batch`, `tokenize_rows`, `plan_split`, ...): the one
+    place that names where it lives (`hf_vqvae.training.tokenize`, the data path of `scripts/tokenize_dataset.py`)."""
+    from hf_vqvae.training import tokenize
+
+    return tokenize
 
 
 def resolve_model(args, sizes: Sizes, workdir: Path, section: Section) -> Path | None:
@@ -108,7 +107,7 @@ def bench_tokenize(args, sizes: Sizes) -> Section:
         )
         image_tokenizer = tokenize_dataset.load_image_tokenizer(script_args, torch.device("cpu"))
         model = image_tokenizer.model
-        dataset = tokenize_dataset.load_image_dataset(data_files=script_args.data_files)
+        dataset = load_image_dataset(data_files=script_args.data_files)
         plan = tokenize_dataset.plan_split(dataset["test"], "test", script_args, image_tokenizer.num_image_tokens)
         rows = tokenize_dataset.ArrowRows(plan["dataset"], plan["num_rows"])
         num_rows = plan["num_rows"]
