@@ -1,6 +1,7 @@
 """Autoregressive prior over VQ-VAE codes: a GPT-style transformer with a transformers `generate()` interface.
 
-Token layout (the one mapping between codes and ids, implemented by [`VQVAEPriorCodeMapping`]):
+The prior's token layout, implemented by [`VQVAEPriorCodeMapping`]. It is one of two layouts: the image tokenizer's
+(`tokenization_vqvae.py`) differs (see "Token layouts" in docs/ARCHITECTURE.md, where both are side by side):
 
 - ids `[0, codebook_size)` are the codes: token id = code;
 - `bos_token_id = codebook_size` is the unconditional prompt;
