@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoFeatureExtractor,
@@ -66,6 +67,7 @@ NORMAL_IMAGES = ROOT / "data" / "cifar10_sample" / "test-00000-of-00001.parquet"
 UNCONDITIONAL = "(any class: unconditional)"
 NO_PRIOR = "none: reconstruction error only"
 HEATMAPS = ("reconstruction_error", "prior_nll")
+IMAGE_HEIGHT = 300  # pixels of each image box in the page
 DISPLAY_SIZE = 256  # 32x32 images are shown enlarged (nearest neighbour) to this many pixels
 MAX_SAMPLES = 16
 SAMPLES_PER_STEP = 4  # the Generate tab samples this many grids per progress step
@@ -485,7 +487,9 @@ def shown_errors(function):
         try:
             return function(*args, **kwargs)
         except (ValueError, TypeError) as error:
-            raise gr.Error(str(error), title="Cannot do that") from error
+            # An upload's path in gradio's cache says nothing to the person who uploaded it: keep the file name.
+            message = re.sub(r"'[^']*/gradio/[0-9a-f]+/([^'/]+)'", r"'\1'", str(error))
+            raise gr.Error(message, print_exception=False) from error
 
     return handler
 
@@ -499,7 +503,7 @@ def tokenize_handler(image):
         enlarge(result.reconstruction),
         summary,
         result.codes.tolist(),
-        result.code_map,
+        ImageOps.expand(result.code_map, border=(0, 32, 0, 0), fill="white"),  # room for the box's label
         " ".join(str(i) for i in result.token_ids),
         result.codes.tolist(),
         None,
@@ -566,9 +570,15 @@ def build_demo(models_dir: str | os.PathLike = MODELS_DIR) -> gr.Blocks:
         )
         with gr.Tab("Tokenize", id="tokenize"):
             with gr.Row():
-                image_in = ImageUpload(type="filepath", image_mode=None, label="Image", elem_id="tokenize-input")
-                original_out = gr.Image(label="Model input (32x32)", format="png", elem_id="tokenize-original")
-                reconstruction_out = gr.Image(label="Reconstruction", format="png", elem_id="tokenize-reconstruction")
+                image_in = ImageUpload(
+                    type="filepath", image_mode=None, label="Image", height=IMAGE_HEIGHT, elem_id="tokenize-input"
+                )
+                original_out = gr.Image(
+                    label="Model input (32x32)", format="png", height=IMAGE_HEIGHT, elem_id="tokenize-original"
+                )
+                reconstruction_out = gr.Image(
+                    label="Reconstruction", format="png", height=IMAGE_HEIGHT, elem_id="tokenize-reconstruction"
+                )
             gr.Examples(image_examples, inputs=image_in, label="Examples (CIFAR-10 test images, and noise)")
             tokenize_button = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="tokenize-button")
             psnr_out = gr.Markdown(elem_id="psnr")
@@ -581,12 +591,18 @@ def build_demo(models_dir: str | os.PathLike = MODELS_DIR) -> gr.Blocks:
                     interactive=True,
                     label="Code grid (edit a cell, then decode)",
                     elem_id="code-grid",
+                    scale=3,
+                    column_widths=["12.5%"] * 8,
                 )
-                code_map_out = gr.Image(label="Codes as colours", format="png", elem_id="code-map")
-                edited_out = gr.Image(label="Decoded edited grid", format="png", elem_id="edited")
-            with gr.Row():
-                decode_button = gr.Button("Decode the edited grid", elem_id="decode-button")
-                edit_note = gr.Markdown(elem_id="edit-note")
+                code_map_out = gr.Image(
+                    label="Codes as colours", format="png", height=IMAGE_HEIGHT, elem_id="code-map", scale=2
+                )
+                with gr.Column(scale=2):
+                    edited_out = gr.Image(
+                        label="Decoded edited grid", format="png", height=IMAGE_HEIGHT, elem_id="edited"
+                    )
+                    decode_button = gr.Button("Decode the edited grid", elem_id="decode-button")
+                    edit_note = gr.Markdown(elem_id="edit-note")
             token_ids_out = gr.Textbox(label="Token ids: [boi] 64 codes row by row [eoi]", elem_id="token-ids")
             codes_state = gr.State(None)
             tokenize_button.click(
@@ -634,8 +650,10 @@ def build_demo(models_dir: str | os.PathLike = MODELS_DIR) -> gr.Blocks:
 
         with gr.Tab("Anomaly", id="anomaly"):
             with gr.Row():
-                anomaly_in = ImageUpload(type="filepath", image_mode=None, label="Image", elem_id="anomaly-input")
-                heatmap_out = gr.Image(label="Heat map", format="png", elem_id="heatmap")
+                anomaly_in = ImageUpload(
+                    type="filepath", image_mode=None, label="Image", height=IMAGE_HEIGHT, elem_id="anomaly-input"
+                )
+                heatmap_out = gr.Image(label="Heat map", format="png", height=IMAGE_HEIGHT, elem_id="heatmap")
             gr.Examples(image_examples, inputs=anomaly_in, label="Examples")
             with gr.Row():
                 anomaly_prior_in = gr.Dropdown([NO_PRIOR, *priors], value=NO_PRIOR, label="Prior", elem_id="a-prior")
