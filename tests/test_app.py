@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported, as app.py does
 gr = pytest.importorskip("gradio", reason="the demo app needs gradio: pip install -e '.[app]'")
 sf = pytest.importorskip("soundfile", reason="the Audio tab reads clips with soundfile: pip install -e '.[app]'")
 
@@ -282,6 +283,15 @@ def test_reconstruct_audio_bad_input(audio, message):
 
 
 # ---------------------------------------------------------------------------------------------------------- command
+
+
+def test_build_demo_has_the_four_tabs():
+    demo = app.build_demo()
+    config = demo.get_config_file()
+    tabs = [c["props"].get("label") for c in config["components"] if c["type"] == "tabitem"]
+    assert tabs == ["Tokenize", "Generate", "Anomaly", "Audio"]
+    priors = [c for c in config["components"] if c["props"].get("elem_id") == "prior"][0]
+    assert [choice[0] for choice in priors["props"]["choices"]] == app.list_priors()
 
 
 def test_parse_args():
