@@ -72,6 +72,7 @@ DISPLAY_SIZE = 256  # 32x32 images are shown enlarged (nearest neighbour) to thi
 MAX_SAMPLES = 16
 SAMPLES_PER_STEP = 4  # the Generate tab samples this many grids per progress step
 MAX_AUDIO_SECONDS = 30.0
+AUDIO_CODES_PER_ROW = 32  # the Audio tab's colour map: 32 codes (256 ms) per row
 SILENCE_PEAK = 2.0**-15  # one step of 16-bit PCM: VQVAEFeatureExtractor's silence threshold
 
 
@@ -150,18 +151,26 @@ def code_colors(codebook_size: int) -> np.ndarray:
 
 
 def code_map(codes: np.ndarray, codebook_size: int, cell: int = 32, numbers: bool = True) -> Image.Image:
-    """A `(h, w)` or `(length,)` grid of codes as coloured cells, each labelled with its code."""
+    """A `(h, w)` grid of codes as coloured cells, each labelled with its code; cells holding -1 stay white."""
     grid = np.atleast_2d(codes)
-    colors = code_colors(codebook_size)[grid]  # (h, w, 3)
+    colors = np.concatenate([code_colors(codebook_size), np.full((1, 3), 255, np.uint8)])[grid]  # (h, w, 3); -1: white
     image = Image.fromarray(colors).resize((grid.shape[1] * cell, grid.shape[0] * cell), Image.NEAREST)
     if numbers:
         draw = ImageDraw.Draw(image)
         font = ImageFont.load_default(size=max(8, cell // 3))
         for (row, col), code in np.ndenumerate(grid):
+            if code < 0:
+                continue
             dark = colors[row, col].astype(float) @ (0.299, 0.587, 0.114) > 140
             center = (col * cell + cell / 2, row * cell + cell / 2)
             draw.text(center, str(int(code)), fill=(0, 0, 0) if dark else (255, 255, 255), font=font, anchor="mm")
     return image
+
+
+def wrap(codes: np.ndarray, width: int) -> np.ndarray:
+    """A sequence of codes as rows of `width`, the last row filled with -1."""
+    rows = -(-len(codes) // width)
+    return np.concatenate([codes, np.full(rows * width - len(codes), -1, dtype=codes.dtype)]).reshape(rows, width)
 
 
 def image_grid(images: list[Image.Image], columns: int = 4, gap: int = 4) -> Image.Image:
@@ -458,7 +467,7 @@ def reconstruct_audio(audio, models_dir: str | os.PathLike = MODELS_DIR) -> Audi
         codes=codes.tolist(),
         snr=snr,
         notes=notes,
-        code_map=code_map(codes.numpy()[None], model.config.codebook_size, cell=24),
+        code_map=code_map(wrap(codes.numpy(), AUDIO_CODES_PER_ROW), model.config.codebook_size, cell=28),
         seconds=time.perf_counter() - start,
     )
 
@@ -682,7 +691,9 @@ def build_demo(models_dir: str | os.PathLike = MODELS_DIR) -> gr.Blocks:
             audio_button = gr.Button("Encode and reconstruct", variant="primary", elem_id="audio-button")
             audio_summary = gr.Markdown(elem_id="audio-summary")
             audio_codes = gr.Textbox(label="Codes (one per 64 samples, 8 ms)", elem_id="audio-codes")
-            audio_map = gr.Image(label="Codes as colours", format="png", elem_id="audio-map")
+            audio_map = gr.Image(
+                label="Codes as colours, 32 per row", format="png", height=IMAGE_HEIGHT, elem_id="audio-map"
+            )
             audio_button.click(
                 audio_handler, inputs=audio_in, outputs=[audio_out, audio_summary, audio_codes, audio_map]
             )

@@ -44,6 +44,9 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A microphone that plays a beep, allowed without asking: the Audio tab's recording is tested too.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 
 
@@ -247,6 +250,8 @@ def test_reconstruct_audio_shipped_digit():
     assert result.reconstruction.shape == samples.shape
     assert len(result.codes) == math.ceil(len(samples) / 64) and all(0 <= c < 512 for c in result.codes)
     assert result.snr > 0
+    # The colour map: rows of 32 codes of 28 pixels, 74 codes -> 3 rows.
+    assert result.code_map.size == (32 * 28, 3 * 28)
 
 
 def test_reconstruct_audio_other_rate_and_stereo():
@@ -353,6 +358,7 @@ def page(server, tmp_path_factory):
             args=CHROMIUM_FLAGS,
             headless=True,
             viewport={"width": 1280, "height": 1000},
+            permissions=["microphone"],
         )
         context.set_default_timeout(120_000)
         page = context.new_page()
@@ -515,6 +521,19 @@ def test_browser_audio(page, tmp_path):
     page.click("#audio-button")
     error_toast(page, "The clip is silent")
     page.screenshot(path=str(SCREENSHOTS / "audio-error.png"), full_page=True)
+    # Record 2.5 s from the (fake) microphone: the browser's rate (44.1 or 48 kHz) is resampled to 8 kHz.
+    page.locator("#audio-in button[aria-label='Clear']").first.click()
+    page.click("#audio-in button[aria-label='Record audio']")
+    page.locator("#audio-in button", has_text="Record").first.click()
+    page.wait_for_timeout(2500)
+    page.locator("#audio-in button", has_text="Stop").first.click()
+    page.wait_for_timeout(1500)
+    page.click("#audio-button")
+    page.wait_for_function(
+        "(document.querySelector('#audio-summary')?.innerText || '').match(/SNR: [-0-9.]+ dB\\s+\\((?!74 )[0-9]+ codes/)"
+    )
+    page.locator(".toast-body", has_text="resampled from").first.wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "audio-recorded.png"), full_page=True)
     print(f"\nAudio in the browser: {seconds:.2f} s")
 
 
