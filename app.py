@@ -475,17 +475,21 @@ def reconstruct_audio(audio, models_dir: str | os.PathLike = MODELS_DIR) -> Audi
 # ---------------------------------------------------------------------------------------------------------- page
 
 
-class ImageUpload(gr.Image):
-    """`gr.Image` that hands the uploaded file's path to the app unopened: the image processor decodes it, with its
-    checks (decompression bombs, corrupt and empty files) and messages, instead of gradio's own `PIL.Image.open`."""
+def image_upload(**kwargs) -> gr.Image:
+    """A `gr.Image` that hands the uploaded file's path to the app unopened: the image processor decodes it, with its
+    checks (decompression bombs, corrupt and empty files) and messages, instead of gradio's own `PIL.Image.open`.
+    (An instance's `preprocess` is replaced rather than subclassing: a subclass of a gradio component makes gradio
+    write a `.pyi` stub next to this file.)"""
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    default = component.preprocess
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
             return payload.path
-        return super().preprocess(payload)
+        return default(payload)
 
-    def get_block_name(self) -> str:
-        return "image"  # the front end of gr.Image
+    component.preprocess = preprocess
+    return component
 
 
 def shown_errors(function):
@@ -579,9 +583,7 @@ def build_demo(models_dir: str | os.PathLike = MODELS_DIR) -> gr.Blocks:
         )
         with gr.Tab("Tokenize", id="tokenize"):
             with gr.Row():
-                image_in = ImageUpload(
-                    type="filepath", image_mode=None, label="Image", height=IMAGE_HEIGHT, elem_id="tokenize-input"
-                )
+                image_in = image_upload(label="Image", height=IMAGE_HEIGHT, elem_id="tokenize-input")
                 original_out = gr.Image(
                     label="Model input (32x32)", format="png", height=IMAGE_HEIGHT, elem_id="tokenize-original"
                 )
@@ -659,9 +661,7 @@ def build_demo(models_dir: str | os.PathLike = MODELS_DIR) -> gr.Blocks:
 
         with gr.Tab("Anomaly", id="anomaly"):
             with gr.Row():
-                anomaly_in = ImageUpload(
-                    type="filepath", image_mode=None, label="Image", height=IMAGE_HEIGHT, elem_id="anomaly-input"
-                )
+                anomaly_in = image_upload(label="Image", height=IMAGE_HEIGHT, elem_id="anomaly-input")
                 heatmap_out = gr.Image(label="Heat map", format="png", height=IMAGE_HEIGHT, elem_id="heatmap")
             gr.Examples(image_examples, inputs=anomaly_in, label="Examples")
             with gr.Row():

@@ -297,6 +297,8 @@ def test_build_demo_has_the_four_tabs():
     assert tabs == ["Tokenize", "Generate", "Anomaly", "Audio"]
     priors = [c for c in config["components"] if c["props"].get("elem_id") == "prior"][0]
     assert [choice[0] for choice in priors["props"]["choices"]] == app.list_priors()
+    # Subclassing a gradio component would make gradio write app.pyi into the repo (and fail `ruff check .`).
+    assert not (REPO / "app.pyi").exists()
 
 
 def test_parse_args():
@@ -346,11 +348,15 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def page(server, tmp_path_factory):
+def page(request, tmp_path_factory):
     """A Chromium page on the app, with a fresh profile; it records every URL the page asks for."""
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's package (`apt-get install chromium`; .ci/run does)")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: install Debian's package (`apt-get install chromium`; `RUN_SLOW=1 bash "
+            "scripts/run.sh test` does it as root)"
+        )
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra)")
+    server = request.getfixturevalue("server")  # started only when there is a browser to drive it
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),
