@@ -390,11 +390,13 @@ def upload(page, selector: str, path):
     page.wait_for_timeout(1500)
 
 
-def error_toast(page, text: str) -> str:
-    """Wait for an error modal that contains `text`; return its text and close it."""
+def error_toast(page, text: str, screenshot: str | None = None) -> str:
+    """Wait for an error modal that contains `text`; return its text and close it (after a screenshot if asked)."""
     toast = page.locator(".toast-body", has_text=text)
     toast.first.wait_for()
     message = toast.first.inner_text()
+    if screenshot:
+        page.screenshot(path=str(SCREENSHOTS / screenshot), full_page=True)
     page.locator(".toast-body .toast-close").first.click()
     return message
 
@@ -450,9 +452,8 @@ def test_browser_tokenize(page, tmp_path):
     not_an_image.write_bytes(b"this is not an image")
     upload(page, "#tokenize-input", not_an_image)
     page.click("#tokenize-button")
-    message = error_toast(page, "could not be opened")
+    message = error_toast(page, "could not be opened", screenshot="tokenize-error.png")
     assert "(file 'notes.png') could not be opened" in message, message
-    page.screenshot(path=str(SCREENSHOTS / "tokenize-error.png"), full_page=True)
     huge = tmp_path / "huge.png"
     Image.new("L", (10_000, 9_000)).save(huge)  # 90 million pixels, 90 kB of PNG
     upload(page, "#tokenize-input", huge)
@@ -498,7 +499,7 @@ def test_browser_anomaly(page):
     page.locator("#a-prior input").click()
     page.get_by_role("option", name="prior-cifar10").click()
     page.click("#anomaly-button")
-    error_toast(page, "pick the class the image should belong to")
+    error_toast(page, "pick the class the image should belong to", screenshot="anomaly-error.png")
     print(f"\nAnomaly in the browser: {seconds:.2f} s (first call fits the normal statistics)")
 
 
@@ -525,8 +526,7 @@ def test_browser_audio(page, tmp_path):
     sf.write(silent, np.zeros(8000, dtype=np.float32), 8000)
     upload(page, "#audio-in", silent)
     page.click("#audio-button")
-    error_toast(page, "The clip is silent")
-    page.screenshot(path=str(SCREENSHOTS / "audio-error.png"), full_page=True)
+    error_toast(page, "The clip is silent", screenshot="audio-error.png")
     # Record 2.5 s from the (fake) microphone: the browser's rate (44.1 or 48 kHz) is resampled to 8 kHz.
     page.locator("#audio-in button[aria-label='Clear']").first.click()
     page.click("#audio-in button[aria-label='Record audio']")
