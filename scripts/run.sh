@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for everything on a fresh machine: make the virtual environment, install, then run.
 #   bash scripts/run.sh main   # the main job on the embedded defaults (shipped model, CIFAR-10 sample)
-#   bash scripts/run.sh test   # the test suite (RUN_SLOW=1 adds the slow tests)
+#   bash scripts/run.sh test   # the test suite (RUN_SLOW=1 adds the slow tests, and installs Chromium for them)
 # Extra arguments go to the job (`main`) or to pytest (`test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ setup() {
     "$VENV/bin/pip" install -q --upgrade pip
     # The CPU wheel first: letting the resolver choose torch pulls a multi-GB CUDA build.
     "$VENV/bin/pip" install -q "torch==2.13.0"
-    "$VENV/bin/pip" install -q -e ".[train,test]"
+    "$VENV/bin/pip" install -q -e ".[train,test,app]"
     echo "$want" > "$stamp"
   fi
 }
@@ -36,6 +36,19 @@ setup_olah() {
   fi
 }
 
+# The demo app's browser tests (tests/test_app.py) drive Debian's Chromium; Playwright's own browser downloads are
+# never used. Installed once, as root (as CI runs); without it those tests are skipped with a reason.
+setup_chromium() {
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "chromium could not be installed; the browser tests of tests/test_app.py will be skipped" >&2
+    else
+      echo "no /usr/bin/chromium (install Debian's chromium as root); the browser tests will be skipped" >&2
+    fi
+  fi
+}
+
 job="${1:-}"
 shift || true
 case "$job" in
@@ -46,6 +59,9 @@ case "$job" in
   test)
     setup
     setup_olah
+    if [ "${RUN_SLOW:-0}" = 1 ]; then
+      setup_chromium
+    fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)
