@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 from transformers.utils import ModelOutput, logging
 
+from .modeling_pixelcnn_prior import VQVAEPixelCNNPriorModel
 from .modeling_vqvae import VQVAEModel
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
 
@@ -130,7 +131,7 @@ class VQVAEAnomalyScorer:
     Args:
         vqvae ([`VQVAEModel`]):
             The VQ-VAE, trained on normal images.
-        prior ([`VQVAEPriorForCausalLM`], *optional*):
+        prior ([`VQVAEPriorForCausalLM`] or [`VQVAEPixelCNNPriorModel`], *optional*):
             A prior trained on the codes of normal images from `vqvae`; its codebook size must match.
         class_label (`int` or `str`, *optional*):
             The class (id, or name from `prior.config.id2label`) a class-conditional prior is conditioned on, e.g.
@@ -153,15 +154,18 @@ class VQVAEAnomalyScorer:
     def __init__(
         self,
         vqvae: VQVAEModel,
-        prior: VQVAEPriorForCausalLM | None = None,
+        prior: VQVAEPriorForCausalLM | VQVAEPixelCNNPriorModel | None = None,
         class_label: int | str | None = None,
         batch_size: int = 64,
         statistics: dict | None = None,
     ):
         if not isinstance(vqvae, VQVAEModel):
             raise TypeError(f"`vqvae` must be a `VQVAEModel`; got {_describe(vqvae)}.")
-        if prior is not None and not isinstance(prior, VQVAEPriorForCausalLM):
-            raise TypeError(f"`prior` must be a `VQVAEPriorForCausalLM` or `None`; got {_describe(prior)}.")
+        if prior is not None and not isinstance(prior, (VQVAEPriorForCausalLM, VQVAEPixelCNNPriorModel)):
+            raise TypeError(
+                f"`prior` must be a `VQVAEPriorForCausalLM`, a `VQVAEPixelCNNPriorModel` or `None`; got "
+                f"{_describe(prior)}."
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
         # Images only: 1-D (audio) and speaker-conditioned VQ-VAEs take other inputs.

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, make_tiny_config
+from conftest import REPO_ROOT, make_tiny_config, make_tiny_prior_config
 from test_modeling_vqvae import CommonModelTests
-from transformers import AutoConfig, AutoModel, pipeline
+from transformers import AutoModel, pipeline
 
 from hf_vqvae import (
     VQVAEImageProcessor,
@@ -469,8 +469,6 @@ def prior_folders(tmp_path_factory):
     grid = tuple(vqvae.config.latent_size())
     folders = {"vqvae": root / "vqvae"}
     pixelcnn = make_model(grid_size=grid)
-    from conftest import make_tiny_prior_config
-
     transformer = VQVAEPriorForCausalLM(
         make_tiny_prior_config(grid_size=grid, id2label=dict(enumerate(CLASS_NAMES)))
     ).eval()
