@@ -14,6 +14,7 @@ Both samplers draw the same uniform numbers in the same order and pick the code 
 they give the same codes (tested).
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -381,54 +382,75 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
     def _sample_cached(self, codes, class_ids, start, pick):
         """
         Fill positions `start..` of `codes` (B, h, w) in place: each row's vertical stack once, when the row is
-        complete; each position's horizontal stack one column at a time from cached states (module docstring).
+        complete; each position's horizontal stack one column at a time from cached states (module docstring). The
+        per-position work is a few matrix products on (B, channels) rows: the horizontal convolution as a product with
+        its flattened kernel, the residual and skip projections as one product.
         """
         (h, w), channels = self.config.grid_size, self.config.hidden_channels
-        num_layers = len(self.layers)
+        layers, num_layers = self.layers, len(self.layers)
+        reach = layers[0].reach
         batch = class_ids.shape[0] if class_ids is not None else codes.shape[0]
         repeat = batch // codes.shape[0]  # 2 under guidance: both halves get the same codes
-        dtype = self.embed_codes.weight.dtype
-        conditions = [layer.conditioning(class_ids) for layer in self.layers]
-        # Inputs of every layer's stacks, filled as codes and rows complete. `horizontal_in[l]` is zero-padded on
-        # the left by `reach` columns, the padding of the horizontal convolution.
-        reach = self.layers[0].reach
-        vertical_in = [torch.zeros(batch, channels, h, w, dtype=dtype, device=self.device) for _ in range(num_layers)]
-        horizontal_in = [
-            torch.zeros(batch, channels, h, w + reach, dtype=dtype, device=self.device) for _ in range(num_layers)
-        ]
-        # The vertical stack's contribution to each row of the horizontal stack, from the row above (row 0: zero).
-        from_above = [torch.zeros(batch, 2 * channels, h, w, dtype=dtype, device=self.device) for _ in self.layers]
+        zeros = functools.partial(torch.zeros, dtype=self.embed_codes.weight.dtype, device=self.device)
+        conditions = [layer.conditioning(class_ids) for layer in layers]
+        # Per layer: the horizontal kernel (2C, C, 1, p + 1) flattened to act on a window (B, (p + 1) * C) of columns
+        # in channels-last order; the residual and skip projections stacked into one (2C, C) product.
+        horizontal_weights, output_weights = [], []
+        for layer in layers:
+            kernel = layer.horizontal_conv.weight[:, :, 0, :].permute(0, 2, 1).reshape(2 * channels, -1)
+            horizontal_weights.append((kernel, layer.horizontal_conv.bias))
+            projections = [layer.skip_proj] if layer.residual_proj is None else [layer.residual_proj, layer.skip_proj]
+            output_weights.append(
+                (
+                    torch.cat([proj.weight[:, :, 0, 0] for proj in projections]),
+                    torch.cat([proj.bias for proj in projections]),
+                )
+            )
+        head = [(conv.weight[:, :, 0, 0], conv.bias) for conv in (self.head[1], self.head[3])]
+        # Inputs of every layer's stacks, filled as codes and rows complete: vertical (B, C, h, w) as the vertical
+        # convolution reads it, horizontal channels-last (B, h, p + w, C), zero-padded on the left by `reach`.
+        vertical_in = [zeros(batch, channels, h, w) for _ in range(num_layers)]
+        horizontal_in = [zeros(batch, h, reach + w, channels) for _ in range(num_layers)]
+        # What the vertical stack gives each position of the next row (B, w, 2C); row 0 gets nothing.
+        from_above = [zeros(batch, w, 2 * channels) for _ in range(num_layers)]
 
         for i in range(h):
+            # The terms of row i's horizontal gates that do not depend on the row: vertical stack, class, position.
+            row_terms = []
+            for index, layer in enumerate(layers):
+                terms = from_above[index]
+                if conditions[index] is not None:
+                    terms = terms + conditions[index][:, None, 2 * channels :]
+                if layer.position_bias is not None:
+                    terms = terms + layer.position_bias[2 * channels :, i].T  # (w, 2C)
+                row_terms.append(terms)
             for j in range(w):
-                t = i * w + j
                 skips = 0
-                for index, layer in enumerate(self.layers):
-                    window = horizontal_in[index][:, :, i : i + 1, j : j + reach + 1]  # (B, C, 1, p + 1)
-                    output, skip = layer.horizontal(
-                        window,
-                        from_above[index][:, :, i : i + 1, j : j + 1],
-                        conditions[index],
-                        slice(i, i + 1),
-                        slice(j, j + 1),
-                    )
-                    skips = skips + skip
+                for index in range(num_layers):
+                    window = horizontal_in[index][:, i, j : j + reach + 1].reshape(batch, -1)  # (B, (p + 1) * C)
+                    pre = F.linear(window, *horizontal_weights[index]) + row_terms[index][:, j]  # (B, 2C)
+                    a, b = pre.chunk(2, dim=-1)
+                    outputs = F.linear(torch.tanh(a) * torch.sigmoid(b), *output_weights[index])
                     if index + 1 < num_layers:
-                        horizontal_in[index + 1][:, :, i, j + reach] = output[:, :, 0, 0]
-                if t >= start:
-                    logits = self.head(skips)[:, :, 0, 0]  # (B or 2B, K)
-                    codes[:, i, j] = pick(logits)
+                        residual, skip = outputs.split(channels, dim=-1)
+                        horizontal_in[index + 1][:, i, j + reach] = window[:, -channels:] + residual
+                    else:
+                        skip = outputs
+                    skips = skips + skip
+                if i * w + j >= start:
+                    hidden = F.linear(torch.relu(skips), *head[0])
+                    codes[:, i, j] = pick(F.linear(torch.relu(hidden), *head[1]))  # logits (B or 2B, K)
                 embedded = self.embed_codes(codes[:, i, j].repeat(repeat))  # (B or 2B, C)
                 vertical_in[0][:, :, i, j] = embedded
                 if j + 1 < w:  # mask A: the code at (i, j) is the first layer's horizontal input at (i, j + 1)
-                    horizontal_in[0][:, :, i, j + 1 + reach] = embedded
+                    horizontal_in[0][:, i, j + 1 + reach] = embedded
             # Row i is complete: its vertical stack, for every layer, and what it gives the horizontal stack of i + 1.
-            for index, layer in enumerate(self.layers):
+            for index, layer in enumerate(layers):
                 pre = layer.vertical(vertical_in[index], conditions[index], slice(i, i + 1))  # (B, 2C, 1, w)
                 if index + 1 < num_layers:
                     vertical_in[index + 1][:, :, i] = layer.gate(pre)[:, :, 0]
                 if i + 1 < h:
-                    from_above[index][:, :, i + 1] = layer.vertical_to_horizontal(pre)[:, :, 0]
+                    from_above[index] = layer.vertical_to_horizontal(pre)[:, :, 0].transpose(1, 2)  # (B, w, 2C)
         return codes
 
     @torch.no_grad()
