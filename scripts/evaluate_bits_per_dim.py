@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
+from hf_vqvae import VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
-from hf_vqvae.pipelines import load_vqvae_reference
+from hf_vqvae.pipelines import load_prior, load_vqvae_reference
 from hf_vqvae.training_utils import (
     codes_fingerprint,
     format_metrics_table,
@@ -145,7 +145,7 @@ def main(args) -> dict:
         processor = VQVAEImageProcessor.from_model_config(model.config)
     prior = None
     if args.prior is not None:
-        prior = VQVAEPriorForCausalLM.from_pretrained(args.prior).eval()
+        prior = load_prior(args.prior).eval()  # the transformer or the PixelCNN prior
         reference = load_vqvae_reference(args.prior)
         if reference is not None and reference.get("vqvae_codes_fingerprint") not in (None, codes_fingerprint(model)):
             raise ValueError(

@@ -1,6 +1,7 @@
 """Tests of VQVAEPixelCNNPriorConfig and VQVAEPixelCNNPriorModel (the gated PixelCNN prior), on tiny configs."""
 
 import functools
+import importlib
 import json
 import subprocess
 import sys
@@ -497,11 +498,7 @@ def test_generation_pipeline_works_with_either_prior(prior_folders, prior_type):
 
 
 def test_sample_script_with_a_pixelcnn_prior(prior_folders, tmp_path, capsys):
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    try:
-        import sample
-    finally:
-        sys.path.remove(str(REPO_ROOT / "scripts"))
+    sample = import_script("sample")
     argv = ["--prior", str(prior_folders["pixelcnn"]), "--num_per_class", "2", "--classes", "0", "cat"]
     argv += ["--guidance_scale", "2.0", "--seed", "0", "--codes_file", str(tmp_path / "codes.pt")]
     result = sample.main(sample.parse_args([*argv, "--output_file", str(tmp_path / "a.png")]))
@@ -555,3 +552,49 @@ def test_train_prior_script_trains_and_resumes_a_pixelcnn_prior(prior_folders, t
     prior = load_prior(output)
     assert type(prior) is VQVAEPixelCNNPriorModel and prior.config.grid_size == (8, 8)
     assert prior.config.id2label[3] == "cat"
+
+
+def import_script(name: str):
+    """A module of `scripts/` (or `scripts/benchmarks/`), imported by path as the scripts' own tests do."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "scripts"))
+
+
+def test_bits_per_dim_script_takes_a_pixelcnn_prior(tmp_path):
+    evaluate_bits_per_dim = import_script("evaluate_bits_per_dim")
+    torch.manual_seed(0)
+    vqvae = VQVAEModel(make_tiny_config(image_size=32))  # 8x8 codes of the 32x32 sample images
+    vqvae.save_pretrained(tmp_path / "vqvae")
+    prior = make_model(grid_size=(8, 8), num_classes=10, id2label=None, label2id=None)
+    prior.save_pretrained(tmp_path / "prior")
+    save_vqvae_reference(tmp_path / "prior", str(tmp_path / "vqvae"), vqvae)
+    sample_data = REPO_ROOT / "data" / "cifar10_sample"
+    args = ["--model", str(tmp_path / "vqvae"), "--prior", str(tmp_path / "prior")]
+    args += ["--data_files", str(sample_data / "test-*.parquet"), "--max_samples", "6", "--batch_size", "3"]
+    args += ["--scale_fit_data_files", str(sample_data / "train-*.parquet"), "--scale_fit_samples", "6"]
+    results = evaluate_bits_per_dim.main(evaluate_bits_per_dim.parse_args(args))
+    assert results["codes_per_image"] == 64 and results["learned_prior_bits_per_dim"] > 0
+    assert results["bits_per_dim_learned_prior"] == pytest.approx(
+        results["decoder_bits_per_dim"] + results["learned_prior_bits_per_dim"]
+    )
+
+
+def test_prior_sampling_benchmark_runs_and_checks_the_cached_sampler(tmp_path):
+    benchmark = import_script("benchmarks.prior_sampling")
+    args = benchmark.parse_args(["--quick", "--repeats", "1", "--warmup", "0", "--output", str(tmp_path / "b.json")])
+    result = benchmark.main(args)
+    assert result == json.loads((tmp_path / "b.json").read_text())
+    rows = result["rows"]
+    assert [(row["batch"], row["sampler"]) for row in rows] == [
+        (batch, sampler)
+        for batch in (1, 32)
+        for sampler in ("pixelcnn, naive", "pixelcnn, cached", "transformer, kv cache")
+    ]
+    assert all(row["codes_per_second"] > 0 and row["quick"] for row in rows)
+    assert [row["same_codes_as_naive"] for row in rows if row["sampler"] == "pixelcnn, cached"] == [True, True]
+    assert result["machine"]["cpu"]
+    with pytest.raises(ValueError, match="repeats"):
+        benchmark.parse_args(["--repeats", "0", "--output", str(tmp_path / "c.json")])
