@@ -333,8 +333,8 @@ class VQVAEGenerationPipeline(Pipeline):
         super().__init__(model, *args, **kwargs)
         if not isinstance(self.model, PRIOR_MODEL_CLASSES):
             raise TypeError(
-                f"'vqvae-generation' needs a prior (`VQVAEPriorForCausalLM` or `VQVAEPixelCNNPriorModel`); got {type(self.model).__name__}. For a VQ-VAE "
-                "use 'vqvae-reconstruction'."
+                f"'vqvae-generation' needs a `VQVAEPriorForCausalLM` or a `VQVAEPixelCNNPriorModel`; got "
+                f"{type(self.model).__name__}. For a VQ-VAE use 'vqvae-reconstruction'."
             )
         self.vqvae, image_processor = load_vqvae_for_prior(self.model, vqvae, revision=vqvae_revision)
         self.vqvae.to(self.device)

@@ -15,6 +15,7 @@ from test_modeling_vqvae import CommonModelTests
 from transformers import AutoModel, pipeline
 
 from hf_vqvae import (
+    VQVAEAnomalyScorer,
     VQVAEImageProcessor,
     VQVAEModel,
     VQVAEPixelCNNPriorConfig,
@@ -598,3 +599,16 @@ def test_prior_sampling_benchmark_runs_and_checks_the_cached_sampler(tmp_path):
     assert result["machine"]["cpu"]
     with pytest.raises(ValueError, match="repeats"):
         benchmark.parse_args(["--repeats", "0", "--output", str(tmp_path / "c.json")])
+
+
+def test_anomaly_scorer_takes_a_pixelcnn_prior():
+    torch.manual_seed(0)
+    vqvae = VQVAEModel(make_tiny_config()).eval()  # 16x16 images, 4x4 codes, K=16
+    prior = make_model(grid_size=tuple(vqvae.config.latent_size()))
+    pixel_values = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    output = VQVAEAnomalyScorer(vqvae, prior, class_label="cat").score(pixel_values)
+    with torch.no_grad():
+        codes = vqvae.encode(pixel_values).codes
+    expected = -prior.code_log_likelihood(codes, class_labels=2)  # (2, 4, 4)
+    torch.testing.assert_close(output.code_nll, expected)
+    torch.testing.assert_close(output.prior_nll, expected.mean((1, 2)))
