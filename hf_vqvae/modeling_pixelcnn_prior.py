@@ -230,7 +230,7 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
                 f"[{int(bad.min())}, {int(bad.max())}] outside it."
             )
 
-    def class_ids(self, class_labels: ClassLabels, batch_size: int) -> torch.LongTensor | None:
+    def _class_ids(self, class_labels: ClassLabels, batch_size: int) -> torch.LongTensor | None:
         r"""
         Class ids `(batch_size,)` from ids or names (`config.id2label`), with `num_classes` for "no class" where
         `class_labels` is `None`; `None` for an unconditional model.
@@ -243,7 +243,13 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
             return torch.full((batch_size,), config.num_classes, dtype=torch.long, device=self.device)
         if isinstance(resolved, int):
             resolved = [resolved] * batch_size
-        ids = torch.as_tensor(resolved, device=self.device).long().flatten()
+        ids = torch.as_tensor(resolved, device=self.device).long()
+        if ids.ndim == 0:  # one class for the whole batch
+            ids = ids.repeat(batch_size)
+        if ids.ndim != 1:
+            raise ValueError(
+                f"`class_labels` must be one class per grid, of shape (batch,); got shape {tuple(ids.shape)}."
+            )
         if ids.shape[0] != batch_size:
             raise ValueError(
                 f"Got {ids.shape[0]} `class_labels` for a batch of {batch_size}; give one per grid, or a single one."
@@ -305,7 +311,7 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
             self._check_codes(labels, name="labels", allow_ignore=True)
             if labels.shape[0] != codes.shape[0]:
                 raise ValueError(f"`labels` has {labels.shape[0]} grids but `codes` has {codes.shape[0]}.")
-        class_ids = self._drop_classes(self.class_ids(class_labels, codes.shape[0]))
+        class_ids = self._drop_classes(self._class_ids(class_labels, codes.shape[0]))
         logits = self._logits(codes.long(), class_ids).permute(0, 2, 3, 1)  # (B, h, w, K)
         loss = None
         if labels is not None:
@@ -332,7 +338,7 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
         """
         self._check_codes(codes)
         codes = codes.to(self.device).long()
-        logits = self._logits(codes, self.class_ids(class_labels, codes.shape[0]))  # (B, K, h, w)
+        logits = self._logits(codes, self._class_ids(class_labels, codes.shape[0]))  # (B, K, h, w)
         log_probs = torch.log_softmax(logits.float(), dim=1)
         return log_probs.gather(1, codes[:, None]).squeeze(1)  # (B, h, w)
 
@@ -549,7 +555,7 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
                 "class label per sample (or a single one) and one prompt per sample."
             )
         batch_size = next(iter(given.values()), 1)
-        class_ids = self.class_ids(resolved, batch_size)
+        class_ids = self._class_ids(resolved, batch_size)
         guided = guidance_scale is not None and guidance_scale != 1
         if guided:
             if class_labels is None:

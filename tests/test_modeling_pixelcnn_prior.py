@@ -250,6 +250,7 @@ def test_class_names_and_ids_agree():
         by_id = model(codes, class_labels=torch.tensor([0, 1, 2])).logits
         by_name = model(codes, class_labels=["ant", "bee", "cat"]).logits
         one_for_all = model(codes, class_labels="bee").logits
+        assert torch.equal(model(codes, class_labels=torch.tensor(1)).logits, one_for_all)
         assert torch.equal(by_id, by_name)
         assert torch.equal(one_for_all, model(codes, class_labels=[1, 1, 1]).logits)
     assert torch.equal(
@@ -274,6 +275,10 @@ def test_class_names_and_ids_agree():
         (lambda m: m(torch.zeros(2, 3, 4, dtype=torch.long), class_labels=3), r"outside \[0, 3\)"),
         (lambda m: m(torch.zeros(2, 3, 4, dtype=torch.long), class_labels=[0, 1, 2]), "3 `class_labels` for a batch"),
         (lambda m: m.code_log_likelihood(torch.full((1, 3, 4), 99)), r"codes in \[0, 16\)"),
+        (
+            lambda m: m(torch.zeros(2, 3, 4, dtype=torch.long), class_labels=torch.zeros(2, 1, dtype=torch.long)),
+            "shape",
+        ),
         (lambda m: m.generate_codes(num_samples=0), "num_samples"),
         (lambda m: m.generate_codes(temperature=0), "temperature"),
         (lambda m: m.generate_codes(top_k=-1), "top_k"),
