@@ -2,10 +2,10 @@
 
 The trained VQ-VAE encodes the dataset to codes once. The codes are cached in `<output_dir>/codes/<split>.pt` with
 the settings that made them (a fingerprint of the VQ-VAE's encoder and codebook, the image processor, the data): a
-cache made by another VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`, class-conditional
-with `--label_column`; or the paper's gated PixelCNN, `VQVAEPixelCNNPriorModel`, with `--prior_type pixelcnn`) is then
-trained on the cached codes, and the VQ-VAE only decodes the sample grids: the two models
-are never trained together (van den Oord et al., 2017, section 3).
+cache made by another VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`,
+or the paper's gated PixelCNN `VQVAEPixelCNNPriorModel` with `--prior_type pixelcnn`; class-conditional with
+`--label_column`) is then trained on the cached codes, and the VQ-VAE only decodes the sample grids: the two models are
+never trained together (van den Oord et al., 2017, section 3).
 
 A laptop-sized class-conditional run on the CIFAR-10 sample shipped in the repository:
 
