@@ -399,20 +399,21 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
         repeat = batch // codes.shape[0]  # 2 under guidance: both halves get the same codes
         zeros = functools.partial(torch.zeros, dtype=self.embed_codes.weight.dtype, device=self.device)
         conditions = [layer.conditioning(class_ids) for layer in layers]
-        # Per layer: the horizontal kernel (2C, C, 1, p + 1) flattened to act on a window (B, (p + 1) * C) of columns
-        # in channels-last order; the residual and skip projections stacked into one (2C, C) product.
+        # Per layer, as (bias, weight^T) for `torch.addmm`: the horizontal kernel (2C, C, 1, p + 1) flattened to act on
+        # a window (B, (p + 1) * C) of columns in channels-last order; the residual and skip projections stacked into
+        # one (C, 2C) product.
         horizontal_weights, output_weights = [], []
         for layer in layers:
             kernel = layer.horizontal_conv.weight[:, :, 0, :].permute(0, 2, 1).reshape(2 * channels, -1)
-            horizontal_weights.append((kernel, layer.horizontal_conv.bias))
+            horizontal_weights.append((layer.horizontal_conv.bias, kernel.t().contiguous()))
             projections = [layer.skip_proj] if layer.residual_proj is None else [layer.residual_proj, layer.skip_proj]
             output_weights.append(
                 (
-                    torch.cat([proj.weight[:, :, 0, 0] for proj in projections]),
                     torch.cat([proj.bias for proj in projections]),
+                    torch.cat([proj.weight[:, :, 0, 0] for proj in projections]).t().contiguous(),
                 )
             )
-        head = [(conv.weight[:, :, 0, 0], conv.bias) for conv in (self.head[1], self.head[3])]
+        head = [(conv.bias, conv.weight[:, :, 0, 0].t().contiguous()) for conv in (self.head[1], self.head[3])]
         # Inputs of every layer's stacks, filled as codes and rows complete: vertical (B, C, h, w) as the vertical
         # convolution reads it, horizontal channels-last (B, h, p + w, C), zero-padded on the left by `reach`.
         vertical_in = [zeros(batch, channels, h, w) for _ in range(num_layers)]
@@ -434,9 +435,11 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
                 skips = 0
                 for index in range(num_layers):
                     window = horizontal_in[index][:, i, j : j + reach + 1].reshape(batch, -1)  # (B, (p + 1) * C)
-                    pre = F.linear(window, *horizontal_weights[index]) + row_terms[index][:, j]  # (B, 2C)
+                    bias, weight = horizontal_weights[index]
+                    pre = torch.addmm(bias, window, weight) + row_terms[index][:, j]  # (B, 2C)
                     a, b = pre.chunk(2, dim=-1)
-                    outputs = F.linear(torch.tanh(a) * torch.sigmoid(b), *output_weights[index])
+                    bias, weight = output_weights[index]
+                    outputs = torch.addmm(bias, torch.tanh(a) * torch.sigmoid(b), weight)
                     if index + 1 < num_layers:
                         residual, skip = outputs.split(channels, dim=-1)
                         horizontal_in[index + 1][:, i, j + reach] = window[:, -channels:] + residual
@@ -444,8 +447,8 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
                         skip = outputs
                     skips = skips + skip
                 if i * w + j >= start:
-                    hidden = F.linear(torch.relu(skips), *head[0])
-                    codes[:, i, j] = pick(F.linear(torch.relu(hidden), *head[1]))  # logits (B or 2B, K)
+                    hidden = torch.addmm(head[0][0], torch.relu(skips), head[0][1])
+                    codes[:, i, j] = pick(torch.addmm(head[1][0], torch.relu(hidden), head[1][1]))  # (B or 2B, K)
                 embedded = self.embed_codes(codes[:, i, j].repeat(repeat))  # (B or 2B, C)
                 vertical_in[0][:, :, i, j] = embedded
                 if j + 1 < w:  # mask A: the code at (i, j) is the first layer's horizontal input at (i, j + 1)
