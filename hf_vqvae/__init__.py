@@ -21,10 +21,16 @@ from .anomaly import (
     render_anomaly_heatmap,
     select_score,
 )
+from .configuration_pixelcnn_prior import VQVAEPixelCNNPriorConfig
 from .configuration_vqvae import VQVAEConfig
 from .configuration_vqvae_prior import VQVAEPriorConfig
 from .feature_extraction_vqvae import VQVAEFeatureExtractor
 from .image_processing_vqvae import VQVAEImageProcessor
+from .modeling_pixelcnn_prior import (
+    VQVAEPixelCNNPriorModel,
+    VQVAEPixelCNNPriorOutput,
+    VQVAEPixelCNNPriorPreTrainedModel,
+)
 from .modeling_vqvae import (
     VQVAEDecoderOutput,
     VQVAEEncoderOutput,
@@ -52,6 +58,9 @@ AutoFeatureExtractor.register(VQVAEConfig, VQVAEFeatureExtractor, exist_ok=True)
 AutoConfig.register(VQVAEPriorConfig.model_type, VQVAEPriorConfig, exist_ok=True)
 AutoModel.register(VQVAEPriorConfig, VQVAEPriorModel, exist_ok=True)
 AutoModelForCausalLM.register(VQVAEPriorConfig, VQVAEPriorForCausalLM, exist_ok=True)
+# The gated PixelCNN prior is not a language model: `AutoModel`.
+AutoConfig.register(VQVAEPixelCNNPriorConfig.model_type, VQVAEPixelCNNPriorConfig, exist_ok=True)
+AutoModel.register(VQVAEPixelCNNPriorConfig, VQVAEPixelCNNPriorModel, exist_ok=True)
 # `save_pretrained` then copies the modeling files and writes `auto_map`, so that a saved folder loads with
 # `trust_remote_code=True` where hf_vqvae is not installed.
 VQVAEConfig.register_for_auto_class()
@@ -60,12 +69,18 @@ VQVAEImageProcessor.register_for_auto_class("AutoImageProcessor")
 VQVAEFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 VQVAEPriorConfig.register_for_auto_class()
 VQVAEPriorForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-# `pipeline("vqvae-reconstruction", model=vqvae_folder)` and `pipeline("vqvae-generation", model=prior_folder)`.
+VQVAEPixelCNNPriorConfig.register_for_auto_class()
+VQVAEPixelCNNPriorModel.register_for_auto_class("AutoModel")
+# `pipeline("vqvae-reconstruction", model=vqvae_folder)` and `pipeline("vqvae-generation", model=prior_folder)`
+# (either prior: a transformer prior loads as `AutoModelForCausalLM`, a PixelCNN prior as `AutoModel`).
 PIPELINE_REGISTRY.register_pipeline(
     "vqvae-reconstruction", pipeline_class=VQVAEReconstructionPipeline, pt_model=AutoModel, type="image"
 )
 PIPELINE_REGISTRY.register_pipeline(
-    "vqvae-generation", pipeline_class=VQVAEGenerationPipeline, pt_model=AutoModelForCausalLM, type="image"
+    "vqvae-generation",
+    pipeline_class=VQVAEGenerationPipeline,
+    pt_model=(AutoModelForCausalLM, AutoModel),
+    type="image",
 )
 # `pipeline("vqvae-anomaly", model=vqvae_folder, prior=prior_folder)`: anomaly scores and heat maps.
 PIPELINE_REGISTRY.register_pipeline(
@@ -88,6 +103,10 @@ __all__ = [
     "VQVAEImageTokenizer",
     "VQVAEModel",
     "VQVAEModelOutput",
+    "VQVAEPixelCNNPriorConfig",
+    "VQVAEPixelCNNPriorModel",
+    "VQVAEPixelCNNPriorOutput",
+    "VQVAEPixelCNNPriorPreTrainedModel",
     "VQVAEPreTrainedModel",
     "VQVAEPriorCodeMapping",
     "VQVAEPriorConfig",

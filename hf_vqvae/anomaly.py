@@ -65,6 +65,7 @@ from PIL import Image, ImageDraw
 from transformers.utils import ModelOutput, logging
 
 from .class_labels import class_names, resolve_class_labels
+from .modeling_pixelcnn_prior import VQVAEPixelCNNPriorModel
 from .modeling_vqvae import VQVAEModel, discretized_gaussian_log_likelihood
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
 
@@ -274,7 +275,7 @@ class VQVAEAnomalyScorer:
     Args:
         vqvae ([`VQVAEModel`]):
             The VQ-VAE, trained on normal images.
-        prior ([`VQVAEPriorForCausalLM`], *optional*):
+        prior ([`VQVAEPriorForCausalLM`] or [`VQVAEPixelCNNPriorModel`], *optional*):
             A prior trained on the codes of normal images from `vqvae`; its codebook size must match. Only its
             `code_log_likelihood(codes, class_labels)` is used, so any prior with that method works.
         class_label (`int` or `str`, *optional*):
@@ -324,7 +325,7 @@ class VQVAEAnomalyScorer:
     def __init__(
         self,
         vqvae: VQVAEModel,
-        prior: VQVAEPriorForCausalLM | None = None,
+        prior: VQVAEPriorForCausalLM | VQVAEPixelCNNPriorModel | None = None,
         class_label: int | str | None = None,
         batch_size: int = 64,
         statistics: dict | None = None,
@@ -341,8 +342,11 @@ class VQVAEAnomalyScorer:
             raise TypeError(_unknown_keywords_message("VQVAEAnomalyScorer", kwargs, _SCORER_KEYWORDS))
         if not isinstance(vqvae, VQVAEModel):
             raise TypeError(f"`vqvae` must be a `VQVAEModel`; got {_describe(vqvae)}.")
-        if prior is not None and not isinstance(prior, VQVAEPriorForCausalLM):
-            raise TypeError(f"`prior` must be a `VQVAEPriorForCausalLM` or `None`; got {_describe(prior)}.")
+        if prior is not None and not isinstance(prior, (VQVAEPriorForCausalLM, VQVAEPixelCNNPriorModel)):
+            raise TypeError(
+                f"`prior` must be a `VQVAEPriorForCausalLM`, a `VQVAEPixelCNNPriorModel` or `None`; got "
+                f"{_describe(prior)}."
+            )
         if background_prior is not None and not hasattr(background_prior, "code_log_likelihood"):
             raise TypeError(
                 f"`background_prior` must be a prior (with `code_log_likelihood`); got {_describe(background_prior)}."

@@ -1,7 +1,8 @@
 """transformers pipelines for VQ-VAEs and their priors, registered by `import hf_vqvae`.
 
 - `"vqvae-reconstruction"` ([`VQVAEReconstructionPipeline`]): image -> codes -> image with a [`VQVAEModel`].
-- `"vqvae-generation"` ([`VQVAEGenerationPipeline`]): samples of a [`VQVAEPriorForCausalLM`] decoded by its VQ-VAE.
+- `"vqvae-generation"` ([`VQVAEGenerationPipeline`]): samples of a prior ([`VQVAEPriorForCausalLM`] or the gated
+  PixelCNN [`VQVAEPixelCNNPriorModel`]) decoded by its VQ-VAE.
 - `"vqvae-anomaly"` ([`VQVAEAnomalyPipeline`]): anomaly scores and heat maps from a [`VQVAEModel`] and, optionally, a
   prior (see `hf_vqvae.anomaly`).
 
@@ -26,12 +27,13 @@ import os
 from typing import Any
 
 import torch
-from transformers import Pipeline
+from transformers import AutoConfig, Pipeline
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
 from .anomaly import SCORE_NAMES, VQVAEAnomalyScorer, _unknown_keywords_message, render_anomaly_heatmap
 from .image_processing_vqvae import VQVAEImageProcessor
+from .modeling_pixelcnn_prior import VQVAEPixelCNNPriorModel
 from .modeling_vqvae import VQVAEModel
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
 from .pairing import load_vqvae_for_prior
@@ -51,7 +53,23 @@ PIPELINE_SCORES = (
     "restoration_error",
 )
 HEATMAP_NAMES = (*SCORE_NAMES, "likelihood_ratio", "restoration")
+# The priors over codes: both take `generate_codes(...)` and `code_log_likelihood(codes, class_labels)`.
+PRIOR_MODEL_CLASSES = (VQVAEPriorForCausalLM, VQVAEPixelCNNPriorModel)
 _OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def load_prior(
+    prior_name_or_path: str | os.PathLike, revision: str | None = None
+) -> VQVAEPriorForCausalLM | VQVAEPixelCNNPriorModel:
+    """Either prior from its folder or Hub id, by the `model_type` of its config."""
+    config = AutoConfig.from_pretrained(prior_name_or_path, revision=revision)
+    for model_class in PRIOR_MODEL_CLASSES:
+        if isinstance(config, model_class.config_class):
+            return model_class.from_pretrained(prior_name_or_path, revision=revision)
+    raise ValueError(
+        f"{str(prior_name_or_path)!r} is a {type(config).__name__} (`model_type` {config.model_type!r}), not a prior "
+        f"over codes ({', '.join(c.__name__ for c in PRIOR_MODEL_CLASSES)})."
+    )
 
 
 def _preprocess_one_image(image_processor, image, timeout: float | None = None):
@@ -165,7 +183,7 @@ class VQVAEReconstructionPipeline(Pipeline):
 
 class VQVAEGenerationPipeline(Pipeline):
     r"""
-    Draws images from a [`VQVAEPriorForCausalLM`]: sample grids of codes (per class for a class-conditional prior,
+    Draws images from a prior ([`VQVAEPriorForCausalLM`] or [`VQVAEPixelCNNPriorModel`]): sample grids of codes (per class for a class-conditional prior,
     with optional classifier-free guidance), then decode them with the prior's VQ-VAE. Task `"vqvae-generation"`.
 
     The VQ-VAE is the `vqvae` argument (folder, Hub id or [`VQVAEModel`]) or, by default, the one named in the
@@ -173,7 +191,7 @@ class VQVAEGenerationPipeline(Pipeline):
     VQ-VAE's image processor (or the `image_processor` given to `pipeline`).
 
     Args:
-        model ([`VQVAEPriorForCausalLM`]):
+        model ([`VQVAEPriorForCausalLM`] or [`VQVAEPixelCNNPriorModel`]):
             The prior.
         vqvae (`str`, `os.PathLike` or [`VQVAEModel`], *optional*):
             The VQ-VAE that decodes the codes; defaults to the one the prior records.
@@ -202,10 +220,10 @@ class VQVAEGenerationPipeline(Pipeline):
 
     def __init__(self, model, *args, vqvae=None, vqvae_revision=None, **kwargs):
         super().__init__(model, *args, **kwargs)
-        if not isinstance(self.model, VQVAEPriorForCausalLM):
+        if not isinstance(self.model, PRIOR_MODEL_CLASSES):
             raise TypeError(
-                f"'vqvae-generation' needs a `VQVAEPriorForCausalLM`; got {type(self.model).__name__}. For a VQ-VAE "
-                "use 'vqvae-reconstruction'."
+                f"'vqvae-generation' needs a `VQVAEPriorForCausalLM` or a `VQVAEPixelCNNPriorModel`; got "
+                f"{type(self.model).__name__}. For a VQ-VAE use 'vqvae-reconstruction'."
             )
         self.vqvae, image_processor = load_vqvae_for_prior(self.model, vqvae, revision=vqvae_revision)
         self.vqvae.to(self.device)
@@ -427,11 +445,12 @@ class VQVAEAnomalyPipeline(Pipeline):
         if isinstance(prior, (str, os.PathLike)):
             key = (str(prior), prior_revision)
             if key not in self._loaded_priors:
-                self._loaded_priors[key] = VQVAEPriorForCausalLM.from_pretrained(prior, revision=prior_revision)
+                self._loaded_priors[key] = load_prior(prior, revision=prior_revision)
             prior = self._loaded_priors[key]
-        elif prior is not None and not isinstance(prior, VQVAEPriorForCausalLM):
+        elif prior is not None and not isinstance(prior, PRIOR_MODEL_CLASSES):
             raise TypeError(
-                f"`prior` must be a prior folder, Hub id or `VQVAEPriorForCausalLM`; got {type(prior).__name__}."
+                f"`prior` must be a prior folder, Hub id, `VQVAEPriorForCausalLM` or `VQVAEPixelCNNPriorModel`; got "
+                f"{type(prior).__name__}."
             )
         if prior is not None:
             prior = prior.to(self.device).eval()

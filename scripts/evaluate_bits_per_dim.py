@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
+from hf_vqvae import VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
 from hf_vqvae.pairing import codes_fingerprint, load_vqvae_reference
+from hf_vqvae.pipelines import load_prior
 from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
 from hf_vqvae.training.checkpointing import write_json
 from hf_vqvae.training.data import load_image_dataset, make_preprocessing
@@ -139,7 +140,7 @@ def main(args) -> dict:
         processor = VQVAEImageProcessor.from_model_config(model.config)
     prior = None
     if args.prior is not None:
-        prior = VQVAEPriorForCausalLM.from_pretrained(args.prior).eval()
+        prior = load_prior(args.prior).eval()  # the transformer or the PixelCNN prior
         reference = load_vqvae_reference(args.prior)
         if reference is not None and reference.get("vqvae_codes_fingerprint") not in (None, codes_fingerprint(model)):
             raise ValueError(

@@ -2,9 +2,10 @@
 
 The trained VQ-VAE encodes the dataset to codes once. The codes are cached in `<output_dir>/codes/<split>.pt` with
 the settings that made them (a fingerprint of the VQ-VAE's encoder and codebook, the image processor, the data): a
-cache made by another VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`, class-conditional
-with `--label_column`) is then trained on the cached codes, and the VQ-VAE only decodes the sample grids: the two models
-are never trained together (van den Oord et al., 2017, section 3).
+cache made by another VQ-VAE or from other data is refused, never reused silently. The prior (`VQVAEPriorForCausalLM`,
+or the paper's gated PixelCNN `VQVAEPixelCNNPriorModel` with `--prior_type pixelcnn`; class-conditional with
+`--label_column`) is then trained on the cached codes, and the VQ-VAE only decodes the sample grids: the two models are
+never trained together (van den Oord et al., 2017, section 3).
 
 A laptop-sized class-conditional run on the CIFAR-10 sample shipped in the repository:
 
@@ -30,10 +31,13 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from datasets import ClassLabel
 from tqdm.auto import tqdm
+from transformers import PreTrainedConfig
 
 from hf_vqvae import (
     VQVAEImageProcessor,
     VQVAEModel,
+    VQVAEPixelCNNPriorConfig,
+    VQVAEPixelCNNPriorModel,
     VQVAEPriorCodeMapping,
     VQVAEPriorConfig,
     VQVAEPriorForCausalLM,
@@ -86,6 +90,16 @@ DERIVED_CONFIG_KEYS = (
     "label2id",
 )
 MAX_DEFAULT_SAMPLE_CLASSES = 10
+PRIOR_DESCRIPTIONS = {
+    "transformer": "It plays the role of the paper's PixelCNN, as a GPT-style transformer (`VQVAEPriorForCausalLM`).",
+    "pixelcnn": "It is the paper's prior, a class-conditional gated PixelCNN (van den Oord et al., 2016, "
+    "[arXiv:1606.05328](https://arxiv.org/abs/1606.05328); `VQVAEPixelCNNPriorModel`).",
+}
+# `--prior_type`: the config and model classes of each prior.
+PRIOR_CLASSES = {
+    "transformer": (VQVAEPriorConfig, VQVAEPriorForCausalLM),
+    "pixelcnn": (VQVAEPixelCNNPriorConfig, VQVAEPixelCNNPriorModel),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
@@ -102,6 +116,14 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
         default=None,
         help="Fine-tune this prior (folder or Hub id) instead of training one from scratch; its "
         "codebook size, grid and number of classes must match the VQ-VAE and the data.",
+    )
+    models.add_argument(
+        "--prior_type",
+        choices=sorted(PRIOR_CLASSES),
+        default=None,
+        help="The prior to train from scratch: `transformer` (`VQVAEPriorForCausalLM`, the default) or `pixelcnn` "
+        "(the paper's gated PixelCNN, `VQVAEPixelCNNPriorModel`). Default: the `model_type` of "
+        "`--pretrained_prior_name_or_path` or `--prior_config_name_or_path`, else `transformer`.",
     )
     models.add_argument(
         "--prior_config_name_or_path",
@@ -208,7 +230,25 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
         argv,
         config_overrides=config_overrides,
         codes_cache_dir=args.codes_cache_dir or str(Path(args.output_dir) / "codes"),
+        prior_type=resolve_prior_type(args),
     )
+
+
+def resolve_prior_type(args) -> str:
+    """`--prior_type`, or the one of the pretrained prior or config (their `model_type`), else `transformer`."""
+    source = args.pretrained_prior_name_or_path or args.prior_config_name_or_path
+    found = None
+    if source is not None:
+        model_type = PreTrainedConfig.get_config_dict(source, revision=args.revision)[0].get("model_type")
+        found = {config_class.model_type: name for name, (config_class, _) in PRIOR_CLASSES.items()}.get(model_type)
+        if found is None:
+            raise ValueError(
+                f"{source!r} has `model_type` {model_type!r}, not a prior of hf_vqvae "
+                f"({', '.join(c.model_type for c, _ in PRIOR_CLASSES.values())})."
+            )
+    if args.prior_type is not None and found is not None and args.prior_type != found:
+        raise ValueError(f"`--prior_type {args.prior_type}` does not match {source!r}, a {found} prior.")
+    return args.prior_type or found or "transformer"
 
 
 # ---------------------------------------------------------------------------------------------------------- codes
@@ -366,7 +406,7 @@ def get_codes(args, accelerator, vqvae, image_processor):
 # ---------------------------------------------------------------------------------------------------------- model
 
 
-def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM:
+def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM | VQVAEPixelCNNPriorModel:
     """A new prior sized for the VQ-VAE's codes and the data's classes, or the pretrained one, checked against them."""
     required = {
         "codebook_size": vqvae_config.codebook_size,
@@ -376,8 +416,9 @@ def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM:
     labels = {}
     if class_names:
         labels = {"id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
+    config_class, model_class = PRIOR_CLASSES[args.prior_type]
     if args.pretrained_prior_name_or_path is not None:
-        prior = VQVAEPriorForCausalLM.from_pretrained(
+        prior = model_class.from_pretrained(
             args.pretrained_prior_name_or_path, revision=args.revision, cache_dir=args.cache_dir
         )
         mismatched = {k: (getattr(prior.config, k), v) for k, v in required.items() if getattr(prior.config, k) != v}
@@ -391,17 +432,21 @@ def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM:
             prior.config.id2label, prior.config.label2id = labels["id2label"], labels["label2id"]
         return prior
     if args.prior_config_name_or_path is not None:
-        config_dict, _ = VQVAEPriorConfig.get_config_dict(args.prior_config_name_or_path, revision=args.revision)
+        config_dict, _ = config_class.get_config_dict(args.prior_config_name_or_path, revision=args.revision)
         for key in ("codebook_size", "grid_size", "num_classes", *DERIVED_CONFIG_KEYS):
             config_dict.pop(key, None)  # recomputed from the VQ-VAE and the data
-        config = VQVAEPriorConfig.from_dict({**config_dict, **args.config_overrides, **required, **labels})
+        config = config_class.from_dict({**config_dict, **args.config_overrides, **required, **labels})
     else:
-        config = VQVAEPriorConfig(**args.config_overrides, **required, **labels)
-    return VQVAEPriorForCausalLM(config)
+        config = config_class(**args.config_overrides, **required, **labels)
+    return model_class(config)
 
 
-def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping):
-    """Train and validation dataloaders of `{"input_ids", "labels"}` batches of shape (B, 1 + h * w)."""
+def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping | None):
+    """
+    Train and validation dataloaders of the prior's keyword arguments: `{"input_ids", "labels"}` of shape
+    (B, 1 + h * w) for the transformer prior, `{"codes", "class_labels", "labels"}` (codes (B, h, w), labels the
+    codes themselves) for the PixelCNN prior (`mapping` `None`).
+    """
 
     def dataset(payload):
         tensors = [payload["codes"]] + ([payload["labels"]] if args.label_column is not None else [])
@@ -410,6 +455,8 @@ def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping):
     def collate(items):
         grids = torch.stack([item[0] for item in items]).long()  # (B, h, w)
         class_labels = torch.stack([item[1] for item in items]) if args.label_column is not None else None
+        if mapping is None:
+            return {"codes": grids, "class_labels": class_labels, "labels": grids}
         return {"input_ids": mapping.codes_to_input_ids(grids, class_labels), "labels": mapping.codes_to_labels(grids)}
 
     train = codes[args.train_split]
@@ -455,9 +502,13 @@ def evaluate_nll(accelerator, model, dataloader, vqvae_config) -> dict:
     unwrapped.eval()
     total_nats, num_images = 0.0, 0
     for batch in dataloader:
-        logits = unwrapped(input_ids=batch["input_ids"], use_cache=False).logits  # (B, 1 + h*w, V)
-        # Position t predicts token t + 1: the prompt's logits predict the first code.
-        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:], reduction="none")
+        if "codes" in batch:  # the PixelCNN prior: logits (B, h, w, K) of every code given those before it
+            logits = unwrapped(codes=batch["codes"], class_labels=batch["class_labels"]).logits
+            nll = F.cross_entropy(logits.float().permute(0, 3, 1, 2), batch["codes"], reduction="none").flatten(1)
+        else:
+            logits = unwrapped(input_ids=batch["input_ids"], use_cache=False).logits  # (B, 1 + h*w, V)
+            # Position t predicts token t + 1: the prompt's logits predict the first code.
+            nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:], reduction="none")
         nll = accelerator.gather_for_metrics(nll.sum(1))  # (B,) nats per image
         total_nats += float(nll.sum())
         num_images += nll.numel()
@@ -545,6 +596,8 @@ def save_model_card(
     evaluation = {k: v for k, v in (metrics or {}).items() if k not in ("sample_file",)}
     values = {
         "model_id": args.hub_model_id or Path(output_dir).name,
+        "prior_description": PRIOR_DESCRIPTIONS[args.prior_type],
+        "auto_class": "AutoModelForCausalLM" if args.prior_type == "transformer" else "AutoModel",
         "vqvae_model_name_or_path": args.vqvae_model_name_or_path,
         "vqvae_codes_fingerprint": reference["vqvae_codes_fingerprint"],
         "base_model": args.pretrained_prior_name_or_path or "none (trained from scratch)",
@@ -596,7 +649,8 @@ def main(args):
     codes, class_names = get_codes(args, accelerator, vqvae, image_processor)
 
     model = build_prior(args, vqvae.config, class_names)
-    mapping = model.code_mapping
+    # The transformer prior reads token ids (prompt + codes); the PixelCNN prior reads the code grids themselves.
+    mapping = model.code_mapping if args.prior_type == "transformer" else None
     train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping)
 
     args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
@@ -614,7 +668,7 @@ def main(args):
         args, accelerator, model, optimizer, train_dataloader, validation_dataloader
     )
     # Checkpoints hold the prior as a `save_pretrained` folder (weights, config, generation config).
-    register_pretrained_hooks(accelerator, VQVAEPriorForCausalLM, "prior")
+    register_pretrained_hooks(accelerator, PRIOR_CLASSES[args.prior_type][1], "prior")
     init_trackers(args, accelerator)
     run = resume_training(args, accelerator, train_dataloader)
 
@@ -631,7 +685,7 @@ def main(args):
     model.train()
     for batch in run.batches(accelerator, train_dataloader):
         with accelerator.accumulate(model):
-            output = model(input_ids=batch["input_ids"], labels=batch["labels"])
+            output = model(**batch)
             optimizer_step(accelerator, model, optimizer, lr_scheduler, output.loss, args.max_grad_norm)
 
         if not accelerator.sync_gradients:

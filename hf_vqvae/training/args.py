@@ -130,6 +130,7 @@ class PriorTrainingArguments(TrainingArguments):
     vqvae_model_name_or_path: str
     vqvae_revision: str | None
     pretrained_prior_name_or_path: str | None
+    prior_type: str
     prior_config_name_or_path: str | None
     label_column: str | None
     codes_cache_dir: str
