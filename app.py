@@ -52,7 +52,7 @@ import hf_vqvae  # noqa: E402  (registers the Auto classes)
 from hf_vqvae import VQVAEAnomalyScorer, VQVAEImageTokenizer, render_anomaly_heatmap  # noqa: E402
 from hf_vqvae.class_labels import resolve_class_labels  # noqa: E402
 from hf_vqvae.feature_extraction_vqvae import load_audio  # noqa: E402
-from hf_vqvae.pipelines import VQVAE_REFERENCE_NAME, load_vqvae_for_prior  # noqa: E402
+from hf_vqvae.pairing import VQVAE_REFERENCE_NAME, load_vqvae_for_prior  # noqa: E402
 
 
 logger = logging.getLogger("hf_vqvae.app")

@@ -304,7 +304,7 @@ def test_build_demo_has_the_four_tabs():
 def test_parse_args():
     args = app.parse_args([])
     assert (args.host, args.port, args.num_threads) == ("127.0.0.1", 7860, 1)
-    assert app.parse_args(["--port", "8080", "--host", "0.0.0.0"]).port == 8080
+    assert app.parse_args(["--port", "8080", "--host", "localhost"]).port == 8080
     with pytest.raises(SystemExit):
         app.parse_args(["--port", "70000"])
 

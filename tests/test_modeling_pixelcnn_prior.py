@@ -22,7 +22,8 @@ from hf_vqvae import (
     VQVAEPixelCNNPriorModel,
     VQVAEPriorForCausalLM,
 )
-from hf_vqvae.pipelines import VQVAEGenerationPipeline, load_prior, save_vqvae_reference
+from hf_vqvae.pairing import save_vqvae_reference
+from hf_vqvae.pipelines import VQVAEGenerationPipeline, load_prior
 
 
 CLASS_NAMES = ["ant", "bee", "cat"]
