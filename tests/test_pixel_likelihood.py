@@ -1,12 +1,19 @@
 """Tests of the discretized logistic mixture likelihood and the PixelCNN pixel decoder of `VQVAEModel`."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import REPO_ROOT, make_tiny_config
+from datasets import load_dataset
+from safetensors.torch import load_file
 
-from hf_vqvae import VQVAEConfig, VQVAEModel
+from hf_vqvae import VQVAEConfig, VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.modeling_vqvae import (
     discretized_logistic_log_prob,
     discretized_logistic_mixture_log_likelihood,
@@ -300,3 +307,122 @@ def test_do_sample_needs_a_mixture_decoder():
 def test_bad_pixel_likelihood_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_tiny_config(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------- scripts: fine-tune, eval
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import evaluate_bits_per_dim  # noqa: E402
+import train_vqvae  # noqa: E402
+
+
+SAMPLE = REPO_ROOT / "data" / "cifar10_sample"
+
+
+def save_model(path, **config_kwargs):
+    torch.manual_seed(0)
+    model = VQVAEModel(make_tiny_config(image_size=32, use_ema_codebook=True, **config_kwargs)).eval()
+    model.save_pretrained(path)
+    VQVAEImageProcessor.from_model_config(model.config).save_pretrained(path)
+    return model
+
+
+def test_fine_tune_takes_the_pixel_likelihood_only_with_a_frozen_encoder():
+    config = make_tiny_config()
+    overrides = {"reconstruction_loss": "discretized_logistic_mixture", "pixel_decoder": "pixelcnn"}
+    train_vqvae.check_fine_tuning_overrides(config, overrides, freeze_encoder=True)
+    with pytest.raises(ValueError, match="--freeze_encoder"):
+        train_vqvae.check_fine_tuning_overrides(config, overrides)
+    with pytest.raises(ValueError, match="architecture"):  # a PixelCNN size alone, on an MSE model
+        train_vqvae.check_fine_tuning_overrides(config, {"pixel_decoder_num_layers": 3}, freeze_encoder=True)
+
+
+def test_build_model_starts_a_pixelcnn_decoder_from_an_mse_model(tmp_path):
+    source = save_model(tmp_path / "mse")
+    args = SimpleNamespace(
+        pretrained_model_name_or_path=str(tmp_path / "mse"),
+        revision=None,
+        cache_dir=None,
+        freeze_encoder=True,
+        config_overrides={"reconstruction_loss": "discretized_logistic_mixture", "pixel_decoder": "pixelcnn"},
+    )
+    model = train_vqvae.build_model(args).eval()
+    assert model.config.pixel_decoder == "pixelcnn" and model.config.hidden_channels == source.config.hidden_channels
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.pixel_decoder.parameters())
+    pixel_values = random_8bit(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.get_codes(pixel_values), source.get_codes(pixel_values))
+    args.config_overrides = {"reconstruction_loss": "discretized_logistic_mixture", "pixel_decoder": "bogus"}
+    with pytest.raises(ValueError, match="pixel_decoder"):
+        train_vqvae.build_model(args)
+
+
+@pytest.mark.parametrize("pixel_decoder", [None, "pixelcnn"])
+def test_bits_per_dim_script_reports_the_decoders_own_likelihood(tmp_path, pixel_decoder):
+    kwargs = {"reconstruction_loss": "discretized_logistic_mixture", "num_logistic_mixtures": 3}
+    if pixel_decoder:
+        kwargs.update(pixel_decoder=pixel_decoder, pixel_decoder_hidden_channels=8, pixel_decoder_num_layers=2)
+    model = save_model(tmp_path / "model", **kwargs)
+    results = evaluate_bits_per_dim.main(
+        evaluate_bits_per_dim.parse_args(
+            ["--model", str(tmp_path / "model"), "--data_files", str(SAMPLE / "test-*.parquet"), "--max_samples", "6"]
+        )
+    )
+    # The decoder term, computed here from the mixture's parameters directly.
+    processor = VQVAEImageProcessor.from_pretrained(tmp_path / "model")
+    images = load_dataset("parquet", data_files={"test": str(SAMPLE / "test-*.parquet")})["test"].select(range(6))
+    pixel_values = processor([row["img"] for row in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        params = model(pixel_values).logistic_mixture_params
+    nats = -discretized_logistic_mixture_log_likelihood(pixel_values, params, 3).double().sum()
+    expected = float(nats) / (6 * 3072 * math.log(2))
+    assert results["decoder_bits_per_dim"] == pytest.approx(expected, rel=1e-5)
+    assert results["uniform_prior_bits_per_dim"] == pytest.approx(64 * 4 / 3072)
+    assert results["bits_per_dim_uniform_prior"] == pytest.approx(expected + 64 * 4 / 3072)
+    assert results["decoder_scale"] == "per-pixel, predicted by the decoder"
+    assert ("raster order" in " ".join(results["assumptions"])) == (pixel_decoder == "pixelcnn")
+    assert results["decoder"].startswith("PixelCNN") == (pixel_decoder == "pixelcnn")
+
+
+@pytest.mark.slow
+def test_train_script_fine_tunes_an_mse_model_into_a_pixelcnn_decoder(tmp_path):
+    save_model(tmp_path / "mse")
+    output = tmp_path / "tuned"
+    command = [
+        sys.executable,
+        "scripts/train_vqvae.py",
+        "--pretrained_model_name_or_path",
+        str(tmp_path / "mse"),
+        "--freeze_encoder",
+        "--config_overrides",
+        "reconstruction_loss=discretized_logistic_mixture,num_logistic_mixtures=3,pixel_decoder=pixelcnn,"
+        "pixel_decoder_hidden_channels=8,pixel_decoder_num_layers=2",
+        "--train_data_files",
+        str(SAMPLE / "train-*.parquet"),
+        "--validation_data_files",
+        str(SAMPLE / "test-*.parquet"),
+        "--max_train_steps",
+        "3",
+        "--train_batch_size",
+        "8",
+        "--validation_steps",
+        "3",
+        "--max_eval_samples",
+        "16",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(output),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((output / "config.json").read_text())
+    assert config["pixel_decoder"] == "pixelcnn" and config["reconstruction_loss"] == "discretized_logistic_mixture"
+    before, after = load_file(tmp_path / "mse" / "model.safetensors"), load_file(output / "model.safetensors")
+    for key in before:
+        if key.startswith(("encoder.", "quantizer.")):
+            assert torch.equal(before[key], after[key]), key
+    assert any(key.startswith("pixel_decoder.") for key in after)
+    metrics = json.loads((output / "eval_results.json").read_text())
+    assert 0 < metrics["bits_per_dim"] < 16
