@@ -532,6 +532,9 @@ class VQVAEPixelCNN(nn.Module):
     mixture's parameters; the PixelCNN outputs that map plus a correction from the earlier pixels, so that, its last
     layer starting at zero, a new PixelCNN is exactly the decoder's per-pixel mixture.
 
+    Its input is each pixel beside its residual from the conditioning mixture's mean, `x - E[x | z]`: neighbouring
+    residuals are what the codes leave to predict, and the first layer sees them directly.
+
     Receptive field of pixel (i, j): rows i - R .. i - 1 with R = (k // 2 + 1) + L * (k // 2) (k the kernel size, L the
     layers), and in row i the columns j - (L + 1) * (k // 2) - 1 .. j - 1; never (i, j) itself or anything later.
     """
@@ -542,8 +545,8 @@ class VQVAEPixelCNN(nn.Module):
         half = kernel // 2
         self.num_channels, self.num_mixtures = config.num_channels, config.num_logistic_mixtures
         condition_channels = logistic_mixture_num_params(config.num_channels, config.num_logistic_mixtures)
-        self.vertical_in = VQVAEPixelCNNDownConv(config.num_channels, channels, (half + 1, kernel))
-        self.horizontal_in = VQVAEPixelCNNDownRightConv(config.num_channels, channels, (1, half + 1))
+        self.vertical_in = VQVAEPixelCNNDownConv(2 * config.num_channels, channels, (half + 1, kernel))
+        self.horizontal_in = VQVAEPixelCNNDownRightConv(2 * config.num_channels, channels, (1, half + 1))
         self.layers = nn.ModuleList(
             VQVAEPixelCNNLayer(channels, condition_channels, kernel) for _ in range(config.pixel_decoder_num_layers)
         )
@@ -552,9 +555,14 @@ class VQVAEPixelCNN(nn.Module):
         self.receptive_rows = half + 1 + config.pixel_decoder_num_layers * half
         self.receptive_columns = (config.pixel_decoder_num_layers + 1) * half + 1
 
+    def _inputs(self, pixel_values, conditioning):
+        """`(B, 2C, H, W)`: the pixels and their residuals from the conditioning mixture's mean."""
+        mean = logistic_mixture_mean(conditioning, self.num_channels, self.num_mixtures)
+        return torch.cat([pixel_values, pixel_values - mean], dim=1)
+
     def vertical_stack(self, pixel_values, conditioning):
         """The first vertical features (rows above only) and every layer's vertical pre-activation."""
-        vertical = _down_shift(self.vertical_in(pixel_values))
+        vertical = _down_shift(self.vertical_in(self._inputs(pixel_values, conditioning)))
         first, pre_activations = vertical, []
         for layer in self.layers:
             vertical, pre_activation = layer.vertical_step(vertical, conditioning)
@@ -563,7 +571,7 @@ class VQVAEPixelCNN(nn.Module):
 
     def horizontal_stack(self, pixel_values, conditioning, first_vertical, vertical_pre_activations):
         """The mixture parameters of every pixel, from the pixels left of it and the vertical stack."""
-        horizontal = first_vertical + _right_shift(self.horizontal_in(pixel_values))
+        horizontal = first_vertical + _right_shift(self.horizontal_in(self._inputs(pixel_values, conditioning)))
         skip = 0
         for layer, vertical_pre_activation in zip(self.layers, vertical_pre_activations):
             horizontal, layer_skip = layer.horizontal_step(horizontal, vertical_pre_activation, conditioning)
