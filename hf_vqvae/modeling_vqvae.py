@@ -955,9 +955,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
             reconstruction = logistic_mixture_mean(params, channels, mixtures)
         return VQVAEDecoderOutput(reconstruction=reconstruction, logistic_mixture_params=params)
 
-    def _forward_logistic_mixture(self, inputs, encoded, return_loss) -> VQVAEModelOutput:
+    def _forward_logistic_mixture(self, inputs, encoded, return_loss, speaker_ids) -> VQVAEModelOutput:
         """`forward` of a logistic-mixture decoder: the NLL of the 8-bit pixels in nats per value, and bits/dim."""
-        params = self.decoder(encoded.quantized)
+        params = self.decoder(encoded.quantized, speaker_ids)
         if self.pixel_decoder is not None:
             params = self.pixel_decoder(inputs, params)  # teacher forcing: each pixel given the true earlier ones
         loss = reconstruction_loss = bits_per_dim = None
@@ -1067,7 +1067,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         encoded = self._encode(inputs, attention_mask)
         speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
         if self.config.reconstruction_loss == "discretized_logistic_mixture":
-            output = self._forward_logistic_mixture(inputs, encoded, return_loss)
+            output = self._forward_logistic_mixture(inputs, encoded, return_loss, speaker_ids)
             return output if return_dict else output.to_tuple()
         reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized, speaker_ids))
         loss = reconstruction_loss = spectral_loss = None

@@ -284,6 +284,16 @@ def test_pixels_off_the_8bit_grid_are_refused():
         discretized_logistic_mixture_log_likelihood(pixel_values, torch.zeros(1, 29, 16, 16), 3)
 
 
+def test_a_speaker_conditioned_mixture_decoder_takes_its_speaker_ids():
+    model = VQVAEModel(mixture_config(num_speakers=2)).eval()
+    pixel_values = random_8bit(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    output = model(pixel_values, speaker_ids=[0, 1])
+    decoded = model.decode(output.codes, speaker_ids=[0, 1])
+    assert torch.equal(decoded.logistic_mixture_params, output.logistic_mixture_params)
+    with pytest.raises(ValueError, match="speaker_ids"):
+        model(pixel_values)
+
+
 def test_do_sample_needs_a_mixture_decoder():
     model = VQVAEModel(make_tiny_config()).eval()
     with pytest.raises(ValueError, match="do_sample"):
