@@ -260,7 +260,10 @@ def build_model(args) -> VQVAEModel:
             args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir
         )
         check_fine_tuning_overrides(config, args.config_overrides, args.freeze_encoder)
-        if any(key in PIXEL_LIKELIHOOD_SETTINGS for key in args.config_overrides):
+        mixture = args.config_overrides.get("reconstruction_loss", config.reconstruction_loss)
+        if mixture == "discretized_logistic_mixture" and any(
+            k in PIXEL_LIKELIHOOD_SETTINGS for k in args.config_overrides
+        ):
             # A new decoder head (and PixelCNN): start from the pretrained weights, re-initialising what changed shape.
             source = VQVAEModel.from_pretrained(
                 args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir

@@ -362,6 +362,8 @@ def test_build_model_starts_a_pixelcnn_decoder_from_an_mse_model(tmp_path):
     assert all(p.requires_grad for p in model.pixel_decoder.parameters())
     pixel_values = random_8bit(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.get_codes(pixel_values), source.get_codes(pixel_values))
+    args.config_overrides = {"reconstruction_loss": "log_mse"}  # a loss-only fine-tune still loads as before
+    assert train_vqvae.build_model(args).config.reconstruction_loss == "log_mse"
     args.config_overrides = {"reconstruction_loss": "discretized_logistic_mixture", "pixel_decoder": "bogus"}
     with pytest.raises(ValueError, match="pixel_decoder"):
         train_vqvae.build_model(args)
