@@ -63,10 +63,15 @@ class VQVAEDecoderOutput(ModelOutput):
             `reconstruction_loss="discretized_gaussian"`, the mean of each pixel's distribution.
         reconstruction_log_scale (`torch.FloatTensor` of the shape of `reconstruction`, discretized-Gaussian decoders):
             Natural log of the scale (standard deviation) of each pixel's distribution.
+        logistic_mixture_params (`torch.FloatTensor` of shape `(batch_size, num_params, height, width)`, logistic-mixture
+        decoders):
+            The decoder's output map: each pixel's mixture parameters (layout of
+            [`split_logistic_mixture_params`]); with `pixel_decoder="pixelcnn"`, the PixelCNN's conditioning map.
     """
 
     reconstruction: torch.FloatTensor | None = None
     reconstruction_log_scale: torch.FloatTensor | None = None
+    logistic_mixture_params: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -103,6 +108,11 @@ class VQVAEModelOutput(ModelOutput):
             For 1-D models: which codes cover real samples.
         reconstruction_log_scale (`torch.FloatTensor` of the shape of `reconstruction`, discretized-Gaussian decoders):
             Log-scale of each pixel's distribution.
+        bits_per_dim (`torch.FloatTensor` of shape `(batch_size,)`, logistic-mixture decoders):
+            Each example's `-log p(x|z)` in bits per pixel value (the decoder term of the bound of section 3.3).
+        logistic_mixture_params (`torch.FloatTensor` of shape `(batch_size, num_params, height, width)`, logistic-mixture
+        decoders):
+            Each pixel's mixture parameters (with `pixel_decoder="pixelcnn"`, given the true earlier pixels).
     """
 
     loss: torch.FloatTensor | None = None
@@ -117,6 +127,8 @@ class VQVAEModelOutput(ModelOutput):
     codes_mask: torch.BoolTensor | None = None
     reconstruction_log_scale: torch.FloatTensor | None = None
     spectral_loss: torch.FloatTensor | None = None
+    bits_per_dim: torch.FloatTensor | None = None
+    logistic_mixture_params: torch.FloatTensor | None = None
 
 
 def discretized_gaussian_log_likelihood(
@@ -238,8 +250,11 @@ class VQVAEDecoder(nn.Module):
         super().__init__()
         conv, conv_transpose = _conv_classes(config.spatial_dims)
         widths = list(reversed(config.stage_widths))
-        # A discretized-Gaussian decoder predicts a mean and a log-scale for every pixel value.
+        # A discretized-Gaussian decoder predicts a mean and a log-scale for every pixel value, a logistic-mixture
+        # decoder the mixture's parameters of every pixel.
         num_outputs = config.num_channels * (2 if config.reconstruction_loss == "discretized_gaussian" else 1)
+        if config.reconstruction_loss == "discretized_logistic_mixture":
+            num_outputs = logistic_mixture_num_params(config.num_channels, config.num_logistic_mixtures)
         out_widths = widths[1:] + [num_outputs]
         self.conv_in = conv(config.codebook_dim, widths[0], kernel_size=3, padding=1)
         self.res_blocks = nn.ModuleList(
@@ -274,6 +289,356 @@ class VQVAEDecoder(nn.Module):
         return hidden_states
 
 
+# --- Discretized logistic mixture likelihood (PixelCNN++, Salimans et al. 2017, arXiv 1701.05517) -----------------
+# The layout of a pixel's `num_mixtures * (1 + 2C + C(C-1)/2)` parameters along the channel axis: the M mixture logits,
+# then each channel's M means, then each channel's M log-scales, then M coefficients for every channel pair
+# (1, 0), (2, 0), (2, 1): in component k, channel c's mean is `means[c, k] + sum_{c' < c} tanh(coef[c, c', k]) * x_c'`.
+
+# Log-scales are floored here (as in PixelCNN++): e^-7 is a tenth of a bin, so a sharper logistic adds nothing.
+LOGISTIC_LOG_SCALE_MIN = -7.0
+
+
+def logistic_mixture_num_params(num_channels: int, num_mixtures: int) -> int:
+    """Channels of the parameter map of a `num_mixtures`-component logistic mixture over `num_channels` channels."""
+    return num_mixtures * (1 + 2 * num_channels + num_channels * (num_channels - 1) // 2)
+
+
+def split_logistic_mixture_params(
+    params: torch.Tensor, num_channels: int, num_mixtures: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    `(B, P, *spatial)` parameters -> `logits (B, M, *s)`, `means (B, C, M, *s)`, `log_scales (B, C, M, *s)` (floored at
+    `LOGISTIC_LOG_SCALE_MIN`) and `coefficients (B, C(C-1)/2, M, *s)` in (-1, 1).
+    """
+    expected = logistic_mixture_num_params(num_channels, num_mixtures)
+    if params.shape[1] != expected:
+        raise ValueError(
+            f"A {num_mixtures}-component logistic mixture over {num_channels} channels has {expected} parameters per "
+            f"pixel; got a map of {params.shape[1]} channels."
+        )
+    m, c, pairs = num_mixtures, num_channels, num_channels * (num_channels - 1) // 2
+    logits, means, log_scales, coefficients = params.split([m, c * m, c * m, pairs * m], dim=1)
+    spatial = params.shape[2:]
+    means = means.reshape(params.shape[0], c, m, *spatial)
+    log_scales = log_scales.reshape(params.shape[0], c, m, *spatial).clamp(min=LOGISTIC_LOG_SCALE_MIN)
+    coefficients = torch.tanh(coefficients.reshape(params.shape[0], pairs, m, *spatial))
+    return logits, means, log_scales, coefficients
+
+
+def _autoregressive_means(means: torch.Tensor, coefficients: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
+    """Each channel's component means `(B, C, M, *s)` given the values `(B, M or 1, *s)` of the earlier channels."""
+    shifted = [means[:, 0]]
+    for c in range(1, means.shape[1]):
+        mean = means[:, c]
+        for earlier in range(c):
+            mean = mean + coefficients[:, c * (c - 1) // 2 + earlier] * values[earlier]
+        shifted.append(mean)
+    return torch.stack(shifted, dim=1)
+
+
+def discretized_logistic_log_prob(
+    pixel_values: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, num_bins: int = 256
+) -> torch.Tensor:
+    """
+    `log P(x)` of 8-bit values x (`2k/255 - 1`) under a logistic of `mean` and `log_scale` discretized to the bins of
+    width 2/255, the first and last bins open to -inf and +inf (elementwise, broadcast).
+
+    `log(sigmoid(a) - sigmoid(b))` is computed in log space as `a + log(1 - e^(b - a)) - softplus(a) - softplus(b)`,
+    exact where PixelCNN++ loses precision to the difference of two sigmoids (it switches to the density at the bin's
+    centre below 1e-5). The mid-bin density times the bin width is kept only for where `1 - e^(b - a)` underflows
+    (a scale so wide that a bin holds ~0 of it).
+    """
+    half_bin = 1.0 / (num_bins - 1)
+    inv_scale = torch.exp(-log_scale)
+    centered = pixel_values - mean
+    upper, lower = inv_scale * (centered + half_bin), inv_scale * (centered - half_bin)
+    log_cdf_upper = upper - F.softplus(upper)  # log sigmoid(upper): the first bin, open to -inf
+    log_sf_lower = -F.softplus(lower)  # log(1 - sigmoid(lower)): the last bin, open to +inf
+    tiny = torch.finfo(upper.dtype).tiny
+    gap = -torch.expm1(lower - upper)
+    log_bin = upper + torch.log(gap.clamp(min=tiny)) - F.softplus(upper) - F.softplus(lower)
+    middle = inv_scale * centered
+    log_mid_density = middle - log_scale - 2.0 * F.softplus(middle) + math.log(2 * half_bin)
+    log_bin = torch.where(gap > tiny, log_bin, log_mid_density)
+    return torch.where(
+        pixel_values < -1 + half_bin, log_cdf_upper, torch.where(pixel_values > 1 - half_bin, log_sf_lower, log_bin)
+    )
+
+
+def discretized_logistic_mixture_log_likelihood(
+    pixel_values: torch.Tensor, params: torch.Tensor, num_mixtures: int
+) -> torch.Tensor:
+    """
+    `log p(x)` (nats) of each pixel's joint value over its channels, under the discretized logistic mixture with
+    channel-autoregressive means (PixelCNN++ eq. 2-3): `log sum_k pi_k prod_c P(x_c | k, x_<c)`.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            8-bit values mapped to [-1, 1] (`2k/255 - 1`).
+        params (`torch.FloatTensor` of shape `(batch_size, num_params, height, width)`):
+            The mixture's parameters (layout above), `num_params = logistic_mixture_num_params(C, num_mixtures)`.
+        num_mixtures (`int`):
+            Components of the mixture.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, height, width)`, in float32 (float64 for float64 inputs).
+    """
+    dtype = torch.promote_types(params.dtype, torch.float32)
+    x, params = pixel_values.to(dtype), params.to(dtype)
+    logits, means, log_scales, coefficients = split_logistic_mixture_params(params, x.shape[1], num_mixtures)
+    means = _autoregressive_means(means, coefficients, [x[:, c, None] for c in range(x.shape[1])])
+    log_probs = discretized_logistic_log_prob(x[:, :, None], means, log_scales).sum(1)  # (B, M, *s)
+    return torch.logsumexp(log_probs + torch.log_softmax(logits, dim=1), dim=1)
+
+
+def logistic_mixture_mean(params: torch.Tensor, num_channels: int, num_mixtures: int) -> torch.Tensor:
+    """
+    Each pixel's mean `(B, C, *s)` under the mixture: `sum_k pi_k E[x_c | k]`, where `E[x_c | k]` puts the earlier
+    channels' component means into the autoregressive means. It is the mean of the continuous mixture, clipped to
+    [-1, 1]; the discretized distribution moves the mass beyond the end bins onto them, which this ignores.
+    """
+    logits, means, _, coefficients = split_logistic_mixture_params(params, num_channels, num_mixtures)
+    component_means = []
+    for c in range(num_channels):
+        component_means.append(_autoregressive_means(means[:, : c + 1], coefficients, component_means)[:, c])
+    weights = torch.softmax(logits, dim=1)  # (B, M, *s)
+    return (weights[:, None] * torch.stack(component_means, dim=1)).sum(2).clamp(-1.0, 1.0)
+
+
+def quantize_to_8bit(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Clip to [-1, 1] and round to the nearest 8-bit value `2k/255 - 1`."""
+    return torch.round((pixel_values.clamp(-1.0, 1.0) + 1.0) * 127.5) / 127.5 - 1.0
+
+
+def sample_logistic_mixture(
+    params: torch.Tensor, num_channels: int, num_mixtures: int, uniforms: torch.Tensor
+) -> torch.Tensor:
+    """
+    Draw 8-bit pixels `(B, C, *s)` from the mixture with the given uniforms `(B, 1 + C, *s)` in (0, 1): the first picks
+    the component (inverse CDF of its weights), the others the logistic noise of R, G, B in turn (inverse CDF), each
+    value clipped and rounded to 8 bits before it enters the later channels' means.
+    """
+    logits, means, log_scales, coefficients = split_logistic_mixture_params(params, num_channels, num_mixtures)
+    cdf = torch.cumsum(torch.softmax(logits, dim=1), dim=1)  # (B, M, *s)
+    component = (cdf < uniforms[:, :1]).sum(1, keepdim=True).clamp(max=num_mixtures - 1)  # (B, 1, *s)
+
+    def pick(tensor):  # (B, N, M, *s) -> (B, N, *s): the chosen component
+        index = component[:, None].expand(tensor.shape[0], tensor.shape[1], 1, *tensor.shape[3:])
+        return tensor.gather(2, index).squeeze(2)
+
+    means, log_scales, coefficients = pick(means), pick(log_scales), pick(coefficients)
+    u = uniforms[:, 1:].clamp(1e-5, 1 - 1e-5)
+    noise = torch.log(u) - torch.log1p(-u)  # logistic(0, 1)
+    values = []
+    for c in range(num_channels):
+        mean = means[:, c]
+        for earlier in range(c):
+            mean = mean + coefficients[:, c * (c - 1) // 2 + earlier] * values[earlier]
+        values.append(quantize_to_8bit(mean + torch.exp(log_scales[:, c]) * noise[:, c]))
+    return torch.stack(values, dim=1)
+
+
+def check_8bit_pixel_values(pixel_values: torch.Tensor):
+    """Raise `ValueError` unless every value is an 8-bit level mapped to [-1, 1] (`2k/255 - 1`, k in 0..255)."""
+    levels = (pixel_values.detach().double() + 1.0) * 127.5
+    off_grid = (levels - levels.round()).abs() > 1e-3
+    outside = (levels < -1e-3) | (levels > 255 + 1e-3)
+    if bool((off_grid | outside).any()):
+        example = float(pixel_values.detach().flatten()[(off_grid | outside).flatten().nonzero()[0, 0]])
+        raise ValueError(
+            "`pixel_values` must be 8-bit levels mapped to [-1, 1] (2k/255 - 1, k in 0..255) for a discretized pixel "
+            f"likelihood; got {example!r} among others. Pass stored 8-bit images through VQVAEImageProcessor (rescale "
+            "by 1/255, no resizing) or round with `quantize_to_8bit`."
+        )
+
+
+# --- The autoregressive pixel decoder: a conditional gated PixelCNN ----------------------------------------------
+# Gated PixelCNN (van den Oord et al. 2016, arXiv 1606.05328) with PixelCNN++'s shifted convolutions in place of
+# masks (no blind spot): the vertical stack sees the rows above, the horizontal stack the pixels to the left in the
+# current row plus the vertical stack. The within-pixel order R -> G -> B is the mixture's (channel-autoregressive
+# means), as in PixelCNN++: the network conditions each pixel on whole earlier pixels, so no channel masks are needed.
+
+
+def _down_shift(hidden_states: torch.Tensor) -> torch.Tensor:
+    return F.pad(hidden_states, (0, 0, 1, 0))[:, :, :-1]
+
+
+def _right_shift(hidden_states: torch.Tensor) -> torch.Tensor:
+    return F.pad(hidden_states, (1, 0))[..., :-1]
+
+
+class VQVAEPixelCNNDownConv(nn.Conv2d):
+    """A (kh, kw) convolution whose output at (i, j) sees rows i - kh + 1 .. i, columns j - kw // 2 .. j + kw // 2."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        kernel_height, kernel_width = self.kernel_size
+        pad = (kernel_width // 2, kernel_width // 2, kernel_height - 1, 0)
+        return super().forward(F.pad(hidden_states, pad))
+
+
+class VQVAEPixelCNNDownRightConv(nn.Conv2d):
+    """A (kh, kw) convolution whose output at (i, j) sees rows i - kh + 1 .. i, columns j - kw + 1 .. j."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        kernel_height, kernel_width = self.kernel_size
+        return super().forward(F.pad(hidden_states, (kernel_width - 1, 0, kernel_height - 1, 0)))
+
+
+class VQVAEPixelCNNOutput(nn.Conv2d):
+    """The PixelCNN's last 1x1 convolution, zero-initialised: a new PixelCNN starts as its conditioning mixture."""
+
+
+def _gate(pre_activation: torch.Tensor) -> torch.Tensor:
+    value, gate = pre_activation.chunk(2, dim=1)
+    return torch.tanh(value) * torch.sigmoid(gate)
+
+
+class VQVAEPixelCNNLayer(nn.Module):
+    """
+    One gated layer: `tanh(W_f * x + V_f c) * sigmoid(W_g * x + V_g c)` on each stack, c the spatial conditioning map;
+    the vertical pre-activation feeds the horizontal one (1x1); residuals on both stacks, a skip from the horizontal.
+    """
+
+    def __init__(self, channels: int, condition_channels: int, kernel_size: int):
+        super().__init__()
+        half = kernel_size // 2
+        self.vertical = VQVAEPixelCNNDownConv(channels, 2 * channels, (half + 1, kernel_size))
+        self.horizontal = VQVAEPixelCNNDownRightConv(channels, 2 * channels, (1, half + 1))
+        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.condition_vertical = nn.Conv2d(condition_channels, 2 * channels, 1)
+        self.condition_horizontal = nn.Conv2d(condition_channels, 2 * channels, 1)
+        self.vertical_residual = nn.Conv2d(channels, channels, 1)
+        self.horizontal_residual = nn.Conv2d(channels, channels, 1)
+        self.skip = nn.Conv2d(channels, channels, 1)
+
+    def vertical_step(self, vertical, conditioning):
+        pre_activation = self.vertical(vertical) + self.condition_vertical(conditioning)  # (B, 2C, H, W)
+        return vertical + self.vertical_residual(_gate(pre_activation)), pre_activation
+
+    def horizontal_step(self, horizontal, vertical_pre_activation, conditioning):
+        pre_activation = (
+            self.horizontal(horizontal)
+            + self.vertical_to_horizontal(vertical_pre_activation)
+            + self.condition_horizontal(conditioning)
+        )
+        gated = _gate(pre_activation)
+        return horizontal + self.horizontal_residual(gated), self.skip(gated)
+
+
+class VQVAEPixelCNN(nn.Module):
+    """
+    The autoregressive pixel decoder of `config.pixel_decoder="pixelcnn"`: a conditional gated PixelCNN over the
+    pixels in raster order. Its conditioning map is the VQ-VAE decoder's output, which has the shape of a logistic
+    mixture's parameters; the PixelCNN outputs that map plus a correction from the earlier pixels, so that, its last
+    layer starting at zero, a new PixelCNN is exactly the decoder's per-pixel mixture.
+
+    Its input is each pixel beside its residual from the conditioning mixture's mean, `x - E[x | z]`: neighbouring
+    residuals are what the codes leave to predict, and the first layer sees them directly.
+
+    Receptive field of pixel (i, j): rows i - R .. i - 1 with R = (k // 2 + 1) + L * (k // 2) (k the kernel size, L the
+    layers), and in row i the columns j - (L + 1) * (k // 2) - 1 .. j - 1; never (i, j) itself or anything later.
+    """
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        channels, kernel = config.pixel_decoder_hidden_channels, config.pixel_decoder_kernel_size
+        half = kernel // 2
+        self.num_channels, self.num_mixtures = config.num_channels, config.num_logistic_mixtures
+        condition_channels = logistic_mixture_num_params(config.num_channels, config.num_logistic_mixtures)
+        self.vertical_in = VQVAEPixelCNNDownConv(2 * config.num_channels, channels, (half + 1, kernel))
+        self.horizontal_in = VQVAEPixelCNNDownRightConv(2 * config.num_channels, channels, (1, half + 1))
+        self.layers = nn.ModuleList(
+            VQVAEPixelCNNLayer(channels, condition_channels, kernel) for _ in range(config.pixel_decoder_num_layers)
+        )
+        self.output_hidden = nn.Conv2d(channels, channels, 1)
+        self.output = VQVAEPixelCNNOutput(channels, condition_channels, 1)
+        self.receptive_rows = half + 1 + config.pixel_decoder_num_layers * half
+        self.receptive_columns = (config.pixel_decoder_num_layers + 1) * half + 1
+
+    def _inputs(self, pixel_values, conditioning):
+        """`(B, 2C, H, W)`: the pixels and their residuals from the conditioning mixture's mean."""
+        mean = logistic_mixture_mean(conditioning, self.num_channels, self.num_mixtures)
+        return torch.cat([pixel_values, pixel_values - mean], dim=1)
+
+    def vertical_stack(self, pixel_values, conditioning):
+        """The first vertical features (rows above only) and every layer's vertical pre-activation."""
+        vertical = _down_shift(self.vertical_in(self._inputs(pixel_values, conditioning)))
+        first, pre_activations = vertical, []
+        for layer in self.layers:
+            vertical, pre_activation = layer.vertical_step(vertical, conditioning)
+            pre_activations.append(pre_activation)
+        return first, pre_activations
+
+    def horizontal_stack(self, pixel_values, conditioning, first_vertical, vertical_pre_activations):
+        """The mixture parameters of every pixel, from the pixels left of it and the vertical stack."""
+        horizontal = first_vertical + _right_shift(self.horizontal_in(self._inputs(pixel_values, conditioning)))
+        skip = 0
+        for layer, vertical_pre_activation in zip(self.layers, vertical_pre_activations):
+            horizontal, layer_skip = layer.horizontal_step(horizontal, vertical_pre_activation, conditioning)
+            skip = skip + layer_skip
+        return conditioning + self.output(F.relu(self.output_hidden(F.relu(skip))))
+
+    def forward(self, pixel_values: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: `(B, C, H, W)` pixels and `(B, P, H, W)` conditioning -> `(B, P, H, W)` mixture parameters."""
+        return self.horizontal_stack(pixel_values, conditioning, *self.vertical_stack(pixel_values, conditioning))
+
+    def _next_pixel(self, params, uniforms):
+        if uniforms is None:  # the mean path
+            return quantize_to_8bit(logistic_mixture_mean(params, self.num_channels, self.num_mixtures))
+        return sample_logistic_mixture(params, self.num_channels, self.num_mixtures, uniforms)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        conditioning: torch.Tensor,
+        do_sample: bool = False,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """
+        Decode pixels `(B, C, H, W)` one at a time in raster order: sampled (`do_sample=True`; all the uniforms are
+        drawn first from `generator`, so a seed fixes the image) or each set to the mean of its distribution given the
+        pixels before it, rounded to 8 bits (`do_sample=False`). With `use_cache`, the vertical stack runs once per
+        row on the rows it needs and the horizontal stack on the receptive columns of the new pixel only; without, the
+        whole network runs for every pixel. Both give the same pixels.
+        """
+        batch, _, height, width = conditioning.shape
+        pixel_values = conditioning.new_zeros(batch, self.num_channels, height, width)
+        uniforms = None
+        if do_sample:
+            uniforms = torch.rand(
+                batch,
+                1 + self.num_channels,
+                height,
+                width,
+                generator=generator,
+                device=conditioning.device,
+                dtype=conditioning.dtype,
+            )
+        for i in range(height):
+            if use_cache:
+                top = max(0, i - self.receptive_rows)
+                first, pre_activations = self.vertical_stack(
+                    pixel_values[:, :, top : i + 1], conditioning[:, :, top : i + 1]
+                )
+                first, pre_activations = first[:, :, -1:], [p[:, :, -1:] for p in pre_activations]  # row i
+            for j in range(width):
+                if use_cache:
+                    window = slice(max(0, j - self.receptive_columns), j + 1)
+                    params = self.horizontal_stack(
+                        pixel_values[:, :, i : i + 1, window],
+                        conditioning[:, :, i : i + 1, window],
+                        first[..., window],
+                        [p[..., window] for p in pre_activations],
+                    )[..., -1:]
+                else:
+                    params = self(pixel_values, conditioning)[:, :, i : i + 1, j : j + 1]
+                pixel_values[:, :, i : i + 1, j : j + 1] = self._next_pixel(
+                    params, None if uniforms is None else uniforms[:, :, i : i + 1, j : j + 1]
+                )
+        return pixel_values
+
+
 class VQVAEPreTrainedModel(PreTrainedModel):
     config_class = VQVAEConfig
     base_model_prefix = "vqvae"
@@ -285,8 +650,11 @@ class VQVAEPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
+        if isinstance(module, VQVAEPixelCNNOutput):  # a new PixelCNN starts as the decoder's per-pixel mixture
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         # PyTorch's default init for ReLU conv nets (transformers' N(0, 0.02) trains these much more slowly).
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
@@ -347,6 +715,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
             kmeans_iters=config.kmeans_iters,
         )
         self.decoder = VQVAEDecoder(config)
+        self.pixel_decoder = VQVAEPixelCNN(config) if config.pixel_decoder == "pixelcnn" else None
         if config.spatial_dims == 1:
             self.main_input_name = "input_values"
         self._encoder_frozen = False
@@ -530,7 +899,12 @@ class VQVAEModel(VQVAEPreTrainedModel):
         )
 
     def decode(
-        self, codes: torch.LongTensor, return_dict: bool | None = None, speaker_ids: torch.LongTensor | None = None
+        self,
+        codes: torch.LongTensor,
+        return_dict: bool | None = None,
+        speaker_ids: torch.LongTensor | None = None,
+        do_sample: bool = False,
+        generator: torch.Generator | None = None,
     ) -> VQVAEDecoderOutput | tuple:
         r"""
         Decode a grid of codes to images (or a sequence of codes to signals).
@@ -542,6 +916,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 Return a [`VQVAEDecoderOutput`] (default) or a plain tuple.
             speaker_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Required when `config.num_speakers > 0`: the speaker to decode as (swap it to convert the voice).
+            do_sample (`bool`, *optional*, defaults to `False`):
+                Logistic-mixture decoders only. `False`: the reconstruction is the distribution's mean (the mean of
+                the continuous mixture clipped to [-1, 1], not its mode: the mean is what MSE and PSNR reward); with
+                `pixel_decoder="pixelcnn"`, each pixel in raster order is set to the mean of its distribution given
+                the pixels decoded before it, rounded to 8 bits (a greedy path, deterministic). `True`: 8-bit pixels
+                sampled from the distribution (one at a time, by the cached sampler, with a PixelCNN).
+            generator (`torch.Generator`, *optional*):
+                The random source of `do_sample=True`: a seeded generator gives the same images on every call.
 
         Returns:
             [`VQVAEDecoderOutput`] or `tuple`.
@@ -558,9 +940,102 @@ class VQVAEModel(VQVAEPreTrainedModel):
         speaker_ids = self._check_speaker_ids(speaker_ids, codes.shape[0])
         quantized = self.quantizer.lookup(codes).movedim(-1, 1)  # (B, D, *grid), fp32
         quantized = quantized.to(self.decoder.conv_in.weight.dtype)
+        if self.config.reconstruction_loss == "discretized_logistic_mixture":
+            output = self._decode_logistic_mixture(self.decoder(quantized, speaker_ids), do_sample, generator)
+            return output if return_dict else output.to_tuple()
+        if do_sample:
+            raise ValueError(
+                f"`do_sample=True` draws from a logistic-mixture decoder; this one is trained with "
+                f"`reconstruction_loss={self.config.reconstruction_loss!r}`. Drop `do_sample`."
+            )
         reconstruction, log_scale = self._split_decoder_output(self.decoder(quantized, speaker_ids))
         output = VQVAEDecoderOutput(reconstruction=reconstruction, reconstruction_log_scale=log_scale)
         return output if return_dict else output.to_tuple()
+
+    def _decode_logistic_mixture(self, params, do_sample, generator) -> VQVAEDecoderOutput:
+        channels, mixtures = self.config.num_channels, self.config.num_logistic_mixtures
+        if self.pixel_decoder is not None:
+            reconstruction = self.pixel_decoder.generate(params, do_sample=do_sample, generator=generator)
+        elif do_sample:
+            uniforms = torch.rand(
+                params.shape[0], 1 + channels, *params.shape[2:], generator=generator, device=params.device
+            ).to(params.dtype)
+            reconstruction = sample_logistic_mixture(params, channels, mixtures, uniforms)
+        else:
+            reconstruction = logistic_mixture_mean(params, channels, mixtures)
+        return VQVAEDecoderOutput(reconstruction=reconstruction, logistic_mixture_params=params)
+
+    def _forward_logistic_mixture(self, inputs, encoded, return_loss, speaker_ids) -> VQVAEModelOutput:
+        """`forward` of a logistic-mixture decoder: the NLL of the 8-bit pixels in nats per value, and bits/dim."""
+        params = self.decoder(encoded.quantized, speaker_ids)
+        if self.pixel_decoder is not None:
+            params = self.pixel_decoder(inputs, params)  # teacher forcing: each pixel given the true earlier ones
+        loss = reconstruction_loss = bits_per_dim = None
+        if return_loss:
+            check_8bit_pixel_values(inputs)
+            log_likelihood = discretized_logistic_mixture_log_likelihood(
+                inputs, params, self.config.num_logistic_mixtures
+            ).flatten(1)  # (B, H*W)
+            reconstruction_loss = -log_likelihood.sum() / inputs.numel()
+            bits_per_dim = -log_likelihood.sum(1) / (inputs[0].numel() * math.log(2))
+            loss = (
+                self.config.reconstruction_loss_weight * reconstruction_loss
+                + encoded.codebook_loss
+                + encoded.commitment_loss
+            )
+        return VQVAEModelOutput(
+            loss=loss,
+            reconstruction=logistic_mixture_mean(params, self.config.num_channels, self.config.num_logistic_mixtures),
+            codes=encoded.codes,
+            reconstruction_loss=reconstruction_loss,
+            codebook_loss=encoded.codebook_loss,
+            commitment_loss=encoded.commitment_loss,
+            perplexity=encoded.perplexity,
+            latents=encoded.latents,
+            quantized=encoded.quantized,
+            codes_mask=encoded.codes_mask,
+            bits_per_dim=bits_per_dim,
+            logistic_mixture_params=params,
+        )
+
+    @torch.no_grad()
+    def init_from_vqvae(self, source: "VQVAEModel") -> "VQVAEModel":
+        """
+        Start a logistic-mixture model (with or without a PixelCNN) from a trained VQ-VAE with the same encoder,
+        codebook and decoder trunk, for a decoder-only fine-tune that keeps every code: all of `source`'s weights and
+        buffers of matching shape are copied. When `source` outputs pixels (`"mse"`/`"log_mse"`), the decoder's output
+        layer changes shape and is re-initialised from the source's: every component's means start as the source's
+        output (its weights copied to each), the mixture logits and channel coefficients at 0 (equal weights, no
+        channel dependence), and the log-scales at `log(0.06) + linspace(-1, 1)` over the components (0.06 is the
+        logistic scale of a ~0.1 RMS error in [-1, 1]; the spread makes the components differ, so that training can
+        tell them apart, and the mixture heavy-tailed). A new PixelCNN keeps its own init (its last layer at 0): the
+        model then starts exactly as the per-pixel mixture.
+        """
+        if self.config.reconstruction_loss != "discretized_logistic_mixture":
+            raise ValueError("`init_from_vqvae` starts a logistic-mixture model; this one has no mixture decoder.")
+        state = self.state_dict()
+        copied = {k: v for k, v in source.state_dict().items() if k in state and state[k].shape == v.shape}
+        self.load_state_dict(copied, strict=False)
+        self._encoder_frozen = False
+        head, source_head = self.decoder.up[-1], source.decoder.up[-1]
+        if head.weight.shape == source_head.weight.shape:
+            return self
+        channels, mixtures = self.config.num_channels, self.config.num_logistic_mixtures
+        if source_head.weight.shape[1] != channels:
+            raise ValueError(
+                f"`source` must output {channels} pixel channels (an MSE-trained decoder) or have this model's "
+                f"mixture head; its decoder outputs {source_head.weight.shape[1]} channels."
+            )
+        head.weight.zero_()
+        head.bias.zero_()
+        for c in range(channels):
+            for k in range(mixtures):
+                head.weight[:, mixtures + c * mixtures + k] = source_head.weight[:, c]
+                head.bias[mixtures + c * mixtures + k] = source_head.bias[c]
+        log_scales = math.log(0.06) + torch.linspace(-1.0, 1.0, mixtures) if mixtures > 1 else torch.tensor([-2.8])
+        start = mixtures * (1 + channels)
+        head.bias[start : start + channels * mixtures] = log_scales.repeat(channels)
+        return self
 
     def _split_decoder_output(self, decoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(mean, log_scale)` for a discretized-Gaussian decoder, `(reconstruction, None)` otherwise."""
@@ -601,6 +1076,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
         inputs = self._inputs(pixel_values, input_values)
         encoded = self._encode(inputs, attention_mask)
         speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
+        if self.config.reconstruction_loss == "discretized_logistic_mixture":
+            output = self._forward_logistic_mixture(inputs, encoded, return_loss, speaker_ids)
+            return output if return_dict else output.to_tuple()
         reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized, speaker_ids))
         loss = reconstruction_loss = spectral_loss = None
         if return_loss:
@@ -651,7 +1129,16 @@ class VQVAEModel(VQVAEPreTrainedModel):
 
 
 __all__ = [
+    "check_8bit_pixel_values",
     "discretized_gaussian_log_likelihood",
+    "discretized_logistic_log_prob",
+    "discretized_logistic_mixture_log_likelihood",
+    "logistic_mixture_mean",
+    "logistic_mixture_num_params",
+    "quantize_to_8bit",
+    "sample_logistic_mixture",
+    "split_logistic_mixture_params",
+    "VQVAEPixelCNN",
     "multi_resolution_stft_loss",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",

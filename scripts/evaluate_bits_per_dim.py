@@ -9,10 +9,15 @@ on log p(x) (an upper bound on its bits/dim). Both bounds are reported, averaged
 - with the uniform prior the VQ-VAE assumed while it trained: log p(z) = -N log K for N codes;
 - with the learned prior (`--prior`): sum of log p(z_t | z_<t). A class-conditional prior enters as
   p(z) = mean over classes c of p(z | c) (classes equally likely), so neither bound uses the test labels.
-log p(x|z) is a proper distribution over the 8-bit pixel values: a Gaussian centred on the reconstruction and
-discretized to the 256 bins of each value. A decoder trained with `reconstruction_loss="discretized_gaussian"`
-predicts its own per-pixel scales; for an MSE-trained decoder, one scale for all pixels is fit by maximum likelihood
-on `--scale_fit_data_files` (train images, never the test split). The output lists every assumption.
+log p(x|z) is a proper distribution over the 8-bit pixel values, the decoder's own where it has one:
+- `reconstruction_loss="discretized_logistic_mixture"`: each pixel's logistic mixture (PixelCNN++), and with
+  `pixel_decoder="pixelcnn"` the product over pixels in raster order of p(x_i | x_<i, z), exact in one teacher-forced
+  pass;
+- `"discretized_gaussian"`: a Gaussian centred on the reconstruction with the decoder's per-pixel scales, discretized
+  to the 256 bins of each value;
+- an MSE-trained decoder: that Gaussian with one scale for all pixels, fit by maximum likelihood on
+  `--scale_fit_data_files` (train images, never the test split).
+The output lists every assumption.
 """
 
 import argparse
@@ -130,6 +135,41 @@ def prior_log_likelihood(prior, codes) -> torch.Tensor:
     return torch.logsumexp(per_class, dim=0) - math.log(prior.config.num_classes)
 
 
+def decoder_name(config) -> str:
+    if config.reconstruction_loss != "discretized_logistic_mixture":
+        return "discretized Gaussian" + (
+            " (learned scales)" if config.reconstruction_loss == "discretized_gaussian" else ""
+        )
+    mixture = f"discretized logistic mixture ({config.num_logistic_mixtures} components)"
+    return f"PixelCNN over pixels + {mixture}" if config.pixel_decoder == "pixelcnn" else mixture
+
+
+def decoder_assumptions(config, args) -> list[str]:
+    """What p(x|z) is, for the decoder at hand."""
+    if config.reconstruction_loss == "discretized_logistic_mixture":
+        lines = [
+            f"p(x_i|...): a mixture of {config.num_logistic_mixtures} logistics per pixel, discretized to the 256 bins "
+            "(end bins open), G's mean linear in R and B's in R and G within each component (PixelCNN++)"
+        ]
+        if config.pixel_decoder == "pixelcnn":
+            lines.append(
+                "p(x|z) = prod over pixels in raster order of p(x_i | x_<i, z) (autoregressive PixelCNN decoder), "
+                "exact, computed in one teacher-forced pass"
+            )
+        else:
+            lines.append("p(x|z) = prod over pixels of p(x_i | z): the pixels are independent given the codes")
+        return lines
+    return [
+        "p(x|z): Gaussian centred on the decoder's output, discretized to the 256 bins (end bins open)",
+        (
+            "the decoder predicts each pixel's scale"
+            if config.reconstruction_loss == "discretized_gaussian"
+            else f"one scale for all pixels, fit by maximum likelihood on {args.scale_fit_samples} images of "
+            f"{args.scale_fit_data_files} (not the test split)"
+        ),
+    ]
+
+
 def main(args) -> dict:
     model = VQVAEModel.from_pretrained(args.model).eval()
     if model.config.spatial_dims != 2:
@@ -154,9 +194,10 @@ def main(args) -> dict:
             )
 
     start = time.time()
+    mixture = model.config.reconstruction_loss == "discretized_logistic_mixture"
     learned_scale = model.config.reconstruction_loss == "discretized_gaussian"
     log_scale = None
-    if not learned_scale:
+    if not learned_scale and not mixture:
         if not args.scale_fit_data_files:
             raise ValueError(
                 "This decoder was trained with MSE: give `--scale_fit_data_files` (train images) to fit "
@@ -183,13 +224,20 @@ def main(args) -> dict:
     with torch.no_grad():
         for pixel_values in batches:
             check_8bit(pixel_values)
-            codes = model.get_codes(pixel_values)
-            decoded = model.decode(codes)
-            scales = decoded.reconstruction_log_scale
-            if scales is None:
-                scales = torch.full_like(decoded.reconstruction, log_scale)
-            log_px = discretized_gaussian_log_likelihood(pixel_values, decoded.reconstruction, scales)
-            totals["decoder_nats"] -= float(log_px.flatten(1).sum(1).sum())
+            if mixture:  # the decoder's own likelihood, -log p(x|z) per example in bits/dim (teacher forcing)
+                output = model(pixel_values)
+                codes = output.codes
+                totals["decoder_nats"] += (
+                    float(output.bits_per_dim.double().sum()) * pixel_values[0].numel() * math.log(2)
+                )
+            else:
+                codes = model.get_codes(pixel_values)
+                decoded = model.decode(codes)
+                scales = decoded.reconstruction_log_scale
+                if scales is None:
+                    scales = torch.full_like(decoded.reconstruction, log_scale)
+                log_px = discretized_gaussian_log_likelihood(pixel_values, decoded.reconstruction, scales)
+                totals["decoder_nats"] -= float(log_px.flatten(1).sum(1).sum())
             totals["uniform_prior_nats"] += codes[0].numel() * math.log(model.config.codebook_size) * len(codes)
             if prior is not None:
                 totals["learned_prior_nats"] -= float(prior_log_likelihood(prior, codes).sum())
@@ -210,16 +258,13 @@ def main(args) -> dict:
         results["bits_per_dim_learned_prior"] = decoder_bits + totals["learned_prior_nats"] / per_dim
         results["prior_nll_per_code_nats"] = totals["learned_prior_nats"] / (num_images * num_codes)
     results.update(PAPER_BITS_PER_DIM)
-    results["decoder_scale"] = "per-pixel, predicted by the decoder" if learned_scale else math.exp(log_scale)
+    results["decoder"] = decoder_name(model.config)
+    results["decoder_scale"] = (
+        "per-pixel, predicted by the decoder" if learned_scale or mixture else math.exp(log_scale)
+    )
     results["assumptions"] = [
         "pixels are 8-bit values; x in [-1, 1] is k * 2/255 - 1 and each value owns a bin of width 2/255",
-        "p(x|z): Gaussian centred on the decoder's output, discretized to the 256 bins (end bins open)",
-        (
-            "the decoder predicts each pixel's scale"
-            if learned_scale
-            else f"one scale for all pixels, fit by maximum likelihood on {args.scale_fit_samples} images of "
-            f"{args.scale_fit_data_files} (not the test split)"
-        ),
+        *decoder_assumptions(model.config, args),
         "z is the encoder's deterministic code grid (q(z|x) one-hot, so the bound has no entropy term)",
         "uniform prior: log p(z) = -N log K, as while the VQ-VAE trained",
     ]

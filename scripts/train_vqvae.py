@@ -20,7 +20,7 @@ import torch
 from accelerate.logging import get_logger
 
 from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
-from hf_vqvae.configuration_vqvae import TRAINING_ONLY_SETTINGS
+from hf_vqvae.configuration_vqvae import PIXEL_LIKELIHOOD_SETTINGS, TRAINING_ONLY_SETTINGS
 from hf_vqvae.training.args import (
     ScriptArgumentParser,
     VQVAETrainingArguments,
@@ -88,7 +88,9 @@ def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
         default=None,
         help="Comma-separated key=value settings applied to the config, e.g. "
         "'hidden_channels=128,use_ema_codebook=true'. A fine-tune takes only the settings of the "
-        "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'.",
+        "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'; with `--freeze_encoder`, also the pixel "
+        "likelihood, e.g. 'reconstruction_loss=discretized_logistic_mixture,pixel_decoder=pixelcnn' (the decoder's "
+        "output layer is re-initialised from the pretrained one: `VQVAEModel.init_from_vqvae`).",
     )
     model.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
     model.add_argument(
@@ -145,14 +147,25 @@ def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
     return VQVAETrainingArguments.from_namespace(args, argv, config_overrides=parse_overrides(args.config_overrides))
 
 
-def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict):
-    """A pretrained model takes only overrides that leave its weights' shapes alone (the loss and codebook updates)."""
+def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict, freeze_encoder: bool = False):
+    """
+    A pretrained model takes only overrides that leave its weights' shapes alone (the loss and codebook updates), or,
+    for a decoder-only fine-tune (`--freeze_encoder`), the settings of a logistic-mixture pixel likelihood.
+    """
     single_output = ("mse", "log_mse")
+    mixture = overrides.get("reconstruction_loss", config.reconstruction_loss) == "discretized_logistic_mixture"
     for key, value in overrides.items():
         if key in TRAINING_ONLY_SETTINGS:
             continue
         if key == "reconstruction_loss" and config.reconstruction_loss in single_output and value in single_output:
             continue
+        if key in PIXEL_LIKELIHOOD_SETTINGS and mixture:
+            if freeze_encoder:
+                continue
+            raise ValueError(
+                f"`--config_overrides {key}={value}` changes the decoder's pixel likelihood: add `--freeze_encoder`, "
+                "so that the encoder and codebook (and every code) stay as trained while the new decoder learns."
+            )
         raise ValueError(
             f"`--config_overrides {key}={value}` would change the architecture of the pretrained model; a fine-tune "
             f"can change only {', '.join(TRAINING_ONLY_SETTINGS)} and `reconstruction_loss` between 'mse' and "
@@ -165,7 +178,17 @@ def build_model(args) -> VQVAEModel:
         config = VQVAEConfig.from_pretrained(
             args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir
         )
-        check_fine_tuning_overrides(config, args.config_overrides)
+        check_fine_tuning_overrides(config, args.config_overrides, args.freeze_encoder)
+        mixture = args.config_overrides.get("reconstruction_loss", config.reconstruction_loss)
+        if mixture == "discretized_logistic_mixture" and any(
+            k in PIXEL_LIKELIHOOD_SETTINGS for k in args.config_overrides
+        ):
+            # A new decoder head (and PixelCNN): start from the pretrained weights, re-initialising what changed shape.
+            source = VQVAEModel.from_pretrained(
+                args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir
+            )
+            config = VQVAEConfig.from_dict({**source.config.to_dict(), **args.config_overrides})  # validated
+            return VQVAEModel(config).init_from_vqvae(source).freeze_encoder()
         model = VQVAEModel.from_pretrained(
             args.pretrained_model_name_or_path,
             revision=args.revision,
@@ -242,6 +265,8 @@ def log_validation(args, accelerator, model, processor, validation_dataloader, g
     (images), or WAV files of both (audio).
     """
     metrics = evaluate_reconstruction(model, validation_dataloader, accelerator)
+    if accelerator.unwrap_model(model).config.reconstruction_loss == "discretized_logistic_mixture":
+        metrics["bits_per_dim"] = validation_bits_per_dim(accelerator, model, validation_dataloader)
     metrics.update(step=global_step, elapsed_seconds=round(elapsed, 1))
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
@@ -269,6 +294,19 @@ def log_validation(args, accelerator, model, processor, validation_dataloader, g
         f"codes used {metrics['codes_used']}/{metrics['codebook_size']}"
     )
     return metrics
+
+
+@torch.no_grad()
+def validation_bits_per_dim(accelerator, model, validation_dataloader) -> float:
+    """Mean `-log p(x|z)` in bits per value over the validation split (logistic-mixture decoders; codes not counted)."""
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    values = []
+    for batch in validation_dataloader:
+        values.append(accelerator.gather_for_metrics(unwrapped(batch["pixel_values"]).bits_per_dim))
+    unwrapped.train(was_training)
+    return float(torch.cat(values).mean())
 
 
 def write_audio_examples(feature_extractor, batch, reconstruction, folder: Path):

@@ -3,7 +3,8 @@
 from transformers import PreTrainedConfig
 
 
-RECONSTRUCTION_LOSSES = ("mse", "log_mse", "discretized_gaussian")
+RECONSTRUCTION_LOSSES = ("mse", "log_mse", "discretized_gaussian", "discretized_logistic_mixture")
+PIXEL_DECODERS = (None, "pixelcnn")
 # Settings that change only the training loss or the codebook updates, never the weights' shapes: a pretrained model
 # may be fine-tuned with other values (`train_vqvae.py --config_overrides`).
 TRAINING_ONLY_SETTINGS = (
@@ -14,6 +15,17 @@ TRAINING_ONLY_SETTINGS = (
     "dead_code_threshold",
     "spectral_loss_weight",
     "spectral_loss_fft_sizes",
+)
+# Settings of the decoder's pixel likelihood: a decoder-only fine-tune of a pretrained model may change them (the
+# encoder and codebook, hence the codes, stay as they are); the decoder's output layer is then re-initialised by
+# `VQVAEModel.init_likelihood_head_from` and the PixelCNN's weights start new (see `train_vqvae.py --freeze_encoder`).
+PIXEL_LIKELIHOOD_SETTINGS = (
+    "reconstruction_loss",
+    "num_logistic_mixtures",
+    "pixel_decoder",
+    "pixel_decoder_hidden_channels",
+    "pixel_decoder_num_layers",
+    "pixel_decoder_kernel_size",
 )
 
 
@@ -63,7 +75,11 @@ class VQVAEConfig(PreTrainedConfig):
             bins, a proper distribution that gives bits/dim directly (images only); `"log_mse"`: the mean over examples
             of the log of each example's MSE, the negative log-likelihood of a Gaussian decoder whose variance is fitted
             to each example by maximum likelihood (up to constants and a factor of half the dimension). It weighs each
-            example's relative error equally, as mean PSNR does, where `"mse"` weighs the hardest examples most.
+            example's relative error equally, as mean PSNR does, where `"mse"` weighs the hardest examples most;
+            `"discretized_logistic_mixture"` (images only): each pixel is a mixture of `num_logistic_mixtures` logistics
+            over its 8-bit values with channel-autoregressive means (PixelCNN++, Salimans et al. 2017, arXiv
+            1701.05517: in each component G's mean is linear in R, B's in R and G), edge bins open to -inf/+inf; the
+            loss is the negative log-likelihood in nats per pixel value and `decode` returns the mixture's mean.
         reconstruction_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the reconstruction MSE in the loss, relative to the codebook and commitment terms. A Gaussian
             decoder of fixed variance s^2 has -log p(x|z) = MSE / (2 s^2) + const, so this sets s. DeepMind's
@@ -93,6 +109,22 @@ class VQVAEConfig(PreTrainedConfig):
         num_speakers (`int`, *optional*, defaults to 0):
             With a value > 0, the decoder is conditioned on a speaker id in `[0, num_speakers)` (a learned embedding
             added to its hidden states at every stage, as the paper's speaker-conditioned audio decoder). 0: none.
+        num_logistic_mixtures (`int`, *optional*, defaults to 10):
+            Components of the `"discretized_logistic_mixture"` likelihood (10 as in PixelCNN++). The decoder's last
+            layer then outputs `num_logistic_mixtures * (1 + 2 * C + C * (C - 1) / 2)` channels for C image channels
+            (mixture logits; each channel's means and log-scales; the channel coefficients).
+        pixel_decoder (`str`, *optional*):
+            `None`: the decoder outputs each pixel's distribution independently of the other pixels. `"pixelcnn"`: an
+            autoregressive decoder, a conditional gated PixelCNN over the pixels in raster order
+            ([`VQVAEPixelCNN`]) conditioned on the decoder's output map; needs
+            `reconstruction_loss="discretized_logistic_mixture"` (R -> G -> B within a pixel is the mixture's).
+        pixel_decoder_hidden_channels (`int`, *optional*, defaults to 64):
+            Width of the PixelCNN's vertical and horizontal stacks.
+        pixel_decoder_num_layers (`int`, *optional*, defaults to 6):
+            Gated layers of the PixelCNN after its first (causal) layer.
+        pixel_decoder_kernel_size (`int`, *optional*, defaults to 3):
+            Odd width k of the PixelCNN's convolutions: the vertical stack's kernels are (k // 2 + 1) x k, the
+            horizontal stack's 1 x (k // 2 + 1).
         initializer_range (`float`, *optional*, defaults to 0.02):
             Kept for transformers compatibility; convolutions use PyTorch's default (Kaiming-uniform) init.
 
@@ -133,6 +165,11 @@ class VQVAEConfig(PreTrainedConfig):
     kmeans_iters: int = 10
     sampling_rate: int | None = None
     num_speakers: int = 0
+    num_logistic_mixtures: int = 10
+    pixel_decoder: str | None = None
+    pixel_decoder_hidden_channels: int = 64
+    pixel_decoder_num_layers: int = 6
+    pixel_decoder_kernel_size: int = 3
     initializer_range: float = 0.02
 
     @classmethod
@@ -219,6 +256,7 @@ class VQVAEConfig(PreTrainedConfig):
             raise ValueError(
                 "`reconstruction_loss='discretized_gaussian'` models 8-bit pixels; use 'mse' for 1-D signals."
             )
+        self.validate_pixel_likelihood()
         if not self.reconstruction_loss_weight > 0:
             raise ValueError(f"`reconstruction_loss_weight` must be > 0; got {self.reconstruction_loss_weight}.")
         if (
@@ -254,6 +292,32 @@ class VQVAEConfig(PreTrainedConfig):
                 f"`image_size` ({self.image_size}) must be divisible by `downsample_factor` "
                 f"({self.downsample_factor} = 2 ** len(channel_multipliers)). Change `image_size` or "
                 "`channel_multipliers`."
+            )
+
+    def validate_pixel_likelihood(self):
+        """Check the logistic-mixture likelihood and the PixelCNN pixel decoder; raise `ValueError` naming the fix."""
+        if self.reconstruction_loss == "discretized_logistic_mixture" and self.spatial_dims != 2:
+            raise ValueError(
+                "`reconstruction_loss='discretized_logistic_mixture'` models 8-bit pixels; use 'mse' for 1-D signals."
+            )
+        for name in ("num_logistic_mixtures", "pixel_decoder_hidden_channels", "pixel_decoder_num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+        kernel = self.pixel_decoder_kernel_size
+        if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 3 or kernel % 2 == 0:
+            raise ValueError(f"`pixel_decoder_kernel_size` must be an odd integer >= 3; got {kernel!r}.")
+        if self.pixel_decoder not in PIXEL_DECODERS:
+            raise ValueError(
+                f"`pixel_decoder` must be one of {', '.join(map(repr, PIXEL_DECODERS))}; got {self.pixel_decoder!r}."
+            )
+        if self.pixel_decoder == "pixelcnn" and (
+            self.reconstruction_loss != "discretized_logistic_mixture" or self.num_speakers > 0
+        ):
+            raise ValueError(
+                "`pixel_decoder='pixelcnn'` outputs a logistic mixture per pixel: set "
+                "`reconstruction_loss='discretized_logistic_mixture'` (and `num_speakers=0`); got "
+                f"`reconstruction_loss={self.reconstruction_loss!r}`, `num_speakers={self.num_speakers}`."
             )
 
     @property
