@@ -12,7 +12,7 @@ from unittest.mock import patch
 
 import pytest
 import torch
-from transformers_common import GENERATION_TESTS_MISSING, load_common_tests
+from transformers_common import GENERATION_TESTS_MISSING, generation_tests_file, load_common_tests
 
 from hf_vqvae import VQVAEPriorCodeMapping, VQVAEPriorConfig, VQVAEPriorForCausalLM, VQVAEPriorModel
 
@@ -181,8 +181,8 @@ class VQVAEPriorModelTest(
     def test_generation_tester_mixin(self):
         if not HAS_GENERATION_TESTS:
             self.skipTest(
-                f"transformers' GenerationTesterMixin tests are not run: {GENERATION_TESTS_MISSING} (put it at "
-                "$HF_VQVAE_GENERATION_TESTS to run them)"
+                f"transformers' GenerationTesterMixin tests are not run: {GENERATION_TESTS_MISSING} (put a copy "
+                f"at {generation_tests_file()} or name it in $HF_VQVAE_GENERATION_TESTS to run them)"
             )
         self.assertTrue(self.all_generative_model_classes)  # the real mixin's tests run with the prior
 
