@@ -28,6 +28,7 @@ def pytest_configure(config):
         "torch_compile_test",
         "torch_export_test",
         "accelerate_tests",
+        "generate",  # transformers' generation tests, when a developer has them (see transformers_common.py)
     ):
         config.addinivalue_line("markers", f"{marker}: a transformers common-test marker")
 

@@ -310,6 +310,21 @@ def test_forward_rejects_bad_inputs(kwargs, match):
         make_model()(**kwargs)
 
 
+def test_inputs_embeds_is_refused_not_ignored():
+    # transformers' GenerationTesterMixin (`test_generate_from_inputs_embeds`) found it: `inputs_embeds` fell into
+    # `**kwargs` and was ignored, so `model(input_ids, inputs_embeds=...)` returned the logits of `input_ids` alone.
+    model = make_model().eval()
+    input_ids = random_input_ids(model)
+    embeds = torch.randn(*input_ids.shape, model.config.hidden_size)
+    for forward in (model, model.prior):
+        with pytest.raises(ValueError, match="`inputs_embeds` is not supported"):
+            forward(input_ids, inputs_embeds=embeds)
+    with pytest.raises(ValueError, match="`inputs_embeds` is not supported"):
+        model.generate(inputs_embeds=embeds[:, :1], max_new_tokens=2)
+    with torch.no_grad():  # `None`, as generate passes it, is no embedding
+        torch.testing.assert_close(model(input_ids, inputs_embeds=None).logits, model(input_ids).logits)
+
+
 # ------------------------------------------------------------------------------------------------ generation
 
 

@@ -10,11 +10,17 @@ The sdist ships only the top-level `tests/*.py`: 5.25's `test_modeling_common.py
 import three modules from sub-folders that it leaves out. Each missing one is replaced by a stand-in module, used only
 when the sdist lacks the file (`STAND_INS` says which and why):
 
-- `exporters/test_export.py` (`ExportTesterMixin`, the base of `ModelTesterMixin`): an empty mixin, so the
-  `torch.export` tests are not run;
+- `exporters/test_export.py` (`ExportTesterMixin`, the base of `ModelTesterMixin`, and `ExportGenerateTesterMixin`,
+  the base of the real `GenerationTesterMixin`): empty mixins, so the `torch.export` tests are not run;
 - `generation/test_utils.py` (`GenerationTesterMixin`): an empty mixin, so transformers' generation tests are not
-  run (`test_generation_tester_mixin_inheritance` only checks the inheritance); the prior's own tests cover
-  `generate` (attentions and hidden states, static cache, guidance);
+  run (`test_generation_tester_mixin_inheritance` only checks the inheritance; `GENERATION_TESTS_MISSING` is the
+  reason the prior's test module gives); the prior's own tests cover `generate` (attentions and hidden states,
+  static cache, guidance). A developer who has the real file (from a checkout of transformers' GitHub repository,
+  which PyPI does not serve) points `$HF_VQVAE_GENERATION_TESTS` at it, or puts it at
+  `<cache>/transformers-generation-tests/test_utils.py` (`generation_tests_file()`), and transformers' generation
+  tests run instead. It is never copied into this repository. Its one absolute import of `tests.exporters.test_export`
+  (transformers' own `tests` package, which this repository's `tests` folder would shadow) is read as the relative
+  import the sdist's modules use, and `ExportGenerateTesterMixin` comes from the export stand-in below;
 - `utils/test_configuration_utils.py` (`config_common_kwargs`, read by `ConfigTester.check_config_arguments_init`):
   a small dict of `PreTrainedConfig` keyword arguments written here.
 """
@@ -36,9 +42,23 @@ import transformers
 PACKAGE = "transformers_tests"
 
 
+GENERATION_TESTS_MISSING = "tests/generation/test_utils.py is not in transformers' sdist"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("HF_VQVAE_CACHE", Path.home() / ".cache" / "hf_vqvae"))
+
+
 def cache_dir() -> Path:
-    root = Path(os.environ.get("HF_VQVAE_CACHE", Path.home() / ".cache" / "hf_vqvae"))
-    return root / "transformers-tests" / transformers.__version__
+    return _cache_root() / "transformers-tests" / transformers.__version__
+
+
+def generation_tests_file() -> Path:
+    """Where a developer's copy of transformers' `tests/generation/test_utils.py` is looked for (it may be absent)."""
+    configured = os.environ.get("HF_VQVAE_GENERATION_TESTS")
+    if configured:
+        return Path(configured).expanduser()
+    return _cache_root() / "transformers-generation-tests" / "test_utils.py"
 
 
 def _download(target: Path) -> str | None:
@@ -98,29 +118,66 @@ def _stand_in_config_kwargs() -> dict:
     }
 
 
-# module (relative to the package) -> (attribute, builder of its stand-in value, why it is missing)
+def _empty_mixins(*names: str):
+    return lambda: {name: type(name, (), {}) for name in names}
+
+
+# module (relative to the package) -> builder of its stand-in attributes `{name: value}`
 STAND_INS = {
-    "exporters.test_export": ("ExportTesterMixin", lambda: type("ExportTesterMixin", (), {})),
-    "generation.test_utils": ("GenerationTesterMixin", lambda: type("GenerationTesterMixin", (), {})),
-    "utils.test_configuration_utils": ("config_common_kwargs", _stand_in_config_kwargs),
+    "exporters.test_export": _empty_mixins("ExportTesterMixin", "ExportGenerateTesterMixin"),
+    "generation.test_utils": _empty_mixins("GenerationTesterMixin"),
+    "utils.test_configuration_utils": lambda: {"config_common_kwargs": _stand_in_config_kwargs()},
 }
+
+
+def _stand_in_module(full: str) -> types.ModuleType:
+    if full not in sys.modules:
+        module = types.ModuleType(full, "Stand-in: not shipped in the transformers sdist.")
+        module.__path__ = []
+        sys.modules[full] = module
+        parent, _, child = full.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, module)
+    return sys.modules[full]
 
 
 def _install_stand_ins(root: Path) -> list[str]:
     installed = []
-    for name, (attribute, build) in STAND_INS.items():
+    for name, build in STAND_INS.items():
         if (root / PACKAGE / (name.replace(".", "/") + ".py")).exists():
             continue
+        if name == "generation.test_utils" and generation_tests_file().is_file():
+            continue  # the real one, loaded by `_load_generation_tests`
         parts = name.split(".")
         for depth in range(1, len(parts) + 1):
-            full = ".".join([PACKAGE, *parts[:depth]])
-            if full not in sys.modules:
-                module = types.ModuleType(full, "Stand-in: not shipped in the transformers sdist.")
-                module.__path__ = []
-                sys.modules[full] = module
-        setattr(sys.modules[f"{PACKAGE}.{name}"], attribute, build())
+            _stand_in_module(".".join([PACKAGE, *parts[:depth]]))
+        for attribute, value in build().items():
+            setattr(sys.modules[f"{PACKAGE}.{name}"], attribute, value)
         installed.append(name)
     return installed
+
+
+def _load_generation_tests() -> None:
+    """Import the developer's `test_utils.py` as `transformers_tests.generation.test_utils`, if there is one."""
+    source_file = generation_tests_file()
+    full = f"{PACKAGE}.generation.test_utils"
+    if not source_file.is_file() or full in sys.modules:
+        return
+    _stand_in_module(f"{PACKAGE}.generation")
+    source = source_file.read_text(encoding="utf-8")
+    # transformers' own test modules import each other as `tests.<...>` or relatively; here the package is
+    # `transformers_tests`, and `tests` is this repository's test folder.
+    source = source.replace("from tests.exporters.test_export import", "from ..exporters.test_export import")
+    module = types.ModuleType(full)
+    module.__file__ = str(source_file)
+    module.__package__ = f"{PACKAGE}.generation"
+    sys.modules[full] = module
+    try:
+        exec(compile(source, str(source_file), "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[full]
+        raise
+    sys.modules[f"{PACKAGE}.generation"].test_utils = module
 
 
 def load_common_tests() -> tuple[types.ModuleType, types.ModuleType]:
@@ -139,9 +196,10 @@ def load_common_tests() -> tuple[types.ModuleType, types.ModuleType]:
         sys.path.insert(0, str(root))
     importlib.import_module(PACKAGE)
     _install_stand_ins(root)
+    _load_generation_tests()
     modeling = importlib.import_module(f"{PACKAGE}.test_modeling_common")
     configuration = importlib.import_module(f"{PACKAGE}.test_configuration_common")
     return modeling, configuration
 
 
-__all__ = ["STAND_INS", "cache_dir", "load_common_tests"]
+__all__ = ["GENERATION_TESTS_MISSING", "STAND_INS", "cache_dir", "generation_tests_file", "load_common_tests"]

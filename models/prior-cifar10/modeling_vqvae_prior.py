@@ -46,6 +46,16 @@ def _is_integer_tensor(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 
+def _refuse_inputs_embeds(kwargs: dict) -> None:
+    # `inputs_embeds` would otherwise fall into `**kwargs` and be ignored (`generate(inputs_embeds=...)` passes it).
+    if kwargs.pop("inputs_embeds", None) is not None:
+        raise ValueError(
+            "The prior reads token ids only: `input_ids`, a prompt then codes, whose layout it checks; "
+            "`inputs_embeds` is not supported. Pass `input_ids` (`model.code_mapping.codes_to_input_ids(codes, "
+            "class_labels)`), or to `generate` the prompts (`model.code_mapping.prompt_ids(class_labels)`)."
+        )
+
+
 class VQVAEPriorCodeMapping:
     r"""
     The mapping between VQ-VAE codes and prior token ids (see the module docstring). Scripts use it instead of doing
@@ -477,6 +487,7 @@ class VQVAEPriorModel(VQVAEPriorPreTrainedModel):
             normalized states last) and `attentions` (with `output_attentions`: `num_hidden_layers` tensors of shape
             `(batch_size, num_attention_heads, seq_len, key_length)`).
         """
+        _refuse_inputs_embeds(kwargs)
         config = self.config
         return_dict = return_dict if return_dict is not None else config.return_dict
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
@@ -699,6 +710,7 @@ class VQVAEPriorForCausalLM(VQVAEPriorPreTrainedModel, GenerationMixin):
             transformers 5.24 on, `past_key_values` before: see `CACHE_OUTPUT_FIELD`), `hidden_states` and
             `attentions` (see [`VQVAEPriorModel.forward`]).
         """
+        _refuse_inputs_embeds(kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             self._check_labels(labels, input_ids)
