@@ -562,3 +562,18 @@ def test_two_processes_skip_the_same_rows_once(model_dir, damaged_files, skip_ru
     assert [p["num_skipped"] for p in stats["per_process"]] == [1, 3]
     assert (output_dir / "skipped_examples.jsonl").read_text() == (skip_run[0] / "skipped_examples.jsonl").read_text()
     assert_same_shards(output_dir, skip_run[0])
+
+
+def test_decode_image_refuses_a_jpeg_bomb_from_its_header_and_names_every_failure():
+    from hf_vqvae.training.data import decode_audio, decode_image
+
+    data = bytearray(_jpeg(Image.new("RGB", (8, 8), "red")))
+    sof = data.find(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")
+    with pytest.raises(ValueError, match=r"Refusing to decode the image .*60000 x 60000 = 3600000000 pixels"):
+        decode_image(bytes(data))  # checked from the header: nothing of 10 GiB is allocated
+    for value in (b"", b"\xff\xd8\xff" + b"\x00" * 50, {"bytes": None, "path": None}):
+        with pytest.raises(ValueError):
+            decode_image(value)
+    with pytest.raises(ValueError, match="could not be decoded"):  # soundfile's own error was a RuntimeError
+        decode_audio({"bytes": b"RIFF" + b"\x00" * 40, "path": "broken.wav"})
