@@ -99,9 +99,11 @@ token layout of `hf_vqvae.VQVAEImageTokenizer`, with the columns {{kept}} of the
 
 {{layout}}
 
-Row-major order, no row-end tokens. Rows the source could not give (undecodable images, skipped with
-`--on_bad_example skip`) are left out; `skipped_examples.jsonl` lists them (split, index in the source split, cause). The layout is also in `image_tokenizer_config.json`; the settings of the run
+Row-major order, no row-end tokens. The layout is also in `image_tokenizer_config.json`; the settings of the run
 (fingerprint of the model's encoder and codebook, source, shard size, precision) are in `tokenization_config.json`.
+
+Rows of the source that could not be used (undecodable images, left out with `--on_bad_example skip`) are not here;
+`skipped_examples.jsonl` lists them (split, index in the source split, column, cause).
 
 ## Splits
 
