@@ -34,6 +34,7 @@ from hf_vqvae import VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
 from hf_vqvae.pairing import codes_fingerprint, load_vqvae_reference
 from hf_vqvae.pipelines import load_prior
+from hf_vqvae.training.bad_examples import BadExamplePolicy, add_bad_example_argument
 from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
 from hf_vqvae.training.checkpointing import write_json
 from hf_vqvae.training.data import load_image_dataset, make_preprocessing
@@ -58,7 +59,12 @@ def parse_args(argv=None):
     parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
     parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N test images.")
     parser.add_argument("--batch_size", type=int, default=250, help="Images per batch.")
-    parser.add_argument("--output_file", default=None, help="Write the results here as JSON.")
+    add_bad_example_argument(parser)
+    parser.add_argument(
+        "--output_file",
+        default=None,
+        help="Write the results here as JSON, with the rows `--on_bad_example skip` left out.",
+    )
     parser.add_argument(
         "--model_card_section",
         default=None,
@@ -71,14 +77,17 @@ def parse_args(argv=None):
     return args
 
 
-def image_batches(data_files, model, processor, image_column, max_samples, batch_size, description):
+def image_batches(data_files, model, processor, image_column, max_samples, batch_size, description, policy, split):
+    """The `pixel_values` of the usable images of `data_files` (read as split `split`), in batches."""
     dataset = load_image_dataset(data_files={"split": data_files})["split"]
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
-    rows, collate = make_preprocessing(dataset, processor, image_column)
+    rows, collate = make_preprocessing(dataset, processor, image_column, policy=policy, split=split)
     loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate)
     for batch in tqdm(loader, desc=description):
-        yield batch["pixel_values"]
+        pixel_values = policy.receive(batch)["pixel_values"]
+        if len(pixel_values):
+            yield pixel_values
 
 
 def check_8bit(pixel_values: torch.Tensor):
@@ -171,6 +180,7 @@ def decoder_assumptions(config, args) -> list[str]:
 
 
 def main(args) -> dict:
+    policy = BadExamplePolicy(args.on_bad_example)  # the evaluation data (split "test") and the scale fit's
     model = VQVAEModel.from_pretrained(args.model).eval()
     if model.config.spatial_dims != 2:
         raise ValueError("Bits per dimension here are for 8-bit images; this is a 1-D model.")
@@ -213,13 +223,23 @@ def main(args) -> dict:
                 args.scale_fit_samples,
                 args.batch_size,
                 "Fitting the scale",
+                policy,
+                "scale_fit",
             ),
         )
 
     totals = {"decoder_nats": 0.0, "uniform_prior_nats": 0.0, "learned_prior_nats": 0.0}
     num_images = num_dims = num_codes = 0
     batches = image_batches(
-        args.data_files, model, processor, args.image_column, args.max_samples, args.batch_size, "Evaluating"
+        args.data_files,
+        model,
+        processor,
+        args.image_column,
+        args.max_samples,
+        args.batch_size,
+        "Evaluating",
+        policy,
+        "test",
     )
     with torch.no_grad():
         for pixel_values in batches:
@@ -247,6 +267,8 @@ def main(args) -> dict:
     decoder_bits = totals["decoder_nats"] / per_dim
     results = {
         "num_images": num_images,
+        "num_skipped": policy.num_skipped,
+        "skipped_examples": policy.records(),
         "dims_per_image": num_dims,
         "codes_per_image": num_codes,
         "decoder_bits_per_dim": decoder_bits,
@@ -285,7 +307,9 @@ def main(args) -> dict:
         write_json(args.output_file, results)
     if args.model_card_section:
         command = "python scripts/evaluate_bits_per_dim.py " + command_line()
-        shown = {k: v for k, v in results.items() if k not in ("model", "prior", "data", "assumptions")}
+        shown = {
+            k: v for k, v in results.items() if k not in ("model", "prior", "data", "assumptions", "skipped_examples")
+        }
         body = format_metrics_table(shown) + "\n\nAssumptions:\n" + "\n".join(f"- {a}" for a in results["assumptions"])
         update_model_card(args.prior or args.model, args.model_card_section, command, body)
     return results

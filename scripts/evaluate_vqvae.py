@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
+from hf_vqvae.training.bad_examples import BadExamplePolicy, add_bad_example_argument, gather_skipped
 from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
 from hf_vqvae.training.checkpointing import write_json
 from hf_vqvae.training.data import load_image_dataset, make_preprocessing
@@ -47,7 +48,12 @@ def parse_args(argv=None):
         default="no",
         help="Mixed precision of the encoder/decoder (the quantizer stays fp32).",
     )
-    parser.add_argument("--output_file", default=None, help="Write the metrics here as JSON (default: stdout only).")
+    add_bad_example_argument(parser)
+    parser.add_argument(
+        "--output_file",
+        default=None,
+        help="Write the metrics here as JSON (default: stdout only), with the rows `--on_bad_example skip` left out.",
+    )
     parser.add_argument(
         "--model_card_section",
         default=None,
@@ -79,17 +85,23 @@ def main(args) -> dict:
     if args.max_samples is not None:
         split = split.select(range(min(args.max_samples, len(split))))
     data_column = args.image_column if model.config.spatial_dims == 2 else args.audio_column
-    split, collate = make_preprocessing(split, processor, data_column, args.speaker_column)
+    policy = BadExamplePolicy(args.on_bad_example)
+    split, collate = make_preprocessing(
+        split, processor, data_column, args.speaker_column, policy=policy, split=args.split
+    )
     dataloader = torch.utils.data.DataLoader(split, batch_size=args.batch_size, collate_fn=collate)
     model, dataloader = accelerator.prepare(model, dataloader)
     start = time.time()
     progress = tqdm(dataloader, desc="Evaluating", disable=not accelerator.is_local_main_process)
-    metrics = evaluate_reconstruction(model, progress, accelerator)
+    metrics = evaluate_reconstruction(model, progress, accelerator, policy=policy)
+    skipped = gather_skipped(policy)  # every process's, each once
     metrics.update(
         model=str(args.model),
         split=args.split,
         data=args.dataset_name or args.data_dir or args.data_files,
         seconds=round(time.time() - start, 1),
+        num_skipped=len(skipped),
+        skipped_examples=skipped,
     )
     if accelerator.is_main_process:
         if args.output_file:
@@ -97,7 +109,7 @@ def main(args) -> dict:
             write_json(args.output_file, metrics)
         if args.model_card_section:
             command = "python scripts/evaluate_vqvae.py " + command_line()
-            shown = {k: v for k, v in metrics.items() if k not in ("model", "data", "split")}
+            shown = {k: v for k, v in metrics.items() if k not in ("model", "data", "split", "skipped_examples")}
             update_model_card(Path(args.model), args.model_card_section, command, format_metrics_table(shown))
     return metrics
 

@@ -15,12 +15,20 @@ Output (loads with `datasets.load_dataset(output_dir)` or `load_dataset("parquet
     <output_dir>/<split>/shard-00000-of-000NN.parquet  `input_ids` (one image per row) + the kept columns
     <output_dir>/tokenization_config.json              the settings; a re-run must match them to reuse shards
     <output_dir>/image_tokenizer_config.json           the token layout (`VQVAEImageTokenizer`, no weights)
-    <output_dir>/tokenization_stats.json               throughput (images/s) and peak RSS
+    <output_dir>/tokenization_stats.json               throughput (images/s), peak RSS, rows skipped
+    <output_dir>/skipped_examples.jsonl                the rows left out by `--on_bad_example skip` (split, index,
+                                                       column, cause), one JSON object a line
     <output_dir>/README.md                             dataset card with the layout
 
 The data is read `--shard_size` rows at a time and each shard is written atomically (a hidden temporary file, then
 `os.replace`), so memory stays bounded and an interrupted run, re-run with the same settings, only computes the
 missing shards.
+
+A row that cannot be used (an undecodable or truncated image, a mode the image processor refuses) stops the run with
+an error naming its split, index, column and cause (`--on_bad_example error`, the default); the shards finished
+before it stay. `--on_bad_example skip` leaves such rows out of their shard instead, logs each once and lists them in
+`skipped_examples.jsonl`. Each shard records its source rows and the rows it skipped in its parquet metadata, so a
+re-run (with either value: it is not one of the compared settings) reuses every finished shard.
 """
 
 import glob
@@ -39,6 +47,13 @@ from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEImageTokenizer, __version__
 from hf_vqvae.pairing import codes_fingerprint
+from hf_vqvae.training.bad_examples import (
+    SKIPPED_EXAMPLES_NAME,
+    BadExamplePolicy,
+    check_rows_accounted,
+    merge_skipped,
+    write_skipped,
+)
 from hf_vqvae.training.cards import fill_model_card
 from hf_vqvae.training.checkpointing import atomic_write_text, write_json
 from hf_vqvae.training.data import load_image_dataset
@@ -50,11 +65,11 @@ from hf_vqvae.training.tokenize import (
     TMP_PREFIX,
     ArrowRows,
     StreamRows,
-    is_complete,
     load_image_tokenizer,
     parse_args,
     plan_split,
     shard_path,
+    shard_rows,
     tokenize_rows,
     write_shard,
 )
@@ -87,10 +102,13 @@ token layout of `hf_vqvae.VQVAEImageTokenizer`, with the columns {{kept}} of the
 Row-major order, no row-end tokens. The layout is also in `image_tokenizer_config.json`; the settings of the run
 (fingerprint of the model's encoder and codebook, source, shard size, precision) are in `tokenization_config.json`.
 
+Rows of the source that could not be used (undecodable images, left out with `--on_bad_example skip`) are not here;
+`skipped_examples.jsonl` lists them (split, index in the source split, column, cause).
+
 ## Splits
 
-| split | rows | shards |
-| --- | --- | --- |
+| split | rows | shards | rows skipped |
+| --- | --- | --- | --- |
 {{splits}}
 
 ## Use
@@ -169,7 +187,7 @@ def check_settings(output_dir: Path, settings: dict, overwrite: bool) -> bool:
 
 def remove_previous_run(output_dir: Path):
     """Delete what this script writes (never other files) from `output_dir`."""
-    for name in (SETTINGS_NAME, STATS_NAME, "image_tokenizer_config.json", "README.md"):
+    for name in (SETTINGS_NAME, STATS_NAME, SKIPPED_EXAMPLES_NAME, "image_tokenizer_config.json", "README.md"):
         (output_dir / name).unlink(missing_ok=True)
     for path in output_dir.glob("*/*"):
         if path.is_file() and (SHARD_PATTERN.fullmatch(path.name) or path.name.startswith(TMP_PREFIX)):
@@ -220,7 +238,8 @@ def write_dataset_card(output_dir: Path, args, layout: VQVAEImageTokenizer, spli
             "kept": kept,
             "layout": "\n".join(lines),
             "splits": "\n".join(
-                f"| {split} | {plan['num_rows']} | {plan['num_shards']} |" for split, plan in splits.items()
+                f"| {split} | {plan['num_rows'] - plan['num_skipped']} | {plan['num_shards']} | {plan['num_skipped']} |"
+                for split, plan in splits.items()
             ),
             "layout_kwargs": layout_kwargs,
             "first_split": next(iter(splits)),
@@ -295,12 +314,14 @@ def main(args) -> dict:
     state.wait_for_everyone()
 
     # Process i owns shards i, i + N, ... of every split: the same files whatever the number of processes.
+    # A finished shard accounts for each of its source rows (tokenized, or skipped and recorded in its metadata).
+    policy = BadExamplePolicy(args.on_bad_example)
     todo, num_reused = [], 0
     for split, plan in plans.items():
         for index in range(state.process_index, plan["num_shards"], state.num_processes):
             start, stop = index * args.shard_size, min((index + 1) * args.shard_size, plan["num_rows"])
             path = shard_path(output_dir, split, index, plan["num_shards"])
-            if is_complete(path, stop - start):
+            if shard_rows(path, start, stop) is not None:
                 num_reused += 1
             else:
                 todo.append((split, start, stop, path))
@@ -324,9 +345,9 @@ def main(args) -> dict:
                 if args.streaming
                 else ArrowRows(plan["dataset"], plan["num_rows"])
             )
-        table = tokenize_rows(image_tokenizer, readers[split], start, stop, plan, args, progress)
+        table = tokenize_rows(image_tokenizer, readers[split], start, stop, plan, args, progress, policy)
         write_shard(table, path, state.process_index)
-        num_encoded += stop - start
+        num_encoded += stop - start  # source rows read, skipped ones too (the throughput of the data path)
         del table  # one shard in memory at a time
     progress.close()
     encode_seconds = time.time() - encode_start
@@ -338,6 +359,8 @@ def main(args) -> dict:
                 "process_index": state.process_index,
                 "num_encoded": num_encoded,
                 "num_reused_shards": num_reused,
+                "num_skipped": policy.num_skipped,
+                "skipped": policy.records(),
                 "encode_seconds": round(encode_seconds, 3),
                 "peak_rss_mb": round(peak_rss_mb, 1),
             }
@@ -346,11 +369,25 @@ def main(args) -> dict:
     state.wait_for_everyone()
     stats = {}
     if state.is_main_process:
+        # Every row of every split tokenized or skipped, exactly once: from the shards (reused ones included).
+        skipped = []
         for split, plan in plans.items():
+            used, split_skipped = [], []
             for index in range(plan["num_shards"]):
-                rows = min(args.shard_size, plan["num_rows"] - index * args.shard_size)
-                if not is_complete(shard_path(output_dir, split, index, plan["num_shards"]), rows):
+                start, stop = index * args.shard_size, min((index + 1) * args.shard_size, plan["num_rows"])
+                shard_skipped = shard_rows(shard_path(output_dir, split, index, plan["num_shards"]), start, stop)
+                if shard_skipped is None:
                     raise RuntimeError(f"Shard {index} of split {split!r} is missing after all processes finished.")
+                skipped_indices = {row["index"] for row in shard_skipped}
+                used += [i for i in range(start, stop) if i not in skipped_indices]
+                split_skipped += shard_skipped
+            check_rows_accounted(split, plan["num_rows"], used, split_skipped)
+            plan["num_skipped"] = len(split_skipped)
+            skipped += split_skipped
+        this_run = merge_skipped(row for p in per_process for row in p.pop("skipped"))
+        if not {(r["split"], r["index"]) for r in this_run} <= {(r["split"], r["index"]) for r in skipped}:
+            raise RuntimeError("Rows skipped by this run are missing from the shards' metadata; please report this.")
+        write_skipped(output_dir / SKIPPED_EXAMPLES_NAME, skipped)
         layout = VQVAEImageTokenizer(
             codebook_size=image_tokenizer.codebook_size,
             grid_size=image_tokenizer.grid_size,
@@ -367,6 +404,8 @@ def main(args) -> dict:
             "num_images_encoded": total_encoded,
             "num_shards": sum(plan["num_shards"] for plan in plans.values()),
             "num_shards_reused": sum(p["num_reused_shards"] for p in per_process),
+            "num_skipped": len(skipped),
+            "num_skipped_this_run": len(this_run),
             "num_processes": state.num_processes,
             "images_per_second": round(total_encoded / slowest, 1) if total_encoded and slowest > 0 else None,
             "encode_seconds": round(slowest, 2),
@@ -380,7 +419,7 @@ def main(args) -> dict:
         throughput = f"{stats['images_per_second']} images/s" if total_encoded else "nothing to encode"
         print(
             f"Tokenized {stats['num_images']} images into {stats['num_shards']} shards in {output_dir} "
-            f"({stats['num_shards_reused']} reused): {throughput}, peak RSS {stats['peak_rss_mb']} MB "
+            f"({stats['num_shards_reused']} reused, {stats['num_skipped']} bad rows skipped): {throughput}, peak RSS {stats['peak_rss_mb']} MB "
             f"(largest of {state.num_processes} process(es)), {stats['total_seconds']} s in total."
         )
     state.wait_for_everyone()

@@ -27,6 +27,13 @@ from tqdm.auto import tqdm
 from transformers import ResNetConfig, ResNetForImageClassification, get_scheduler
 
 from hf_vqvae import VQVAEImageProcessor
+from hf_vqvae.training.bad_examples import (
+    SKIPPED_EXAMPLES_NAME,
+    BadExamplePolicy,
+    add_bad_example_argument,
+    gather_skipped,
+    write_skipped,
+)
 from hf_vqvae.training.cards import command_line
 from hf_vqvae.training.checkpointing import atomic_write_text, save_pretrained_atomic, write_json
 from hf_vqvae.training.data import load_image_dataset, make_preprocessing
@@ -47,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Mixed precision.")
     parser.add_argument("--seed", type=int, default=0, help="Seed.")
     parser.add_argument("--output_dir", default="outputs/classifier", help="Where the classifier is saved.")
+    add_bad_example_argument(parser)
     args = parser.parse_args(argv)
     args.command_line = command_line(argv)
     args.hidden_sizes = [int(size) for size in args.hidden_sizes.split(",")]
@@ -66,10 +74,13 @@ def augment(pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model, dataloader) -> float:
+def accuracy(model, dataloader, policy) -> float:
     model.eval()
     right = total = 0
     for batch in dataloader:
+        batch = policy.receive(batch)
+        if not len(batch["labels"]):
+            continue
         right += int((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum())
         total += len(batch["labels"])
     model.train()
@@ -83,9 +94,11 @@ def main(args) -> dict:
     names = dataset["train"].features[args.label_column].names
     processor = VQVAEImageProcessor(size={"height": args.image_size, "width": args.image_size})
 
+    policy = BadExamplePolicy(args.on_bad_example)
+
     def loader(split, shuffle):
         rows, collate = make_preprocessing(
-            dataset[split], processor, args.image_column, label_column=args.label_column
+            dataset[split], processor, args.image_column, label_column=args.label_column, policy=policy, split=split
         )
         return torch.utils.data.DataLoader(
             rows,
@@ -119,7 +132,11 @@ def main(args) -> dict:
     curve = []
     for epoch in range(args.num_train_epochs):
         for batch in train_loader:
-            loss = F.cross_entropy(model(augment(batch["pixel_values"])).logits.float(), batch["labels"])
+            batch = policy.receive(batch)
+            if len(batch["labels"]):
+                loss = F.cross_entropy(model(augment(batch["pixel_values"])).logits.float(), batch["labels"])
+            else:  # every row skipped: still a step on every process (the gradient all-reduce waits for each)
+                loss = 0 * sum(p.sum() for p in model.parameters())
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -129,13 +146,15 @@ def main(args) -> dict:
         curve.append(
             {
                 "epoch": epoch + 1,
-                "test_accuracy": accuracy(model, test_loader),
+                "test_accuracy": accuracy(model, test_loader, policy),
                 "minutes": round((time.time() - start) / 60, 1),
             }
         )
         accelerator.print(f"epoch {epoch + 1}: test accuracy {curve[-1]['test_accuracy']:.2%}")
+    skipped = gather_skipped(policy)
     results = {
         "test_accuracy": curve[-1]["test_accuracy"],
+        "num_skipped": len(skipped),
         "curve": curve,
         "num_classes": len(names),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -144,6 +163,7 @@ def main(args) -> dict:
     if accelerator.is_main_process:
         save_pretrained_atomic(args.output_dir, accelerator.unwrap_model(model), processor)
         write_json(Path(args.output_dir) / "results.json", results)
+        write_skipped(Path(args.output_dir) / SKIPPED_EXAMPLES_NAME, skipped)
         command = f"accelerate launch scripts/train_classifier.py {args.command_line}"
         write_card(args.output_dir, results, command)
     return results

@@ -54,6 +54,7 @@ from hf_vqvae.training.args import (
     check_training_arguments,
     parse_overrides,
 )
+from hf_vqvae.training.bad_examples import SKIPPED_EXAMPLES_NAME, BadExamplePolicy, merge_skipped, write_skipped
 from hf_vqvae.training.cards import fill_model_card, format_metrics_table, make_image_grid
 from hf_vqvae.training.checkpointing import (
     TrainingClock,
@@ -64,7 +65,7 @@ from hf_vqvae.training.checkpointing import (
     save_pretrained_atomic,
     write_json,
 )
-from hf_vqvae.training.data import find_image_column, load_training_dataset
+from hf_vqvae.training.data import find_image_column, load_training_dataset, make_preprocessing
 from hf_vqvae.training.hub import HUB_IGNORE_PATTERNS, push_folder
 from hf_vqvae.training.loop import (
     create_accelerator,
@@ -271,31 +272,50 @@ def describe_source(args, split: str, max_samples: int | None) -> dict:
 
 
 @torch.no_grad()
-def encode_split(vqvae, image_processor, dataset, image_column: str, batch_size: int, device, disable: bool):
-    """Codes (N, h, w) of every image of `dataset`, in order, as compact integers."""
-
-    def transform(examples):
-        return {"pixel_values": image_processor(examples[image_column], return_tensors="pt")["pixel_values"]}
-
+def encode_split(
+    vqvae,
+    image_processor,
+    dataset,
+    image_column: str,
+    batch_size: int,
+    device,
+    disable: bool,
+    *,
+    policy,
+    split: str,
+    label_column: str | None = None,
+):
+    """
+    Codes (N, h, w) of every usable image of `dataset`, in order, as compact integers, and their labels (N,) (`None`
+    without `label_column`); rows that cannot be used follow `policy` (`--on_bad_example`).
+    """
+    rows, collate = make_preprocessing(
+        dataset, image_processor, image_column, label_column=label_column, policy=policy, split=split
+    )
     loader = torch.utils.data.DataLoader(
-        dataset.with_transform(transform),
+        rows,
         batch_size=batch_size,
         shuffle=False,
-        collate_fn=lambda examples: torch.stack([e["pixel_values"] for e in examples]),
+        collate_fn=collate,
         generator=torch.Generator(),  # draws nothing from the global RNG
     )
-    codes = [
-        vqvae.get_codes(pixel_values.to(device)).cpu()
-        for pixel_values in tqdm(loader, desc="Encoding", unit="batch", disable=disable)
-    ]
+    codes, labels = [], []
+    for batch in tqdm(loader, desc="Encoding", unit="batch", disable=disable):
+        batch = policy.receive(batch)
+        if len(batch["pixel_values"]):
+            codes.append(vqvae.get_codes(batch["pixel_values"].to(device)).cpu())
+            labels.append(batch.get("labels"))
     dtype = torch.int16 if vqvae.config.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
-    return torch.cat(codes).to(dtype)  # (N, h, w)
+    if not codes:
+        raise ValueError(f"No image of split {split!r} could be used ({policy.num_skipped} skipped); check the data.")
+    return torch.cat(codes).to(dtype), (torch.cat(labels) if label_column is not None else None)  # (N, h, w), (N,)
 
 
 def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, split, settings, max_samples):
     """
-    `{"codes": (N, h, w), "labels": (N,) or None}` of a split, from the cache when it was made with the same
-    `settings`, else encoded (on the main process) and cached. A cache with other settings is an error unless
+    `{"codes": (N, h, w), "labels": (N,) or None, "skipped": [...]}` of a split (`skipped`: the rows left out by
+    `--on_bad_example skip`), from the cache when it was made with the same `settings`, else encoded (on the main
+    process) and cached. A cache with other settings is an error unless
     `--overwrite_codes_cache`.
     """
     path = Path(args.codes_cache_dir) / f"{split}.pt"
@@ -322,7 +342,8 @@ def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, spl
         if max_samples is not None:
             dataset = dataset.select(range(min(max_samples, len(dataset))))
         start = time.time()
-        codes = encode_split(
+        policy = BadExamplePolicy(args.on_bad_example)
+        codes, labels = encode_split(
             vqvae,
             image_processor,
             dataset,
@@ -330,19 +351,26 @@ def load_or_encode_codes(args, accelerator, vqvae, image_processor, dataset, spl
             args.encode_batch_size,
             accelerator.device,
             disable=not accelerator.is_local_main_process,
+            policy=policy,
+            split=split,
+            label_column=args.label_column,
         )
-        labels = None
-        if args.label_column is not None:
-            labels = torch.tensor(list(dataset[args.label_column]), dtype=torch.long)  # (N,)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{path.name}")
-        torch.save({"settings": settings, "codes": codes, "labels": labels}, tmp)
+        # The skipped rows travel with the cache (JSON text: `weights_only` loading takes plain types only).
+        payload = {"settings": settings, "codes": codes, "labels": labels, "skipped": json.dumps(policy.records())}
+        torch.save(payload, tmp)
         os.replace(tmp, path)  # atomic: an interrupted run leaves no truncated cache
         accelerator.print(
             f"Encoded {len(codes)} images of split {split!r} to codes in {path} ({time.time() - start:.1f} s)."
         )
     accelerator.wait_for_everyone()
     return torch.load(path, weights_only=True)
+
+
+def cached_skipped(payload: dict) -> list[dict]:
+    """The rows a codes cache left out (`--on_bad_example skip`); caches of earlier versions hold every row."""
+    return json.loads(payload.get("skipped") or "[]")
 
 
 def get_codes(args, accelerator, vqvae, image_processor):
@@ -735,6 +763,10 @@ def main(args):
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped)
+        skipped = merge_skipped(row for payload in codes.values() for row in cached_skipped(payload))
+        write_skipped(Path(args.output_dir) / SKIPPED_EXAMPLES_NAME, skipped)
+        if skipped:
+            accelerator.print(f"Skipped {len(skipped)} bad row(s) when encoding, listed in {SKIPPED_EXAMPLES_NAME}.")
         # The prior does not hold its VQ-VAE: record which one it needs (read by sample.py and the pipeline).
         reference = save_vqvae_reference(args.output_dir, args.vqvae_model_name_or_path, vqvae, args.vqvae_revision)
         if "num_images" in metrics:

@@ -31,6 +31,7 @@ from hf_vqvae.training.args import (
     check_training_arguments,
     parse_overrides,
 )
+from hf_vqvae.training.bad_examples import SKIPPED_EXAMPLES_NAME, BadExamplePolicy, gather_skipped, write_skipped
 from hf_vqvae.training.cards import fill_model_card, format_metrics_table, reconstruction_grid
 from hf_vqvae.training.checkpointing import (
     TrainingClock,
@@ -54,6 +55,7 @@ from hf_vqvae.training.metrics import (
     VALIDATION_LOG_NAME,
     append_validation_log,
     evaluate_reconstruction,
+    gather_rows,
     validation_curve,
 )
 
@@ -212,8 +214,11 @@ def build_model(args) -> VQVAEModel:
     return VQVAEModel(config)
 
 
-def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor):
-    """Train and validation dataloaders of model batches (`pixel_values`, or `input_values` for 1-D models)."""
+def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor, policy: BadExamplePolicy):
+    """
+    Train and validation dataloaders of model batches (`pixel_values`, or `input_values` for 1-D models); their bad
+    rows follow `policy` (`--on_bad_example`).
+    """
     dataset = load_training_dataset(args, accelerator)
     train = dataset[args.train_split]
     if args.max_train_samples is not None:
@@ -227,7 +232,9 @@ def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor
             f"The model's decoder is conditioned on {config.num_speakers} speakers; name the column of "
             "speaker ids with `--speaker_column`."
         )
-    train, collate = make_preprocessing(train, processor, data_column, args.speaker_column)
+    train, collate = make_preprocessing(
+        train, processor, data_column, args.speaker_column, policy=policy, split=args.train_split
+    )
 
     train_dataloader = torch.utils.data.DataLoader(
         train,
@@ -247,7 +254,9 @@ def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor
         )
     validation_dataloader = None
     if validation is not None:
-        validation, collate = make_preprocessing(validation, processor, data_column, args.speaker_column)
+        validation, collate = make_preprocessing(
+            validation, processor, data_column, args.speaker_column, policy=policy, split=args.validation_split
+        )
         validation_dataloader = torch.utils.data.DataLoader(
             validation,
             batch_size=args.eval_batch_size,
@@ -259,18 +268,18 @@ def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor
     return train_dataloader, validation_dataloader
 
 
-def log_validation(args, accelerator, model, processor, validation_dataloader, global_step, elapsed):
+def log_validation(args, accelerator, model, processor, validation_dataloader, policy, global_step, elapsed):
     """
     Whole-pass reconstruction metrics and codebook usage, plus examples: a PNG grid of originals over reconstructions
     (images), or WAV files of both (audio).
     """
-    metrics = evaluate_reconstruction(model, validation_dataloader, accelerator)
+    metrics = evaluate_reconstruction(model, validation_dataloader, accelerator, policy=policy)
     if accelerator.unwrap_model(model).config.reconstruction_loss == "discretized_logistic_mixture":
         metrics["bits_per_dim"] = validation_bits_per_dim(accelerator, model, validation_dataloader)
     metrics.update(step=global_step, elapsed_seconds=round(elapsed, 1))
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        batch = next(iter(validation_dataloader))
+        batch = policy.receive(next(iter(validation_dataloader)))
         batch = {key: value[: args.num_validation_images].to(accelerator.device) for key, value in batch.items()}
         with torch.no_grad():
             unwrapped.eval()
@@ -304,7 +313,12 @@ def validation_bits_per_dim(accelerator, model, validation_dataloader) -> float:
     unwrapped.eval()
     values = []
     for batch in validation_dataloader:
-        values.append(accelerator.gather_for_metrics(unwrapped(batch["pixel_values"]).bits_per_dim))
+        pixel_values = batch["pixel_values"]
+        if pixel_values.shape[0] == 0:  # every row was skipped (`--on_bad_example skip`): gather nothing, never hang
+            bits = pixel_values.new_zeros(0)
+        else:
+            bits = unwrapped(pixel_values).bits_per_dim  # (B,)
+        values.append(gather_rows(accelerator, (bits,))[0])
     unwrapped.train(was_training)
     return float(torch.cat(values).mean())
 
@@ -364,7 +378,9 @@ def card_modality(config, model_id: str) -> dict:
     }
 
 
-def save_model_card(args, output_dir, config, metrics: dict | None, train_seconds: float, command: str):
+def save_model_card(
+    args, output_dir, config, metrics: dict | None, train_seconds: float, command: str, num_skipped: int = 0
+):
     """Fill `model_card.md` with this run's command, arguments and measured metrics, as `README.md` of `output_dir`."""
     arguments = args.public_dict()
     values = {
@@ -376,6 +392,11 @@ def save_model_card(args, output_dir, config, metrics: dict | None, train_second
         "architecture": format_metrics_table({k: getattr(config, k) for k in type(config).__annotations__}),
         "training_arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
         "training_time": f"{train_seconds / 60:.1f} minutes",
+        "skipped_examples": (
+            f"{num_skipped} (`--on_bad_example skip`; listed in `{SKIPPED_EXAMPLES_NAME}`)"
+            if num_skipped
+            else f"none (`--on_bad_example {args.on_bad_example}`)"
+        ),
         "evaluation": format_metrics_table(metrics) if metrics else "No validation split was given.",
         "validation_curve": validation_curve(Path(output_dir) / VALIDATION_LOG_NAME),
     }
@@ -400,7 +421,8 @@ def main(args):
         if model.config.spatial_dims != 2:
             raise ValueError("`--channels_last` is a memory format for images; drop it for 1-D models.")
         model = model.to(memory_format=torch.channels_last)
-    train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, model.config, processor)
+    policy = BadExamplePolicy(args.on_bad_example)
+    train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, model.config, processor, policy)
 
     args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
     optimizer = torch.optim.AdamW(
@@ -427,6 +449,7 @@ def main(args):
     unwrapped_config = accelerator.unwrap_model(model).config
     model.train()
     for batch in run.batches(accelerator, train_dataloader):
+        batch = policy.receive(batch)  # records the rows the batch left out (`--on_bad_example skip`)
         # Random flips and audio windows are drawn here, in the loop (see `augment_batch`).
         batch = augment_batch(
             batch,
@@ -436,14 +459,23 @@ def main(args):
             downsample_factor=unwrapped_config.downsample_factor,
         )
         with accelerator.accumulate(model):
-            output = model(**batch)
-            optimizer_step(accelerator, model, optimizer, lr_scheduler, output.loss, args.max_grad_norm)
+            if len(next(iter(batch.values()))) == 0:
+                # Every row of this batch was skipped. Each process still takes part in the step (the quantizer's
+                # EMA statistics and the gradients are summed over processes; a missing one would hang the others):
+                # a forward pass of zero rows and a loss of zero that reaches every parameter.
+                output = None
+                reconstruction = model(**batch, return_loss=False).reconstruction
+                loss = 0 * (reconstruction.sum() + sum(p.sum() for p in model.parameters() if p.requires_grad))
+            else:
+                output = model(**batch)
+                loss = output.loss
+            optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, args.max_grad_norm)
 
         if not accelerator.sync_gradients:
             continue
         run.global_step += 1
         progress.update(1)
-        if run.global_step % args.logging_steps == 0:
+        if run.global_step % args.logging_steps == 0 and output is not None:
             logs = {
                 "train/loss": output.loss.item(),
                 "train/reconstruction_loss": output.reconstruction_loss.item(),
@@ -454,12 +486,13 @@ def main(args):
             }
             if output.spectral_loss is not None:
                 logs["train/spectral_loss"] = output.spectral_loss.item()
-            progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
+            skipped = {"skipped": policy.num_skipped} if policy.num_skipped else {}
+            progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}", **skipped)
             accelerator.log(logs, step=run.global_step)
         if validation_dataloader is not None and run.is_validation_step(args.validation_steps):
             with clock.paused() as elapsed:
                 metrics = log_validation(
-                    args, accelerator, model, processor, validation_dataloader, run.global_step, elapsed
+                    args, accelerator, model, processor, validation_dataloader, policy, run.global_step, elapsed
                 )
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
         save_checkpoint_if_due(args, accelerator, run.global_step)
@@ -471,19 +504,23 @@ def main(args):
     if metrics is None and validation_dataloader is not None:
         # E.g. a run resumed at its last step: the card still gets measured numbers.
         metrics = log_validation(
-            args, accelerator, model, processor, validation_dataloader, run.global_step, train_seconds
+            args, accelerator, model, processor, validation_dataloader, policy, run.global_step, train_seconds
         )
+    skipped = gather_skipped(policy)  # every process's skipped rows, each once (a collective: on every process)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped, processor)
         if metrics is not None:
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
+        write_skipped(Path(args.output_dir) / SKIPPED_EXAMPLES_NAME, skipped)
+        if skipped:
+            accelerator.print(f"Skipped {len(skipped)} bad row(s), listed in {SKIPPED_EXAMPLES_NAME}.")
         # The launch as it ran, Accelerate's settings included.
         command = (
             f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
             f"{accelerator.mixed_precision} scripts/train_vqvae.py {args.command_line}"
         )
-        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, command)
+        save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, command, len(skipped))
         accelerator.print(f"Saved the model to {args.output_dir}")
     # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).
     accelerator.wait_for_everyone()

@@ -127,3 +127,51 @@ def make_word_level_tokenizer(words):
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+
+
+def damaged_image(kind: str, png: bytes) -> bytes | None:
+    """
+    The bytes of a damaged or unusual image made from the PNG file `png`: `undecodable` (a PNG signature, then
+    garbage), `truncated`, `empty`, `null` (no bytes), or the valid but unusual `cmyk` (a CMYK JPEG) and `gray16` (a
+    16-bit grayscale PNG), which must decode.
+    """
+    import io
+
+    if kind == "undecodable":
+        return b"\x89PNG\r\n\x1a\n" + b"garbage" * 20
+    if kind == "truncated":
+        return png[: len(png) // 2]
+    if kind == "empty":
+        return b""
+    if kind == "null":
+        return None
+    image, buffer = Image.open(io.BytesIO(png)).convert("RGB"), io.BytesIO()
+    if kind == "cmyk":
+        image.convert("CMYK").save(buffer, "JPEG", quality=95)
+    elif kind == "gray16":
+        Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257).save(buffer, "PNG")
+    else:
+        raise ValueError(f"Unknown damage {kind!r}.")
+    return buffer.getvalue()
+
+
+def write_damaged_parquet(source: Path, target: Path, damage: dict[int, str], num_rows: int | None = None) -> Path:
+    """
+    The first `num_rows` rows of the parquet file `source` (a `datasets` Image column `img`) written to `target`
+    with the rows `damage` names damaged by [`damaged_image`] (their `path` names the row). The features metadata is
+    kept, so `datasets` still sees an Image column.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(source)
+    table = table.slice(0, num_rows or table.num_rows)
+    cells = table.column("img").to_pylist()
+    for index, kind in damage.items():
+        data = damaged_image(kind, cells[index]["bytes"])
+        cells[index] = {"bytes": data, "path": None if data is None else f"row-{index}-{kind}"}
+    column = pa.array(cells, type=table.schema.field("img").type)
+    table = table.set_column(table.schema.get_field_index("img"), "img", column)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, target)
+    return target

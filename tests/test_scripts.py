@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -387,3 +388,68 @@ def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_
     )
     assert f"Resuming from {last}" in result.stdout + result.stderr
     assert (output / "model.safetensors").exists()
+
+
+# Rows of a 32-row copy of the sample with bad rows (8 of them, so that some batches of 2 are all bad) and two
+# unusual images that decode fine (CMYK JPEG, 16-bit PNG).
+BAD_TRAIN_ROWS = {3: "undecodable", 8: "truncated", 9: "empty", 10: "null", 11: "undecodable", 12: "truncated"}
+BAD_TRAIN_ROWS.update({13: "empty", 14: "undecodable"})
+
+
+def bad_rows_args(tmp_path, config_dir, output_dir, *extra) -> list[str]:
+    from conftest import write_damaged_parquet
+
+    damage = {**BAD_TRAIN_ROWS, 20: "cmyk", 21: "gray16"}
+    data = write_damaged_parquet(
+        SAMPLE / "train-00000-of-00001.parquet", tmp_path / "bad" / "rows.parquet", damage, 32
+    )
+    return [
+        "--model_config_name_or_path",
+        str(config_dir),
+        "--train_data_files",
+        str(data),
+        "--validation_data_files",
+        str(data),
+        "--train_batch_size",
+        "2",
+        "--eval_batch_size",
+        "4",
+        "--num_train_epochs",
+        "1",
+        "--checkpointing_steps",
+        "4",
+        "--validation_steps",
+        "4",
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        "0",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_train_with_bad_rows_skips_exactly_those(tmp_path, tiny_config_dir, num_processes):
+    """One epoch over every row (32 = 16 batches of 2): each bad row reported once, for training and validation."""
+    output = tmp_path / "run"
+    result = launch(bad_rows_args(tmp_path, tiny_config_dir, output, "--on_bad_example", "skip"), None, num_processes)
+    skipped = [json.loads(line) for line in (output / "skipped_examples.jsonl").read_text().splitlines()]
+    expected = [("test", i) for i in sorted(BAD_TRAIN_ROWS)] + [("train", i) for i in sorted(BAD_TRAIN_ROWS)]
+    assert [(row["split"], row["index"]) for row in skipped] == expected
+    assert all(row["column"] == "img" and row["cause"].startswith("The image ") for row in skipped)
+    assert f"Skipped {len(expected)} bad row(s)" in result.stdout
+    assert f"- Skipped rows: {len(expected)} (`--on_bad_example skip`" in (output / "README.md").read_text()
+    assert (output / "model.safetensors").exists() and (output / "checkpoint-4").is_dir()
+    if num_processes == 2:
+        assert "identical on all 2 processes" in result.stdout  # all-bad batches still stepped on both ranks
+
+
+@pytest.mark.slow
+def test_train_with_bad_rows_errors_naming_the_row(tmp_path, tiny_config_dir):
+    result = launch(bad_rows_args(tmp_path, tiny_config_dir, tmp_path / "run"), check=False)
+    assert result.returncode != 0
+    bad = "|".join(str(i) for i in BAD_TRAIN_ROWS)
+    where = rf"BadExampleError: Row ({bad}) of split 'train'( \(from row-\d+-\w+\))?, column 'img', cannot be used"
+    assert re.search(where, result.stderr), result.stderr[-3000:]
+    assert "--on_bad_example skip" in result.stderr

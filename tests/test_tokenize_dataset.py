@@ -25,6 +25,7 @@ from PIL import Image
 
 from hf_vqvae import VQVAEImageProcessor, VQVAEImageTokenizer, VQVAEModel
 from hf_vqvae.training import tokenize as tokenization
+from hf_vqvae.training.bad_examples import BadExampleError
 
 
 SCRIPT = REPO_ROOT / "scripts" / "tokenize_dataset.py"
@@ -457,3 +458,122 @@ def test_decode_image_gives_pils_pixels_faster_and_falls_back_to_pil():
     assert isinstance(decode_image(pngs[0]), Image.Image)
     with mock.patch.object(data, "_jpeg_decoder", return_value=None):
         assert isinstance(decode_image(cells[0]), Image.Image)
+
+
+# ---------------------------------------------------------------------------------------------------------- bad rows
+
+# Rows of the damaged train split (the first NUM_ROWS rows of the sample): shard 0 is clean but for two unusual images
+# that decode fine, shard 1 holds the first bad rows, shard 2 one more.
+DAMAGE = {5: "cmyk", 6: "gray16", 17: "undecodable", 20: "truncated", 22: "null", 33: "empty"}
+BAD_ROWS = {17: "The image (", 20: "The image (", 22: "The image is missing", 33: "The image is empty (0 bytes)"}
+
+
+@pytest.fixture(scope="module")
+def damaged_files(tmp_path_factory):
+    from conftest import write_damaged_parquet
+
+    folder = tmp_path_factory.mktemp("damaged")
+    write_damaged_parquet(SAMPLE / "train-00000-of-00001.parquet", folder / "train.parquet", DAMAGE, NUM_ROWS)
+    return [f"train={folder / 'train.parquet'}", f"test={SAMPLE / 'test-*.parquet'}"]
+
+
+def damaged_args(model_dir, output_dir, damaged_files, *extra) -> list[str]:
+    args = script_args(model_dir, output_dir, *extra)
+    start = args.index("--data_files")
+    return args[: start + 1] + damaged_files + args[start + 3 :]
+
+
+@pytest.fixture(scope="module")
+def skip_run(model_dir, damaged_files, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("skip") / "tokens"
+    argv = damaged_args(model_dir, output_dir, damaged_files, "--on_bad_example", "skip")
+    return output_dir, tokenize_dataset.main(tokenize_dataset.parse_args(argv))
+
+
+def test_skip_lists_exactly_the_bad_rows_and_keeps_every_other(skip_run, reference_run):
+    output_dir, stats = skip_run
+    skipped = [json.loads(line) for line in (output_dir / "skipped_examples.jsonl").read_text().splitlines()]
+    assert [(row["split"], row["index"], row["column"]) for row in skipped] == [("train", i, "img") for i in BAD_ROWS]
+    for row in skipped:
+        assert row["cause"].startswith(BAD_ROWS[row["index"]]), row["cause"]
+    assert "truncated" in skipped[1]["cause"] and skipped[1]["source"] == "row-20-truncated"
+    assert stats["num_skipped"] == stats["num_skipped_this_run"] == len(BAD_ROWS)
+    assert stats["num_images_encoded"] == 2 * NUM_ROWS  # source rows read, the skipped ones too
+
+    tokens = datasets.load_dataset("parquet", data_dir=str(output_dir))
+    reference = datasets.load_dataset("parquet", data_dir=str(reference_run[0]))
+    kept = [i for i in range(NUM_ROWS) if i not in BAD_ROWS]
+    assert tokens["train"]["index"] == kept  # the sample's own row numbers: the bad rows are out, in order
+    # Rows the damage did not touch get the tokens of the undamaged run; the CMYK and 16-bit images are used.
+    same = [(position, i) for position, i in enumerate(kept) if i not in DAMAGE]
+    train, reference_train = tokens["train"]["input_ids"], reference["train"]["input_ids"]
+    assert [train[p] for p, _ in same] == [reference_train[i] for _, i in same]
+    assert tokens["test"]["input_ids"] == reference["test"]["input_ids"]
+    card = (output_dir / "README.md").read_text()
+    assert f"| train | {NUM_ROWS - len(BAD_ROWS)} | 3 | {len(BAD_ROWS)} |" in card
+
+
+def test_error_names_the_row_and_a_skip_rerun_reuses_the_finished_shards(model_dir, damaged_files, skip_run, tmp_path):
+    output_dir = tmp_path / "tokens"
+    argv = damaged_args(model_dir, output_dir, damaged_files)
+    with pytest.raises(BadExampleError) as caught:
+        tokenize_dataset.main(tokenize_dataset.parse_args(argv))
+    message = str(caught.value)
+    assert message.startswith("Row 17 of split 'train' (from row-17-undecodable), column 'img', cannot be used: ")
+    assert message.endswith("(every other row is still used).") and "--on_bad_example skip" in message
+    assert shard_files(output_dir) == ["train/shard-00000-of-00003.parquet"]  # finished before row 17: kept
+
+    stats = tokenize_dataset.main(tokenize_dataset.parse_args(argv + ["--on_bad_example", "skip"]))
+    assert stats["num_shards_reused"] == 1 and stats["num_skipped"] == len(BAD_ROWS)
+    assert_same_shards(output_dir, skip_run[0])
+    assert (output_dir / "skipped_examples.jsonl").read_text() == (skip_run[0] / "skipped_examples.jsonl").read_text()
+
+    # A shard with skipped rows is finished too: a third run (either policy) reuses all six and lists the same rows.
+    (output_dir / "skipped_examples.jsonl").unlink()
+    stats = tokenize_dataset.main(tokenize_dataset.parse_args(argv))
+    assert stats["num_shards_reused"] == 6 and stats["num_images_encoded"] == 0 and stats["num_skipped"] == 4
+    assert (output_dir / "skipped_examples.jsonl").read_text() == (skip_run[0] / "skipped_examples.jsonl").read_text()
+
+
+def test_shard_rows_accounts_for_every_row_of_its_range(skip_run):
+    output_dir, _ = skip_run
+    path = output_dir / "train" / "shard-00001-of-00003.parquet"
+    assert [row["index"] for row in tokenization.shard_rows(path, 16, 32)] == [17, 20, 22]
+    assert tokenization.shard_rows(path, 0, 16) is None  # another range
+    assert tokenization.shard_rows(output_dir / "train" / "missing.parquet", 0, 16) is None
+    assert tokenization.is_complete(path, 16, 32)
+
+
+@pytest.mark.slow
+def test_two_processes_skip_the_same_rows_once(model_dir, damaged_files, skip_run, tmp_path):
+    output_dir = tmp_path / "tokens"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(
+        {"ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    )
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["--main_process_port", str(free_port()), str(SCRIPT)]
+    command += damaged_args(model_dir, output_dir, damaged_files, "--on_bad_example", "skip")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    stats = json.loads((output_dir / "tokenization_stats.json").read_text())
+    # Process 0 tokenized shards 0 and 2 of train (row 33), process 1 shard 1 (rows 17, 20, 22).
+    assert [p["num_skipped"] for p in stats["per_process"]] == [1, 3]
+    assert (output_dir / "skipped_examples.jsonl").read_text() == (skip_run[0] / "skipped_examples.jsonl").read_text()
+    assert_same_shards(output_dir, skip_run[0])
+
+
+def test_decode_image_refuses_a_jpeg_bomb_from_its_header_and_names_every_failure():
+    from hf_vqvae.training.data import decode_audio, decode_image
+
+    data = bytearray(_jpeg(Image.new("RGB", (8, 8), "red")))
+    sof = data.find(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")
+    with pytest.raises(ValueError, match=r"Refusing to decode the image .*60000 x 60000 = 3600000000 pixels"):
+        decode_image(bytes(data))  # checked from the header: nothing of 10 GiB is allocated
+    for value in (b"", b"\xff\xd8\xff" + b"\x00" * 50, {"bytes": None, "path": None}):
+        with pytest.raises(ValueError):
+            decode_image(value)
+    with pytest.raises(ValueError, match="could not be decoded"):  # soundfile's own error was a RuntimeError
+        decode_audio({"bytes": b"RIFF" + b"\x00" * 40, "path": "broken.wav"})

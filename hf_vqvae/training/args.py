@@ -12,6 +12,7 @@ import json
 import sys
 from dataclasses import dataclass
 
+from .bad_examples import add_bad_example_argument
 from .cards import command_line
 from .hub import find_secrets, redact, resolve_token
 
@@ -72,6 +73,7 @@ class TrainingArguments(ScriptArguments):
     max_train_samples: int | None
     max_eval_samples: int | None
     cache_dir: str | None
+    on_bad_example: str
     # Model
     config_overrides: dict
     revision: str | None
@@ -167,6 +169,7 @@ class TokenizeArguments(ScriptArguments):
     batch_size: int
     shard_size: int
     mixed_precision: str
+    on_bad_example: str
     push_to_hub: bool
     hub_dataset_id: str | None
     hub_token: str | None
@@ -194,6 +197,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, validation_split_help: s
     group.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split.")
     group.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the validation split.")
     group.add_argument("--cache_dir", default=None, help="Where `datasets` and the Hub cache downloads.")
+    add_bad_example_argument(group)
     return group
 
 

@@ -4,7 +4,6 @@ batches, then (training only) the random augmentations of [`augment_batch`] just
 
 import functools
 import glob
-import io
 import os
 from pathlib import Path
 
@@ -45,12 +44,12 @@ def load_image_dataset(
 
 @functools.cache  # a failed import would otherwise search sys.path again for every image
 def _jpeg_decoder():
-    """simplejpeg's `decode_jpeg` if it is installed (the `train` extra), else `None`."""
+    """simplejpeg's `(decode_jpeg_header, decode_jpeg)` if it is installed (the `train` extra), else `None`."""
     try:
-        from simplejpeg import decode_jpeg
+        from simplejpeg import decode_jpeg, decode_jpeg_header
     except ImportError:
         return None
-    return decode_jpeg
+    return decode_jpeg_header, decode_jpeg
 
 
 _JPEG_SOI = b"\xff\xd8\xff"
@@ -58,34 +57,42 @@ _JPEG_SOI = b"\xff\xd8\xff"
 
 def decode_image(value, image_feature=None):
     """
-    An image cell of a `datasets` Image column read without decoding (`{"bytes", "path"}`, bytes or a path), decoded.
+    An image cell of a `datasets` Image column read without decoding (`{"bytes", "path"}`, bytes or a path), decoded;
+    every failure (missing, empty, truncated or undecodable data, a decompression bomb) is a `ValueError` naming the
+    cause, which `--on_bad_example` turns into a named or skipped row.
 
     JPEG bytes without EXIF data go to simplejpeg when it is installed: libjpeg-turbo called directly, the same pixels
     as PIL (which wraps the same library) without PIL's per-file parsing, which dominates on small images such as
-    CIFAR-10's (BENCHMARKS.md: the tokenization data path fell from 117 to 43 us per image). They come back as a uint8
-    `(H, W, 3)` RGB array. Everything else (and every JPEG
-    without simplejpeg) is `image_feature.decode_example` (default `datasets.Image()`): a PIL image, EXIF orientation
-    applied. [`VQVAEImageProcessor`] takes either form; grayscale models convert the RGB array as they convert a PIL
-    image (RGB to L luma).
+    CIFAR-10's (BENCHMARKS.md: the tokenization data path fell from 117 to 43 us per image). Their size is read from
+    the header and checked against Pillow's decompression-bomb limit before anything is decoded ([`check_pixel_limit`]).
+    They come back as a uint8 `(H, W, 3)` RGB array. Everything else (and every JPEG without simplejpeg, or one it
+    refuses) is [`load_image`]: a PIL image in its own mode, EXIF orientation applied. [`VQVAEImageProcessor`] takes
+    either form; grayscale models convert the RGB array as they convert a PIL image (RGB to L luma). `image_feature`
+    is accepted for compatibility and not used.
     """
+    from ..image_processing_vqvae import check_pixel_limit, load_image
+
     if isinstance(value, (bytes, bytearray)):
         value = {"bytes": bytes(value), "path": None}
-    elif isinstance(value, str):
-        value = {"bytes": None, "path": value}
-    data = value.get("bytes")
+    elif isinstance(value, (str, os.PathLike)):
+        value = {"bytes": None, "path": os.fspath(value)}
+    data = value.get("bytes") if isinstance(value, dict) else None
     # EXIF may carry an orientation, which only the PIL path applies.
     if data is not None and data[:3] == _JPEG_SOI and data.find(b"Exif\x00\x00", 0, 65536) < 0:
-        decode_jpeg = _jpeg_decoder()
-        if decode_jpeg is not None:
+        decoder = _jpeg_decoder()
+        if decoder is not None:
+            decode_jpeg_header, decode_jpeg = decoder
             try:
-                return decode_jpeg(data, colorspace="RGB")
-            except ValueError:  # a JPEG variant libjpeg-turbo's fast API refuses (e.g. CMYK): PIL handles it
+                height, width, _, _ = decode_jpeg_header(data)
+            except ValueError:  # not a header libjpeg-turbo reads: PIL names the cause
                 pass
-    if image_feature is None:
-        from datasets import Image as ImageFeature
-
-        image_feature = ImageFeature()
-    return image_feature.decode_example(value)
+            else:
+                check_pixel_limit(width, height, value)  # a header claiming 60000 x 60000 would allocate 10 GiB
+                try:
+                    return decode_jpeg(data, colorspace="RGB")
+                except ValueError:  # a variant the fast API refuses (e.g. CMYK) or a corrupt file: PIL decides
+                    pass
+    return load_image(value)
 
 
 def find_image_column(dataset, image_column: str | None = None) -> str:
@@ -118,24 +125,15 @@ def _find_column(dataset, column: str | None, feature_type: type, kind: str) -> 
 def decode_audio(value) -> dict:
     """
     `{"array": float32 (channels, time) or (time,), "sampling_rate": int}` from a `datasets` audio cell: the stored
-    `{"bytes", "path"}` (read with soundfile, so no FFmpeg or torchcodec is needed) or an already decoded dict.
+    `{"bytes", "path"}` (read with soundfile, so no FFmpeg or torchcodec is needed) or an already decoded dict. Every
+    failure is a `ValueError` naming the cause ([`load_audio`]).
     """
-    if isinstance(value, dict) and "array" in value:
-        return {"array": np.asarray(value["array"], dtype=np.float32), "sampling_rate": value["sampling_rate"]}
-    try:
-        import soundfile
-    except ImportError as error:
-        raise ImportError(
-            "Reading audio files needs soundfile: `pip install soundfile` (or hf_vqvae[audio])."
-        ) from error
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        source = io.BytesIO(value["bytes"])
-    elif isinstance(value, dict) and value.get("path"):
-        source = value["path"]
-    else:
-        raise ValueError(f"Cannot read audio from {type(value).__name__}: expected a dict with `bytes` or `path`.")
-    array, rate = soundfile.read(source, dtype="float32", always_2d=True)  # (time, channels)
-    return {"array": array.T if array.shape[1] > 1 else array[:, 0], "sampling_rate": int(rate)}
+    from ..feature_extraction_vqvae import load_audio
+
+    return load_audio(value)
+
+
+ROW_INDEX_COLUMN = "__row_index__"
 
 
 def make_preprocessing(
@@ -144,17 +142,29 @@ def make_preprocessing(
     data_column: str | None = None,
     speaker_column: str | None = None,
     label_column: str | None = None,
+    *,
+    policy=None,
+    split: str = "train",
 ):
     """
     `(dataset, collate_fn)` that turn rows of `dataset` into model batches: `{"pixel_values"}` when `processor` is an
     image processor, or `{"input_values", "attention_mask"}` when it is a [`VQVAEFeatureExtractor`] (audio decoded
     with [`decode_audio`], padded per batch). `speaker_column` adds `"speaker_ids"` and `label_column` `"labels"`.
+
+    Bad rows follow `policy` (a [`~hf_vqvae.training.bad_examples.BadExamplePolicy`], default `"error"`): each row is
+    decoded on its own (in the `datasets` transform) and the good ones are processed together (in the collate
+    function, both in the DataLoader workers), so a row that cannot be decoded or processed is named by its index in
+    `split` (a [`BadExampleError`]) or left out of its batch. A batch then carries the rows it left out under
+    `"skipped_examples"`: hand every batch to `policy.receive` in the loop. A batch whose rows were all left out keeps
+    its keys with zero rows (so that a data-parallel step can still run on it).
     """
     from datasets import Audio
     from datasets import Image as ImageFeature
 
     from ..feature_extraction_vqvae import VQVAEFeatureExtractor
+    from .bad_examples import SKIPPED_KEY, BadExamplePolicy, SkippedExample
 
+    policy = BadExamplePolicy("error") if policy is None else policy
     extra = {"speaker_ids": speaker_column, "labels": label_column}
     for key, column in extra.items():
         if column is not None and column not in dataset.column_names:
@@ -164,26 +174,56 @@ def make_preprocessing(
     if audio:
         data_column = find_audio_column(dataset, data_column)
         dataset = dataset.cast_column(data_column, Audio(decode=False))  # read with soundfile, no FFmpeg needed
+        decode, placeholder = (
+            decode_audio,
+            {"array": np.zeros(64, np.float32), "sampling_rate": processor.sampling_rate},
+        )
     else:
         data_column = find_image_column(dataset, data_column)
-        image_feature = dataset.features[data_column]
         dataset = dataset.cast_column(data_column, ImageFeature(decode=False))  # decoded by `decode_image`
+        decode, placeholder = decode_image, np.zeros((8, 8, 3), np.uint8)
+    # The transform sees a batch of rows, not their indices: carry them in a column.
+    dataset = dataset.add_column(ROW_INDEX_COLUMN, np.arange(len(dataset)))
 
-    def transform(examples):
+    def process(items):
         if audio:
-            batch = {"audio": [decode_audio(value) for value in examples[data_column]]}
-        else:
-            images = [decode_image(value, image_feature) for value in examples[data_column]]
-            batch = {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
+            return dict(processor(items, return_tensors="pt"))
+        return {"pixel_values": processor(items, return_tensors="pt")["pixel_values"]}
+
+    def transform(examples):  # decoding only, one row at a time: a bad row is this row's fault
+        indices = examples[ROW_INDEX_COLUMN]
+        batch = {
+            "item": [
+                policy.decode(decode, value, split=split, index=int(index), column=data_column)
+                for value, index in zip(examples[data_column], indices)
+            ],
+            ROW_INDEX_COLUMN: list(indices),
+        }
         batch.update({key: list(examples[column]) for key, column in extra.items()})
         return batch
 
     def collate(examples):
-        if audio:
-            batch = dict(processor([e["audio"] for e in examples], return_tensors="pt"))
-        else:
-            batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
-        batch.update({key: torch.tensor([int(e[key]) for e in examples]) for key in extra})
+        skipped = [e["item"] for e in examples if isinstance(e["item"], SkippedExample)]
+        good = [e for e in examples if not isinstance(e["item"], SkippedExample)]
+        batch, positions = None, []
+        if good:  # the processor on the good rows at once; a row it refuses (mode, empty audio, ...) is found alone
+            batch, positions = policy.process_rows(
+                [e["item"] for e in good],
+                lambda item: item,
+                process,
+                split=split,
+                indices=[int(e[ROW_INDEX_COLUMN]) for e in good],
+                column=data_column,
+            )
+            kept = {int(good[p][ROW_INDEX_COLUMN]) for p in positions}
+            dropped = {int(e[ROW_INDEX_COLUMN]) for e in good} - kept
+            skipped += [row for row in policy.skipped if row.split == split and row.index in dropped]
+        if batch is None:  # every row was bad: the batch's keys with zero rows
+            batch = {key: value[:0] for key, value in process([placeholder]).items()}
+        good = [good[p] for p in positions]
+        batch.update({key: torch.tensor([int(e[key]) for e in good], dtype=torch.long) for key in extra})
+        if skipped:
+            batch[SKIPPED_KEY] = skipped
         return batch
 
     return dataset.with_transform(transform), collate
@@ -264,6 +304,7 @@ def load_training_dataset(args, accelerator):
 
 
 __all__ = [
+    "ROW_INDEX_COLUMN",
     "augment_batch",
     "decode_audio",
     "decode_image",

@@ -125,13 +125,32 @@ class ReconstructionMetrics:
         }
 
 
+def gather_rows(accelerator, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """
+    `accelerator.gather_for_metrics(tensors)`, also when the processes' batches have different numbers of rows (rows
+    left out by `--on_bad_example skip`): then each is padded to the largest, gathered, and the padding dropped.
+    """
+    if accelerator.num_processes == 1:
+        return tensors
+    rows = accelerator.gather(torch.tensor([len(tensors[0])], device=tensors[0].device))  # (num_processes,)
+    if bool((rows == rows[0]).all()):
+        return accelerator.gather_for_metrics(tensors)
+    width = int(rows.max())
+    gathered = accelerator.gather(tuple(accelerator.pad_across_processes(t, dim=0) for t in tensors))
+    keep = torch.cat([torch.arange(width, device=rows.device) < n for n in rows])  # (num_processes * width,)
+    return tuple(t[keep.to(t.device)] for t in gathered)
+
+
 @torch.no_grad()
-def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: int | None = None) -> dict:
+def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: int | None = None, policy=None) -> dict:
     """
     Reconstruction error and codebook usage of `model` over every batch of `dataloader`: MSE and PSNR for batches of
     `pixel_values`, MSE and SNR over the real samples for batches of `input_values` (with `attention_mask`, and
     `speaker_ids` for speaker-conditioned decoders). With an `accelerator`, each process evaluates its shard and the
-    results are gathered (`gather_for_metrics` drops the duplicated tail of uneven shards).
+    results are gathered (`gather_for_metrics` drops the duplicated tail of uneven shards). Batches of
+    `make_preprocessing` go through `policy.receive` (the `--on_bad_example` policy), which records the rows they
+    left out; with skipped rows under several processes, batches differ in size, so they are padded to the largest
+    and the padding dropped after the gather (the duplicated tail is then counted too).
     """
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
     was_training = unwrapped.training
@@ -140,6 +159,8 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
     for step, batch in enumerate(dataloader):
         if max_batches is not None and step >= max_batches:
             break
+        if policy is not None:
+            batch = policy.receive(batch)
         if "input_values" in batch:
             output = unwrapped(return_loss=False, **batch)
             tensors = (
@@ -151,16 +172,14 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
             )
             if accelerator is not None:
                 # Shards pad their batches to different lengths.
-                tensors = accelerator.gather_for_metrics(
-                    tuple(accelerator.pad_across_processes(t, dim=1) for t in tensors)
-                )
+                tensors = gather_rows(accelerator, tuple(accelerator.pad_across_processes(t, dim=1) for t in tensors))
             metrics.update_signals(*tensors)
             continue
         pixel_values = batch["pixel_values"]
         output = unwrapped(pixel_values, return_loss=False)
         reconstruction, codes = output.reconstruction, output.codes
         if accelerator is not None:
-            pixel_values, reconstruction, codes = accelerator.gather_for_metrics((pixel_values, reconstruction, codes))
+            pixel_values, reconstruction, codes = gather_rows(accelerator, (pixel_values, reconstruction, codes))
         metrics.update(pixel_values, reconstruction, codes)
     unwrapped.train(was_training)
     return metrics.compute()

@@ -3,6 +3,7 @@
 [`VQVAEImageTokenizer`], and written as parquet shards that a re-run can reuse.
 """
 
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from datasets import Image as ImageFeature
 
 from ..tokenization_vqvae import VQVAEImageTokenizer
 from .args import ScriptArgumentParser, TokenizeArguments, add_hub_arguments
+from .bad_examples import BadExamplePolicy, add_bad_example_argument
 from .data import decode_image, find_image_column, load_image_dataset
 
 
@@ -27,6 +29,8 @@ SETTINGS_NAME = "tokenization_config.json"
 STATS_NAME = "tokenization_stats.json"
 SHARD_PATTERN = re.compile(r"shard-(\d{5})-of-(\d{5})\.parquet")
 TMP_PREFIX = ".tmp-"
+# The parquet metadata key of a shard's source range and skipped rows ([`shard_rows`]).
+SHARD_METADATA_KEY = b"hf_vqvae.shard"
 
 
 def parse_args(argv: list[str] | None = None, description: str | None = None) -> TokenizeArguments:
@@ -101,6 +105,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         default="no",
         help="Autocast precision of the encoder (the quantizer's nearest-code search stays fp32).",
     )
+    add_bad_example_argument(parser)
     add_hub_arguments(parser, repo_flag="--hub_dataset_id", repo_example="org/cifar10-tokens", repo_kind=" dataset")
     args = parser.parse_args(argv)
 
@@ -212,44 +217,101 @@ def shard_path(output_dir: Path, split: str, index: int, num_shards: int) -> Pat
     return output_dir / split / f"shard-{index:05d}-of-{num_shards:05d}.parquet"
 
 
-def is_complete(path: Path, num_rows: int) -> bool:
-    """A finished shard: it exists (it was moved into place whole) and holds the rows it should."""
+def shard_rows(path: Path, start: int, stop: int) -> list[dict] | None:
+    """
+    The skipped rows of a finished shard of the source rows `[start, stop)`, or `None` when the shard is not finished
+    (missing, unreadable, or of other rows). A shard is finished when it exists (it was moved into place whole) and
+    accounts for every row of its range: the rows it holds plus the rows it skipped (`--on_bad_example skip`), both in
+    its parquet metadata ([`tokenize_rows`]). Shards without that metadata (earlier versions) must hold every row.
+    """
     if not path.exists():
-        return False
+        return None
     try:
-        return pq.read_metadata(path).num_rows == num_rows
+        metadata = pq.read_metadata(path)
     except (OSError, pa.ArrowException):
-        return False
+        return None
+    info = (metadata.metadata or {}).get(SHARD_METADATA_KEY)
+    if info is None:
+        return [] if metadata.num_rows == stop - start else None
+    info = json.loads(info)
+    if (info.get("start"), info.get("stop")) != (start, stop):
+        return None
+    skipped = info.get("skipped", [])
+    return skipped if metadata.num_rows + len(skipped) == stop - start else None
 
 
-def prepare_batch(image_processor, rows, start: int, stop: int, plan: dict) -> tuple[pa.Table, torch.Tensor]:
-    """The data path of rows `[start, stop)`: read, decode, prepare. Returns the kept columns and `pixel_values`."""
+def is_complete(path: Path, start: int, stop: int) -> bool:
+    """Whether the shard of the source rows `[start, stop)` is finished ([`shard_rows`])."""
+    return shard_rows(path, start, stop) is not None
+
+
+def prepare_batch(
+    image_processor, rows, start: int, stop: int, plan: dict, policy: BadExamplePolicy | None = None
+) -> tuple[pa.Table, torch.Tensor | None]:
+    """
+    The data path of rows `[start, stop)`: read, decode, prepare. Returns the kept columns and `pixel_values` of the
+    rows that could be used (`None` when none could); bad rows follow `policy` (default `"error"`).
+    """
+    policy = BadExamplePolicy("error") if policy is None else policy
     table = rows.read(start, stop)
-    images = [decode_image(value, plan["image_feature"]) for value in table.column(plan["image_column"]).to_pylist()]
-    return table.select(plan["keep_columns"]), image_processor(images, return_tensors="pt")["pixel_values"]
+
+    def process(images):
+        return image_processor(images, return_tensors="pt")["pixel_values"]
+
+    pixel_values, positions = policy.process_rows(
+        table.column(plan["image_column"]).to_pylist(),
+        decode_image,
+        process,
+        split=plan["split"],
+        indices=range(start, stop),
+        column=plan["image_column"],
+    )
+    table = table.select(plan["keep_columns"])
+    if len(positions) < table.num_rows:
+        table = table.take(positions)
+    return table, pixel_values
 
 
 @torch.no_grad()
-def tokenize_rows(image_tokenizer, rows, start: int, stop: int, plan: dict, args, progress) -> pa.Table:
-    """Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns."""
+def tokenize_rows(
+    image_tokenizer, rows, start: int, stop: int, plan: dict, args, progress, policy: BadExamplePolicy | None = None
+) -> pa.Table:
+    """
+    Rows `[start, stop)` of a split as a table of `input_ids` (in batches of `--batch_size`) + the kept columns, the
+    rows `policy` skipped left out. The table's metadata records the range and the skipped rows ([`shard_rows`]).
+    """
+    policy = BadExamplePolicy("error") if policy is None else policy
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     device_type = next(image_tokenizer.model.parameters()).device.type
     ids, kept = [], []
     for batch_start in range(start, stop, args.batch_size):
+        batch_stop = min(batch_start + args.batch_size, stop)
+        num_skipped = policy.num_skipped
         table, pixel_values = prepare_batch(
-            image_tokenizer.image_processor, rows, batch_start, min(batch_start + args.batch_size, stop), plan
+            image_tokenizer.image_processor, rows, batch_start, batch_stop, plan, policy
         )
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
-        ids.append(batch_ids.numpy().astype(args.ids_dtype))
-        kept.append(table)
-        progress.update(table.num_rows)
-    ids = np.concatenate(ids)  # (rows, num_image_tokens)
+        if pixel_values is not None:
+            with torch.autocast(
+                device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+            ):
+                batch_ids = image_tokenizer.encode_pixel_values(pixel_values)["input_ids"]  # (B, num_image_tokens)
+            ids.append(batch_ids.numpy().astype(args.ids_dtype))
+            kept.append(table)
+        if policy.num_skipped > num_skipped:
+            progress.set_postfix(skipped=policy.num_skipped, refresh=False)
+        progress.update(batch_stop - batch_start)  # skipped rows too: the bar counts source rows
+    skipped = [row.to_dict() for row in policy.skipped if row.split == plan["split"] and start <= row.index < stop]
+    ids = np.concatenate(ids) if ids else np.zeros((0, plan["num_image_tokens"]), args.ids_dtype)
     offsets = np.arange(0, ids.size + 1, ids.shape[1], dtype=np.int32)
-    columns = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.reshape(-1)))}
-    kept = pa.concat_tables(kept)
-    columns.update({name: kept.column(name) for name in plan["keep_columns"]})
-    return pa.table(columns).replace_schema_metadata(plan["features"].arrow_schema.metadata)
+    values = pa.array(ids.reshape(-1), pa.from_numpy_dtype(ids.dtype))
+    columns = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), values)}
+    kept = pa.concat_tables(kept) if kept else None
+    schema = plan["features"].arrow_schema
+    for name in plan["keep_columns"]:
+        columns[name] = kept.column(name) if kept is not None else pa.array([], schema.field(name).type)
+    metadata = dict(schema.metadata or {})
+    metadata[SHARD_METADATA_KEY] = json.dumps({"start": start, "stop": stop, "skipped": skipped})
+    return pa.table(columns).replace_schema_metadata(metadata)
 
 
 def write_shard(table: pa.Table, path: Path, process_index: int):
@@ -300,6 +362,7 @@ def plan_split(dataset, split: str, args, num_image_tokens: int) -> dict:
         }
     )
     return {
+        "split": split,
         "dataset": dataset,
         "image_column": image_column,
         "image_feature": image_feature,
@@ -313,6 +376,7 @@ def plan_split(dataset, split: str, args, num_image_tokens: int) -> dict:
 
 __all__ = [
     "SETTINGS_NAME",
+    "SHARD_METADATA_KEY",
     "SHARD_PATTERN",
     "STATS_NAME",
     "TMP_PREFIX",
@@ -327,6 +391,7 @@ __all__ = [
     "plan_split",
     "prepare_batch",
     "shard_path",
+    "shard_rows",
     "tokenize_rows",
     "write_shard",
 ]
