@@ -5,7 +5,7 @@ with pinned values. Run as a script, this file loads each folder through transfo
 `trust_remote_code=True` in a process where `hf_vqvae` cannot be imported, and prints the same outputs as JSON:
 the folders' own code copies must give the pinned values too.
 
-    python tests/shipped_models.py < codes.json   # the prior's input codes in; every folder's outputs out, as JSON
+    python tests/shipped_models.py < codes.json   # the priors' input codes in; every folder's outputs out, as JSON
 
 (`tests/test_shipped_models.py::test_shipped_folders_run_with_their_own_code` runs it with the pinned VQ-VAE codes.)
 
@@ -85,6 +85,13 @@ def prior_outputs(prior, codes: torch.LongTensor, class_labels: list[int]) -> di
 
 
 @torch.no_grad()
+def pixelcnn_prior_outputs(prior, codes: torch.LongTensor, class_labels: list[int]) -> dict[str, torch.Tensor]:
+    """Logits `(B, h, w, K)` and loss of the gated PixelCNN prior on `codes` conditioned on `class_labels`."""
+    output = prior(codes, class_labels=class_labels, labels=codes)
+    return {"logits": output.logits, "loss": output.loss}
+
+
+@torch.no_grad()
 def classifier_outputs(classifier, image_processor) -> dict[str, torch.Tensor]:
     images, _ = sample_images()
     pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
@@ -114,6 +121,9 @@ def remote_code_outputs(prior_codes: torch.LongTensor) -> dict[str, dict[str, to
         )
     prior = load(AutoModelForCausalLM, "prior-cifar10").eval()
     outputs["prior-cifar10"] = prior_outputs(prior, prior_codes, sample_images()[1])
+    outputs["pixelcnn-prior-cifar10"] = pixelcnn_prior_outputs(
+        load(AutoModel, "pixelcnn-prior-cifar10").eval(), prior_codes, sample_images()[1]
+    )
     outputs["classifier-cifar10"] = classifier_outputs(
         load(AutoModelForImageClassification, "classifier-cifar10").eval(),
         load(AutoImageProcessor, "classifier-cifar10"),

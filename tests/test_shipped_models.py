@@ -21,6 +21,7 @@ from shipped_models import (
     MODELS,
     REPO_ROOT,
     classifier_outputs,
+    pixelcnn_prior_outputs,
     prior_outputs,
     sample_images,
     vqvae_audio_outputs,
@@ -28,7 +29,14 @@ from shipped_models import (
 )
 
 
-SHIPPED = ["vqvae-cifar10", "prior-cifar10", "classifier-cifar10", "vqvae-fsdd", "vqvae-fsdd-speakers"]
+SHIPPED = [
+    "vqvae-cifar10",
+    "prior-cifar10",
+    "pixelcnn-prior-cifar10",
+    "classifier-cifar10",
+    "vqvae-fsdd",
+    "vqvae-fsdd-speakers",
+]
 ATOL = 1e-4
 
 # fmt: off
@@ -65,6 +73,17 @@ PINNED = {
          [[457, 440, 504, 440, 440, 440, 447, 383, 440, 428, 440, 440, 101, 127, 187, 106],
           [90, 467, 467, 467, 467, 467, 111, 467, 467, 262, 467, 467, 111, 111, 397, 467]]),
         ("loss", lambda o: o["loss"], 5.274718),
+    ],
+    # Pinned when the folder was shipped (package code of commit c733476), with the command in the module docstring.
+    "pixelcnn-prior-cifar10": [
+        ("logits[0, 0, 0, :6]", lambda o: o["logits"][0, 0, 0, :6],
+         [-2.792063, -2.249625, -1.492810, -1.965682, -1.989632, -1.560953]),
+        ("logits[1, -1, -1, :6]", lambda o: o["logits"][1, -1, -1, :6],
+         [-4.804549, -3.912642, -4.691058, -5.208129, -4.756240, -5.351501]),
+        ("logits.argmax(-1)[:, :2] (first 16 codes)", lambda o: o["logits"].argmax(-1)[:, :2].flatten(1),
+         [[457, 440, 504, 402, 440, 447, 447, 113, 440, 326, 440, 440, 89, 330, 113, 358],
+          [90, 467, 467, 467, 467, 467, 111, 467, 467, 467, 467, 467, 111, 111, 397, 467]]),
+        ("loss", lambda o: o["loss"], 5.316716),
     ],
     "classifier-cifar10": [
         ("pixel_values[1, 1, 5, :6]", lambda o: o["pixel_values"][1, 1, 5, :6],
@@ -120,6 +139,8 @@ def package_outputs(name: str) -> dict[str, torch.Tensor]:
         return vqvae_audio_outputs(load(AutoModel), load(AutoFeatureExtractor), MODELS / name)
     if name == "prior-cifar10":
         return prior_outputs(load(AutoModelForCausalLM), torch.tensor(VQVAE_CIFAR10_CODES), sample_images()[1])
+    if name == "pixelcnn-prior-cifar10":
+        return pixelcnn_prior_outputs(load(AutoModel), torch.tensor(VQVAE_CIFAR10_CODES), sample_images()[1])
     if name == "classifier-cifar10":
         return classifier_outputs(load(AutoModelForImageClassification), load(AutoImageProcessor))
     raise ValueError(f"no sample input defined for models/{name}")
