@@ -500,7 +500,7 @@ def test_browser_anomaly(page):
     page.screenshot(path=str(SCREENSHOTS / "anomaly.png"), full_page=True)
     # The class-conditional prior without a class: a message, not a trace.
     page.locator("#a-prior input").click()
-    page.get_by_role("option", name="prior-cifar10").click()
+    page.get_by_role("option", name="prior-cifar10", exact=True).click()
     page.click("#anomaly-button")
     error_toast(page, "pick the class the image should belong to", screenshot="anomaly-error.png")
     print(f"\nAnomaly in the browser: {seconds:.2f} s (first call fits the normal statistics)")
