@@ -240,21 +240,7 @@ def _fit_log_scale(vqvae: VQVAEModel, batches: list) -> float:
         )
         return total / sum(x.numel() for x, _ in pairs)
 
-    # Golden-section search on log(scale) in [log 1e-3, log 1]: the likelihood is unimodal in the scale.
-    low, high = math.log(1e-3), 0.0
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = high - ratio * (high - low), low + ratio * (high - low)
-    fa, fb = mean_log_likelihood(a), mean_log_likelihood(b)
-    for _ in range(30):
-        if fa > fb:
-            high, b, fb = b, a, fa
-            a = high - ratio * (high - low)
-            fa = mean_log_likelihood(a)
-        else:
-            low, a, fa = a, b, fb
-            b = low + ratio * (high - low)
-            fb = mean_log_likelihood(b)
-    return (low + high) / 2
+    return maximize_log_scale(mean_log_likelihood)
 
 
 # ---------------------------------------------------------------------------------------------------------- scorer
@@ -1609,7 +1595,27 @@ def select_score(normal_scores: dict, synthetic_anomaly_scores: dict, names: lis
     }
 
 
+def maximize_log_scale(mean_log_likelihood) -> float:
+    """The log(scale) in [log 1e-3, log 1] that maximises `mean_log_likelihood(log_scale)`, by golden-section search
+    (the discretized-Gaussian likelihood is unimodal in its scale)."""
+    low, high = math.log(1e-3), 0.0
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = mean_log_likelihood(a), mean_log_likelihood(b)
+    for _ in range(30):
+        if fa > fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = mean_log_likelihood(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = mean_log_likelihood(b)
+    return (low + high) / 2
+
+
 __all__ = [
+    "maximize_log_scale",
     "DEFECT_KINDS",
     "MAP_NAMES",
     "PNG_COMPRESS_LEVEL",

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEImageProcessor, VQVAEModel
+from hf_vqvae.anomaly import maximize_log_scale
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
 from hf_vqvae.pairing import codes_fingerprint, load_vqvae_reference
 from hf_vqvae.pipelines import load_prior
@@ -116,21 +117,7 @@ def fit_scale(model, batches) -> float:
             count += pixel_values.numel()
         return total / count
 
-    # Golden-section search on log(scale) in [log 1e-3, log 1]: the likelihood is unimodal in the scale.
-    low, high = math.log(1e-3), 0.0
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = high - ratio * (high - low), low + ratio * (high - low)
-    fa, fb = mean_log_likelihood(a), mean_log_likelihood(b)
-    for _ in range(30):
-        if fa > fb:
-            high, b, fb = b, a, fa
-            a = high - ratio * (high - low)
-            fa = mean_log_likelihood(a)
-        else:
-            low, a, fa = a, b, fb
-            b = low + ratio * (high - low)
-            fb = mean_log_likelihood(b)
-    return (low + high) / 2
+    return maximize_log_scale(mean_log_likelihood)
 
 
 @torch.no_grad()
