@@ -589,24 +589,6 @@ def test_bits_per_dim_script_takes_a_pixelcnn_prior(tmp_path):
     )
 
 
-def test_prior_sampling_benchmark_runs_and_checks_the_cached_sampler(tmp_path):
-    benchmark = import_script("benchmarks.prior_sampling")
-    args = benchmark.parse_args(["--quick", "--repeats", "1", "--warmup", "0", "--output", str(tmp_path / "b.json")])
-    result = benchmark.main(args)
-    assert result == json.loads((tmp_path / "b.json").read_text())
-    rows = result["rows"]
-    assert [(row["batch"], row["sampler"]) for row in rows] == [
-        (batch, sampler)
-        for batch in (1, 32)
-        for sampler in ("pixelcnn, naive", "pixelcnn, cached", "transformer, kv cache")
-    ]
-    assert all(row["codes_per_second"] > 0 and row["quick"] for row in rows)
-    assert [row["same_codes_as_naive"] for row in rows if row["sampler"] == "pixelcnn, cached"] == [True, True]
-    assert result["machine"]["cpu"]
-    with pytest.raises(ValueError, match="repeats"):
-        benchmark.parse_args(["--repeats", "0", "--output", str(tmp_path / "c.json")])
-
-
 def test_anomaly_scorer_takes_a_pixelcnn_prior():
     torch.manual_seed(0)
     vqvae = VQVAEModel(make_tiny_config()).eval()  # 16x16 images, 4x4 codes, K=16
