@@ -399,6 +399,28 @@ def test_cached_sampler_gives_the_naive_samplers_codes_on_other_paths(kwargs, mo
             assert torch.equal(cached.flatten(1)[:, : prompt.shape[1]], prompt.expand(cached.shape[0], -1))
 
 
+def test_cached_sampler_follows_changed_weights():
+    """The cached sampler keeps its reordered kernels between calls: any change of the weights must reach it."""
+    model = make_model()
+    before = model.generate_codes(class_labels=[0, 1, 2], seed=0)
+    changed = make_model()
+    with torch.no_grad():
+        for parameter in changed.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    previous = before
+    for change in (
+        lambda: model.load_state_dict(changed.state_dict()),  # in place
+        lambda: model.head[3].weight.data.mul_(3),  # in place, behind autograd's back
+        lambda: model.load_state_dict(make_model().state_dict(), assign=True),  # new tensors: the first weights
+    ):
+        change()
+        cached = model.generate_codes(class_labels=[0, 1, 2], seed=0)
+        assert torch.equal(cached, model.generate_codes(class_labels=[0, 1, 2], seed=0, use_cache=False))
+        assert not torch.equal(cached, previous)
+        previous = cached
+    assert torch.equal(cached, before)
+
+
 def test_drawing_every_uniform_at_once_gives_the_per_position_stream():
     """The samplers draw all their uniforms in one call: the same numbers as one draw of the batch per position."""
     for batch in (1, 3, 64):
