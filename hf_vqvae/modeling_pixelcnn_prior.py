@@ -437,12 +437,13 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
         Fill positions `start..` of `codes` (B, h, w) in place: each row's vertical stack once, when the row is
         complete; each position's horizontal stack one column at a time from cached states (module docstring).
 
-        At batch 1 the time goes to per-operation overhead, so the loop over a position's layers is kept to six
-        tensor operations per layer, two of them matrix products, with no copies: every convolution is one `torch.addmm` on channels-last rows; a
-        position's horizontal window (B, (p + 1) * C) is a view of the layer's input buffer; the terms of a row's
-        horizontal gates that do not depend on the position (vertical stack from above, class, position, biases) are
-        summed once per row and enter the product as its bias; gates and residuals are written in place into the next
-        layer's buffers through views made once per row; the skips are summed once per position.
+        At batch 1 the time goes to per-operation overhead, so the loop over a position's layers is kept to six tensor
+        operations per layer, two of them matrix products, and no copies: every convolution is one `torch.addmm` on
+        channels-last rows; a position's horizontal window (B, (p + 1) * C) is a view of the layer's input buffer; the
+        terms of a row's horizontal gates that do not depend on the position (vertical stack from above, class,
+        position, biases) are summed once per row and enter the product as its bias; gates and residuals are written
+        in place into the next layer's buffers through views made once per row; the skips are summed once per
+        position. The last row's vertical stack, which no position sees, is never computed.
         """
         config = self.config
         (h, w), channels = config.grid_size, config.hidden_channels
