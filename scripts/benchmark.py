@@ -43,6 +43,7 @@ from benchmarks.harness import (
     SECTIONS,
     CpuMeter,
     Section,
+    git_revision,
     render_report,
     update_report,
 )
@@ -173,6 +174,7 @@ def main(args) -> list[Section]:
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
     started = datetime.now(timezone.utc)
+    revision = git_revision()  # before any section writes its results
     meter = CpuMeter()
     sections = []
     for name in args.sections:
@@ -182,7 +184,7 @@ def main(args) -> list[Section]:
         section.cpu = section_meter.stop()
         sections.append(section)
     usage = meter.stop()
-    report = render_report(args, sections, usage, started)
+    report = render_report(args, sections, usage, started, revision)
     output = Path(args.output)
     if args.update and output.exists():
         report = update_report(output.read_text(), report)

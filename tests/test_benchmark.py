@@ -109,6 +109,7 @@ def test_prior_sampling_rows_time_both_priors_and_check_the_cached_sampler(quick
         assert len(row["samples_seconds"]) == 2 and row["batch"] == 2
     assert result["machine"]["cpu"] == harness.cpu_model() and result["machine"]["torch_threads"] == 1
     assert result["command"].startswith("python scripts/benchmark.py --quick") and result["quick"]
+    assert result["load"]["wall_seconds"] > 0 and result["load"]["own_cpu_seconds"] > 0
 
 
 def test_update_replaces_only_the_sections_run(tmp_path):

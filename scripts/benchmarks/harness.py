@@ -135,18 +135,22 @@ def time_interleaved(
     """
     Warm up each call, then take `repeats` samples of each, round-robin (a, b, c, a, b, c, ...): a slow spell of the
     machine then lands on every alternative instead of on whichever ran during it. A sample repeats a short call
-    until it lasts `min_sample_seconds`; its time is divided by the number of calls. The garbage collector is off
+    until it lasts `min_sample_seconds` (sized on the last warm-up call); its time is divided by the number of calls. The garbage collector is off
     while timing, as in `timeit`.
     """
     numbers = {}
     for name, call in calls.items():
+        once = None
         for _ in range(warmup):
-            call()
-        numbers[name] = 1
-        if min_sample_seconds > 0:
             start = time.perf_counter()
             call()
             once = time.perf_counter() - start
+        numbers[name] = 1
+        if min_sample_seconds > 0:
+            if once is None:  # no warm-up call to size the samples with: one more call
+                start = time.perf_counter()
+                call()
+                once = time.perf_counter() - start
             numbers[name] = max(1, math.ceil(min_sample_seconds / max(once, 1e-9)))
     samples = {name: [] for name in calls}
     gc.collect()
@@ -361,12 +365,15 @@ def memory_total_gb() -> str:
     return "unknown"
 
 
-def render_report(args, sections: list[Section], usage: CpuUsage, started: datetime) -> str:
+def render_report(
+    args, sections: list[Section], usage: CpuUsage, started: datetime, revision: str | None = None
+) -> str:
+    """The Markdown report; `revision` is the git revision the run started from (default: the current one)."""
     from hf_vqvae import __version__
 
     versions = ", ".join(
         [
-            f"hf_vqvae {__version__} (git {git_revision()})",
+            f"hf_vqvae {__version__} (git {revision or git_revision()})",
             f"torch {torch.__version__}",
             f"transformers {package_version('transformers')}",
             f"diffusers {package_version('diffusers')}",

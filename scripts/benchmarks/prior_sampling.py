@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import REPO_ROOT, Section, Sizes, cpu_model, fmt, time_interleaved, verdict
+from .harness import REPO_ROOT, CpuMeter, Section, Sizes, cpu_model, fmt, time_interleaved, verdict
 
 
 DEFAULT_PIXELCNN = REPO_ROOT / "models" / "pixelcnn-prior-cifar10"
@@ -68,16 +68,18 @@ def load_priors(pixelcnn: Path, transformer: Path, quick: bool):
     sources = {}
     if (pixelcnn / "config.json").exists():
         pixelcnn_model = VQVAEPixelCNNPriorModel.from_pretrained(pixelcnn)
-        sources["pixelcnn"] = str(pixelcnn)
+        sources["pixelcnn"] = _relative(pixelcnn)
     else:
         pixelcnn_model = VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorConfig(**PIXELCNN_SIZES))
-        sources["pixelcnn"] = f"random weights, CIFAR-10 run's sizes ({pixelcnn} has no config.json)"
+        sources["pixelcnn"] = f"random weights, CIFAR-10 run's sizes ({_relative(pixelcnn)} has no config.json)"
     if (transformer / "config.json").exists():
         transformer_model = VQVAEPriorForCausalLM.from_pretrained(transformer)
-        sources["transformer"] = str(transformer)
+        sources["transformer"] = _relative(transformer)
     else:
         transformer_model = VQVAEPriorForCausalLM(VQVAEPriorConfig(codebook_size=512, num_classes=10))
-        sources["transformer"] = f"random weights of the default VQVAEPriorConfig ({transformer} has no config.json)"
+        sources["transformer"] = (
+            f"random weights of the default VQVAEPriorConfig ({_relative(transformer)} has no config.json)"
+        )
     return pixelcnn_model.eval(), transformer_model.eval(), sources
 
 
@@ -111,7 +113,7 @@ def bench_prior_sampling(args, sizes: Sizes) -> Section:
 
 
 def _bench_prior_sampling(args, sizes: Sizes) -> Section:
-    started = datetime.now(timezone.utc)
+    started, meter = datetime.now(timezone.utc), CpuMeter()
     pixelcnn, transformer, sources = load_priors(Path(args.pixelcnn_prior), Path(args.transformer_prior), args.quick)
     codes_per_grid = {"pixelcnn": pixelcnn.config.num_codes, "transformer": transformer.config.num_codes}
     config = pixelcnn.config
@@ -211,6 +213,13 @@ def _bench_prior_sampling(args, sizes: Sizes) -> Section:
         "repeats": args.repeats,
         "quick": args.quick,
         "rows": rows,
+    }
+    usage = meter.stop()
+    result["load"] = {
+        "wall_seconds": usage.wall_seconds,
+        "own_cpu_seconds": usage.own_seconds,
+        "other_processes_cpu_seconds": usage.other_seconds,
+        "other_processes_cores": usage.other_cores,  # their CPU time as a share of one core, over the wall time
     }
     if args.prior_sampling_json:
         output = Path(args.prior_sampling_json)
