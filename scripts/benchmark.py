@@ -1,14 +1,17 @@
 """Benchmark hf_vqvae on CPU against bare PyTorch, diffusers and vector-quantize-pytorch; write BENCHMARKS.md.
 
     pip install -e ".[bench]"        # diffusers and vector-quantize-pytorch, for the comparisons
-    python scripts/benchmark.py      # every section, 2 threads (roughly 10 minutes on 2 idle cores, estimated)
+    python scripts/benchmark.py      # every section, 2 threads (roughly 15 minutes on 2 idle cores, estimated)
     python scripts/benchmark.py --only quantizer,prior --repeats 30
     python scripts/benchmark.py --quick --output /tmp/BENCHMARKS.md   # smoke run: tiny sizes, NOT real timings
+    OMP_NUM_THREADS=1 python scripts/benchmark.py --only prior_sampling --update --threads 1 --repeats 5 --warmup 1
 
 Sections (`--only`): `quantizer` (the layer alone: 8192 vectors, D=64, K=512), `model` (the paper's CIFAR-10
 architecture: training and encoding images/s against the same layers in plain PyTorch and diffusers' `VQModel`),
-`prior` (sampling tokens/s against transformers' GPT-2 `generate` of the same size) and `tokenize` (a dataset split to
-code tokens with `scripts/tokenize_dataset.py`: images/s against the bare encoder, and peak memory).
+`prior` (sampling tokens/s against transformers' GPT-2 `generate` of the same size), `prior_sampling` (codes/s of the
+shipped gated PixelCNN prior, naive and cached, and transformer prior; also written to `--prior_sampling_json`) and
+`tokenize` (a dataset split to code tokens with `scripts/tokenize_dataset.py`: images/s against the bare encoder, and
+peak memory). `--update` replaces only the sections run in an existing report and keeps the others.
 
 Every comparison runs in this one process, side by side: after a warm-up, the alternatives of a section are timed in
 turn, round-robin, `--repeats` times, so that a burst of load from elsewhere hits all of them alike. Tables give the
@@ -18,7 +21,8 @@ next to the results, with a warning when it exceeds `--busy_threshold` of one co
 numbers, from a busy run.
 
 Layout: this file is the command line and the run; `scripts/benchmarks/harness.py` holds the sizes, the interleaved
-timing, the load meter and the report; `scripts/benchmarks/{quantizer,model,prior,tokenization}.py` one section each.
+timing, the load meter and the report; `scripts/benchmarks/{quantizer,model,prior,prior_sampling,tokenization}.py` one
+section each.
 """
 
 import argparse
@@ -39,10 +43,13 @@ from benchmarks.harness import (
     SECTIONS,
     CpuMeter,
     Section,
+    git_revision,
     render_report,
+    update_report,
 )
 from benchmarks.model import bench_model
 from benchmarks.prior import bench_prior
+from benchmarks.prior_sampling import DEFAULT_JSON, DEFAULT_PIXELCNN, DEFAULT_TRANSFORMER, bench_prior_sampling
 from benchmarks.quantizer import bench_quantizer
 from benchmarks.tokenization import bench_tokenize
 
@@ -96,6 +103,29 @@ def parse_args(argv=None):
         "missing folder falls back to `random`.",
     )
     parser.add_argument(
+        "--update",
+        action="store_true",
+        help="Replace only the sections run in an existing `--output` report and keep its other sections (each "
+        "replaced section then names its own run: date, command, machine, load).",
+    )
+    parser.add_argument(
+        "--pixelcnn_prior",
+        default=str(DEFAULT_PIXELCNN),
+        help="Gated PixelCNN prior folder for the prior_sampling section (default models/pixelcnn-prior-cifar10; "
+        "random weights of the same sizes when it has no config.json).",
+    )
+    parser.add_argument(
+        "--transformer_prior",
+        default=str(DEFAULT_TRANSFORMER),
+        help="Transformer prior folder for the prior_sampling section (default models/prior-cifar10).",
+    )
+    parser.add_argument(
+        "--prior_sampling_json",
+        default=None,
+        help="Where the prior_sampling section also writes its rows, machine and command as JSON (default "
+        "results/prior_sampling.json; with --quick, prior_sampling.quick.json in the temporary folder).",
+    )
+    parser.add_argument(
         "--busy_threshold",
         type=float,
         default=0.10,
@@ -119,6 +149,10 @@ def parse_args(argv=None):
         args.output = str(
             Path(tempfile.gettempdir()) / "BENCHMARKS.quick.md" if args.quick else REPO_ROOT / "BENCHMARKS.md"
         )
+    if args.prior_sampling_json is None:
+        args.prior_sampling_json = str(
+            Path(tempfile.gettempdir()) / "prior_sampling.quick.json" if args.quick else DEFAULT_JSON
+        )
     for name in ("repeats", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
@@ -127,13 +161,20 @@ def parse_args(argv=None):
     return args
 
 
-BENCHMARKS = {"quantizer": bench_quantizer, "model": bench_model, "prior": bench_prior, "tokenize": bench_tokenize}
+BENCHMARKS = {
+    "quantizer": bench_quantizer,
+    "model": bench_model,
+    "prior": bench_prior,
+    "prior_sampling": bench_prior_sampling,
+    "tokenize": bench_tokenize,
+}
 
 
 def main(args) -> list[Section]:
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
     started = datetime.now(timezone.utc)
+    revision = git_revision()  # before any section writes its results
     meter = CpuMeter()
     sections = []
     for name in args.sections:
@@ -143,8 +184,10 @@ def main(args) -> list[Section]:
         section.cpu = section_meter.stop()
         sections.append(section)
     usage = meter.stop()
-    report = render_report(args, sections, usage, started)
+    report = render_report(args, sections, usage, started, revision)
     output = Path(args.output)
+    if args.update and output.exists():
+        report = update_report(output.read_text(), report)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(report + "\n")

@@ -1,8 +1,9 @@
 """Smoke tests of `scripts/benchmark.py`: its `--quick` mode on tiny sizes, so that the script cannot rot.
 
-Only the quantizer and prior sections run here (a few seconds); the timings themselves are not checked.
+Only the quantizer, prior and prior_sampling sections run here (a few seconds); the timings themselves are not checked.
 """
 
+import json
 import sys
 
 import pytest
@@ -30,11 +31,15 @@ def run_quick(output, *extra):
         torch.set_num_threads(threads)
 
 
+PRIOR_SAMPLING = "Prior sampling: gated PixelCNN and transformer priors"
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("bench") / "BENCHMARKS.md"
-    sections = run_quick(output, "--only", "quantizer,prior")
-    return output.read_text(), {section.title: section for section in sections}
+    folder = tmp_path_factory.mktemp("bench")
+    output, rows = folder / "BENCHMARKS.md", folder / "prior_sampling.json"
+    sections = run_quick(output, "--only", "quantizer,prior,prior_sampling", "--prior_sampling_json", str(rows))
+    return output.read_text(), {section.title: section for section in sections}, json.loads(rows.read_text())
 
 
 def column(section, name: str) -> list[str]:
@@ -43,8 +48,8 @@ def column(section, name: str) -> list[str]:
 
 
 def test_quick_run_writes_a_report_with_tables(quick_run):
-    text, sections = quick_run
-    assert set(sections) == {"Quantizer layer", "Prior sampling"}
+    text, sections, _ = quick_run
+    assert set(sections) == {"Quantizer layer", "Prior sampling", PRIOR_SAMPLING}
     assert text.startswith("# hf_vqvae benchmarks")
     assert "**QUICK MODE**" in text
     for item in (
@@ -56,7 +61,7 @@ def test_quick_run_writes_a_report_with_tables(quick_run):
         "- Load from other processes during the whole run:",
     ):
         assert item in text, item
-    assert "## Quantizer layer" in text and "## Prior sampling" in text
+    assert "## Quantizer layer" in text and "## Prior sampling" in text and f"## {PRIOR_SAMPLING}" in text
     assert "## Whole model" not in text and "## Tokenization" not in text
     for section in sections.values():
         # One Markdown table per section: header, separator, one line per row, all with the same number of cells.
@@ -87,6 +92,46 @@ def test_prior_rows_compare_cached_uncached_and_gpt2(quick_run):
     assert column(prior, "sampler") == ["ours, cached", "ours, uncached", "GPT-2 `generate`, cached"]
     assert all(float(value.replace(",", "")) > 0 for value in column(prior, "tokens/s"))
     assert any("in 0 of" in note for note in prior.notes)  # greedy: cache and no cache choose the same codes
+
+
+def test_prior_sampling_rows_time_both_priors_and_check_the_cached_sampler(quick_run):
+    _, sections, result = quick_run
+    section = sections[PRIOR_SAMPLING]
+    assert column(section, "sampler") == ["pixelcnn, naive", "pixelcnn, cached", "transformer, kv cache"]
+    assert column(section, "batch") == ["2"] * 3  # the quick sizes' batch
+    assert column(section, "same codes as naive") == ["", "yes", ""]
+    assert column(section, "x naive PixelCNN")[0] == "1.0x"
+    # The JSON holds the same rows, with the machine (CPU model included) and the command that made them.
+    assert [row["sampler"] for row in result["rows"]] == column(section, "sampler")
+    assert [row["same_codes_as_naive"] for row in result["rows"]] == [None, True, None]
+    for row in result["rows"]:
+        assert row["codes_per_second"] == pytest.approx(2 * 12 / row["median_seconds"])  # batch 2, 3x4 grids
+        assert len(row["samples_seconds"]) == 2 and row["batch"] == 2
+    assert result["machine"]["cpu"] == harness.cpu_model() and result["machine"]["torch_threads"] == 1
+    assert result["command"].startswith("python scripts/benchmark.py --quick") and result["quick"]
+    assert result["load"]["wall_seconds"] > 0 and result["load"]["own_cpu_seconds"] > 0
+
+
+def test_update_replaces_only_the_sections_run(tmp_path):
+    old = "\n".join(["# hf_vqvae benchmarks", "", "- Date: old", "", "## A", "", "old a", "", "## B", "", "old b", ""])
+    new = "\n".join(
+        ["# hf_vqvae benchmarks", "", "> **busy**", "- Date: new", "", "## B", "", "new b", "", "## C", "c"]
+    )
+    updated = harness.update_report(old, new)
+    assert updated.split("## B")[0] == "# hf_vqvae benchmarks\n\n- Date: old\n\n## A\n\nold a\n\n"
+    assert "old b" not in updated and updated.index("## B") < updated.index("## C")
+    section_b = updated.split("## B")[1].split("## C")[0]
+    assert "later run than the header's" in section_b and "- Date: new" in section_b
+    assert "> **busy**" in section_b and "new b" in section_b
+    # Through the script: a quick --update run of one section keeps the sections of an earlier run.
+    output = tmp_path / "BENCHMARKS.md"
+    run_quick(output, "--only", "quantizer")
+    first = output.read_text()
+    run_quick(output, "--only", "prior", "--update")
+    text = output.read_text()
+    assert text.startswith(first.split("## Quantizer layer")[0])  # the first run's header
+    assert text.split("## Prior sampling")[0].strip() == first.strip()  # its section too, unchanged
+    assert "Measured in a later run" in text.split("## Prior sampling")[1]
 
 
 def test_optional_libraries_choose_the_same_codes(quick_run):
@@ -123,3 +168,6 @@ def test_parse_args_checks_the_sections():
         benchmark.parse_args(["--only", "quantiser"])
     with pytest.raises(ValueError, match="`--repeats` must be >= 1"):
         benchmark.parse_args(["--repeats", "0"])
+    assert benchmark.parse_args(["--only", "prior_sampling"]).prior_sampling_json.endswith(
+        "results/prior_sampling.json"
+    )

@@ -334,6 +334,101 @@ def test_cached_sampler_gives_the_naive_samplers_codes(kwargs, model_kwargs):
             assert torch.equal(cached.flatten(1)[:, : prompt.shape[1]], prompt.expand(cached.shape[0], -1))
 
 
+@pytest.mark.parametrize(
+    "model_kwargs",
+    [
+        {},
+        {"num_classes": 0, "kernel_size": 5, "use_position_bias": False, "grid_size": (4, 3)},
+        {"num_layers": 1},  # the first layer is the last: no residual projection
+        {"num_layers": 3, "grid_size": (1, 5)},  # one row: no vertical stack reaches any position
+        {"grid_size": (4, 1), "hidden_dropout_prob": 0.5},  # one column; dropout off while sampling
+    ],
+)
+@pytest.mark.parametrize("guided", [False, True])
+def test_cached_sampler_computes_the_forward_logits(model_kwargs, guided):
+    """
+    Teacher-forced, the cached sampler's logits at every position equal the full forward pass's (up to float
+    rounding): the check behind "same codes", independent of which code a draw picks.
+    """
+    model = make_model(**model_kwargs)
+    if guided and model.config.num_classes == 0:
+        pytest.skip("guidance needs classes")
+    h, w = model.config.grid_size
+    generator = torch.Generator().manual_seed(0)
+    grids = torch.randint(0, model.config.codebook_size, (2, h, w), generator=generator)
+    class_ids = model._class_ids([2, 0] if model.config.num_classes else None, 2)
+    if guided:
+        class_ids = torch.cat([class_ids, torch.full_like(class_ids, model.config.num_classes)])  # (2B,)
+    for start in (0, min(w + 1, h * w - 1)):  # from scratch, and after a prompt past the first row
+        seen = []
+
+        def pick(logits, seen=seen, start=start):  # records the logits, picks the grid's own code
+            seen.append(logits.clone())
+            return grids.flatten(1)[:, start + len(seen) - 1]
+
+        codes = torch.zeros_like(grids)
+        codes.flatten(1)[:, :start] = grids.flatten(1)[:, :start]
+        with torch.no_grad():
+            model._sample_cached(codes, class_ids, start, pick)
+            # The whole grid at once, as `forward` computes it (which takes no "no class" id: the unguided half).
+            expected = model._logits(grids.repeat(2 if guided else 1, 1, 1), class_ids).permute(0, 2, 3, 1)
+        assert torch.equal(codes, grids)
+        cached = torch.stack(seen, dim=1)  # (B or 2B, h * w - start, K)
+        torch.testing.assert_close(cached, expected.flatten(1, 2)[:, start:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_samples": 1},
+        {"class_labels": ["bee"], "guidance_scale": 2.0},
+        {"class_labels": [0, 2, 1], "guidance_scale": 4.0, "top_p": 0.9},
+        # A prompt ending mid-row and one ending at a row's end, class-conditional, guided.
+        {"prompt_codes": torch.tensor([[3, 1, 4, 1, 5, 9]]), "class_labels": "cat", "guidance_scale": 2.0},
+        {"prompt_codes": torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]] * 2), "class_labels": [0, 1]},
+    ],
+)
+@pytest.mark.parametrize("model_kwargs", [{"kernel_size": 5, "num_layers": 3}, {"num_layers": 1}])
+def test_cached_sampler_gives_the_naive_samplers_codes_on_other_paths(kwargs, model_kwargs):
+    model = make_model(**model_kwargs)
+    for seed in range(3):
+        cached = model.generate_codes(seed=seed, **kwargs)
+        assert torch.equal(cached, model.generate_codes(seed=seed, use_cache=False, **kwargs)), seed
+        if "prompt_codes" in kwargs:
+            prompt = kwargs["prompt_codes"]
+            assert torch.equal(cached.flatten(1)[:, : prompt.shape[1]], prompt.expand(cached.shape[0], -1))
+
+
+def test_cached_sampler_follows_changed_weights():
+    """The cached sampler keeps its reordered kernels between calls: any change of the weights must reach it."""
+    model = make_model()
+    before = model.generate_codes(class_labels=[0, 1, 2], seed=0)
+    changed = make_model()
+    with torch.no_grad():
+        for parameter in changed.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    previous = before
+    for change in (
+        lambda: model.load_state_dict(changed.state_dict()),  # in place
+        lambda: model.head[3].weight.data.mul_(3),  # in place, behind autograd's back
+        lambda: model.load_state_dict(make_model().state_dict(), assign=True),  # new tensors: the first weights
+    ):
+        change()
+        cached = model.generate_codes(class_labels=[0, 1, 2], seed=0)
+        assert torch.equal(cached, model.generate_codes(class_labels=[0, 1, 2], seed=0, use_cache=False))
+        assert not torch.equal(cached, previous)
+        previous = cached
+    assert torch.equal(cached, before)
+
+
+def test_drawing_every_uniform_at_once_gives_the_per_position_stream():
+    """The samplers draw all their uniforms in one call: the same numbers as one draw of the batch per position."""
+    for batch in (1, 3, 64):
+        generator = torch.Generator().manual_seed(0)
+        one_by_one = torch.stack([torch.rand(batch, generator=generator) for _ in range(64)])
+        assert torch.equal(one_by_one, torch.rand(64, batch, generator=torch.Generator().manual_seed(0)))
+
+
 def test_greedy_sampling_follows_the_forward_logits():
     """The cached sampler's greedy grid is the argmax of the full forward pass at every position."""
     model = shared_model()
@@ -587,24 +682,6 @@ def test_bits_per_dim_script_takes_a_pixelcnn_prior(tmp_path):
     assert results["bits_per_dim_learned_prior"] == pytest.approx(
         results["decoder_bits_per_dim"] + results["learned_prior_bits_per_dim"]
     )
-
-
-def test_prior_sampling_benchmark_runs_and_checks_the_cached_sampler(tmp_path):
-    benchmark = import_script("benchmarks.prior_sampling")
-    args = benchmark.parse_args(["--quick", "--repeats", "1", "--warmup", "0", "--output", str(tmp_path / "b.json")])
-    result = benchmark.main(args)
-    assert result == json.loads((tmp_path / "b.json").read_text())
-    rows = result["rows"]
-    assert [(row["batch"], row["sampler"]) for row in rows] == [
-        (batch, sampler)
-        for batch in (1, 32)
-        for sampler in ("pixelcnn, naive", "pixelcnn, cached", "transformer, kv cache")
-    ]
-    assert all(row["codes_per_second"] > 0 and row["quick"] for row in rows)
-    assert [row["same_codes_as_naive"] for row in rows if row["sampler"] == "pixelcnn, cached"] == [True, True]
-    assert result["machine"]["cpu"]
-    with pytest.raises(ValueError, match="repeats"):
-        benchmark.parse_args(["--repeats", "0", "--output", str(tmp_path / "c.json")])
 
 
 def test_anomaly_scorer_takes_a_pixelcnn_prior():

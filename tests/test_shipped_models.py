@@ -174,6 +174,22 @@ def test_shipped_outputs_match_pinned_values(name):
     assert_pinned(name, package_outputs(name), "hf_vqvae classes")
 
 
+@pytest.mark.slow  # ~100 full forward passes of the shipped PixelCNN (the tiny-model tests cover the fast lane)
+def test_shipped_pixelcnn_prior_cached_sampler_draws_the_naive_samplers_codes():
+    """On the shipped weights, not only on tiny random ones: the same codes for a fixed seed, guided and completing."""
+    from hf_vqvae import VQVAEPixelCNNPriorModel
+
+    prior = VQVAEPixelCNNPriorModel.from_pretrained(MODELS / "pixelcnn-prior-cifar10").eval()
+    prompt = torch.tensor(VQVAE_CIFAR10_CODES[1]).flatten()[None, :36]  # four rows and a half of a test image's codes
+    for kwargs in (
+        {"class_labels": "cat", "seed": 0},
+        {"class_labels": "horse", "guidance_scale": 2.0, "prompt_codes": prompt, "seed": 1},
+    ):
+        cached = prior.generate_codes(**kwargs)
+        assert torch.equal(cached, prior.generate_codes(use_cache=False, **kwargs)), kwargs
+    assert torch.equal(cached.flatten(1)[:, :36], prompt)
+
+
 # --- the folders' code copies and configs are what the package writes ------------------------------------------------
 
 REFRESH_SCRIPT = REPO_ROOT / "scripts" / "refresh_shipped_models.py"

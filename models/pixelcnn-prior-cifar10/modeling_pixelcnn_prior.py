@@ -359,7 +359,8 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
         if uniform is None:
             return scores.argmax(-1)
         # The order of transformers' sampling warpers: temperature, top-k, top-p.
-        scores = scores / temperature
+        if temperature != 1.0:  # dividing by 1 changes nothing: skip the op
+            scores = scores / temperature
         if top_k:
             kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -385,81 +386,192 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
             codes[:, i, j] = pick(logits)
         return codes
 
+    def _cached_sampler_weights(self) -> list[dict]:
+        """
+        Per layer, the matrices of the cached sampler, acting on channels-last rows (`torch.addmm(bias, rows, weight)`):
+        the vertical convolution (2C, C, p + 1, k) on flattened (p + 1, k, C) windows, the horizontal one
+        (2C, C, 1, p + 1) on flattened (p + 1, C) windows, and the 1x1 convolutions as (C_in, C_out) matrices.
+
+        Reordering the kernels is a strided copy that costs about a tenth of a whole batch-1 sample, so the matrices are
+        kept between calls, for as long as no parameter changes: the key holds every parameter's identity, storage and
+        version counter, which in-place updates (optimizer steps, `load_state_dict`, `.copy_`) increase.
+        """
+        parameters = list(self.parameters())
+        key = [(id(p), p.data_ptr(), p._version) for p in parameters]
+        kept = self.__dict__.get("_sampler_weights")
+        if kept is not None and kept[0] == key:
+            return kept[2]
+        channels = self.config.hidden_channels
+
+        def matrix(conv):  # (out, in, kh, kw) -> (kh * kw * in, out), rows in the channels-last window order
+            # A transposed view of (out, kh * kw * in): `addmm` reads it as is (a copy only where kh * kw > 1).
+            return conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1).t()
+
+        weights = []
+        for layer in self.layers:
+            projections = [layer.skip_proj] if layer.residual_proj is None else [layer.residual_proj, layer.skip_proj]
+            weights.append(
+                {
+                    "vertical": matrix(layer.vertical_conv),
+                    "vertical_bias": layer.vertical_conv.bias,
+                    "to_horizontal": matrix(layer.vertical_to_horizontal),
+                    "to_horizontal_bias": layer.vertical_to_horizontal.bias,
+                    "horizontal": matrix(layer.horizontal_conv),
+                    "horizontal_bias": layer.horizontal_conv.bias,
+                    # The residual and skip projections stacked into one product, (C, 2C); the skip alone, (C, C),
+                    # for the last layer.
+                    "output": torch.cat([proj.weight[:, :, 0, 0] for proj in projections]).t(),
+                    "output_bias": torch.cat([proj.bias for proj in projections]),
+                    "position_bias": None
+                    if layer.position_bias is None
+                    else layer.position_bias.permute(1, 2, 0).reshape(*self.config.grid_size, 2, 2 * channels),
+                }
+            )
+        # Not a module attribute (never saved, never moved); `parameters` keeps the ids and storages of the key alive,
+        # so that no new parameter can take them.
+        self.__dict__["_sampler_weights"] = (key, parameters, weights)
+        return weights
+
     def _sample_cached(self, codes, class_ids, start, pick):
         """
         Fill positions `start..` of `codes` (B, h, w) in place: each row's vertical stack once, when the row is
-        complete; each position's horizontal stack one column at a time from cached states (module docstring). The
-        per-position work is a few matrix products on (B, channels) rows: the horizontal convolution as a product with
-        its flattened kernel, the residual and skip projections as one product.
+        complete; each position's horizontal stack one column at a time from cached states (module docstring).
+
+        At batch 1 the time goes to per-operation overhead, so the loop over a position's layers is kept to six tensor
+        operations per layer, two of them matrix products, and no copies: every convolution is one `torch.addmm` on
+        channels-last rows; a position's horizontal window (B, (p + 1) * C) is a view of the layer's input buffer; the
+        terms of a row's horizontal gates that do not depend on the position (vertical stack from above, class,
+        position, biases) are summed once per row and enter the product as its bias; gates and residuals are written
+        in place into the next layer's buffers through views made once per row; the skips are summed once per
+        position. The last row's vertical stack, which no position sees, is never computed.
         """
-        (h, w), channels = self.config.grid_size, self.config.hidden_channels
-        layers, num_layers = self.layers, len(self.layers)
-        reach = layers[0].reach
+        config = self.config
+        (h, w), channels = config.grid_size, config.hidden_channels
+        num_layers, num_codes = len(self.layers), config.num_codes
+        reach = self.layers[0].reach
+        kernel = 2 * reach + 1
         batch = class_ids.shape[0] if class_ids is not None else codes.shape[0]
         repeat = batch // codes.shape[0]  # 2 under guidance: both halves get the same codes
-        zeros = functools.partial(torch.zeros, dtype=self.embed_codes.weight.dtype, device=self.device)
-        conditions = [layer.conditioning(class_ids) for layer in layers]
-        # Per layer, as (bias, weight^T) for `torch.addmm`: the horizontal kernel (2C, C, 1, p + 1) flattened to act on
-        # a window (B, (p + 1) * C) of columns in channels-last order; the residual and skip projections stacked into
-        # one (C, 2C) product.
-        horizontal_weights, output_weights = [], []
-        for layer in layers:
-            kernel = layer.horizontal_conv.weight[:, :, 0, :].permute(0, 2, 1).reshape(2 * channels, -1)
-            horizontal_weights.append((layer.horizontal_conv.bias, kernel.t().contiguous()))
-            projections = [layer.skip_proj] if layer.residual_proj is None else [layer.residual_proj, layer.skip_proj]
-            output_weights.append(
-                (
-                    torch.cat([proj.bias for proj in projections]),
-                    torch.cat([proj.weight[:, :, 0, 0] for proj in projections]).t().contiguous(),
-                )
-            )
-        head = [(conv.bias, conv.weight[:, :, 0, 0].t().contiguous()) for conv in (self.head[1], self.head[3])]
-        # Inputs of every layer's stacks, filled as codes and rows complete: vertical (B, C, h, w) as the vertical
-        # convolution reads it, horizontal channels-last (B, h, p + w, C), zero-padded on the left by `reach`.
-        vertical_in = [zeros(batch, channels, h, w) for _ in range(num_layers)]
+        if start >= num_codes:
+            return codes
+        embedding = self.embed_codes.weight
+        zeros = functools.partial(torch.zeros, dtype=embedding.dtype, device=embedding.device)
+        weights = self._cached_sampler_weights()
+        conditions = [layer.conditioning(class_ids) for layer in self.layers]  # (B, 4C) each, or None
+
+        # Row-independent bias terms, (B, 2C) or (2C,): the vertical gates', and the horizontal gates' of row 0 (no
+        # vertical stack from above) and of the rows below it (plus the vertical-to-horizontal bias).
+        layer_terms = []
+        for weight, condition in zip(weights, conditions):
+            terms = {"vertical": weight["vertical_bias"], "first_row": weight["horizontal_bias"]}
+            if condition is not None:
+                terms["vertical"] = terms["vertical"] + condition[:, : 2 * channels]
+                terms["first_row"] = terms["first_row"] + condition[:, 2 * channels :]
+            terms["row"] = terms["first_row"] + weight["to_horizontal_bias"]
+            layer_terms.append(terms)
+
+        def row_bias(terms, position_bias):
+            """(B * w, 2C) bias of a row's `addmm` from row-independent `terms` and the row's position bias (w, 2C)."""
+            terms = terms.expand(batch, 2 * channels)[:, None]  # (B, 1, 2C)
+            if position_bias is None:
+                return terms.expand(batch, w, 2 * channels).reshape(batch * w, 2 * channels)
+            return (terms + position_bias).reshape(batch * w, 2 * channels)
+
+        # Input buffers of every layer, channels-last: vertical (B, p + h, p + w + p, C), zero-padded on the top,
+        # left and right as the vertical convolution reads it; horizontal (B, h, p + w, C), zero-padded on the left.
+        vertical_in = [zeros(batch, reach + h, w + 2 * reach, channels) for _ in range(num_layers)]
         horizontal_in = [zeros(batch, h, reach + w, channels) for _ in range(num_layers)]
-        # What the vertical stack gives each position of the next row (B, w, 2C); row 0 gets nothing.
-        from_above = [zeros(batch, w, 2 * channels) for _ in range(num_layers)]
+        v_row, v_batch = (w + 2 * reach) * channels, (reach + h) * (w + 2 * reach) * channels  # strides
+        h_row, h_batch = (reach + w) * channels, h * (reach + w) * channels
+        # Views (h, w, B, .) of the horizontal buffers: the window of columns j - p..j of row i (B, (p + 1) * C),
+        # and column j itself (B, C).
+        windows = [
+            x.as_strided((h, w, batch, (reach + 1) * channels), (h_row, channels, h_batch, 1)) for x in horizontal_in
+        ]
+        columns = [x[:, :, reach:].permute(1, 2, 0, 3) for x in horizontal_in]  # (h, w, B, C)
+        # Where a code's embedding goes: the first layer's vertical input at (i, j), its horizontal one at (i, j + 1).
+        embedded_vertical = vertical_in[0][:, reach : reach + h, reach : reach + w].permute(1, 2, 0, 3)  # (h, w, B, C)
+        codes_flat = codes.view(codes.shape[0], num_codes)
+        # Work buffers, written with `out=`: the gates' pre-activations and output, and every layer's residual and skip
+        # (B, L, 2C), the skips summed once per position.
+        pre, outputs = zeros(batch, 2 * channels), zeros(batch, num_layers, 2 * channels)
+        gated, gate = zeros(batch, channels), zeros(batch, channels)
+        pre_a, pre_b = pre[:, :channels], pre[:, channels:]
+        skips = outputs[:, :, channels:]  # (B, L, C)
+        # Per layer: (horizontal weight, output bias, output weight, where the output goes, its residual part).
+        steps = [
+            (
+                weight["horizontal"],
+                weight["output_bias"],
+                weight["output"],
+                outputs[:, index] if index + 1 < num_layers else skips[:, index],
+                outputs[:, index, :channels],
+            )
+            for index, weight in enumerate(weights)
+        ]
+        last = num_layers - 1
+        head = [(conv.bias, conv.weight[:, :, 0, 0].t()) for conv in (self.head[1], self.head[3])]
+        # Per layer, the horizontal gates' terms of the current row: (B, w, 2C), one (B, 2C) view per column.
+        row_terms = [
+            row_bias(
+                layer_terms[index]["first_row"],
+                None if weight["position_bias"] is None else weight["position_bias"][0, :, 1],
+            )
+            .view(batch, w, 2 * channels)
+            .unbind(1)
+            for index, weight in enumerate(weights)
+        ]
 
         for i in range(h):
-            # The terms of row i's horizontal gates that do not depend on the row: vertical stack, class, position.
-            row_terms = []
-            for index, layer in enumerate(layers):
-                terms = from_above[index]
-                if conditions[index] is not None:
-                    terms = terms + conditions[index][:, None, 2 * channels :]
-                if layer.position_bias is not None:
-                    terms = terms + layer.position_bias[2 * channels :, i].T  # (w, 2C)
-                row_terms.append(terms)
+            row_windows = [x[i].unbind(0) for x in windows]
+            row_columns = [x[i].unbind(0) for x in columns]
+            row_embedded = embedded_vertical[i].unbind(0)
             for j in range(w):
-                skips = 0
-                for index in range(num_layers):
-                    window = horizontal_in[index][:, i, j : j + reach + 1].reshape(batch, -1)  # (B, (p + 1) * C)
-                    bias, weight = horizontal_weights[index]
-                    pre = torch.addmm(bias, window, weight) + row_terms[index][:, j]  # (B, 2C)
-                    a, b = pre.chunk(2, dim=-1)
-                    bias, weight = output_weights[index]
-                    outputs = torch.addmm(bias, torch.tanh(a) * torch.sigmoid(b), weight)
-                    if index + 1 < num_layers:
-                        residual, skip = outputs.split(channels, dim=-1)
-                        horizontal_in[index + 1][:, i, j + reach] = window[:, -channels:] + residual
-                    else:
-                        skip = outputs
-                    skips = skips + skip
-                if i * w + j >= start:
-                    hidden = torch.addmm(head[0][0], torch.relu(skips), head[0][1])
-                    codes[:, i, j] = pick(torch.addmm(head[1][0], torch.relu(hidden), head[1][1]))  # (B or 2B, K)
-                embedded = self.embed_codes(codes[:, i, j].repeat(repeat))  # (B or 2B, C)
-                vertical_in[0][:, :, i, j] = embedded
+                t = i * w + j
+                needs_logits = t >= start
+                for index, (horizontal, output_bias, output, out, residual) in enumerate(steps):
+                    if index == last and not needs_logits:
+                        break  # its skip is all the last layer gives
+                    torch.addmm(row_terms[index][j], row_windows[index][j], horizontal, out=pre)
+                    torch.tanh(pre_a, out=gated)
+                    gated.mul_(torch.sigmoid(pre_b, out=gate))
+                    torch.addmm(output_bias, gated, output, out=out)
+                    if index < last:
+                        torch.add(row_columns[index][j], residual, out=row_columns[index + 1][j])
+                if needs_logits:
+                    hidden = torch.addmm(head[0][0], skips.sum(1).relu_(), head[0][1]).relu_()
+                    codes_flat[:, t] = pick(torch.addmm(head[1][0], hidden, head[1][1]))  # (B or 2B, K) logits
+                code = codes_flat[:, t]
+                embedded = F.embedding(code.repeat(repeat) if repeat > 1 else code, embedding)  # (B or 2B, C)
+                row_embedded[j].copy_(embedded)
                 if j + 1 < w:  # mask A: the code at (i, j) is the first layer's horizontal input at (i, j + 1)
-                    horizontal_in[0][:, i, j + 1 + reach] = embedded
-            # Row i is complete: its vertical stack, for every layer, and what it gives the horizontal stack of i + 1.
-            for index, layer in enumerate(layers):
-                pre = layer.vertical(vertical_in[index], conditions[index], slice(i, i + 1))  # (B, 2C, 1, w)
+                    row_columns[0][j + 1].copy_(embedded)
+            if i + 1 == h:
+                break  # the last row's vertical stack reaches no position
+            # Row i is complete: its vertical stack, for every layer, and the terms it gives row i + 1.
+            row_terms = []
+            for index, weight in enumerate(weights):
+                position_bias = weight["position_bias"]
+                window = vertical_in[index].as_strided(
+                    (batch, w, reach + 1, kernel, channels), (v_batch, channels, v_row, channels, 1), i * v_row
+                )  # input rows i - p..i, columns j - p..j + p for each j
+                vertical_pre = torch.addmm(
+                    row_bias(
+                        layer_terms[index]["vertical"], None if position_bias is None else position_bias[i, :, 0]
+                    ),
+                    window.reshape(batch * w, -1),
+                    weight["vertical"],
+                )  # (B * w, 2C)
                 if index + 1 < num_layers:
-                    vertical_in[index + 1][:, :, i] = layer.gate(pre)[:, :, 0]
-                if i + 1 < h:
-                    from_above[index] = layer.vertical_to_horizontal(pre)[:, :, 0].transpose(1, 2)  # (B, w, 2C)
+                    target = vertical_in[index + 1][:, reach + i, reach : reach + w]  # (B, w, C)
+                    pre_3d = vertical_pre.view(batch, w, 2 * channels)
+                    torch.tanh(pre_3d[..., :channels], out=target)
+                    target.mul_(torch.sigmoid(pre_3d[..., channels:]))
+                terms = row_bias(
+                    layer_terms[index]["row"], None if position_bias is None else position_bias[i + 1, :, 1]
+                )
+                terms = torch.addmm(terms, vertical_pre, weight["to_horizontal"])
+                row_terms.append(terms.view(batch, w, 2 * channels).unbind(1))
         return codes
 
     @torch.no_grad()
@@ -575,10 +687,15 @@ class VQVAEPixelCNNPriorModel(VQVAEPixelCNNPriorPreTrainedModel):
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
 
+        # One draw per sample and position, in the same order in both samplers, drawn at once: the same numbers as
+        # one `torch.rand(batch_size)` per position.
+        uniforms = None
+        if do_sample:
+            draws = torch.rand(config.num_codes - start, batch_size, generator=generator, device=self.device)
+            uniforms = iter(draws.unbind(0))
+
         def pick(logits):
-            uniform = None
-            if do_sample:  # one draw per sample and position, in the same order in both samplers
-                uniform = torch.rand(batch_size, generator=generator, device=self.device)
+            uniform = None if uniforms is None else next(uniforms)
             return self._pick_codes(logits, guidance_scale if guided else None, temperature, top_k, top_p, uniform)
 
         was_training = self.training

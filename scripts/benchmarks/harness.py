@@ -1,6 +1,6 @@
 """The benchmark harness: problem sizes, interleaved timing, the machine's load, and the Markdown report.
 
-Every section (`quantizer.py`, `model.py`, `prior.py`, `tokenization.py`) builds a `Section` with these helpers;
+Every section (`quantizer.py`, `model.py`, `prior.py`, `prior_sampling.py`, `tokenization.py`) builds a `Section` with these helpers;
 `scripts/benchmark.py` runs the sections and writes the report.
 """
 
@@ -25,7 +25,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SECTIONS = ("quantizer", "model", "prior", "tokenize")
+SECTIONS = ("quantizer", "model", "prior", "prior_sampling", "tokenize")
 BENCH_EXTRA = 'pip install -e ".[bench]"'
 OPTIONAL_PACKAGES = {"diffusers": "diffusers", "vector_quantize_pytorch": "vector-quantize-pytorch"}
 DEFAULT_CIFAR10_DIR = REPO_ROOT.parent / "shared" / "data" / "cifar10"
@@ -135,18 +135,22 @@ def time_interleaved(
     """
     Warm up each call, then take `repeats` samples of each, round-robin (a, b, c, a, b, c, ...): a slow spell of the
     machine then lands on every alternative instead of on whichever ran during it. A sample repeats a short call
-    until it lasts `min_sample_seconds`; its time is divided by the number of calls. The garbage collector is off
+    until it lasts `min_sample_seconds` (sized on the last warm-up call); its time is divided by the number of calls. The garbage collector is off
     while timing, as in `timeit`.
     """
     numbers = {}
     for name, call in calls.items():
+        once = None
         for _ in range(warmup):
-            call()
-        numbers[name] = 1
-        if min_sample_seconds > 0:
             start = time.perf_counter()
             call()
             once = time.perf_counter() - start
+        numbers[name] = 1
+        if min_sample_seconds > 0:
+            if once is None:  # no warm-up call to size the samples with: one more call
+                start = time.perf_counter()
+                call()
+                once = time.perf_counter() - start
             numbers[name] = max(1, math.ceil(min_sample_seconds / max(once, 1e-9)))
     samples = {name: [] for name in calls}
     gc.collect()
@@ -361,12 +365,15 @@ def memory_total_gb() -> str:
     return "unknown"
 
 
-def render_report(args, sections: list[Section], usage: CpuUsage, started: datetime) -> str:
+def render_report(
+    args, sections: list[Section], usage: CpuUsage, started: datetime, revision: str | None = None
+) -> str:
+    """The Markdown report; `revision` is the git revision the run started from (default: the current one)."""
     from hf_vqvae import __version__
 
     versions = ", ".join(
         [
-            f"hf_vqvae {__version__} (git {git_revision()})",
+            f"hf_vqvae {__version__} (git {revision or git_revision()})",
             f"torch {torch.__version__}",
             f"transformers {package_version('transformers')}",
             f"diffusers {package_version('diffusers')}",
@@ -414,6 +421,51 @@ def render_report(args, sections: list[Section], usage: CpuUsage, started: datet
         lines += [f"- {note}" for note in section.notes]
         if section.notes:
             lines.append("")
+    return "\n".join(lines)
+
+
+def _split_sections(text: str) -> tuple[list[str], list[list[str]]]:
+    """A report's lines before its first `## ` heading, and each `## ` section's lines (heading first)."""
+    header, sections = [], []
+    for line in text.rstrip("\n").split("\n"):
+        if line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        else:
+            header.append(line)
+    return header, sections
+
+
+def update_report(old: str, new: str) -> str:
+    """
+    `old` with each section of `new` in place of the section of the same title (appended when `old` has none), and
+    the header of `old` kept. A replaced section says that it comes from another run, with that run's date, command,
+    versions, machine, load and method (the header lines of `new`).
+    """
+    old_header, old_sections = _split_sections(old)
+    new_header, new_sections = _split_sections(new)
+    run = []
+    for line in new_header:
+        if line.startswith("> "):  # the quick-mode and busy-machine warnings, each its own quote
+            run += [line, ""]
+        elif line.startswith("- "):
+            run.append(line)
+    by_title = {section[0]: index for index, section in enumerate(old_sections)}
+    for section in new_sections:
+        body = section[1:]
+        while body and not body[0].strip():
+            body = body[1:]
+        section = [section[0], "", "Measured in a later run than the header's (`--update`):", "", *run, "", *body]
+        if section[0] in by_title:
+            old_sections[by_title[section[0]]] = section
+        else:
+            old_sections.append(section)
+    lines = list(old_header)
+    for section in old_sections:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *section]
     return "\n".join(lines)
 
 
