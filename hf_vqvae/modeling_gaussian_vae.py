@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 from .configuration_gaussian_vae import GaussianVAEConfig
 from .modeling_vqvae import (
     VQVAEDecoder,
+    VQVAEDecoderOutput,
     VQVAEEncoder,
     VQVAEPixelCNN,
     VQVAEPreTrainedModel,
@@ -201,8 +202,6 @@ class GaussianVAEModel(VQVAEPreTrainedModel):
             return_dict (`bool`, *optional*):
                 Return a [`~hf_vqvae.modeling_vqvae.VQVAEDecoderOutput`] (default) or a plain tuple.
         """
-        from .modeling_vqvae import VQVAEDecoderOutput
-
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_latents(latents)
         params = self.decoder(latents.to(self.decoder.conv_in.weight.dtype))

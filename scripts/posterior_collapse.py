@@ -25,6 +25,7 @@ vae` runs it evaluates both. MNIST, on one CPU thread:
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -88,9 +89,13 @@ MNIST_SETTINGS = {
     "pixel_decoder_num_layers": 4,
 }
 SUMMARY_NAME = "train_summary.json"
+EVALUATION_NAME = "test_evaluation.json"
 # A latent dimension is "active" when its posterior mean varies over the test images by more than this (Burda et
 # al. 2016, arXiv 1509.00519, section 5.2).
 ACTIVE_UNIT_THRESHOLD = 0.01
+# The report calls a latent collapsed when describing an image with another image's latent costs less than this
+# (bits per pixel value; 0.01 is 7.8 bits per 28x28 image, about what one 8-bit pixel costs).
+COLLAPSE_THRESHOLD = 0.01
 
 
 def parse_args(argv: list[str] | None = None) -> PosteriorCollapseArguments:
@@ -195,7 +200,9 @@ def latent_terms(kind, model, pixel_values, generator):
         return output.bits_per_dim, other, output
     output = model(pixel_values)
     quantized = model.quantizer.lookup(output.codes.roll(1, dims=0)).movedim(-1, 1)
-    params = model.pixel_decoder(pixel_values, model.decoder(quantized))
+    params = model.decoder(quantized)
+    if model.pixel_decoder is not None:
+        params = model.pixel_decoder(pixel_values, params)
     log_likelihood = discretized_logistic_mixture_log_likelihood(
         pixel_values, params, model.config.num_logistic_mixtures
     )
@@ -261,17 +268,15 @@ def evaluate(kind, model, dataloader, policy, seed: int, max_batches: int | None
     return results
 
 
-def train_model(kind: str, args, results_dir: Path) -> tuple[torch.nn.Module, dict]:
+def train_model(kind: str, args) -> tuple[torch.nn.Module, dict]:
     """Train one model in `output_dir/<kind>` (resuming from its checkpoints) unless it is finished; return it."""
-    config_class, model_class = MODELS[kind]
+    _, model_class = MODELS[kind]
     output_dir = Path(args.output_dir) / kind
+    summary = finished_summary(kind, args)
+    if summary is not None:
+        print(f"{MODEL_NAMES[kind]}: trained already ({summary['steps']} steps, {output_dir}); loading it.")
+        return model_class.from_pretrained(output_dir), summary
     args = dataclasses.replace(args, output_dir=str(output_dir))
-    summary_file = output_dir / SUMMARY_NAME
-    if summary_file.exists():
-        summary = json.loads(summary_file.read_text())
-        if summary["steps"] == args.max_train_steps:
-            print(f"{MODEL_NAMES[kind]}: trained already ({summary['steps']} steps, {summary_file}); loading it.")
-            return model_class.from_pretrained(output_dir), summary
     accelerator = create_accelerator(args)
     model = model_class(build_config(kind, args.config_overrides))
     processor = VQVAEImageProcessor.from_model_config(model.config)
@@ -328,7 +333,7 @@ def train_model(kind: str, args, results_dir: Path) -> tuple[torch.nn.Module, di
         "parameters": sum(p.numel() for p in unwrapped.parameters()),
         "config": unwrapped.config.to_diff_dict(),
     }
-    write_json(summary_file, summary)
+    write_json(output_dir / SUMMARY_NAME, summary)
     accelerator.end_training()
     return unwrapped, summary
 
@@ -337,19 +342,19 @@ def sample_grid(kind, model, processor, pixel_values, num_samples: int, seed: in
     """Originals (first row), then `num_samples` rows of x ~ p(x | z) with z each image's codes / posterior mean."""
     model.eval()
     with torch.no_grad():
-        if kind == "vae":
-            latents = model.encode(pixel_values).posterior_mean
-            decode = model.decode
-        else:
-            latents = model.encode(pixel_values).codes
-            decode = model.decode
+        encoded = model.encode(pixel_values)
+        latents = encoded.posterior_mean if kind == "vae" else encoded.codes
         repeated = latents.repeat(num_samples, *([1] * (latents.ndim - 1)))
         generator = torch.Generator().manual_seed(seed)
-        samples = decode(repeated, do_sample=True, generator=generator).reconstruction
+        samples = model.decode(repeated, do_sample=True, generator=generator).reconstruction
     rows = [processor.postprocess(pixel_values.float(), output_type="pil")]
     for row in samples.float().split(len(pixel_values)):
         rows.append(processor.postprocess(row, output_type="pil"))
     return make_image_grid(rows)
+
+
+def verdict(information: float) -> str:
+    return "**collapsed**" if information < COLLAPSE_THRESHOLD else "**uses its latent**"
 
 
 def write_report(args, results: dict, results_dir: Path):
@@ -400,6 +405,19 @@ def write_report(args, results: dict, results_dir: Path):
         "posterior). The difference is the extra cost of describing an image with a latent that is not its own: 0 "
         "when the decoder ignores its latent.",
         "",
+        "## Verdict",
+        "",
+        f"Rule, fixed before the runs: a model's latent has collapsed when the cost of another image's latent is below "
+        f"{COLLAPSE_THRESHOLD} bits/dim (and, for the VAE, its KL too), i.e. under "
+        f"{COLLAPSE_THRESHOLD * results['values_per_image']:.1f} bits per image.",
+        "",
+        f"- VQ-VAE: {verdict(vq['information_bits_per_dim'])} (other - own {vq['information_bits_per_dim']:.4f} "
+        f"bits/dim, of at most {vq['code_bits_per_dim_uniform']:.4f} its codes can carry; {vq['codes_used']} codes "
+        "in use).",
+        f"- Gaussian VAE: {verdict(max(vae['information_bits_per_dim'], vae['kl_bits_per_dim']))} (KL "
+        f"{vae['kl_bits_per_dim']:.4f} bits/dim, other - own {vae['information_bits_per_dim']:.4f}; "
+        f"{vae['active_latent_dimensions']} of {vae['latent_dimensions']} latent dimensions active).",
+        "",
         "## Samples",
         "",
         "First row: test images; the rows below: x ~ p(x | z), z the codes (VQ-VAE) or posterior mean (VAE) of the "
@@ -434,52 +452,95 @@ def write_report(args, results: dict, results_dir: Path):
     atomic_write_text(results_dir / "report.md", "\n".join(lines))
 
 
-def main(args: PosteriorCollapseArguments):
-    results_dir = Path(args.results_dir)
-    trained = {kind: train_model(kind, args, results_dir) for kind in args.models}
-    missing = [kind for kind in MODELS if kind not in trained]
-    for kind in missing:  # trained by another run of this script (e.g. `--models vae` beside `--models vqvae`)
-        folder = Path(args.output_dir) / kind
-        summary_file = folder / SUMMARY_NAME
-        if not summary_file.exists() or json.loads(summary_file.read_text())["steps"] != args.max_train_steps:
-            print(f"{MODEL_NAMES[kind]} is not trained yet in {folder}; the comparison is written once it is.")
-            return
-        trained[kind] = (MODELS[kind][1].from_pretrained(folder), json.loads(summary_file.read_text()))
-    if (
-        len({trained[k][1]["steps"] for k in MODELS}) != 1
-        or len({trained[k][1]["train_batch_size"] for k in MODELS}) != 1
-    ):
-        raise ValueError(f"The two models were trained on different budgets: {[trained[k][1] for k in MODELS]}.")
-    results_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = create_accelerator(dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "evaluation")))
-    processor = VQVAEImageProcessor.from_model_config(trained["vqvae"][0].config)
+def finished_summary(kind: str, args) -> dict | None:
+    """The training summary of `output_dir/<kind>` if that model has trained for `max_train_steps`, else None."""
+    summary_file = Path(args.output_dir) / kind / SUMMARY_NAME
+    if not summary_file.exists():
+        return None
+    summary = json.loads(summary_file.read_text())
+    return summary if summary["steps"] == args.max_train_steps else None
+
+
+def evaluation_settings(args) -> dict:
+    return {
+        "max_eval_samples": args.max_eval_samples,
+        "eval_batch_size": args.eval_batch_size,
+        "seed": args.seed,
+        "num_sample_images": args.num_sample_images,
+        "num_samples_per_image": args.num_samples_per_image,
+    }
+
+
+def cached_evaluation(kind: str, args) -> dict | None:
+    """`output_dir/<kind>/test_evaluation.json` if it was measured with this run's evaluation settings."""
+    path = Path(args.output_dir) / kind / EVALUATION_NAME
+    if not path.exists():
+        return None
+    found = json.loads(path.read_text())
+    return found if found["settings"] == evaluation_settings(args) else None
+
+
+def evaluate_model(kind: str, model, args) -> dict:
+    """The test-split numbers and sample grid of one trained model, kept in `output_dir/<kind>` (computed once)."""
+    found = cached_evaluation(kind, args)
+    if found is not None:
+        return found
+    folder = Path(args.output_dir) / kind
+    accelerator = create_accelerator(dataclasses.replace(args, output_dir=str(folder)))
+    processor = VQVAEImageProcessor.from_model_config(model.config)
     policy = BadExamplePolicy(args.on_bad_example)
     _, test_dataloader = get_dataloaders(args, accelerator, processor, policy)
+    start = time.time()
+    metrics = evaluate(kind, model, test_dataloader, policy, args.seed)
+    print(f"{MODEL_NAMES[kind]}: {json.dumps(metrics)}")
+    first = policy.receive(next(iter(test_dataloader)))["pixel_values"][: args.num_sample_images]
+    sample_grid(kind, model, processor, first, args.num_samples_per_image, args.seed).save(
+        folder / f"samples-{kind}.png"
+    )
+    found = {"settings": evaluation_settings(args), "metrics": metrics, "seconds": round(time.time() - start, 1)}
+    write_json(folder / EVALUATION_NAME, found)
+    return found
+
+
+def main(args: PosteriorCollapseArguments):
+    done = {}
+    for kind in args.models:
+        model, summary = train_model(kind, args)
+        done[kind] = (summary, evaluate_model(kind, model, args))
+    # The other model may come from another run of this script (e.g. `--models vae` beside `--models vqvae`).
+    for kind in MODELS:
+        if kind in done:
+            continue
+        summary, evaluation = finished_summary(kind, args), cached_evaluation(kind, args)
+        if summary is None or evaluation is None:
+            state = "trained" if summary is None else "evaluated"
+            print(
+                f"{MODEL_NAMES[kind]} is not {state} yet in {Path(args.output_dir) / kind}: the comparison is written "
+                "by the run that finishes it."
+            )
+            return
+        done[kind] = (summary, evaluation)
+    budgets = {(summary["steps"], summary["train_batch_size"]) for summary, _ in done.values()}
+    if len(budgets) != 1:
+        raise ValueError(f"The two models were trained on different budgets (steps, batch size): {budgets}.")
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    config = VQVAEConfig.from_dict(done["vqvae"][0]["config"])
     results = {
         "command": f"OMP_NUM_THREADS=1 python scripts/posterior_collapse.py {args.command_line}",
         "arguments": args.public_dict(),
-        "latent_shape": "x".join(
-            map(str, (*trained["vqvae"][0].config.latent_size(), trained["vqvae"][0].config.codebook_dim))
-        ),
-        "training": {
-            kind: {k: v for k, v in summary.items() if k != "config"} for kind, (_, summary) in trained.items()
-        },
-        "configs": {kind: summary["config"] for kind, (_, summary) in trained.items()},
-        "models": {},
+        "latent_shape": "x".join(map(str, (*config.latent_size(), config.codebook_dim))),
+        "values_per_image": config.num_channels * config.image_size**2,
+        "training": {kind: {k: v for k, v in summary.items() if k != "config"} for kind, (summary, _) in done.items()},
+        "configs": {kind: summary["config"] for kind, (summary, _) in done.items()},
+        "models": {kind: evaluation["metrics"] for kind, (_, evaluation) in done.items()},
+        "evaluation_seconds": {kind: evaluation["seconds"] for kind, (_, evaluation) in done.items()},
         "curves": {},
-        "evaluation_seconds": {},
     }
-    first = policy.receive(next(iter(test_dataloader)))["pixel_values"][: args.num_sample_images]
-    for kind, (model, _) in trained.items():
-        start = time.time()
-        results["models"][kind] = evaluate(kind, model, test_dataloader, policy, args.seed)
+    for kind in MODELS:
         log = Path(args.output_dir) / kind / "validation_log.jsonl"
         results["curves"][kind] = {str(s): m for s, m in read_validation_log(log).items()} if log.exists() else {}
-        sample_grid(kind, model, processor, first, args.num_samples_per_image, args.seed).save(
-            results_dir / f"samples-{kind}.png"
-        )
-        results["evaluation_seconds"][kind] = round(time.time() - start, 1)
-        print(f"{MODEL_NAMES[kind]}: {json.dumps(results['models'][kind])}")
+        shutil.copyfile(Path(args.output_dir) / kind / f"samples-{kind}.png", results_dir / f"samples-{kind}.png")
     write_json(results_dir / "results.json", results)
     write_report(args, results, results_dir)
     print(f"Wrote {results_dir / 'report.md'}")
