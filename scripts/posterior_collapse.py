@@ -12,14 +12,16 @@ same optimizer, schedule, batches and number of steps, then measures on the test
 - samples of x given the latents of test images (PNG grids).
 
 Each model trains in `output_dir/<model>/` with checkpoints and `--resume_from_checkpoint latest`; a finished model
-is not trained again, so the same command resumes, and run once more after separate `--models vqvae` and `--models
-vae` runs it evaluates both. MNIST, on one CPU thread:
+is not trained (or evaluated) again, so the same command resumes; two runs with `--models vqvae` and `--models vae`
+train and evaluate the models side by side, and the command without `--models` then writes the comparison. The run of
+`results/posterior-collapse/` (MNIST, one CPU thread per model):
 
     OMP_NUM_THREADS=1 python scripts/posterior_collapse.py \\
         --train_data_files "../shared/data/mnist/train-*.parquet" \\
-        --validation_data_files "../shared/data/mnist/test-*.parquet" \\
-        --max_train_steps 1200 --output_dir ~/runs/collapse/mnist --resume_from_checkpoint latest \\
-        --results_dir results/posterior-collapse
+        --validation_data_files "../shared/data/mnist/test-*.parquet" --max_eval_samples 2000 \\
+        --max_train_steps 400 --train_batch_size 32 --eval_batch_size 250 --validation_steps 100 \\
+        --max_validation_samples 250 --checkpointing_steps 50 --checkpoints_total_limit 2 \\
+        --output_dir ~/runs/collapse/mnist --resume_from_checkpoint latest --results_dir results/posterior-collapse
 """
 
 import dataclasses
@@ -105,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> PosteriorCollapseArguments:
         nargs="+",
         choices=sorted(MODELS),
         default=["vqvae", "vae"],
-        help="Which models to train (each in output_dir/<model>); the comparison is written when all are trained.",
+        help="Which models to train and evaluate (each in output_dir/<model>); the comparison is written once both "
+        "are evaluated.",
     )
     parser.add_argument(
         "--config_overrides",
@@ -143,7 +146,8 @@ def parse_args(argv: list[str] | None = None) -> PosteriorCollapseArguments:
         "--max_validation_samples",
         type=int,
         default=1000,
-        help="First test images of the measurements every `--validation_steps` (the final ones use the whole split).",
+        help="First test images of the measurements every `--validation_steps` (the final ones use the test split, "
+        "or its first `--max_eval_samples`).",
     )
     parser.set_defaults(report_to="none")
     # No Hub upload: the two models are an experiment, not a release.
