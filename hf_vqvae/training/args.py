@@ -176,6 +176,17 @@ class TokenizeArguments(ScriptArguments):
     hub_private_repo: bool
 
 
+@dataclass(frozen=True, kw_only=True)
+class PosteriorCollapseArguments(TrainingArguments):
+    """`scripts/posterior_collapse.py`: a VQ-VAE and its Gaussian-latent twin trained on one budget, then compared."""
+
+    models: list[str]
+    num_sample_images: int
+    num_samples_per_image: int
+    max_validation_samples: int
+    results_dir: str
+
+
 # ---------------------------------------------------------------------------------------------------------- groups
 
 
@@ -338,6 +349,7 @@ def _split_top(text: str) -> list[str]:
 
 
 __all__ = [
+    "PosteriorCollapseArguments",
     "PriorTrainingArguments",
     "ScriptArgumentParser",
     "ScriptArguments",
