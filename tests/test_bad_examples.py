@@ -359,3 +359,117 @@ def test_the_cifar10_sample_with_corrupted_rows_loses_only_those_rows():
     expected = processor([load_image(original[i]) for i in used])["pixel_values"]
     assert torch.equal(pixel_values, expected)
     check_rows_accounted("test", 200, used, policy.records())
+
+
+# ------------------------------------------------------------------------------------- audio probes (labels by row)
+
+
+def _wav(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+# Rows of the audio splits damaged for the probe script, with the start of the cause each gives. Train rows 8-11 are a
+# whole batch of 4; row 5 is silence and row 6 24-bit stereo, which must be used.
+BAD_AUDIO = {
+    ("test", 1): "The audio file is empty (0 bytes)",
+    ("test", 6): "The audio (30 bytes",  # a truncated WAV header
+    ("train", 3): "Waveform 0 is empty (0 samples)",
+    ("train", 8): "Waveform 0 holds 1 NaN",
+    ("train", 9): "Waveform 0 is at 20 Hz and the model at 8000 Hz",
+    ("train", 10): "The audio is missing",
+    ("train", 11): "The audio (104 bytes",  # undecodable
+}
+
+
+def write_damaged_audio(folder):
+    """The audio splits of `tests/test_audio.py` (two "digits" by two "speakers"), damaged as `BAD_AUDIO` says, and
+    the same splits with the bad rows dropped (`clean-*.parquet`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_audio import RATE, tone, write_audio_parquet
+
+    write_audio_parquet(folder / "train.parquet", seed=0)  # 24 recordings
+    write_audio_parquet(folder / "test.parquet", num_per_class=2, seed=1)  # 8
+    wave = tone(800, 300.0)
+    nan = wave.copy()
+    nan[10] = np.nan
+    damage = {
+        ("test", 1): b"",
+        ("test", 6): _wav(wave, RATE)[:30],
+        ("train", 3): _wav(wave[:0], RATE),
+        ("train", 5): _wav(wave * 0, RATE),  # silence: used
+        ("train", 6): _wav(np.stack([wave, 0.5 * wave], axis=1), RATE, "PCM_24"),  # stereo 24-bit: used
+        ("train", 8): _wav(nan, RATE, "FLOAT"),
+        ("train", 9): _wav(wave, 20),
+        ("train", 10): None,
+        ("train", 11): b"RIFF" + b"x" * 100,
+    }
+    for split in ("train", "test"):
+        table = pq.read_table(folder / f"{split}.parquet")
+        cells = table.column("audio").to_pylist()
+        for (where, index), data in damage.items():
+            if where == split:
+                cells[index] = {"bytes": data, "path": None if data is None else f"{split}/{index:03d}.wav"}
+        column = pa.array(cells, type=table.schema.field("audio").type)
+        table = table.set_column(table.schema.get_field_index("audio"), "audio", column)
+        pq.write_table(table, folder / f"{split}.parquet")
+        keep = [i for i in range(table.num_rows) if (split, i) not in BAD_AUDIO]
+        pq.write_table(table.take(keep), folder / f"clean-{split}.parquet")
+
+
+def test_audio_probes_skip_bad_recordings_and_keep_every_label_with_its_row(tmp_path):
+    """`evaluate_audio_codes.py --on_bad_example skip` over damaged splits equals the same splits without the bad rows:
+    each kept recording is probed with its own labels (read by row index, not by position)."""
+    import sys
+
+    from conftest import REPO_ROOT
+    from test_audio import make_audio_config, tone
+
+    from hf_vqvae import VQVAEModel
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import evaluate_audio_codes
+
+    write_damaged_audio(tmp_path)
+    torch.manual_seed(0)
+    model = VQVAEModel(make_audio_config()).eval()
+    # A codebook spread over the encoder's outputs on both tones, so that codes (and the probes) tell the digits apart.
+    with torch.no_grad():
+        waves = torch.from_numpy(np.stack([tone(4096, 300.0), tone(4096, 900.0, amplitude=0.8)]))
+        latents = model.encode(input_values=waves).latents.transpose(1, 2).reshape(-1, 4)
+        model.quantizer.codebook.weight.copy_(latents[torch.randperm(len(latents))[:16]])
+    model.save_pretrained(tmp_path / "model")
+
+    def probe(prefix, *extra):
+        argv = ["--model", str(tmp_path / "model"), "--train_data_files", str(tmp_path / f"{prefix}train.parquet")]
+        argv += ["--test_data_files", str(tmp_path / f"{prefix}test.parquet"), "--label_columns", "digit"]
+        argv += ["speaker_id", "--batch_size", "4", "--untrained_baseline", "--num_baseline_seeds", "1", *extra]
+        return evaluate_audio_codes.main(evaluate_audio_codes.parse_args(argv))
+
+    with pytest.raises(BadExampleError) as caught:  # the test split is reconstructed first
+        probe("")
+    message = "Row 1 of split 'test' (from test/001.wav), column 'audio', cannot be used: The audio file is empty"
+    assert str(caught.value).startswith(message)
+    assert "--on_bad_example skip" in str(caught.value)
+
+    damaged = probe("", "--on_bad_example", "skip", "--output_file", str(tmp_path / "probe.json"))
+    clean = probe("clean-")
+    skipped = damaged["skipped_examples"]
+    assert [(row["split"], row["index"]) for row in skipped] == sorted(BAD_AUDIO)
+    for row in skipped:
+        assert row["column"] == "audio" and row["cause"].startswith(BAD_AUDIO[row["split"], row["index"]]), row
+    assert damaged["num_skipped"] == 7 and clean["num_skipped"] == 0 and clean["skipped_examples"] == []
+    assert damaged["num_recordings"] == clean["num_recordings"] == {"train": 19, "test": 6}
+    assert damaged["reconstruction"] == pytest.approx(clean["reconstruction"])
+    for column in ("digit", "speaker_id"):
+        assert damaged["trained"][column] == pytest.approx(clean["trained"][column]), column
+        # The baseline's k-means codebook moves a little with the batches' padding (rows shift between batches).
+        assert set(damaged["untrained_baseline"][column]) == set(clean["untrained_baseline"][column])
+    assert damaged["trained"]["digit"]["codes_used_in_train"] > 2  # informative codes: misread labels would show
+    assert json.loads((tmp_path / "probe.json").read_text())["skipped_examples"] == skipped
+    table = evaluate_audio_codes.format_probe_table(damaged)
+    assert "Skipped rows: 7 (`--on_bad_example skip`" in table and "recordings used: 19 train, 6 test" in table
