@@ -448,7 +448,7 @@ def main(args):
     # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
     register_pretrained_hooks(accelerator, VQVAEModel, "vqvae")
     init_trackers(args, accelerator)
-    run = resume_training(args, accelerator, train_dataloader)
+    run = resume_training(args, accelerator, train_dataloader, policy)  # with the rows skipped before the checkpoint
 
     accelerator.print(
         f"{len(train_dataloader.dataset)} training images, {run.summary(args.train_batch_size, accelerator, model)}"
@@ -506,7 +506,7 @@ def main(args):
                     args, accelerator, model, processor, validation_dataloader, policy, run.global_step, elapsed
                 )
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
-        save_checkpoint_if_due(args, accelerator, run.global_step)
+        save_checkpoint_if_due(args, accelerator, run.global_step, policy)
     progress.close()
 
     accelerator.wait_for_everyone()

@@ -473,3 +473,102 @@ def test_audio_probes_skip_bad_recordings_and_keep_every_label_with_its_row(tmp_
     assert json.loads((tmp_path / "probe.json").read_text())["skipped_examples"] == skipped
     table = evaluate_audio_codes.format_probe_table(damaged)
     assert "Skipped rows: 7 (`--on_bad_example skip`" in table and "recordings used: 19 train, 6 test" in table
+
+
+# ------------------------------------------------------------------------------------ multi-process evaluation
+
+# 37 rows in batches of 4 over 2 processes: process 1's last batch (row 36) is padded with rows 0, 1 and 2 again, and
+# rows 8-11 are a whole batch of bad rows (process 0 steps with zero rows). Rows 5 and 6 are unusual but usable.
+EVAL_DAMAGE = {1: "undecodable", 5: "cmyk", 6: "gray16", 8: "truncated", 9: "empty", 10: "null", 11: "undecodable"}
+EVAL_DAMAGE.update({20: "truncated", 35: "empty"})
+EVAL_BAD_ROWS = [i for i, kind in sorted(EVAL_DAMAGE.items()) if kind not in ("cmyk", "gray16")]
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_counts_every_row_once(tmp_path):
+    """`evaluate_vqvae.py --on_bad_example skip` under 2 processes (DDP over gloo) evaluates or reports each of the 37
+    rows exactly once, and gives the single process's numbers: the sampler's repeated tail rows are dropped by index,
+    not by `gather_for_metrics`' row count (which is off once rows were skipped)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, make_tiny_config, write_damaged_parquet
+    from test_scripts import free_port, script_env
+
+    from hf_vqvae import VQVAEModel
+
+    data = write_damaged_parquet(
+        REPO_ROOT / "data/cifar10_sample/test-00000-of-00001.parquet", tmp_path / "rows.parquet", EVAL_DAMAGE, 37
+    )
+    torch.manual_seed(0)
+    VQVAEModel(make_tiny_config(image_size=32)).save_pretrained(tmp_path / "model")
+
+    def evaluate(num_processes: int) -> dict:
+        output = tmp_path / f"eval-{num_processes}.json"
+        args = [str(REPO_ROOT / "scripts/evaluate_vqvae.py"), "--model", str(tmp_path / "model"), "--data_files"]
+        args += [str(data), "--batch_size", "4", "--on_bad_example", "skip", "--output_file", str(output)]
+        if num_processes == 1:
+            command, env = [sys.executable, *args], script_env()
+        else:
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+            command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+            command += ["--main_process_port", str(free_port()), *args]
+            env = script_env({"ACCELERATE_USE_CPU": "1"})
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return json.loads(output.read_text())
+
+    one, two = evaluate(1), evaluate(2)
+    for metrics in (one, two):
+        assert metrics["num_images"] == 37 - len(EVAL_BAD_ROWS) and metrics["num_skipped"] == len(EVAL_BAD_ROWS)
+        skipped = metrics["skipped_examples"]
+        assert [(row["split"], row["index"], row["column"]) for row in skipped] == [
+            ("test", i, "img") for i in EVAL_BAD_ROWS
+        ]
+        assert all(row["cause"].startswith("The image ") for row in skipped)
+    for key in ("mse", "psnr", "code_entropy_bits"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert two["codes_used"] == one["codes_used"]
+
+
+def test_gather_unique_rows_drops_rows_seen_before_in_the_pass():
+    from hf_vqvae.training.metrics import gather_unique_rows
+
+    seen = set()
+    values = torch.arange(10.0)
+    indices, (kept,) = gather_unique_rows(None, torch.tensor([4, 5, 6]), (values[[4, 5, 6]],), seen)
+    assert indices.tolist() == [4, 5, 6] and kept.tolist() == [4.0, 5.0, 6.0]
+    # A padded last batch: rows 0 and 4 again (0 twice within the batch), row 7 new.
+    indices, (kept,) = gather_unique_rows(None, torch.tensor([7, 0, 4, 0]), (values[[7, 0, 4, 0]],), seen)
+    assert indices.tolist() == [7, 0] and kept.tolist() == [7.0, 0.0] and seen == {0, 4, 5, 6, 7}
+    indices, (kept,) = gather_unique_rows(None, torch.tensor([], dtype=torch.long), (values[:0],), seen)
+    assert indices.numel() == 0 and kept.numel() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_a_resumed_training_run_still_lists_the_rows_skipped_before_its_checkpoint(tmp_path, num_processes):
+    """Stopped at step 8 of 16 (one epoch) and resumed: `skipped_examples.jsonl` lists every bad row once, those of
+    the first 8 steps included (each checkpoint keeps the rows skipped so far)."""
+    from conftest import make_tiny_config
+    from test_scripts import BAD_TRAIN_ROWS, bad_rows_args, launch
+
+    config_dir = tmp_path / "tiny_config"
+    make_tiny_config(use_ema_codebook=True, dead_code_threshold=0.5, image_size=32).save_pretrained(config_dir)
+    output = tmp_path / "run"
+    args = bad_rows_args(tmp_path, config_dir, output, "--on_bad_example", "skip", "--validation_steps", "1000")
+    steps = 16 // num_processes  # one epoch of 32 rows in batches of 2 per process
+    launch([*args, "--max_train_steps", str(steps // 2)], num_processes=num_processes)
+    first = read_skipped(output / SKIPPED_EXAMPLES_NAME)
+    in_checkpoint = read_skipped(output / f"checkpoint-{steps // 2}" / SKIPPED_EXAMPLES_NAME)
+    # The last step validates, then saves its checkpoint; the run's own list may also hold rows of a batch the
+    # DataLoader fetched ahead (decoded, never trained on), which the resumed run draws again.
+    assert all(row in first for row in in_checkpoint)
+    train_rows = [row for row in in_checkpoint if row["split"] == "train"]
+    assert 0 < len(train_rows) < len(BAD_TRAIN_ROWS)  # some bad rows come in the second half of the epoch
+    result = launch([*args, "--resume_from_checkpoint", "latest"], num_processes=num_processes)
+    assert f"checkpoint-{steps // 2}" in result.stdout + result.stderr
+    skipped = read_skipped(output / SKIPPED_EXAMPLES_NAME)
+    expected = [("test", i) for i in sorted(BAD_TRAIN_ROWS)] + [("train", i) for i in sorted(BAD_TRAIN_ROWS)]
+    assert [(row["split"], row["index"]) for row in skipped] == expected
+    assert f"- Skipped rows: {len(expected)} (`--on_bad_example skip`" in (output / "README.md").read_text()
