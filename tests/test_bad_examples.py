@@ -484,38 +484,53 @@ EVAL_DAMAGE.update({20: "truncated", 35: "empty"})
 EVAL_BAD_ROWS = [i for i, kind in sorted(EVAL_DAMAGE.items()) if kind not in ("cmyk", "gray16")]
 
 
+def run_script(script: str, args: list[str], num_processes: int):
+    """`python scripts/<script> args`, or `accelerate launch` of it on 2 CPU processes (DDP over gloo)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from test_scripts import free_port, script_env
+
+    path = str(REPO_ROOT / "scripts" / script)
+    if num_processes == 1:
+        command, env = [sys.executable, path, *args], script_env()
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+        command += [str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += ["--main_process_port", str(free_port()), path, *args]
+        env = script_env({"ACCELERATE_USE_CPU": "1"})
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def write_eval_rows(folder):
+    from conftest import REPO_ROOT, write_damaged_parquet
+
+    source = REPO_ROOT / "data/cifar10_sample/test-00000-of-00001.parquet"
+    return write_damaged_parquet(source, folder / "rows.parquet", EVAL_DAMAGE, 37)
+
+
 @pytest.mark.slow
 def test_two_process_evaluation_counts_every_row_once(tmp_path):
     """`evaluate_vqvae.py --on_bad_example skip` under 2 processes (DDP over gloo) evaluates or reports each of the 37
     rows exactly once, and gives the single process's numbers: the sampler's repeated tail rows are dropped by index,
     not by `gather_for_metrics`' row count (which is off once rows were skipped)."""
-    import subprocess
-    import sys
-
-    from conftest import REPO_ROOT, make_tiny_config, write_damaged_parquet
-    from test_scripts import free_port, script_env
+    from conftest import make_tiny_config
 
     from hf_vqvae import VQVAEModel
 
-    data = write_damaged_parquet(
-        REPO_ROOT / "data/cifar10_sample/test-00000-of-00001.parquet", tmp_path / "rows.parquet", EVAL_DAMAGE, 37
-    )
+    data = write_eval_rows(tmp_path)
     torch.manual_seed(0)
     VQVAEModel(make_tiny_config(image_size=32)).save_pretrained(tmp_path / "model")
 
     def evaluate(num_processes: int) -> dict:
         output = tmp_path / f"eval-{num_processes}.json"
-        args = [str(REPO_ROOT / "scripts/evaluate_vqvae.py"), "--model", str(tmp_path / "model"), "--data_files"]
-        args += [str(data), "--batch_size", "4", "--on_bad_example", "skip", "--output_file", str(output)]
-        if num_processes == 1:
-            command, env = [sys.executable, *args], script_env()
-        else:
-            command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-            command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-            command += ["--main_process_port", str(free_port()), *args]
-            env = script_env({"ACCELERATE_USE_CPU": "1"})
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        args = ["--model", str(tmp_path / "model"), "--data_files", str(data), "--batch_size", "4"]
+        run_script(
+            "evaluate_vqvae.py", [*args, "--on_bad_example", "skip", "--output_file", str(output)], num_processes
+        )
         return json.loads(output.read_text())
 
     one, two = evaluate(1), evaluate(2)
@@ -572,3 +587,18 @@ def test_a_resumed_training_run_still_lists_the_rows_skipped_before_its_checkpoi
     expected = [("test", i) for i in sorted(BAD_TRAIN_ROWS)] + [("train", i) for i in sorted(BAD_TRAIN_ROWS)]
     assert [(row["split"], row["index"]) for row in skipped] == expected
     assert f"- Skipped rows: {len(expected)} (`--on_bad_example skip`" in (output / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_classifier_scores_every_test_row_once(tmp_path):
+    """`train_classifier.py` under 2 processes: the test accuracy counts each of the 37 rows' good ones once."""
+    data = write_eval_rows(tmp_path)
+    args = ["--train_data_files", str(data), "--validation_data_files", str(data), "--hidden_sizes", "8,8,8"]
+    args += ["--num_train_epochs", "1", "--train_batch_size", "4", "--output_dir", str(tmp_path / "classifier")]
+    run_script("train_classifier.py", [*args, "--on_bad_example", "skip"], num_processes=2)
+    results = json.loads((tmp_path / "classifier" / "results.json").read_text())
+    assert results["curve"][-1]["num_test_images"] == 37 - len(EVAL_BAD_ROWS)
+    skipped = read_skipped(tmp_path / "classifier" / SKIPPED_EXAMPLES_NAME)
+    assert [row["index"] for row in skipped if row["split"] == "test"] == EVAL_BAD_ROWS
+    # Training drops the last incomplete batches, so some bad train rows may never be drawn.
+    assert {row["index"] for row in skipped if row["split"] == "train"} <= set(EVAL_BAD_ROWS)
