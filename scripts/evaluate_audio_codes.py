@@ -107,9 +107,12 @@ def encode_split(
     are absent, so labels must be taken by these indices, not by position).
     """
     codes, latents, rows = [], [], []
-    for batch in tqdm(dataloader, desc=description):
+    progress = tqdm(dataloader, desc=description)
+    for batch in progress:
         if policy is not None:
             batch = policy.receive(batch)  # records the rows the batch left out (`--on_bad_example skip`)
+            if policy.num_skipped:
+                progress.set_postfix(skipped=policy.num_skipped, refresh=False)
         if len(batch["input_values"]) == 0:  # every row of the batch was skipped
             continue
         output = model.encode(input_values=batch["input_values"], attention_mask=batch["attention_mask"])

@@ -447,7 +447,7 @@ def test_audio_probes_skip_bad_recordings_and_keep_every_label_with_its_row(tmp_
     def probe(prefix, *extra):
         argv = ["--model", str(tmp_path / "model"), "--train_data_files", str(tmp_path / f"{prefix}train.parquet")]
         argv += ["--test_data_files", str(tmp_path / f"{prefix}test.parquet"), "--label_columns", "digit"]
-        argv += ["speaker_id", "--batch_size", "4", "--untrained_baseline", "--num_baseline_seeds", "1", *extra]
+        argv += ["speaker_id", "--batch_size", "4", *extra]
         return evaluate_audio_codes.main(evaluate_audio_codes.parse_args(argv))
 
     with pytest.raises(BadExampleError) as caught:  # the test split is reconstructed first
@@ -467,8 +467,6 @@ def test_audio_probes_skip_bad_recordings_and_keep_every_label_with_its_row(tmp_
     assert damaged["reconstruction"] == pytest.approx(clean["reconstruction"])
     for column in ("digit", "speaker_id"):
         assert damaged["trained"][column] == pytest.approx(clean["trained"][column]), column
-        # The baseline's k-means codebook moves a little with the batches' padding (rows shift between batches).
-        assert set(damaged["untrained_baseline"][column]) == set(clean["untrained_baseline"][column])
     assert damaged["trained"]["digit"]["codes_used_in_train"] > 2  # informative codes: misread labels would show
     assert json.loads((tmp_path / "probe.json").read_text())["skipped_examples"] == skipped
     table = evaluate_audio_codes.format_probe_table(damaged)
