@@ -7,7 +7,8 @@
 #    corruption manifest).
 # 2. `--on_bad_example skip` for STEPS steps over the first STEPS x 64 rows: exactly one epoch (drop_last never drops
 #    a row), so every row is drawn once and the skipped list must equal the manifest's bad rows among them, in full.
-# The summary goes to RESULTS (default results/bad_rows.json), key "train".
+# The summary goes to RESULTS (default results/bad_rows.json), key "train"; SUMMARY_ONLY=1 rewrites it from the runs'
+# outputs without running them again.
 set -euo pipefail
 RUNS=${1:-$HOME/runs/badrows}
 STEPS=${2:-300}
@@ -21,6 +22,7 @@ train() {  # output [flags...]
         --train_data_files "$RUNS/cifar10-bad/train-*.parquet" --output_dir "$RUNS/$out" --train_batch_size 64 \
         --seed 0 --report_to none --logging_steps 10 "$@"
 }
+if [ "${SUMMARY_ONLY:-0}" != 1 ]; then
 rm -rf "$RUNS/train-bad-error"
 if train train-bad-error --max_train_steps "$STEPS" --checkpointing_steps 50 > "$RUNS/train-bad-error.log" 2>&1; then
     echo "the error run should have failed" >&2; exit 1
@@ -28,8 +30,10 @@ fi
 rm -rf "$RUNS/train-bad"
 train train-bad --max_train_steps "$STEPS" --max_train_samples $((STEPS * 64)) --checkpointing_steps 50 \
     --on_bad_example skip > "$RUNS/train-bad.log" 2>&1
+fi
 $PY - "$RUNS" "$STEPS" "$RESULTS" "$NICE" <<'PYEOF'
 import json, os, re, sys, tempfile
+from collections import Counter
 from pathlib import Path
 
 runs, steps, results, nice = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
@@ -55,7 +59,8 @@ summary = {
                   "message": error},
     "skip_run": {"steps": steps, "rows_drawn": rows, "num_skipped": len(indices),
                  "num_manifest_bad_rows_drawn": len(expected), "skipped_equals_manifest": exact,
-                 "causes": sorted({row["cause"].split(":")[0][:80] for row in skipped})[:10], "card_line": card},
+                 "causes": dict(Counter(re.sub(r" \(\d+ bytes from '[^']*'\)", "", row["cause"])[:90]
+                                        for row in skipped).most_common()), "card_line": card},
 }
 data = json.loads(results.read_text()) if results.exists() else {}
 data["train"] = summary
