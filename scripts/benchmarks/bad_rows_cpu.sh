@@ -9,7 +9,8 @@
 # below SAMPLES, and every clean run none.
 # From the repository root:
 #     bash scripts/benchmarks/bad_rows_cpu.sh [RUNS_DIR] [SAMPLES] [ROUNDS]   (defaults ~/runs/badrows 10000 5)
-# The summary goes to RESULTS (default results/bad_rows.json), key "tokenize_speed".
+# The summary goes to RESULTS (default results/bad_rows.json), key "tokenize_speed"; SUMMARY_ONLY=1 rewrites it from
+# the runs' outputs (e.g. of the first ROUNDS rounds of a longer run) without running them again.
 set -euo pipefail
 RUNS=${1:-$HOME/runs/badrows}
 SAMPLES=${2:-10000}
@@ -29,10 +30,12 @@ run() {  # data round
     echo "round $round $data: user+sys $(echo "$user + $sys" | bc) s, wall $real s," \
         "skipped $(wc -l < "$out/skipped_examples.jsonl")"
 }
-for round in $(seq 1 "$ROUNDS"); do
-    if (( round % 2 )); then order="clean bad"; else order="bad clean"; fi
-    for data in $order; do run "$data" "$round"; done
-done
+if [ "${SUMMARY_ONLY:-0}" != 1 ]; then
+    for round in $(seq 1 "$ROUNDS"); do
+        if (( round % 2 )); then order="clean bad"; else order="bad clean"; fi
+        for data in $order; do run "$data" "$round"; done
+    done
+fi
 $PY - "$RUNS" "$SAMPLES" "$ROUNDS" "$RESULTS" "$NICE" <<'PYEOF'
 import json, os, statistics, sys, tempfile
 from pathlib import Path
