@@ -19,6 +19,11 @@ weights) whose codebook is fit by k-means to its encoder outputs on the train sp
 little unless it beats this. Its scores vary with the random weights by several points, so it runs for
 `--num_baseline_seeds` seeds and reports their mean, minimum and maximum. Reconstruction MSE and SNR on the test
 split come from the trained model. Needs the `audio` and `anomaly` extras (soundfile, scipy, scikit-learn).
+
+Recordings that cannot be used (empty or undecodable files, NaN samples, an absurd sample rate, ...) follow
+`--on_bad_example`: `error` (the default) stops naming the split, row and cause; `skip` leaves them out of every
+measure, keeps each remaining recording with its own labels (matched by row index), and lists them in the results
+(`num_skipped`, `skipped_examples`) and the model card section.
 """
 
 import argparse
@@ -35,9 +40,10 @@ from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEFeatureExtractor, VQVAEModel
 from hf_vqvae.quantizer import VectorQuantizer
+from hf_vqvae.training.bad_examples import BadExamplePolicy, add_bad_example_argument
 from hf_vqvae.training.cards import command_line, update_model_card
 from hf_vqvae.training.checkpointing import write_json
-from hf_vqvae.training.data import load_image_dataset, make_preprocessing
+from hf_vqvae.training.data import ROW_INDICES_KEY, load_image_dataset, make_preprocessing
 from hf_vqvae.training.metrics import evaluate_reconstruction
 
 
@@ -55,6 +61,7 @@ def parse_args(argv=None):
         "--speaker_column", default=None, help="Speaker ids for a speaker-conditioned decoder (reconstruction only)."
     )
     parser.add_argument("--label_columns", nargs="+", required=True, help="Integer label columns to probe.")
+    add_bad_example_argument(parser)
     parser.add_argument(
         "--untrained_baseline", action="store_true", help="Also probe an untrained encoder with a k-means codebook."
     )
@@ -91,15 +98,29 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def encode_split(model, dataloader, description: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per recording: its codes over real samples, and its encoder outputs there `(length, D)`."""
-    codes, latents = [], []
-    for batch in tqdm(dataloader, desc=description):
+def encode_split(
+    model, dataloader, description: str, policy: BadExamplePolicy | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """
+    Per recording that could be used: its codes over real samples, its encoder outputs there `(length, D)`, and its
+    row index in the split (batches of `make_preprocessing(..., with_row_indices=True)`; rows that `policy` skipped
+    are absent, so labels must be taken by these indices, not by position).
+    """
+    codes, latents, rows = [], [], []
+    progress = tqdm(dataloader, desc=description)
+    for batch in progress:
+        if policy is not None:
+            batch = policy.receive(batch)  # records the rows the batch left out (`--on_bad_example skip`)
+            if policy.num_skipped:
+                progress.set_postfix(skipped=policy.num_skipped, refresh=False)
+        if len(batch["input_values"]) == 0:  # every row of the batch was skipped
+            continue
         output = model.encode(input_values=batch["input_values"], attention_mask=batch["attention_mask"])
         for row_codes, row_latents, mask in zip(output.codes, output.latents.transpose(1, 2), output.codes_mask):
             codes.append(row_codes[mask].numpy())
             latents.append(row_latents[mask].float().numpy())
-    return codes, latents
+        rows += batch[ROW_INDICES_KEY].tolist()
+    return codes, latents, rows
 
 
 def bag_of_codes(codes: list[np.ndarray], codebook_size: int) -> np.ndarray:
@@ -162,14 +183,20 @@ def probe(
 
 
 def probe_all(
-    train_codes, test_codes, train_split, test_split, label_columns, codebook_size, seed, num_segments
+    train_codes, test_codes, train_labels: dict, test_labels: dict, codebook_size, seed, num_segments
 ) -> dict:
+    """The probes of every label column; `*_labels` map each column to the labels of the encoded recordings."""
     return {
         column: probe(
-            train_codes, train_split[column], test_codes, test_split[column], codebook_size, seed, num_segments
+            train_codes, train_labels[column], test_codes, test_labels[column], codebook_size, seed, num_segments
         )
-        for column in label_columns
+        for column in train_labels
     }
+
+
+def labels_of(split, label_columns, rows: list[int]) -> dict[str, np.ndarray]:
+    """Each label column's values at the row indices `rows` (the recordings that were encoded, in order)."""
+    return {column: np.asarray(split[column])[np.asarray(rows, dtype=np.int64)] for column in label_columns}
 
 
 def summarize_runs(runs: list[dict]) -> dict:
@@ -221,10 +248,28 @@ def main(args) -> dict:
             if column not in dataset[split].column_names:
                 raise ValueError(f"No column {column!r} in split {split!r} (columns: {dataset[split].column_names}).")
     train_split, test_split = dataset[args.train_split], dataset[args.test_split]
+    policy = BadExamplePolicy(args.on_bad_example)
 
-    def loader(split):
-        rows, collate = make_preprocessing(split, feature_extractor, args.audio_column, args.speaker_column)
+    def loader(split, name):
+        rows, collate = make_preprocessing(
+            split,
+            feature_extractor,
+            args.audio_column,
+            args.speaker_column,
+            policy=policy,
+            split=name,
+            with_row_indices=True,  # the labels of the recordings kept, whatever was skipped
+        )
         return torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
+
+    def encode(model, split, name, description):
+        codes, latents, rows = encode_split(model, loader(split, name), description, policy)
+        if not rows:
+            raise ValueError(
+                f"Every recording of split {name!r} was skipped ({policy.num_skipped} bad rows in all); nothing is "
+                "left to probe. Check the data (the causes are in the log)."
+            )
+        return codes, latents, rows
 
     start = time.time()
     results = {
@@ -233,18 +278,16 @@ def main(args) -> dict:
         "downsample_factor": model.config.downsample_factor,
         "code_rate_hz": feature_extractor.sampling_rate / model.config.downsample_factor,
     }
-    results["reconstruction"] = evaluate_reconstruction(model, tqdm(loader(test_split), desc="Reconstructing"))
-    train_codes, _ = encode_split(model, loader(train_split), "Encoding train")
-    test_codes, _ = encode_split(model, loader(test_split), "Encoding test")
+    results["reconstruction"] = evaluate_reconstruction(
+        model, tqdm(loader(test_split, args.test_split), desc="Reconstructing"), policy=policy
+    )
+    train_codes, _, train_rows = encode(model, train_split, args.train_split, "Encoding train")
+    test_codes, _, test_rows = encode(model, test_split, args.test_split, "Encoding test")
+    train_labels = labels_of(train_split, args.label_columns, train_rows)
+    test_labels = labels_of(test_split, args.label_columns, test_rows)
+    results["num_recordings"] = {args.train_split: len(train_rows), args.test_split: len(test_rows)}
     results["trained"] = probe_all(
-        train_codes,
-        test_codes,
-        train_split,
-        test_split,
-        args.label_columns,
-        model.config.codebook_size,
-        args.seed,
-        args.num_segments,
+        train_codes, test_codes, train_labels, test_labels, model.config.codebook_size, args.seed, args.num_segments
     )
     if args.untrained_baseline:
         runs = []
@@ -255,16 +298,20 @@ def main(args) -> dict:
         for seed in range(args.seed, args.seed + args.num_baseline_seeds):
             torch.manual_seed(seed)
             untrained = VQVAEModel(baseline_config).eval()
-            _, train_latents = encode_split(untrained, loader(train_split), f"Encoding train (untrained, seed {seed})")
-            _, test_latents = encode_split(untrained, loader(test_split), f"Encoding test (untrained, seed {seed})")
+            description = f"(untrained, seed {seed})"
+            _, train_latents, rows = encode(untrained, train_split, args.train_split, f"Encoding train {description}")
+            _, test_latents, more_rows = encode(untrained, test_split, args.test_split, f"Encoding test {description}")
+            if (rows, more_rows) != (train_rows, test_rows):  # the same rows fail whatever the model
+                raise RuntimeError(
+                    "The untrained baseline encoded other rows than the trained model; please report this."
+                )
             baseline_train, baseline_test = untrained_codes(untrained, train_latents, test_latents, seed)
             runs.append(
                 probe_all(
                     baseline_train,
                     baseline_test,
-                    train_split,
-                    test_split,
-                    args.label_columns,
+                    train_labels,
+                    test_labels,
                     model.config.codebook_size,
                     seed,
                     args.num_segments,
@@ -272,6 +319,8 @@ def main(args) -> dict:
             )
         results["untrained_baseline"] = summarize_runs(runs)
         results["untrained_baseline_runs"] = runs
+    results["num_skipped"] = policy.num_skipped
+    results["skipped_examples"] = policy.records()
     results["seconds"] = round(time.time() - start, 1)
     if args.output_file:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
@@ -312,6 +361,12 @@ def format_probe_table(results: dict) -> str:
         f"{reconstruction['codes_used']}/{reconstruction['codebook_size']} codes used; "
         f"{results['code_rate_hz']:.0f} codes per second."
     )
+    if results.get("num_skipped"):
+        counts = ", ".join(f"{count} {split}" for split, count in results["num_recordings"].items())
+        rows.append(
+            f"Skipped rows: {results['num_skipped']} (`--on_bad_example skip`; listed under `skipped_examples` in the "
+            f"results JSON); recordings used: {counts}."
+        )
     return "\n".join(rows)
 
 

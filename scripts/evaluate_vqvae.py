@@ -86,8 +86,9 @@ def main(args) -> dict:
         split = split.select(range(min(args.max_samples, len(split))))
     data_column = args.image_column if model.config.spatial_dims == 2 else args.audio_column
     policy = BadExamplePolicy(args.on_bad_example)
+    # Row indices: under several processes each row is counted once (the padded last batches repeat rows).
     split, collate = make_preprocessing(
-        split, processor, data_column, args.speaker_column, policy=policy, split=args.split
+        split, processor, data_column, args.speaker_column, policy=policy, split=args.split, with_row_indices=True
     )
     dataloader = torch.utils.data.DataLoader(split, batch_size=args.batch_size, collate_fn=collate)
     model, dataloader = accelerator.prepare(model, dataloader)

@@ -328,7 +328,7 @@ def main(args) -> dict:
     if num_reused:
         logger.info(f"Reusing {num_reused} finished shard(s) in {output_dir}.", main_process_only=False)
 
-    encode_start = time.time()
+    encode_start, encode_cpu_start = time.time(), time.process_time()
     num_encoded = 0
     progress = tqdm(
         total=sum(stop - start for _, start, stop, _ in todo),
@@ -351,6 +351,8 @@ def main(args) -> dict:
         del table  # one shard in memory at a time
     progress.close()
     encode_seconds = time.time() - encode_start
+    # CPU time of this process (all its threads): on a shared machine it moves far less than the wall time.
+    encode_cpu_seconds = time.process_time() - encode_cpu_start
     peak_rss_mb = peak_rss_megabytes()
 
     per_process = gather_object(
@@ -362,6 +364,7 @@ def main(args) -> dict:
                 "num_skipped": policy.num_skipped,
                 "skipped": policy.records(),
                 "encode_seconds": round(encode_seconds, 3),
+                "encode_cpu_seconds": round(encode_cpu_seconds, 3),
                 "peak_rss_mb": round(peak_rss_mb, 1),
             }
         ]
@@ -399,6 +402,7 @@ def main(args) -> dict:
         write_dataset_card(output_dir, args, layout, plans)
         total_encoded = sum(p["num_encoded"] for p in per_process)
         slowest = max(p["encode_seconds"] for p in per_process)
+        cpu_seconds = sum(p["encode_cpu_seconds"] for p in per_process)
         stats = {
             "num_images": sum(plan["num_rows"] for plan in plans.values()),
             "num_images_encoded": total_encoded,
@@ -409,6 +413,10 @@ def main(args) -> dict:
             "num_processes": state.num_processes,
             "images_per_second": round(total_encoded / slowest, 1) if total_encoded and slowest > 0 else None,
             "encode_seconds": round(slowest, 2),
+            "encode_cpu_seconds": round(cpu_seconds, 2),
+            "images_per_cpu_second": round(total_encoded / cpu_seconds, 1)
+            if total_encoded and cpu_seconds > 0
+            else None,
             "total_seconds": round(time.time() - start_time, 2),
             "peak_rss_mb": round(max(p["peak_rss_mb"] for p in per_process), 1),
             "per_process": per_process,

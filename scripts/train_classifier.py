@@ -36,7 +36,8 @@ from hf_vqvae.training.bad_examples import (
 )
 from hf_vqvae.training.cards import command_line
 from hf_vqvae.training.checkpointing import atomic_write_text, save_pretrained_atomic, write_json
-from hf_vqvae.training.data import load_image_dataset, make_preprocessing
+from hf_vqvae.training.data import ROW_INDICES_KEY, load_image_dataset, make_preprocessing
+from hf_vqvae.training.metrics import gather_unique_rows
 
 
 def parse_args(argv=None):
@@ -74,17 +75,28 @@ def augment(pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model, dataloader, policy) -> float:
+def accuracy(model, dataloader, policy, accelerator) -> tuple[float, int]:
+    """
+    Top-1 accuracy over the whole split and the number of images it counts: each process scores its shard, and the
+    results are gathered with each row once (the rows the sampler repeats to even out the last batches are dropped by
+    index), so every process returns the same numbers.
+    """
     model.eval()
     right = total = 0
+    seen = set()
     for batch in dataloader:
         batch = policy.receive(batch)
-        if not len(batch["labels"]):
-            continue
-        right += int((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum())
-        total += len(batch["labels"])
+        labels = batch["labels"]
+        correct = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
+        if len(labels):  # zero rows (all skipped): nothing to score, but the gather below runs on every process
+            correct = (model(batch["pixel_values"]).logits.argmax(-1) == labels).long()
+        _, (correct,) = gather_unique_rows(accelerator, batch[ROW_INDICES_KEY], (correct,), seen)
+        right += int(correct.sum())
+        total += len(correct)
     model.train()
-    return right / total
+    if total == 0:
+        raise ValueError("Every test image was skipped (`--on_bad_example skip`); there is nothing to score.")
+    return right / total, total
 
 
 def main(args) -> dict:
@@ -98,7 +110,13 @@ def main(args) -> dict:
 
     def loader(split, shuffle):
         rows, collate = make_preprocessing(
-            dataset[split], processor, args.image_column, label_column=args.label_column, policy=policy, split=split
+            dataset[split],
+            processor,
+            args.image_column,
+            label_column=args.label_column,
+            policy=policy,
+            split=split,
+            with_row_indices=not shuffle,  # the test split: each row scored once under several processes
         )
         return torch.utils.data.DataLoader(
             rows,
@@ -143,10 +161,12 @@ def main(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
+        test_accuracy, num_test_images = accuracy(model, test_loader, policy, accelerator)
         curve.append(
             {
                 "epoch": epoch + 1,
-                "test_accuracy": accuracy(model, test_loader, policy),
+                "test_accuracy": test_accuracy,
+                "num_test_images": num_test_images,
                 "minutes": round((time.time() - start) / 60, 1),
             }
         )

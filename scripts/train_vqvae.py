@@ -42,7 +42,7 @@ from hf_vqvae.training.checkpointing import (
     save_pretrained_atomic,
     write_json,
 )
-from hf_vqvae.training.data import augment_batch, load_training_dataset, make_preprocessing
+from hf_vqvae.training.data import ROW_INDICES_KEY, augment_batch, load_training_dataset, make_preprocessing
 from hf_vqvae.training.hub import push_folder
 from hf_vqvae.training.loop import (
     create_accelerator,
@@ -55,7 +55,7 @@ from hf_vqvae.training.metrics import (
     VALIDATION_LOG_NAME,
     append_validation_log,
     evaluate_reconstruction,
-    gather_rows,
+    gather_unique_rows,
     validation_curve,
 )
 
@@ -255,7 +255,13 @@ def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor
     validation_dataloader = None
     if validation is not None:
         validation, collate = make_preprocessing(
-            validation, processor, data_column, args.speaker_column, policy=policy, split=args.validation_split
+            validation,
+            processor,
+            data_column,
+            args.speaker_column,
+            policy=policy,
+            split=args.validation_split,
+            with_row_indices=True,  # each validation row counted once under several processes
         )
         validation_dataloader = torch.utils.data.DataLoader(
             validation,
@@ -280,7 +286,11 @@ def log_validation(args, accelerator, model, processor, validation_dataloader, p
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         batch = policy.receive(next(iter(validation_dataloader)))
-        batch = {key: value[: args.num_validation_images].to(accelerator.device) for key, value in batch.items()}
+        batch = {
+            key: value[: args.num_validation_images].to(accelerator.device)
+            for key, value in batch.items()
+            if key != ROW_INDICES_KEY
+        }
         with torch.no_grad():
             unwrapped.eval()
             reconstruction = unwrapped(return_loss=False, **batch).reconstruction
@@ -311,14 +321,15 @@ def validation_bits_per_dim(accelerator, model, validation_dataloader) -> float:
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
-    values = []
+    values, seen = [], set()
     for batch in validation_dataloader:
         pixel_values = batch["pixel_values"]
         if pixel_values.shape[0] == 0:  # every row was skipped (`--on_bad_example skip`): gather nothing, never hang
             bits = pixel_values.new_zeros(0)
         else:
             bits = unwrapped(pixel_values).bits_per_dim  # (B,)
-        values.append(gather_rows(accelerator, (bits,))[0])
+        # Each row once: the rows the distributed sampler repeats at the end are dropped by index.
+        values.append(gather_unique_rows(accelerator, batch[ROW_INDICES_KEY], (bits,), seen)[1][0])
     unwrapped.train(was_training)
     return float(torch.cat(values).mean())
 
@@ -437,7 +448,7 @@ def main(args):
     # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
     register_pretrained_hooks(accelerator, VQVAEModel, "vqvae")
     init_trackers(args, accelerator)
-    run = resume_training(args, accelerator, train_dataloader)
+    run = resume_training(args, accelerator, train_dataloader, policy)  # with the rows skipped before the checkpoint
 
     accelerator.print(
         f"{len(train_dataloader.dataset)} training images, {run.summary(args.train_batch_size, accelerator, model)}"
@@ -495,7 +506,7 @@ def main(args):
                     args, accelerator, model, processor, validation_dataloader, policy, run.global_step, elapsed
                 )
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
-        save_checkpoint_if_due(args, accelerator, run.global_step)
+        save_checkpoint_if_due(args, accelerator, run.global_step, policy)
     progress.close()
 
     accelerator.wait_for_everyone()

@@ -359,3 +359,244 @@ def test_the_cifar10_sample_with_corrupted_rows_loses_only_those_rows():
     expected = processor([load_image(original[i]) for i in used])["pixel_values"]
     assert torch.equal(pixel_values, expected)
     check_rows_accounted("test", 200, used, policy.records())
+
+
+# ------------------------------------------------------------------------------------- audio probes (labels by row)
+
+
+def _wav(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+# Rows of the audio splits damaged for the probe script, with the start of the cause each gives. Train rows 8-11 are a
+# whole batch of 4; row 5 is silence and row 6 24-bit stereo, which must be used.
+BAD_AUDIO = {
+    ("test", 1): "The audio file is empty (0 bytes)",
+    ("test", 6): "The audio (30 bytes",  # a truncated WAV header
+    ("train", 3): "Waveform 0 is empty (0 samples)",
+    ("train", 8): "Waveform 0 holds 1 NaN",
+    ("train", 9): "Waveform 0 is at 20 Hz and the model at 8000 Hz",
+    ("train", 10): "The audio is missing",
+    ("train", 11): "The audio (104 bytes",  # undecodable
+}
+
+
+def write_damaged_audio(folder):
+    """The audio splits of `tests/test_audio.py` (two "digits" by two "speakers"), damaged as `BAD_AUDIO` says, and
+    the same splits with the bad rows dropped (`clean-*.parquet`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_audio import RATE, tone, write_audio_parquet
+
+    write_audio_parquet(folder / "train.parquet", seed=0)  # 24 recordings
+    write_audio_parquet(folder / "test.parquet", num_per_class=2, seed=1)  # 8
+    wave = tone(800, 300.0)
+    nan = wave.copy()
+    nan[10] = np.nan
+    damage = {
+        ("test", 1): b"",
+        ("test", 6): _wav(wave, RATE)[:30],
+        ("train", 3): _wav(wave[:0], RATE),
+        ("train", 5): _wav(wave * 0, RATE),  # silence: used
+        ("train", 6): _wav(np.stack([wave, 0.5 * wave], axis=1), RATE, "PCM_24"),  # stereo 24-bit: used
+        ("train", 8): _wav(nan, RATE, "FLOAT"),
+        ("train", 9): _wav(wave, 20),
+        ("train", 10): None,
+        ("train", 11): b"RIFF" + b"x" * 100,
+    }
+    for split in ("train", "test"):
+        table = pq.read_table(folder / f"{split}.parquet")
+        cells = table.column("audio").to_pylist()
+        for (where, index), data in damage.items():
+            if where == split:
+                cells[index] = {"bytes": data, "path": None if data is None else f"{split}/{index:03d}.wav"}
+        column = pa.array(cells, type=table.schema.field("audio").type)
+        table = table.set_column(table.schema.get_field_index("audio"), "audio", column)
+        pq.write_table(table, folder / f"{split}.parquet")
+        keep = [i for i in range(table.num_rows) if (split, i) not in BAD_AUDIO]
+        pq.write_table(table.take(keep), folder / f"clean-{split}.parquet")
+
+
+def test_audio_probes_skip_bad_recordings_and_keep_every_label_with_its_row(tmp_path):
+    """`evaluate_audio_codes.py --on_bad_example skip` over damaged splits equals the same splits without the bad rows:
+    each kept recording is probed with its own labels (read by row index, not by position)."""
+    import sys
+
+    from conftest import REPO_ROOT
+    from test_audio import make_audio_config, tone
+
+    from hf_vqvae import VQVAEModel
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import evaluate_audio_codes
+
+    write_damaged_audio(tmp_path)
+    torch.manual_seed(0)
+    model = VQVAEModel(make_audio_config()).eval()
+    # A codebook spread over the encoder's outputs on both tones, so that codes (and the probes) tell the digits apart.
+    with torch.no_grad():
+        waves = torch.from_numpy(np.stack([tone(4096, 300.0), tone(4096, 900.0, amplitude=0.8)]))
+        latents = model.encode(input_values=waves).latents.transpose(1, 2).reshape(-1, 4)
+        model.quantizer.codebook.weight.copy_(latents[torch.randperm(len(latents))[:16]])
+    model.save_pretrained(tmp_path / "model")
+
+    def probe(prefix, *extra):
+        argv = ["--model", str(tmp_path / "model"), "--train_data_files", str(tmp_path / f"{prefix}train.parquet")]
+        argv += ["--test_data_files", str(tmp_path / f"{prefix}test.parquet"), "--label_columns", "digit"]
+        argv += ["speaker_id", "--batch_size", "4", *extra]
+        return evaluate_audio_codes.main(evaluate_audio_codes.parse_args(argv))
+
+    with pytest.raises(BadExampleError) as caught:  # the test split is reconstructed first
+        probe("")
+    message = "Row 1 of split 'test' (from test/001.wav), column 'audio', cannot be used: The audio file is empty"
+    assert str(caught.value).startswith(message)
+    assert "--on_bad_example skip" in str(caught.value)
+
+    damaged = probe("", "--on_bad_example", "skip", "--output_file", str(tmp_path / "probe.json"))
+    clean = probe("clean-")
+    skipped = damaged["skipped_examples"]
+    assert [(row["split"], row["index"]) for row in skipped] == sorted(BAD_AUDIO)
+    for row in skipped:
+        assert row["column"] == "audio" and row["cause"].startswith(BAD_AUDIO[row["split"], row["index"]]), row
+    assert damaged["num_skipped"] == 7 and clean["num_skipped"] == 0 and clean["skipped_examples"] == []
+    assert damaged["num_recordings"] == clean["num_recordings"] == {"train": 19, "test": 6}
+    assert damaged["reconstruction"] == pytest.approx(clean["reconstruction"])
+    for column in ("digit", "speaker_id"):
+        assert damaged["trained"][column] == pytest.approx(clean["trained"][column]), column
+    assert damaged["trained"]["digit"]["codes_used_in_train"] > 2  # informative codes: misread labels would show
+    assert json.loads((tmp_path / "probe.json").read_text())["skipped_examples"] == skipped
+    table = evaluate_audio_codes.format_probe_table(damaged)
+    assert "Skipped rows: 7 (`--on_bad_example skip`" in table and "recordings used: 19 train, 6 test" in table
+
+
+# ------------------------------------------------------------------------------------ multi-process evaluation
+
+# 37 rows in batches of 4 over 2 processes: process 1's last batch (row 36) is padded with rows 0, 1 and 2 again, and
+# rows 8-11 are a whole batch of bad rows (process 0 steps with zero rows). Rows 5 and 6 are unusual but usable.
+EVAL_DAMAGE = {1: "undecodable", 5: "cmyk", 6: "gray16", 8: "truncated", 9: "empty", 10: "null", 11: "undecodable"}
+EVAL_DAMAGE.update({20: "truncated", 35: "empty"})
+EVAL_BAD_ROWS = [i for i, kind in sorted(EVAL_DAMAGE.items()) if kind not in ("cmyk", "gray16")]
+
+
+def run_script(script: str, args: list[str], num_processes: int):
+    """`python scripts/<script> args`, or `accelerate launch` of it on 2 CPU processes (DDP over gloo)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from test_scripts import free_port, script_env
+
+    path = str(REPO_ROOT / "scripts" / script)
+    if num_processes == 1:
+        command, env = [sys.executable, path, *args], script_env()
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+        command += [str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += ["--main_process_port", str(free_port()), path, *args]
+        env = script_env({"ACCELERATE_USE_CPU": "1"})
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def write_eval_rows(folder):
+    from conftest import REPO_ROOT, write_damaged_parquet
+
+    source = REPO_ROOT / "data/cifar10_sample/test-00000-of-00001.parquet"
+    return write_damaged_parquet(source, folder / "rows.parquet", EVAL_DAMAGE, 37)
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_counts_every_row_once(tmp_path):
+    """`evaluate_vqvae.py --on_bad_example skip` under 2 processes (DDP over gloo) evaluates or reports each of the 37
+    rows exactly once, and gives the single process's numbers: the sampler's repeated tail rows are dropped by index,
+    not by `gather_for_metrics`' row count (which is off once rows were skipped)."""
+    from conftest import make_tiny_config
+
+    from hf_vqvae import VQVAEModel
+
+    data = write_eval_rows(tmp_path)
+    torch.manual_seed(0)
+    VQVAEModel(make_tiny_config(image_size=32)).save_pretrained(tmp_path / "model")
+
+    def evaluate(num_processes: int) -> dict:
+        output = tmp_path / f"eval-{num_processes}.json"
+        args = ["--model", str(tmp_path / "model"), "--data_files", str(data), "--batch_size", "4"]
+        run_script(
+            "evaluate_vqvae.py", [*args, "--on_bad_example", "skip", "--output_file", str(output)], num_processes
+        )
+        return json.loads(output.read_text())
+
+    one, two = evaluate(1), evaluate(2)
+    for metrics in (one, two):
+        assert metrics["num_images"] == 37 - len(EVAL_BAD_ROWS) and metrics["num_skipped"] == len(EVAL_BAD_ROWS)
+        skipped = metrics["skipped_examples"]
+        assert [(row["split"], row["index"], row["column"]) for row in skipped] == [
+            ("test", i, "img") for i in EVAL_BAD_ROWS
+        ]
+        assert all(row["cause"].startswith("The image ") for row in skipped)
+    for key in ("mse", "psnr", "code_entropy_bits"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert two["codes_used"] == one["codes_used"]
+
+
+def test_gather_unique_rows_drops_rows_seen_before_in_the_pass():
+    from hf_vqvae.training.metrics import gather_unique_rows
+
+    seen = set()
+    values = torch.arange(10.0)
+    indices, (kept,) = gather_unique_rows(None, torch.tensor([4, 5, 6]), (values[[4, 5, 6]],), seen)
+    assert indices.tolist() == [4, 5, 6] and kept.tolist() == [4.0, 5.0, 6.0]
+    # A padded last batch: rows 0 and 4 again (0 twice within the batch), row 7 new.
+    indices, (kept,) = gather_unique_rows(None, torch.tensor([7, 0, 4, 0]), (values[[7, 0, 4, 0]],), seen)
+    assert indices.tolist() == [7, 0] and kept.tolist() == [7.0, 0.0] and seen == {0, 4, 5, 6, 7}
+    indices, (kept,) = gather_unique_rows(None, torch.tensor([], dtype=torch.long), (values[:0],), seen)
+    assert indices.numel() == 0 and kept.numel() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_a_resumed_training_run_still_lists_the_rows_skipped_before_its_checkpoint(tmp_path, num_processes):
+    """Stopped at step 8 of 16 (one epoch) and resumed: `skipped_examples.jsonl` lists every bad row once, those of
+    the first 8 steps included (each checkpoint keeps the rows skipped so far)."""
+    from conftest import make_tiny_config
+    from test_scripts import BAD_TRAIN_ROWS, bad_rows_args, launch
+
+    config_dir = tmp_path / "tiny_config"
+    make_tiny_config(use_ema_codebook=True, dead_code_threshold=0.5, image_size=32).save_pretrained(config_dir)
+    output = tmp_path / "run"
+    args = bad_rows_args(tmp_path, config_dir, output, "--on_bad_example", "skip", "--validation_steps", "1000")
+    steps = 16 // num_processes  # one epoch of 32 rows in batches of 2 per process
+    launch([*args, "--max_train_steps", str(steps // 2)], num_processes=num_processes)
+    first = read_skipped(output / SKIPPED_EXAMPLES_NAME)
+    in_checkpoint = read_skipped(output / f"checkpoint-{steps // 2}" / SKIPPED_EXAMPLES_NAME)
+    # The last step validates, then saves its checkpoint; the run's own list may also hold rows of a batch the
+    # DataLoader fetched ahead (decoded, never trained on), which the resumed run draws again.
+    assert all(row in first for row in in_checkpoint)
+    train_rows = [row for row in in_checkpoint if row["split"] == "train"]
+    assert 0 < len(train_rows) < len(BAD_TRAIN_ROWS)  # some bad rows come in the second half of the epoch
+    result = launch([*args, "--resume_from_checkpoint", "latest"], num_processes=num_processes)
+    assert f"checkpoint-{steps // 2}" in result.stdout + result.stderr
+    skipped = read_skipped(output / SKIPPED_EXAMPLES_NAME)
+    expected = [("test", i) for i in sorted(BAD_TRAIN_ROWS)] + [("train", i) for i in sorted(BAD_TRAIN_ROWS)]
+    assert [(row["split"], row["index"]) for row in skipped] == expected
+    assert f"- Skipped rows: {len(expected)} (`--on_bad_example skip`" in (output / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_classifier_scores_every_test_row_once(tmp_path):
+    """`train_classifier.py` under 2 processes: the test accuracy counts each of the 37 rows' good ones once."""
+    data = write_eval_rows(tmp_path)
+    args = ["--train_data_files", str(data), "--validation_data_files", str(data), "--hidden_sizes", "8,8,8"]
+    args += ["--num_train_epochs", "1", "--train_batch_size", "4", "--output_dir", str(tmp_path / "classifier")]
+    run_script("train_classifier.py", [*args, "--on_bad_example", "skip"], num_processes=2)
+    results = json.loads((tmp_path / "classifier" / "results.json").read_text())
+    assert results["curve"][-1]["num_test_images"] == 37 - len(EVAL_BAD_ROWS)
+    skipped = read_skipped(tmp_path / "classifier" / SKIPPED_EXAMPLES_NAME)
+    assert [row["index"] for row in skipped if row["split"] == "test"] == EVAL_BAD_ROWS
+    # Training drops the last incomplete batches, so some bad train rows may never be drawn.
+    assert {row["index"] for row in skipped if row["split"] == "train"} <= set(EVAL_BAD_ROWS)

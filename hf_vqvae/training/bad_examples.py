@@ -158,12 +158,15 @@ class BadExamplePolicy:
         """This process's skipped rows as JSON-friendly dicts: what to hand to `accelerate.utils.gather_object`."""
         return [row.to_dict() for row in self.skipped]
 
-    def record(self, row: SkippedExample) -> bool:
-        """Adds a skipped row (e.g. one a DataLoader worker reported); False if it was already recorded."""
+    def record(self, row: SkippedExample, log: bool = True) -> bool:
+        """
+        Adds a skipped row (e.g. one a DataLoader worker reported, or one a resumed run read from its checkpoint with
+        `log=False`); False if it was already recorded.
+        """
         if row.key in self._skipped:
             return False
         self._skipped[row.key] = row
-        if get_worker_info() is None:  # a DataLoader worker's rows are logged once they reach the main process
+        if log and get_worker_info() is None:  # a worker's rows are logged once they reach the main process
             where = f" ({row.source})" if row.source else ""
             logger.warning(f"Skipping row {row.index} of split {row.split!r}{where}: {row.cause}")
         return True

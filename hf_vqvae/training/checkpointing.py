@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bad_examples import SKIPPED_EXAMPLES_NAME, SkippedExample, gather_skipped, read_skipped, write_skipped
 from .metrics import VALIDATION_LOG_NAME
 
 
@@ -70,11 +71,14 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(match.group(1))
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None, policy=None
+) -> Path:
     """
     `accelerator.save_state` into `checkpoint-<step>`, atomically: every process writes into a temporary folder and
     the main process renames it once all are done, so a `checkpoint-<step>` folder is always complete. Then the oldest
-    checkpoints beyond `total_limit` are removed.
+    checkpoints beyond `total_limit` are removed. With a `policy` (`--on_bad_example`), the rows every process skipped
+    so far go into the checkpoint's `skipped_examples.jsonl`, for [`resume_training`] to restore.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
@@ -83,8 +87,11 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    skipped = gather_skipped(policy) if policy is not None else None  # a collective: on every process
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if skipped is not None:
+            write_skipped(tmp / SKIPPED_EXAMPLES_NAME, skipped)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if total_limit is not None:
@@ -206,13 +213,14 @@ class TrainingRun:
         )
 
 
-def resume_training(args, accelerator, train_dataloader) -> TrainingRun:
+def resume_training(args, accelerator, train_dataloader, policy=None) -> TrainingRun:
     """
     The [`TrainingRun`] of a prepared (sharded) `train_dataloader` for a script's `args` (a
     [`~hf_vqvae.training.args.TrainingArguments`] with `max_train_steps` set), resumed from
     `args.resume_from_checkpoint` when it names one (`accelerator.load_state`; the hooks of
     [`register_pretrained_hooks`] must be registered before): the run continues at the checkpoint's step and data
-    position.
+    position. With a `policy` (`--on_bad_example`), the rows skipped before the checkpoint (its
+    `skipped_examples.jsonl`, see [`save_checkpoint`]) are recorded again, so the run's list stays complete.
     """
     max_train_steps, gradient_accumulation_steps = args.max_train_steps, args.gradient_accumulation_steps
     resume_from_checkpoint, output_dir = args.resume_from_checkpoint, args.output_dir
@@ -231,13 +239,19 @@ def resume_training(args, accelerator, train_dataloader) -> TrainingRun:
         accelerator.print(f"Resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
         run.global_step = checkpoint_step(checkpoint)
+        if policy is not None:
+            for row in read_skipped(checkpoint / SKIPPED_EXAMPLES_NAME):
+                policy.record(SkippedExample(**row), log=False)  # logged by the run that skipped it
     return run
 
 
-def save_checkpoint_if_due(args, accelerator, global_step: int):
-    """[`save_checkpoint`] every `args.checkpointing_steps` optimizer steps, keeping `args.checkpoints_total_limit`."""
+def save_checkpoint_if_due(args, accelerator, global_step: int, policy=None):
+    """
+    [`save_checkpoint`] every `args.checkpointing_steps` optimizer steps, keeping `args.checkpoints_total_limit` (and
+    the rows `policy` skipped so far).
+    """
     if global_step % args.checkpointing_steps == 0:
-        save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+        save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, policy)
 
 
 def previous_elapsed(output_dir: str | os.PathLike, global_step: int) -> float:

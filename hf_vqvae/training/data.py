@@ -134,6 +134,8 @@ def decode_audio(value) -> dict:
 
 
 ROW_INDEX_COLUMN = "__row_index__"
+# The batch key of `make_preprocessing(..., with_row_indices=True)`: each row's index in its split, (B,) long.
+ROW_INDICES_KEY = "row_indices"
 
 
 def make_preprocessing(
@@ -145,6 +147,7 @@ def make_preprocessing(
     *,
     policy=None,
     split: str = "train",
+    with_row_indices: bool = False,
 ):
     """
     `(dataset, collate_fn)` that turn rows of `dataset` into model batches: `{"pixel_values"}` when `processor` is an
@@ -157,6 +160,11 @@ def make_preprocessing(
     `split` (a [`BadExampleError`]) or left out of its batch. A batch then carries the rows it left out under
     `"skipped_examples"`: hand every batch to `policy.receive` in the loop. A batch whose rows were all left out keeps
     its keys with zero rows (so that a data-parallel step can still run on it).
+
+    With `with_row_indices=True`, batches also carry `"row_indices"` (`ROW_INDICES_KEY`): each kept row's index in
+    `split`, (B,) long. Take it out before the model sees the batch; it is what keeps labels read by position aligned
+    when rows are skipped, and what lets a multi-process evaluation count each row once
+    ([`~hf_vqvae.training.metrics.gather_unique_rows`]).
     """
     from datasets import Audio
     from datasets import Image as ImageFeature
@@ -222,6 +230,8 @@ def make_preprocessing(
             batch = {key: value[:0] for key, value in process([placeholder]).items()}
         good = [good[p] for p in positions]
         batch.update({key: torch.tensor([int(e[key]) for e in good], dtype=torch.long) for key in extra})
+        if with_row_indices:
+            batch[ROW_INDICES_KEY] = torch.tensor([int(e[ROW_INDEX_COLUMN]) for e in good], dtype=torch.long)
         if skipped:
             batch[SKIPPED_KEY] = skipped
         return batch
@@ -305,6 +315,7 @@ def load_training_dataset(args, accelerator):
 
 __all__ = [
     "ROW_INDEX_COLUMN",
+    "ROW_INDICES_KEY",
     "augment_batch",
     "decode_audio",
     "decode_image",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .data import ROW_INDICES_KEY
+
 
 VALIDATION_LOG_NAME = "validation_log.jsonl"
 
@@ -127,18 +129,44 @@ class ReconstructionMetrics:
 
 def gather_rows(accelerator, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """
-    `accelerator.gather_for_metrics(tensors)`, also when the processes' batches have different numbers of rows (rows
-    left out by `--on_bad_example skip`): then each is padded to the largest, gathered, and the padding dropped.
+    Every process's rows of `tensors` (along the first dimension), concatenated in process order, on every process.
+    Batches of different sizes (rows left out by `--on_bad_example skip`) are padded to the largest for the gather and
+    the padding dropped. Nothing else is dropped: unlike `accelerator.gather_for_metrics`, which cuts the last step to
+    the number of rows left in the dataset (wrong once rows were skipped), the rows a distributed sampler repeats to
+    even out the last batches are kept; [`gather_unique_rows`] removes them by their row index.
     """
-    if accelerator.num_processes == 1:
+    if accelerator is None or accelerator.num_processes == 1:
         return tensors
     rows = accelerator.gather(torch.tensor([len(tensors[0])], device=tensors[0].device))  # (num_processes,)
-    if bool((rows == rows[0]).all()):
-        return accelerator.gather_for_metrics(tensors)
     width = int(rows.max())
     gathered = accelerator.gather(tuple(accelerator.pad_across_processes(t, dim=0) for t in tensors))
     keep = torch.cat([torch.arange(width, device=rows.device) < n for n in rows])  # (num_processes * width,)
     return tuple(t[keep.to(t.device)] for t in gathered)
+
+
+def gather_unique_rows(
+    accelerator, row_indices: torch.Tensor, tensors: tuple[torch.Tensor, ...], seen: set[int]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """
+    The rows of one step on every process ([`gather_rows`]; `accelerator=None` for one process), each row of the
+    dataset once over a whole pass: a row whose index (`row_indices`, (B,) long, e.g. the `"row_indices"` of
+    `make_preprocessing(..., with_row_indices=True)`) is already in `seen` is dropped (a distributed sampler gives the
+    first rows again to even out the last batch of every process), and the new ones are added to `seen`. Call it on
+    every process with the same `seen` from the start of the pass: every process gets the same rows back.
+
+    Returns:
+        `(row_indices, tensors)` of the rows not seen before, in process order.
+    """
+    row_indices, *tensors = gather_rows(accelerator, (row_indices, *tensors))
+    keep = []
+    for position, index in enumerate(row_indices.tolist()):
+        if index not in seen:
+            seen.add(index)
+            keep.append(position)
+    if len(keep) == len(row_indices):
+        return row_indices, tuple(tensors)
+    keep = torch.tensor(keep, dtype=torch.long)
+    return row_indices[keep.to(row_indices.device)], tuple(t[keep.to(t.device)] for t in tensors)
 
 
 @torch.no_grad()
@@ -146,21 +174,36 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
     """
     Reconstruction error and codebook usage of `model` over every batch of `dataloader`: MSE and PSNR for batches of
     `pixel_values`, MSE and SNR over the real samples for batches of `input_values` (with `attention_mask`, and
-    `speaker_ids` for speaker-conditioned decoders). With an `accelerator`, each process evaluates its shard and the
-    results are gathered (`gather_for_metrics` drops the duplicated tail of uneven shards). Batches of
-    `make_preprocessing` go through `policy.receive` (the `--on_bad_example` policy), which records the rows they
-    left out; with skipped rows under several processes, batches differ in size, so they are padded to the largest
-    and the padding dropped after the gather (the duplicated tail is then counted too).
+    `speaker_ids` for speaker-conditioned decoders). Batches of `make_preprocessing` go through `policy.receive` (the
+    `--on_bad_example` policy), which records the rows they left out.
+
+    With an `accelerator` of several processes, each process evaluates its shard and the rows are gathered by
+    [`gather_unique_rows`], so every row of the dataset counts exactly once (the rows the sampler repeats to even
+    out the last batches are dropped by index, whatever was skipped): the batches must carry their row indices
+    (`make_preprocessing(..., with_row_indices=True)`). Every process must then take part in every step, including
+    a step whose rows were all skipped.
     """
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    distributed = accelerator is not None and accelerator.num_processes > 1
     was_training = unwrapped.training
     unwrapped.eval()
     metrics = ReconstructionMetrics(unwrapped.config.codebook_size)
+    seen: set[int] = set()
     for step, batch in enumerate(dataloader):
         if max_batches is not None and step >= max_batches:
             break
         if policy is not None:
             batch = policy.receive(batch)
+        batch = dict(batch)
+        row_indices = batch.pop(ROW_INDICES_KEY, None)
+        if distributed and row_indices is None:
+            raise ValueError(
+                f"A multi-process evaluation needs each batch's `{ROW_INDICES_KEY}` to count every row once; build "
+                "the dataloader with `make_preprocessing(..., with_row_indices=True)`."
+            )
+        values = batch["input_values" if "input_values" in batch else "pixel_values"]
+        if len(values) == 0 and not distributed:  # every row of the batch was skipped
+            continue
         if "input_values" in batch:
             output = unwrapped(return_loss=False, **batch)
             tensors = (
@@ -170,17 +213,19 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
                 output.codes,
                 output.codes_mask,
             )
-            if accelerator is not None:
-                # Shards pad their batches to different lengths.
-                tensors = gather_rows(accelerator, tuple(accelerator.pad_across_processes(t, dim=1) for t in tensors))
-            metrics.update_signals(*tensors)
+            if distributed:  # shards pad their batches to different lengths
+                tensors = tuple(accelerator.pad_across_processes(t, dim=1) for t in tensors)
+        else:
+            output = unwrapped(batch["pixel_values"], return_loss=False)
+            tensors = (batch["pixel_values"], output.reconstruction, output.codes)
+        if row_indices is not None:
+            _, tensors = gather_unique_rows(accelerator if distributed else None, row_indices, tensors, seen)
+        if len(tensors[0]) == 0:
             continue
-        pixel_values = batch["pixel_values"]
-        output = unwrapped(pixel_values, return_loss=False)
-        reconstruction, codes = output.reconstruction, output.codes
-        if accelerator is not None:
-            pixel_values, reconstruction, codes = gather_rows(accelerator, (pixel_values, reconstruction, codes))
-        metrics.update(pixel_values, reconstruction, codes)
+        if "input_values" in batch:
+            metrics.update_signals(*tensors)
+        else:
+            metrics.update(*tensors)
     unwrapped.train(was_training)
     return metrics.compute()
 
@@ -243,6 +288,8 @@ __all__ = [
     "ReconstructionMetrics",
     "append_validation_log",
     "evaluate_reconstruction",
+    "gather_rows",
+    "gather_unique_rows",
     "read_validation_log",
     "validation_curve",
 ]
