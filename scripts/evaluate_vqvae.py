@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from transformers import AutoModel
 
-from hf_vqvae import VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
+from hf_vqvae import VQVAEFeatureExtractor, VQVAEImageProcessor
+from hf_vqvae.modeling_vqvae import vqvae_model_class
 from hf_vqvae.training.bad_examples import BadExamplePolicy, add_bad_example_argument, gather_skipped
 from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
 from hf_vqvae.training.checkpointing import write_json
@@ -70,7 +72,8 @@ def parse_args(argv=None):
 
 def main(args) -> dict:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    model = VQVAEModel.from_pretrained(args.model, revision=args.revision).eval()
+    model = AutoModel.from_pretrained(args.model, revision=args.revision).eval()  # `VQVAEModel` or `VQVAEAudioModel`
+    vqvae_model_class(model.config)  # refuses a prior's folder
     processor_class = VQVAEImageProcessor if model.config.spatial_dims == 2 else VQVAEFeatureExtractor
     try:
         processor = processor_class.from_pretrained(args.model, revision=args.revision)

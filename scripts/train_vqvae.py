@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
+from transformers import AutoConfig
 
-from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
+from hf_vqvae import VQVAEAudioConfig, VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.configuration_vqvae import PIXEL_LIKELIHOOD_SETTINGS, TRAINING_ONLY_SETTINGS
+from hf_vqvae.modeling_vqvae import VQVAEPreTrainedModel, vqvae_model_class
 from hf_vqvae.training.args import (
     ScriptArgumentParser,
     VQVAETrainingArguments,
@@ -62,7 +64,7 @@ from hf_vqvae.training.metrics import (
 
 logger = get_logger(__name__)
 
-PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet128, "speech": VQVAEConfig.speech}
+PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet128, "speech": VQVAEAudioConfig}
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
@@ -149,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
     return VQVAETrainingArguments.from_namespace(args, argv, config_overrides=parse_overrides(args.config_overrides))
 
 
-def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict, freeze_encoder: bool = False):
+def check_fine_tuning_overrides(config: VQVAEConfig | VQVAEAudioConfig, overrides: dict, freeze_encoder: bool = False):
     """
     A pretrained model takes only overrides that leave its weights' shapes alone (the loss and codebook updates), or,
     for a decoder-only fine-tune (`--freeze_encoder`), the settings of a logistic-mixture pixel likelihood.
@@ -175,11 +177,13 @@ def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict, freeze_enc
         )
 
 
-def build_model(args) -> VQVAEModel:
+def build_model(args) -> VQVAEPreTrainedModel:
+    """The image or audio VQ-VAE to train: pretrained, from a config folder, or a preset (with the overrides)."""
     if args.pretrained_model_name_or_path is not None:
-        config = VQVAEConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir
         )
+        model_class = vqvae_model_class(config)
         check_fine_tuning_overrides(config, args.config_overrides, args.freeze_encoder)
         mixture = args.config_overrides.get("reconstruction_loss", config.reconstruction_loss)
         if mixture == "discretized_logistic_mixture" and any(
@@ -191,7 +195,7 @@ def build_model(args) -> VQVAEModel:
             )
             config = VQVAEConfig.from_dict({**source.config.to_dict(), **args.config_overrides})  # validated
             return VQVAEModel(config).init_from_vqvae(source).freeze_encoder()
-        model = VQVAEModel.from_pretrained(
+        model = model_class.from_pretrained(
             args.pretrained_model_name_or_path,
             revision=args.revision,
             cache_dir=args.cache_dir,
@@ -206,12 +210,12 @@ def build_model(args) -> VQVAEModel:
             "`--pretrained_model_name_or_path`."
         )
     if args.model_config_name_or_path is not None:
-        config = VQVAEConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             args.model_config_name_or_path, revision=args.revision, **args.config_overrides
         )
     else:
         config = PRESETS[args.preset or "cifar10"](**args.config_overrides)
-    return VQVAEModel(config)
+    return vqvae_model_class(config)(config)
 
 
 def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor, policy: BadExamplePolicy):
@@ -342,9 +346,9 @@ model = VQVAEModel.from_pretrained("{model_id}")
 processor = VQVAEImageProcessor.from_pretrained("{model_id}")
 codes = model.encode(processor(images, return_tensors="pt").pixel_values).codes  # (batch, h, w)
 images = processor.postprocess(model.decode(codes).reconstruction)"""
-AUDIO_USAGE = """from hf_vqvae import VQVAEFeatureExtractor, VQVAEModel
+AUDIO_USAGE = """from hf_vqvae import VQVAEAudioModel, VQVAEFeatureExtractor
 
-model = VQVAEModel.from_pretrained("{model_id}")
+model = VQVAEAudioModel.from_pretrained("{model_id}")
 extractor = VQVAEFeatureExtractor.from_pretrained("{model_id}")
 inputs = extractor(waveforms, sampling_rate={rate})  # a list of 1-D arrays
 encoded = model.encode(**inputs)  # encoded.codes (batch, length); encoded.codes_mask marks the real ones
@@ -435,7 +439,7 @@ def main(args):
         args, accelerator, model, optimizer, train_dataloader, validation_dataloader
     )
     # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
-    register_pretrained_hooks(accelerator, VQVAEModel, "vqvae")
+    register_pretrained_hooks(accelerator, type(accelerator.unwrap_model(model)), "vqvae")
     init_trackers(args, accelerator)
     run = resume_training(args, accelerator, train_dataloader)
 
