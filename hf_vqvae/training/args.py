@@ -179,6 +179,28 @@ class TokenizeArguments(ScriptArguments):
 # ---------------------------------------------------------------------------------------------------------- groups
 
 
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    title: str,
+    pretrained_help: str,
+    config_help: str,
+    overrides_help: str,
+    revision_help: str,
+) -> argparse._ArgumentGroup:
+    """
+    Where a training script's model comes from: `--pretrained_<name>_name_or_path` (fine-tune), or
+    `--<name>_config_name_or_path` (train from scratch), with `--config_overrides` and the Hub `--revision` of either.
+    """
+    group = parser.add_argument_group(title)
+    group.add_argument(f"--pretrained_{name}_name_or_path", default=None, help=pretrained_help)
+    group.add_argument(f"--{name}_config_name_or_path", default=None, help=config_help)
+    group.add_argument("--config_overrides", default=None, help=overrides_help)
+    group.add_argument("--revision", default=None, help=revision_help)
+    return group
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, validation_split_help: str) -> argparse._ArgumentGroup:
     """The data flags of the training scripts: a Hub dataset, an image folder or data files, splits and limits."""
     group = parser.add_argument_group("data")
@@ -346,6 +368,7 @@ __all__ = [
     "VQVAETrainingArguments",
     "add_checkpoint_arguments",
     "add_data_arguments",
+    "add_model_arguments",
     "add_hub_arguments",
     "add_optimization_arguments",
     "check_positive",
