@@ -176,7 +176,60 @@ class TokenizeArguments(ScriptArguments):
     hub_private_repo: bool
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluationArguments(ScriptArguments):
+    """The arguments the evaluation scripts share ([`add_evaluation_arguments`]): the model, batches, outputs."""
+
+    model: str
+    image_column: str | None
+    max_samples: int | None
+    batch_size: int
+    on_bad_example: str
+    output_file: str | None
+    model_card_section: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VQVAEEvaluationArguments(EvaluationArguments):
+    """`scripts/evaluate_vqvae.py`: reconstruction metrics of a VQ-VAE (image or audio) on a dataset split."""
+
+    revision: str | None
+    dataset_name: str | None
+    dataset_config_name: str | None
+    data_dir: str | None
+    data_files: list[str] | None
+    split: str
+    audio_column: str | None
+    speaker_column: str | None
+    mixed_precision: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BitsPerDimArguments(EvaluationArguments):
+    """`scripts/evaluate_bits_per_dim.py`: the bits/dim bound of a VQ-VAE and its prior on a test split."""
+
+    prior: str | None
+    data_files: list[str]
+    scale_fit_data_files: list[str] | None
+    scale_fit_samples: int
+
+
 # ---------------------------------------------------------------------------------------------------------- groups
+
+
+def add_evaluation_arguments(
+    parser: argparse.ArgumentParser, *, batch_size: int, max_samples_help: str, output_help: str, card_help: str
+) -> argparse._ArgumentGroup:
+    """The flags of the evaluation scripts: the model, the image column, limits, bad rows, the JSON and the card."""
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--model", required=True, help="A VQ-VAE folder or Hub id.")
+    group.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
+    group.add_argument("--max_samples", type=int, default=None, help=max_samples_help)
+    group.add_argument("--batch_size", type=int, default=batch_size, help="Batch size per process.")
+    add_bad_example_argument(group)
+    group.add_argument("--output_file", default=None, help=output_help)
+    group.add_argument("--model_card_section", default=None, help=card_help)
+    return group
 
 
 def add_model_arguments(
@@ -360,14 +413,18 @@ def _split_top(text: str) -> list[str]:
 
 
 __all__ = [
+    "BitsPerDimArguments",
+    "EvaluationArguments",
     "PriorTrainingArguments",
     "ScriptArgumentParser",
     "ScriptArguments",
     "TokenizeArguments",
     "TrainingArguments",
+    "VQVAEEvaluationArguments",
     "VQVAETrainingArguments",
     "add_checkpoint_arguments",
     "add_data_arguments",
+    "add_evaluation_arguments",
     "add_model_arguments",
     "add_hub_arguments",
     "add_optimization_arguments",
