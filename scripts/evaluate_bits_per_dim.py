@@ -48,12 +48,7 @@ PAPER_BITS_PER_DIM = {"paper_vqvae": 4.67, "paper_vae": 4.51, "paper_vimco": 5.1
 def parse_args(argv=None) -> BitsPerDimArguments:
     parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
     add_evaluation_arguments(
-        parser,
-        batch_size=250,
-        max_samples_help="Evaluate only the first N test images.",
-        output_help="Write the results here as JSON, with the rows `--on_bad_example skip` left out.",
-        card_help="Also write the results, with this command, into the README.md of the prior's folder (or the "
-        "VQ-VAE's without a prior) under this title.",
+        parser, batch_size=250, card_folder="the prior's folder (or the VQ-VAE's without a prior)"
     )
     data = parser.add_argument_group("prior and data")
     data.add_argument("--prior", default=None, help="A prior folder or Hub id trained on this VQ-VAE's codes.")

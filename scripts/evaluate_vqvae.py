@@ -21,6 +21,7 @@ from hf_vqvae.modeling_vqvae import vqvae_model_class
 from hf_vqvae.training.args import (
     ScriptArgumentParser,
     VQVAEEvaluationArguments,
+    add_audio_arguments,
     add_evaluation_arguments,
     check_positive,
 )
@@ -33,15 +34,7 @@ from hf_vqvae.training.metrics import evaluate_reconstruction
 
 def parse_args(argv=None) -> VQVAEEvaluationArguments:
     parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
-    add_evaluation_arguments(
-        parser,
-        batch_size=256,
-        max_samples_help="Evaluate only the first N examples.",
-        output_help="Write the metrics here as JSON (default: stdout only), with the rows `--on_bad_example skip` "
-        "left out.",
-        card_help="Also write the metrics, with this command, into the model folder's README.md under this title "
-        "(replacing an earlier section of the same title).",
-    )
+    add_evaluation_arguments(parser, batch_size=256, card_folder="the model folder")
     data = parser.add_argument_group("data")
     data.add_argument("--revision", default=None, help="Hub revision of the model.")
     data.add_argument("--dataset_name", default=None, help="A Hub dataset, or the builder of `--data_files`.")
@@ -49,12 +42,7 @@ def parse_args(argv=None) -> VQVAEEvaluationArguments:
     data.add_argument("--data_dir", default=None, help="A local image folder (`imagefolder`).")
     data.add_argument("--data_files", nargs="+", default=None, help="Files or globs of the split to evaluate.")
     data.add_argument("--split", default="test", help="The split to evaluate.")
-    data.add_argument(
-        "--audio_column", default=None, help="For audio models: column with the audio (default: first Audio column)."
-    )
-    data.add_argument(
-        "--speaker_column", default=None, help="For speaker-conditioned audio models: column with integer speaker ids."
-    )
+    add_audio_arguments(data)
     data.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],

@@ -26,6 +26,7 @@ from hf_vqvae.modeling_vqvae import VQVAEPreTrainedModel, vqvae_model_class
 from hf_vqvae.training.args import (
     ScriptArgumentParser,
     VQVAETrainingArguments,
+    add_audio_arguments,
     add_checkpoint_arguments,
     add_data_arguments,
     add_hub_arguments,
@@ -84,12 +85,7 @@ def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
     data = add_data_arguments(
         parser, validation_split_help="Split to validate on; validation is skipped when the dataset has none."
     )
-    data.add_argument(
-        "--audio_column", default=None, help="For 1-D models: column with the audio (default: first Audio column)."
-    )
-    data.add_argument(
-        "--speaker_column", default=None, help="For speaker-conditioned 1-D models: column with integer speaker ids."
-    )
+    add_audio_arguments(data)
     data.add_argument(
         "--max_audio_length",
         type=int,

@@ -217,18 +217,40 @@ class BitsPerDimArguments(EvaluationArguments):
 # ---------------------------------------------------------------------------------------------------------- groups
 
 
+def add_audio_arguments(group: argparse._ArgumentGroup):
+    """The audio columns of a dataset, for the scripts that take audio models: `--audio_column`, `--speaker_column`."""
+    group.add_argument(
+        "--audio_column", default=None, help="For audio models: column with the audio (default: first Audio column)."
+    )
+    group.add_argument(
+        "--speaker_column", default=None, help="For speaker-conditioned audio models: column with integer speaker ids."
+    )
+
+
 def add_evaluation_arguments(
-    parser: argparse.ArgumentParser, *, batch_size: int, max_samples_help: str, output_help: str, card_help: str
+    parser: argparse.ArgumentParser, *, batch_size: int, card_folder: str
 ) -> argparse._ArgumentGroup:
-    """The flags of the evaluation scripts: the model, the image column, limits, bad rows, the JSON and the card."""
+    """
+    The flags of the evaluation scripts: the model, the image column, limits, bad rows, the JSON results, and the
+    model card section (written into the README.md of `card_folder`, e.g. "the model folder").
+    """
     group = parser.add_argument_group("evaluation")
     group.add_argument("--model", required=True, help="A VQ-VAE folder or Hub id.")
     group.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    group.add_argument("--max_samples", type=int, default=None, help=max_samples_help)
+    group.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N examples.")
     group.add_argument("--batch_size", type=int, default=batch_size, help="Batch size per process.")
     add_bad_example_argument(group)
-    group.add_argument("--output_file", default=None, help=output_help)
-    group.add_argument("--model_card_section", default=None, help=card_help)
+    group.add_argument(
+        "--output_file",
+        default=None,
+        help="Write the results here as JSON (default: stdout only), with the rows `--on_bad_example skip` left out.",
+    )
+    group.add_argument(
+        "--model_card_section",
+        default=None,
+        help=f"Also write the results, with this command, into the README.md of {card_folder} under this title "
+        "(replacing an earlier section of the same title).",
+    )
     return group
 
 
@@ -422,6 +444,7 @@ __all__ = [
     "TrainingArguments",
     "VQVAEEvaluationArguments",
     "VQVAETrainingArguments",
+    "add_audio_arguments",
     "add_checkpoint_arguments",
     "add_data_arguments",
     "add_evaluation_arguments",
