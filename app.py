@@ -102,7 +102,7 @@ def load_image_vqvae(folder: str):
 
 @functools.cache
 def load_audio_vqvae(folder: str):
-    """`(model, feature_extractor)` of an audio VQ-VAE folder, loaded once."""
+    """`(model, feature_extractor)` of an audio VQ-VAE folder (a `VQVAEAudioModel`), loaded once."""
     model = AutoModel.from_pretrained(folder).eval()
     return model, AutoFeatureExtractor.from_pretrained(folder)
 

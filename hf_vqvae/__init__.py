@@ -22,7 +22,7 @@ from .anomaly import (
     select_score,
 )
 from .configuration_pixelcnn_prior import VQVAEPixelCNNPriorConfig
-from .configuration_vqvae import VQVAEConfig
+from .configuration_vqvae import VQVAEAudioConfig, VQVAEConfig
 from .configuration_vqvae_prior import VQVAEPriorConfig
 from .feature_extraction_vqvae import VQVAEFeatureExtractor
 from .image_processing_vqvae import VQVAEImageProcessor
@@ -32,6 +32,7 @@ from .modeling_pixelcnn_prior import (
     VQVAEPixelCNNPriorPreTrainedModel,
 )
 from .modeling_vqvae import (
+    VQVAEAudioModel,
     VQVAEDecoderOutput,
     VQVAEEncoderOutput,
     VQVAEModel,
@@ -54,7 +55,9 @@ __version__ = "0.1.0"
 AutoConfig.register(VQVAEConfig.model_type, VQVAEConfig, exist_ok=True)
 AutoModel.register(VQVAEConfig, VQVAEModel, exist_ok=True)
 AutoImageProcessor.register(VQVAEConfig, image_processor_classes={"pil": VQVAEImageProcessor}, exist_ok=True)
-AutoFeatureExtractor.register(VQVAEConfig, VQVAEFeatureExtractor, exist_ok=True)
+AutoConfig.register(VQVAEAudioConfig.model_type, VQVAEAudioConfig, exist_ok=True)
+AutoModel.register(VQVAEAudioConfig, VQVAEAudioModel, exist_ok=True)
+AutoFeatureExtractor.register(VQVAEAudioConfig, VQVAEFeatureExtractor, exist_ok=True)
 AutoConfig.register(VQVAEPriorConfig.model_type, VQVAEPriorConfig, exist_ok=True)
 AutoModel.register(VQVAEPriorConfig, VQVAEPriorModel, exist_ok=True)
 AutoModelForCausalLM.register(VQVAEPriorConfig, VQVAEPriorForCausalLM, exist_ok=True)
@@ -65,6 +68,8 @@ AutoModel.register(VQVAEPixelCNNPriorConfig, VQVAEPixelCNNPriorModel, exist_ok=T
 # `trust_remote_code=True` where hf_vqvae is not installed.
 VQVAEConfig.register_for_auto_class()
 VQVAEModel.register_for_auto_class("AutoModel")
+VQVAEAudioConfig.register_for_auto_class()
+VQVAEAudioModel.register_for_auto_class("AutoModel")
 VQVAEImageProcessor.register_for_auto_class("AutoImageProcessor")
 VQVAEFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 VQVAEPriorConfig.register_for_auto_class()
@@ -94,6 +99,8 @@ __all__ = [
     "VQVAEAnomalyOutput",
     "VQVAEAnomalyPipeline",
     "VQVAEAnomalyScorer",
+    "VQVAEAudioConfig",
+    "VQVAEAudioModel",
     "VQVAEConfig",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",

@@ -27,7 +27,7 @@ _MAX_RESAMPLING_FACTOR = 100
 
 class VQVAEFeatureExtractor(SequenceFeatureExtractor):
     r"""
-    Prepares waveforms for a 1-D [`VQVAEModel`] (`spatial_dims=1`), the way a tokenizer prepares text: it converts
+    Prepares waveforms for a [`VQVAEAudioModel`], the way a tokenizer prepares text: it converts
     each waveform to mono, resamples it to the model's rate, optionally normalises its peak level, and pads the batch
     (on the right, with an attention mask) to a length that is a multiple of the model's downsampling factor.
     [`~VQVAEFeatureExtractor.postprocess`] maps model outputs back to waveforms of the original lengths.
@@ -99,9 +99,12 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> "VQVAEFeatureExtractor":
-        """The feature extractor matching a 1-D [`VQVAEConfig`]: its sampling rate and downsampling factor."""
+        """The feature extractor matching a [`VQVAEAudioConfig`]: its sampling rate and downsampling factor."""
         if config.spatial_dims != 1:
-            raise ValueError("VQVAEFeatureExtractor is for 1-D models (`spatial_dims=1`); use VQVAEImageProcessor.")
+            raise ValueError(
+                f"VQVAEFeatureExtractor is for audio models (`VQVAEAudioConfig`); got a `{type(config).__name__}`. "
+                "Use VQVAEImageProcessor for images."
+            )
         kwargs.setdefault("sampling_rate", config.sampling_rate or 16000)
         kwargs.setdefault("pad_to_multiple_of", config.downsample_factor)
         return cls(**kwargs)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .configuration_vqvae import VQVAEConfig
+from .configuration_vqvae import VQVAEAudioConfig, VQVAEBaseConfig, VQVAEConfig, is_legacy_audio_config
 from .quantizer import VectorQuantizer
 
 
@@ -19,6 +19,8 @@ logger = logging.get_logger(__name__)
 # `reconstruction_loss="log_mse"` takes the log of max(MSE, this): far below any real reconstruction error (1e-10 in
 # [-1, 1] is 106 dB PSNR), it only keeps an exact reconstruction from giving -inf.
 LOG_MSE_FLOOR = 1e-10
+# The keywords of `from_pretrained` that locate a saved config (the rest are the model's).
+CONFIG_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
 @dataclass
@@ -214,7 +216,7 @@ class VQVAEResidualBlock(nn.Module):
 class VQVAEEncoder(nn.Module):
     """Pixels (B, C, H, W) -> latents z_e (B, D, H/f, W/f), f = `downsample_factor`; (B, C, T) -> (B, D, T/f) in 1-D."""
 
-    def __init__(self, config: VQVAEConfig):
+    def __init__(self, config: VQVAEBaseConfig):
         super().__init__()
         conv, _ = _conv_classes(config.spatial_dims)
         widths = list(config.stage_widths)
@@ -246,7 +248,7 @@ class VQVAEDecoder(nn.Module):
     convolution and after every transposed convolution but the last.
     """
 
-    def __init__(self, config: VQVAEConfig):
+    def __init__(self, config: VQVAEBaseConfig):
         super().__init__()
         conv, conv_transpose = _conv_classes(config.spatial_dims)
         widths = list(reversed(config.stage_widths))
@@ -639,7 +641,47 @@ class VQVAEPixelCNN(nn.Module):
         return pixel_values
 
 
+def build_quantizer(config) -> VectorQuantizer:
+    """The [`VectorQuantizer`] of a [`VQVAEConfig`] or [`VQVAEAudioConfig`], its settings passed as keywords."""
+    return VectorQuantizer(
+        codebook_size=config.codebook_size,
+        codebook_dim=config.codebook_dim,
+        commitment_cost=config.commitment_cost,
+        use_ema=config.use_ema_codebook,
+        ema_decay=config.ema_decay,
+        ema_epsilon=config.ema_epsilon,
+        dead_code_threshold=config.dead_code_threshold,
+        use_kmeans_init=config.use_kmeans_init,
+        kmeans_iters=config.kmeans_iters,
+    )
+
+
+def mean_reconstruction_error(
+    error: torch.Tensor, weights: torch.Tensor | None = None, log_mse: bool = False
+) -> torch.Tensor:
+    """
+    The reconstruction loss from a per-value `error` (squared error or negative log-likelihood): its mean over the
+    values where `weights` (1 on real values, 0 on padding) is 1; with `log_mse`, the mean over examples of the log
+    of each example's mean error, floored at `LOG_MSE_FLOOR` so that a perfect reconstruction stays finite.
+    """
+    if log_mse:
+        per_example = (
+            error.flatten(1).mean(1)
+            if weights is None
+            else ((error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
+        )
+        return per_example.clamp(min=LOG_MSE_FLOOR).log().mean()
+    if weights is None:
+        return error.mean()
+    return (error * weights).sum() / weights.sum().clamp(min=1.0)
+
+
 class VQVAEPreTrainedModel(PreTrainedModel):
+    """
+    The base of [`VQVAEModel`] (images) and [`VQVAEAudioModel`] (waveforms): weight init, and what both do with
+    their encoder, quantizer and decoder (freezing the encoder, input checks, quantizing, the loss terms).
+    """
+
     config_class = VQVAEConfig
     base_model_prefix = "vqvae"
     main_input_name = "pixel_values"
@@ -672,16 +714,122 @@ class VQVAEPreTrainedModel(PreTrainedModel):
                 init.ones_(module.ema_cluster_size)
                 init.copy_(module.ema_embed_sum, module.codebook.weight)
 
+    def _init_autoencoder(self, config: VQVAEBaseConfig):
+        self.encoder = VQVAEEncoder(config)
+        self.quantizer = build_quantizer(config)
+        self.decoder = VQVAEDecoder(config)
+        self._encoder_frozen = False
+
+    def freeze_encoder(self):
+        """
+        Fix the encoder and the codebook, so that training changes only the decoder: every input keeps its codes (a
+        prior trained on them stays valid) while the decoder learns to reconstruct better. Their parameters stop
+        requiring gradients, and they stay in eval mode through `train()`, so the EMA codebook and its dead-code
+        restarts no longer update.
+        """
+        self._encoder_frozen = True
+        for module in (self.encoder, self.quantizer):
+            module.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_encoder_frozen", False):  # `PreTrainedModel.__init__` calls `train` before it is set
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
+
+    def _check_inputs(self, values: torch.Tensor, name: str, shape: str, sides: str, fix: str):
+        """`values` is a finite float `(batch, num_channels, *spatial)` tensor of sides divisible by the factor."""
+        factor = self.config.downsample_factor
+        got_shape = tuple(values.shape) if isinstance(values, torch.Tensor) else None
+        if (
+            got_shape is None
+            or not values.is_floating_point()
+            or len(got_shape) != 2 + self.config.spatial_dims
+            or got_shape[1] != self.config.num_channels
+            or any(side % factor or side == 0 for side in got_shape[2:])
+        ):
+            got = f"{got_shape} ({values.dtype})" if got_shape is not None else type(values).__name__
+            raise ValueError(
+                f"`{name}` must be a float tensor of shape {shape} with {sides} of {factor} (`downsample_factor`); "
+                f"got {got}. {fix}"
+            )
+        # One reduction per call. NaN or inf would otherwise become code 0 silently (every distance is NaN), the loss
+        # NaN, and one such training batch would make the EMA codebook non-finite for good.
+        if not bool(torch.isfinite(values).all()):
+            count = int((~torch.isfinite(values)).sum())
+            raise ValueError(
+                f"`{name}` contains {count} NaN or infinite values (of {values.numel()}, shape "
+                f"{tuple(values.shape)}): the model needs finite inputs. Check how the data were loaded and "
+                "normalized (e.g. a division by a zero standard deviation)."
+            )
+
+    def _get_codes(self, inputs: torch.Tensor) -> torch.LongTensor:
+        """Nearest codes of checked inputs `(batch, channels, *spatial)`, without the quantizer's losses."""
+        latents = self.encoder(inputs).movedim(1, -1)  # (B, *grid, D)
+        return self.quantizer.nearest_codes(latents.reshape(-1, latents.shape[-1])).view(latents.shape[:-1])
+
+    def _encode(self, inputs: torch.Tensor, codes_mask: torch.Tensor | None = None) -> VQVAEEncoderOutput:
+        """`encode` on checked inputs `(batch, channels, *spatial)`."""
+        latents = self.encoder(inputs)  # (B, D, *grid)
+        quantizer_output = self.quantizer(latents.movedim(1, -1), mask=codes_mask)  # channels last: (B, *grid, D)
+        return VQVAEEncoderOutput(
+            latents=latents,
+            quantized=quantizer_output.quantized.movedim(-1, 1),
+            codes=quantizer_output.codes,
+            codebook_loss=quantizer_output.codebook_loss,
+            commitment_loss=quantizer_output.commitment_loss,
+            perplexity=quantizer_output.perplexity,
+            codes_mask=codes_mask,
+        )
+
+    def _quantized_from_codes(self, codes: torch.LongTensor, shape: str) -> torch.Tensor:
+        """Codebook vectors `(batch, D, *grid)` of `codes` `(batch, *grid)`, in the decoder's dtype."""
+        if not isinstance(codes, torch.Tensor) or codes.ndim != 1 + self.config.spatial_dims:
+            got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise ValueError(
+                f"`codes` must be a long tensor of shape {shape}; got {got}. Add a batch dimension with "
+                "`codes[None]` for a single example."
+            )
+        quantized = self.quantizer.lookup(codes).movedim(-1, 1)  # (B, D, *grid), fp32
+        return quantized.to(self.decoder.conv_in.weight.dtype)
+
+    def _total_loss(self, reconstruction_loss: torch.Tensor, encoded: VQVAEEncoderOutput) -> torch.Tensor:
+        """Eq. 3: the weighted reconstruction term plus the codebook and commitment terms."""
+        return (
+            self.config.reconstruction_loss_weight * reconstruction_loss
+            + encoded.codebook_loss
+            + encoded.commitment_loss
+        )
+
+    @staticmethod
+    def _model_output(encoded: VQVAEEncoderOutput, **fields) -> VQVAEModelOutput:
+        """A [`VQVAEModelOutput`] with the encoder's fields and `fields` (loss, reconstruction, ...)."""
+        return VQVAEModelOutput(
+            codes=encoded.codes,
+            codebook_loss=encoded.codebook_loss,
+            commitment_loss=encoded.commitment_loss,
+            perplexity=encoded.perplexity,
+            latents=encoded.latents,
+            quantized=encoded.quantized,
+            codes_mask=encoded.codes_mask,
+            **fields,
+        )
+
 
 class VQVAEModel(VQVAEPreTrainedModel):
     r"""
-    The VQ-VAE: an encoder, a vector quantizer and a decoder. Images become a grid of discrete codes
+    The image VQ-VAE: an encoder, a vector quantizer and a decoder. Images become a grid of discrete codes
     ([`~VQVAEModel.encode`]) and codes become images ([`~VQVAEModel.decode`]); `forward` runs both and returns the
-    loss of eq. 3 with its three terms reported separately.
+    loss of eq. 3 with its three terms reported separately. Waveforms have their own [`VQVAEAudioModel`].
 
     Args:
         config ([`VQVAEConfig`]):
             The model configuration.
+
+    An audio folder saved before [`VQVAEAudioModel`] existed (`model_type="hf_vqvae"`, `spatial_dims=1`) still loads
+    with `VQVAEModel.from_pretrained`: it returns a [`VQVAEAudioModel`] (with a warning), as `AutoModel` does.
 
     Example:
 
@@ -701,148 +849,45 @@ class VQVAEModel(VQVAEPreTrainedModel):
     """
 
     def __init__(self, config: VQVAEConfig):
+        # By `spatial_dims`, not `isinstance`: with `trust_remote_code`, the config class comes from another module.
+        if config.spatial_dims != VQVAEConfig.spatial_dims:
+            raise TypeError(
+                f"`VQVAEModel` takes a `VQVAEConfig` (images); got a `{type(config).__name__}`. Use `VQVAEAudioModel` "
+                "for a `VQVAEAudioConfig`."
+            )
         super().__init__(config)
-        self.encoder = VQVAEEncoder(config)
-        self.quantizer = VectorQuantizer(
-            codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim,
-            commitment_cost=config.commitment_cost,
-            use_ema=config.use_ema_codebook,
-            ema_decay=config.ema_decay,
-            ema_epsilon=config.ema_epsilon,
-            dead_code_threshold=config.dead_code_threshold,
-            use_kmeans_init=config.use_kmeans_init,
-            kmeans_iters=config.kmeans_iters,
-        )
-        self.decoder = VQVAEDecoder(config)
+        self._init_autoencoder(config)
         self.pixel_decoder = VQVAEPixelCNN(config) if config.pixel_decoder == "pixelcnn" else None
-        if config.spatial_dims == 1:
-            self.main_input_name = "input_values"
-        self._encoder_frozen = False
         self.post_init()
 
-    def freeze_encoder(self):
-        """
-        Fix the encoder and the codebook, so that training changes only the decoder: every input keeps its codes (a
-        prior trained on them stays valid) while the decoder learns to reconstruct better. Their parameters stop
-        requiring gradients, and they stay in eval mode through `train()`, so the EMA codebook and its dead-code
-        restarts no longer update.
-        """
-        self._encoder_frozen = True
-        for module in (self.encoder, self.quantizer):
-            module.requires_grad_(False)
-        return self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self._encoder_frozen:
-            self.encoder.eval()
-            self.quantizer.eval()
-        return self
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        # An audio folder saved before `VQVAEAudioModel` existed (`hf_vqvae`, `spatial_dims=1`) loads as one.
+        config = kwargs.get("config")
+        if cls is VQVAEModel and not isinstance(config, PreTrainedConfig):
+            hub_kwargs = {key: value for key, value in kwargs.items() if key in CONFIG_HUB_KWARGS}
+            config_dict, _ = VQVAEConfig.get_config_dict(config or pretrained_model_name_or_path, **hub_kwargs)
+            if is_legacy_audio_config(config_dict):
+                logger.warning_once(
+                    f"{pretrained_model_name_or_path!r} is an audio VQ-VAE saved before audio had its own class "
+                    "(`model_type='hf_vqvae'`, `spatial_dims=1`): it loads as a `VQVAEAudioModel`. Load it with "
+                    "`VQVAEAudioModel` or `AutoModel`, and save it again to store the new form."
+                )
+                return VQVAEAudioModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
-        factor = self.config.downsample_factor
-        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else None
-        spatial = 2 + self.config.spatial_dims
-        if (
-            shape is None
-            or not pixel_values.is_floating_point()
-            or len(shape) != spatial
-            or shape[1] != self.config.num_channels
-            or any(side % factor or side == 0 for side in shape[2:])
-        ):
-            got = f"{shape} ({pixel_values.dtype})" if shape is not None else type(pixel_values).__name__
-            if self.config.spatial_dims == 1:
-                raise ValueError(
-                    f"`input_values` must be a float tensor of shape (batch, {self.config.num_channels}, time) (or "
-                    f"(batch, time) for mono) with time a positive multiple of {factor} (`downsample_factor`); got "
-                    f"{got}. Pad or crop the audio, or use VQVAEFeatureExtractor."
-                )
-            raise ValueError(
-                f"`pixel_values` must be a float tensor of shape (batch, {self.config.num_channels}, H, W) with H and "
-                f"W positive multiples of {factor} (`downsample_factor`); got {got}. Resize or pad the images, or use "
-                "VQVAEImageProcessor."
-            )
-        # One reduction per call. NaN or inf would otherwise become code 0 silently (every distance is NaN), the loss
-        # NaN, and one such training batch would make the EMA codebook non-finite for good.
-        if not bool(torch.isfinite(pixel_values).all()):
-            name = "input_values" if self.config.spatial_dims == 1 else "pixel_values"
-            count = int((~torch.isfinite(pixel_values)).sum())
-            raise ValueError(
-                f"`{name}` contains {count} NaN or infinite values (of {pixel_values.numel()}, shape "
-                f"{tuple(pixel_values.shape)}): the model needs finite inputs. Check how the data were loaded and "
-                "normalized (e.g. a division by a zero standard deviation)."
-            )
-
-    def _inputs(self, pixel_values, input_values) -> torch.Tensor:
-        """The model input as `(batch, channels, *spatial)`, from `pixel_values` (images) or `input_values` (audio)."""
-        if (pixel_values is None) == (input_values is None):
-            raise ValueError("Pass exactly one of `pixel_values` (images) and `input_values` (signals such as audio).")
-        if input_values is not None:
-            if self.config.spatial_dims != 1:
-                raise ValueError(
-                    "`input_values` are for 1-D models (`spatial_dims=1`); pass images as `pixel_values`."
-                )
-            if isinstance(input_values, torch.Tensor) and input_values.ndim == 2 and self.config.num_channels == 1:
-                input_values = input_values[:, None]  # (batch, time) mono -> (batch, 1, time)
-            pixel_values = input_values
-        self._check_pixel_values(pixel_values)
-        return pixel_values
-
-    def _latent_mask(self, attention_mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
-        """`(batch, length)` bool mask of the codes that cover real samples; None without `attention_mask`."""
-        if attention_mask is None:
-            return None
-        if self.config.spatial_dims != 1:
-            raise ValueError("`attention_mask` is for 1-D models (padded signals); images take none.")
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (
-            inputs.shape[0],
-            inputs.shape[-1],
-        ):
-            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
-            raise ValueError(
-                f"`attention_mask` must have shape (batch, time) = {(inputs.shape[0], inputs.shape[-1])}; got {got}."
-            )
-        factor = self.config.downsample_factor
-        lengths = attention_mask.long().sum(-1)
-        num_codes = (lengths + factor - 1) // factor
-        return torch.arange(inputs.shape[-1] // factor, device=inputs.device)[None] < num_codes[:, None].to(
-            inputs.device
+        self._check_inputs(
+            pixel_values,
+            "pixel_values",
+            f"(batch, {self.config.num_channels}, H, W)",
+            "H and W positive multiples",
+            "Resize or pad the images, or use VQVAEImageProcessor.",
         )
 
-    def _check_speaker_ids(self, speaker_ids, batch_size: int):
-        num_speakers = self.config.num_speakers
-        if num_speakers == 0:
-            if speaker_ids is not None:
-                raise ValueError(
-                    "This model has no speaker conditioning (`config.num_speakers=0`); drop `speaker_ids`."
-                )
-            return None
-        if speaker_ids is None:
-            raise ValueError(
-                f"This decoder is conditioned on the speaker: pass `speaker_ids` (one id in "
-                f"[0, {num_speakers}) per example)."
-            )
-        speaker_ids = torch.as_tensor(speaker_ids, device=self.device)
-        if (
-            speaker_ids.dtype.is_floating_point
-            or tuple(speaker_ids.shape) != (batch_size,)
-            or (speaker_ids.numel() and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= num_speakers))
-        ):
-            raise ValueError(
-                f"`speaker_ids` must be {batch_size} integers in [0, {num_speakers}); got {speaker_ids.tolist()}."
-            )
-        return speaker_ids.long()
-
-    def encode(
-        self,
-        pixel_values: torch.FloatTensor | None = None,
-        return_dict: bool | None = None,
-        input_values: torch.FloatTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-    ) -> VQVAEEncoderOutput | tuple:
+    def encode(self, pixel_values: torch.FloatTensor, return_dict: bool | None = None) -> VQVAEEncoderOutput | tuple:
         r"""
-        Encode images (or signals) to latents and codes.
+        Encode images to latents and codes.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -850,72 +895,46 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 `config.downsample_factor`.
             return_dict (`bool`, *optional*):
                 Return a [`VQVAEEncoderOutput`] (default) or a plain tuple.
-            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
-                For 1-D models, instead of `pixel_values`: waveforms (see [`VQVAEFeatureExtractor`]).
-            attention_mask (`torch.LongTensor` of shape `(batch_size, time)`, *optional*):
-                For 1-D models: 1 on real samples, 0 on padding. Codes over padding only are excluded from the
-                losses and codebook statistics, and `codes_mask` marks the real ones.
 
         Returns:
             [`VQVAEEncoderOutput`] or `tuple`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = self._encode(self._inputs(pixel_values, input_values), attention_mask)
+        self._check_pixel_values(pixel_values)
+        output = self._encode(pixel_values)
         return output if return_dict else output.to_tuple()
 
-    def get_codes(
-        self, pixel_values: torch.FloatTensor | None = None, input_values: torch.FloatTensor | None = None
-    ) -> torch.LongTensor:
+    def get_codes(self, pixel_values: torch.FloatTensor) -> torch.LongTensor:
         r"""
-        The codes of images (or signals) alone: `encode(...).codes`, without the quantized vectors, losses and
-        perplexity that `encode` computes beside them. The cheaper call when only the tokens are wanted; it never
-        changes the codebook, even in training mode.
+        The codes of images alone: `encode(pixel_values).codes`, without the quantized vectors, losses and perplexity
+        that `encode` computes beside them. The cheaper call when only the tokens are wanted; it never changes the
+        codebook, even in training mode.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
                 As for [`~VQVAEModel.encode`].
-            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
-                For 1-D models, instead of `pixel_values`.
 
         Returns:
-            `torch.LongTensor` of shape `(batch_size, h, w)` (`(batch_size, length)` for 1-D models).
+            `torch.LongTensor` of shape `(batch_size, h, w)`.
         """
-        latents = self.encoder(self._inputs(pixel_values, input_values)).movedim(1, -1)  # (B, *grid, D)
-        return self.quantizer.nearest_codes(latents.reshape(-1, latents.shape[-1])).view(latents.shape[:-1])
-
-    def _encode(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> VQVAEEncoderOutput:
-        """`encode` on checked inputs `(batch, channels, *spatial)`."""
-        codes_mask = self._latent_mask(attention_mask, inputs)
-        latents = self.encoder(inputs)  # (B, D, *grid)
-        quantizer_output = self.quantizer(latents.movedim(1, -1), mask=codes_mask)  # channels last: (B, *grid, D)
-        return VQVAEEncoderOutput(
-            latents=latents,
-            quantized=quantizer_output.quantized.movedim(-1, 1),
-            codes=quantizer_output.codes,
-            codebook_loss=quantizer_output.codebook_loss,
-            commitment_loss=quantizer_output.commitment_loss,
-            perplexity=quantizer_output.perplexity,
-            codes_mask=codes_mask,
-        )
+        self._check_pixel_values(pixel_values)
+        return self._get_codes(pixel_values)
 
     def decode(
         self,
         codes: torch.LongTensor,
         return_dict: bool | None = None,
-        speaker_ids: torch.LongTensor | None = None,
         do_sample: bool = False,
         generator: torch.Generator | None = None,
     ) -> VQVAEDecoderOutput | tuple:
         r"""
-        Decode a grid of codes to images (or a sequence of codes to signals).
+        Decode a grid of codes to images.
 
         Args:
-            codes (`torch.LongTensor` of shape `(batch_size, h, w)`, or `(batch_size, length)` for 1-D models):
+            codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
                 Code indices in `[0, config.codebook_size)`.
             return_dict (`bool`, *optional*):
                 Return a [`VQVAEDecoderOutput`] (default) or a plain tuple.
-            speaker_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Required when `config.num_speakers > 0`: the speaker to decode as (swap it to convert the voice).
             do_sample (`bool`, *optional*, defaults to `False`):
                 Logistic-mixture decoders only. `False`: the reconstruction is the distribution's mean (the mean of
                 the continuous mixture clipped to [-1, 1], not its mode: the mean is what MSE and PSNR reward); with
@@ -929,26 +948,16 @@ class VQVAEModel(VQVAEPreTrainedModel):
             [`VQVAEDecoderOutput`] or `tuple`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        expected = 1 + self.config.spatial_dims
-        if not isinstance(codes, torch.Tensor) or codes.ndim != expected:
-            got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-            shape = "(batch, h, w)" if expected == 3 else "(batch, length)"
-            raise ValueError(
-                f"`codes` must be a long tensor of shape {shape}; got {got}. Add a batch dimension with "
-                "`codes[None]` for a single example."
-            )
-        speaker_ids = self._check_speaker_ids(speaker_ids, codes.shape[0])
-        quantized = self.quantizer.lookup(codes).movedim(-1, 1)  # (B, D, *grid), fp32
-        quantized = quantized.to(self.decoder.conv_in.weight.dtype)
+        quantized = self._quantized_from_codes(codes, "(batch, h, w)")
         if self.config.reconstruction_loss == "discretized_logistic_mixture":
-            output = self._decode_logistic_mixture(self.decoder(quantized, speaker_ids), do_sample, generator)
+            output = self._decode_logistic_mixture(self.decoder(quantized), do_sample, generator)
             return output if return_dict else output.to_tuple()
         if do_sample:
             raise ValueError(
                 f"`do_sample=True` draws from a logistic-mixture decoder; this one is trained with "
                 f"`reconstruction_loss={self.config.reconstruction_loss!r}`. Drop `do_sample`."
             )
-        reconstruction, log_scale = self._split_decoder_output(self.decoder(quantized, speaker_ids))
+        reconstruction, log_scale = self._split_decoder_output(self.decoder(quantized))
         output = VQVAEDecoderOutput(reconstruction=reconstruction, reconstruction_log_scale=log_scale)
         return output if return_dict else output.to_tuple()
 
@@ -965,9 +974,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
             reconstruction = logistic_mixture_mean(params, channels, mixtures)
         return VQVAEDecoderOutput(reconstruction=reconstruction, logistic_mixture_params=params)
 
-    def _forward_logistic_mixture(self, inputs, encoded, return_loss, speaker_ids) -> VQVAEModelOutput:
+    def _forward_logistic_mixture(self, inputs, encoded, return_loss) -> VQVAEModelOutput:
         """`forward` of a logistic-mixture decoder: the NLL of the 8-bit pixels in nats per value, and bits/dim."""
-        params = self.decoder(encoded.quantized, speaker_ids)
+        params = self.decoder(encoded.quantized)
         if self.pixel_decoder is not None:
             params = self.pixel_decoder(inputs, params)  # teacher forcing: each pixel given the true earlier ones
         loss = reconstruction_loss = bits_per_dim = None
@@ -978,22 +987,12 @@ class VQVAEModel(VQVAEPreTrainedModel):
             ).flatten(1)  # (B, H*W)
             reconstruction_loss = -log_likelihood.sum() / inputs.numel()
             bits_per_dim = -log_likelihood.sum(1) / (inputs[0].numel() * math.log(2))
-            loss = (
-                self.config.reconstruction_loss_weight * reconstruction_loss
-                + encoded.codebook_loss
-                + encoded.commitment_loss
-            )
-        return VQVAEModelOutput(
+            loss = self._total_loss(reconstruction_loss, encoded)
+        return self._model_output(
+            encoded,
             loss=loss,
             reconstruction=logistic_mixture_mean(params, self.config.num_channels, self.config.num_logistic_mixtures),
-            codes=encoded.codes,
             reconstruction_loss=reconstruction_loss,
-            codebook_loss=encoded.codebook_loss,
-            commitment_loss=encoded.commitment_loss,
-            perplexity=encoded.perplexity,
-            latents=encoded.latents,
-            quantized=encoded.quantized,
-            codes_mask=encoded.codes_mask,
             bits_per_dim=bits_per_dim,
             logistic_mixture_params=params,
         )
@@ -1045,15 +1044,12 @@ class VQVAEModel(VQVAEPreTrainedModel):
 
     def forward(
         self,
-        pixel_values: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor,
         return_loss: bool = True,
         return_dict: bool | None = None,
-        input_values: torch.FloatTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        speaker_ids: torch.LongTensor | None = None,
     ) -> VQVAEModelOutput | tuple:
         r"""
-        Encode, quantize and decode the input, and compute the training loss.
+        Encode, quantize and decode the images, and compute the training loss.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -1062,87 +1058,288 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 Compute `loss` and `reconstruction_loss`.
             return_dict (`bool`, *optional*):
                 Return a [`VQVAEModelOutput`] (default) or a plain tuple.
-            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
-                For 1-D models, instead of `pixel_values`.
-            attention_mask (`torch.LongTensor` of shape `(batch_size, time)`, *optional*):
-                For 1-D models: 1 on real samples, 0 on padding; the reconstruction loss covers real samples only.
-            speaker_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Required when `config.num_speakers > 0`.
 
         Returns:
             [`VQVAEModelOutput`] or `tuple`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        inputs = self._inputs(pixel_values, input_values)
-        encoded = self._encode(inputs, attention_mask)
-        speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
+        self._check_pixel_values(pixel_values)
+        encoded = self._encode(pixel_values)
         if self.config.reconstruction_loss == "discretized_logistic_mixture":
-            output = self._forward_logistic_mixture(inputs, encoded, return_loss, speaker_ids)
+            output = self._forward_logistic_mixture(pixel_values, encoded, return_loss)
             return output if return_dict else output.to_tuple()
-        reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized, speaker_ids))
-        loss = reconstruction_loss = spectral_loss = None
+        reconstruction, log_scale = self._split_decoder_output(self.decoder(encoded.quantized))
+        loss = reconstruction_loss = None
         if return_loss:
             if log_scale is not None:
-                error = -discretized_gaussian_log_likelihood(inputs, reconstruction, log_scale)
+                error = -discretized_gaussian_log_likelihood(pixel_values, reconstruction, log_scale)
             else:
-                error = (reconstruction.float() - inputs.float()) ** 2
+                error = (reconstruction.float() - pixel_values.float()) ** 2
+            reconstruction_loss = mean_reconstruction_error(
+                error, log_mse=self.config.reconstruction_loss == "log_mse"
+            )
+            loss = self._total_loss(reconstruction_loss, encoded)
+        output = self._model_output(
+            encoded,
+            loss=loss,
+            reconstruction=reconstruction,
+            reconstruction_loss=reconstruction_loss,
+            reconstruction_log_scale=log_scale,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VQVAEAudioModel(VQVAEPreTrainedModel):
+    r"""
+    The VQ-VAE over waveforms (section 4.3 of the paper): the layers of [`VQVAEModel`] as 1-D convolutions, the same
+    quantizer, and a decoder that may be conditioned on the speaker. Waveforms `(batch, channels, time)` become code
+    sequences `(batch, time / downsample_factor)` ([`~VQVAEAudioModel.encode`]) and back
+    ([`~VQVAEAudioModel.decode`]); padded batches take an `attention_mask` (see [`VQVAEFeatureExtractor`]).
+
+    Args:
+        config ([`VQVAEAudioConfig`]):
+            The model configuration.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_vqvae import VQVAEAudioConfig, VQVAEAudioModel
+
+    >>> model = VQVAEAudioModel(VQVAEAudioConfig(hidden_channels=8, res_hidden_channels=8, codebook_size=16,
+    ...                                          codebook_dim=4))
+    >>> input_values = torch.randn(2, 640) * 0.1  # mono waveforms (batch, time)
+    >>> encoded = model.encode(input_values)
+    >>> encoded.codes.shape  # one code per 64 samples
+    torch.Size([2, 10])
+    >>> model.decode(encoded.codes).reconstruction.shape
+    torch.Size([2, 1, 640])
+    ```
+    """
+
+    config_class = VQVAEAudioConfig
+    main_input_name = "input_values"
+    input_modalities = "audio"
+
+    def __init__(self, config: VQVAEAudioConfig):
+        if config.spatial_dims != VQVAEAudioConfig.spatial_dims:
+            raise TypeError(
+                f"`VQVAEAudioModel` takes a `VQVAEAudioConfig`; got a `{type(config).__name__}`. Use `VQVAEModel` for "
+                "images."
+            )
+        super().__init__(config)
+        self._init_autoencoder(config)
+        self.post_init()
+
+    def _inputs(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Checked `input_values` as `(batch, channels, time)`; mono `(batch, time)` gains its channel axis."""
+        if isinstance(input_values, torch.Tensor) and input_values.ndim == 2 and self.config.num_channels == 1:
+            input_values = input_values[:, None]
+        self._check_inputs(
+            input_values,
+            "input_values",
+            f"(batch, {self.config.num_channels}, time) (or (batch, time) for mono)",
+            "time a positive multiple",
+            "Pad or crop the audio, or use VQVAEFeatureExtractor.",
+        )
+        return input_values
+
+    def _codes_mask(self, attention_mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
+        """`(batch, length)` bool mask of the codes that cover real samples; None without `attention_mask`."""
+        if attention_mask is None:
+            return None
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (
+            inputs.shape[0],
+            inputs.shape[-1],
+        ):
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(
+                f"`attention_mask` must have shape (batch, time) = {(inputs.shape[0], inputs.shape[-1])}; got {got}."
+            )
+        factor = self.config.downsample_factor
+        lengths = attention_mask.long().sum(-1)
+        num_codes = (lengths + factor - 1) // factor
+        return torch.arange(inputs.shape[-1] // factor, device=inputs.device)[None] < num_codes[:, None].to(
+            inputs.device
+        )
+
+    def _check_speaker_ids(self, speaker_ids, batch_size: int):
+        num_speakers = self.config.num_speakers
+        if num_speakers == 0:
+            if speaker_ids is not None:
+                raise ValueError(
+                    "This model has no speaker conditioning (`config.num_speakers=0`); drop `speaker_ids`."
+                )
+            return None
+        if speaker_ids is None:
+            raise ValueError(
+                f"This decoder is conditioned on the speaker: pass `speaker_ids` (one id in "
+                f"[0, {num_speakers}) per example)."
+            )
+        speaker_ids = torch.as_tensor(speaker_ids, device=self.device)
+        if (
+            speaker_ids.dtype.is_floating_point
+            or tuple(speaker_ids.shape) != (batch_size,)
+            or (speaker_ids.numel() and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= num_speakers))
+        ):
+            raise ValueError(
+                f"`speaker_ids` must be {batch_size} integers in [0, {num_speakers}); got {speaker_ids.tolist()}."
+            )
+        return speaker_ids.long()
+
+    def encode(
+        self,
+        input_values: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+    ) -> VQVAEEncoderOutput | tuple:
+        r"""
+        Encode waveforms to latents and codes.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
+                Waveforms (see [`VQVAEFeatureExtractor`]); time divisible by `config.downsample_factor`.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, time)`, *optional*):
+                1 on real samples, 0 on padding. Codes over padding only are excluded from the losses and codebook
+                statistics, and `codes_mask` marks the real ones.
+            return_dict (`bool`, *optional*):
+                Return a [`VQVAEEncoderOutput`] (default) or a plain tuple.
+
+        Returns:
+            [`VQVAEEncoderOutput`] (codes of shape `(batch_size, length)`) or `tuple`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        inputs = self._inputs(input_values)
+        output = self._encode(inputs, self._codes_mask(attention_mask, inputs))
+        return output if return_dict else output.to_tuple()
+
+    def get_codes(self, input_values: torch.FloatTensor) -> torch.LongTensor:
+        r"""
+        The codes of waveforms alone: `encode(input_values).codes` without the losses; it never changes the codebook.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
+                As for [`~VQVAEAudioModel.encode`].
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, length)`.
+        """
+        return self._get_codes(self._inputs(input_values))
+
+    def decode(
+        self,
+        codes: torch.LongTensor,
+        speaker_ids: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+    ) -> VQVAEDecoderOutput | tuple:
+        r"""
+        Decode code sequences to waveforms.
+
+        Args:
+            codes (`torch.LongTensor` of shape `(batch_size, length)`):
+                Code indices in `[0, config.codebook_size)`.
+            speaker_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Required when `config.num_speakers > 0`: the speaker to decode as (swap it to convert the voice).
+            return_dict (`bool`, *optional*):
+                Return a [`VQVAEDecoderOutput`] (default) or a plain tuple.
+
+        Returns:
+            [`VQVAEDecoderOutput`] (reconstruction of shape `(batch_size, num_channels, length * downsample_factor)`)
+            or `tuple`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        quantized = self._quantized_from_codes(codes, "(batch, length)")
+        speaker_ids = self._check_speaker_ids(speaker_ids, codes.shape[0])
+        output = VQVAEDecoderOutput(reconstruction=self.decoder(quantized, speaker_ids))
+        return output if return_dict else output.to_tuple()
+
+    def forward(
+        self,
+        input_values: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        speaker_ids: torch.LongTensor | None = None,
+        return_loss: bool = True,
+        return_dict: bool | None = None,
+    ) -> VQVAEModelOutput | tuple:
+        r"""
+        Encode, quantize and decode the waveforms, and compute the training loss.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, time)` or `(batch_size, num_channels, time)`):
+                Waveforms; time divisible by `config.downsample_factor`.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, time)`, *optional*):
+                1 on real samples, 0 on padding; the reconstruction loss covers real samples only.
+            speaker_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Required when `config.num_speakers > 0`.
+            return_loss (`bool`, *optional*, defaults to `True`):
+                Compute `loss` and `reconstruction_loss` (and `spectral_loss` with `config.spectral_loss_weight > 0`).
+            return_dict (`bool`, *optional*):
+                Return a [`VQVAEModelOutput`] (default) or a plain tuple.
+
+        Returns:
+            [`VQVAEModelOutput`] or `tuple`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        inputs = self._inputs(input_values)
+        encoded = self._encode(inputs, self._codes_mask(attention_mask, inputs))
+        speaker_ids = self._check_speaker_ids(speaker_ids, inputs.shape[0])
+        reconstruction = self.decoder(encoded.quantized, speaker_ids)
+        loss = reconstruction_loss = spectral_loss = None
+        if return_loss:
+            error = (reconstruction.float() - inputs.float()) ** 2
             weights = None
             if attention_mask is not None:
                 weights = attention_mask.to(error.device, torch.float32)[:, None].expand_as(error)
-            if self.config.reconstruction_loss == "log_mse":
-                # Each example's MSE over its real values; the floor keeps a perfect reconstruction finite.
-                per_example = (
-                    error.flatten(1).mean(1)
-                    if weights is None
-                    else ((error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0))
-                )
-                reconstruction_loss = per_example.clamp(min=LOG_MSE_FLOOR).log().mean()
-            elif weights is None:
-                reconstruction_loss = error.mean()
-            else:
-                reconstruction_loss = (error * weights).sum() / weights.sum().clamp(min=1.0)
-            loss = (
-                self.config.reconstruction_loss_weight * reconstruction_loss
-                + encoded.codebook_loss
-                + encoded.commitment_loss
+            reconstruction_loss = mean_reconstruction_error(
+                error, weights, log_mse=self.config.reconstruction_loss == "log_mse"
             )
+            loss = self._total_loss(reconstruction_loss, encoded)
             if self.config.spectral_loss_weight > 0:
                 spectral_loss = multi_resolution_stft_loss(
                     reconstruction, inputs, self.config.spectral_loss_fft_sizes, attention_mask
                 )
                 loss = loss + self.config.spectral_loss_weight * spectral_loss
-        output = VQVAEModelOutput(
+        output = self._model_output(
+            encoded,
             loss=loss,
             reconstruction=reconstruction,
-            codes=encoded.codes,
             reconstruction_loss=reconstruction_loss,
-            codebook_loss=encoded.codebook_loss,
-            commitment_loss=encoded.commitment_loss,
-            perplexity=encoded.perplexity,
-            latents=encoded.latents,
-            quantized=encoded.quantized,
-            codes_mask=encoded.codes_mask,
-            reconstruction_log_scale=log_scale,
             spectral_loss=spectral_loss,
         )
         return output if return_dict else output.to_tuple()
 
 
+def vqvae_model_class(config: PreTrainedConfig) -> type[VQVAEPreTrainedModel]:
+    """[`VQVAEModel`] for a [`VQVAEConfig`], [`VQVAEAudioModel`] for a [`VQVAEAudioConfig`]; `ValueError` otherwise."""
+    if isinstance(config, VQVAEAudioConfig):
+        return VQVAEAudioModel
+    if isinstance(config, VQVAEConfig):
+        return VQVAEModel
+    raise ValueError(
+        f"Expected a VQ-VAE config (`VQVAEConfig` or `VQVAEAudioConfig`); got a `{type(config).__name__}` "
+        f"(`model_type={getattr(config, 'model_type', None)!r}`). Pass the VQ-VAE's folder, not a prior's."
+    )
+
+
 __all__ = [
+    "build_quantizer",
     "check_8bit_pixel_values",
     "discretized_gaussian_log_likelihood",
     "discretized_logistic_log_prob",
     "discretized_logistic_mixture_log_likelihood",
     "logistic_mixture_mean",
     "logistic_mixture_num_params",
+    "mean_reconstruction_error",
     "quantize_to_8bit",
     "sample_logistic_mixture",
     "split_logistic_mixture_params",
     "VQVAEPixelCNN",
     "multi_resolution_stft_loss",
+    "VQVAEAudioModel",
     "VQVAEDecoderOutput",
     "VQVAEEncoderOutput",
     "VQVAEModel",
     "VQVAEModelOutput",
     "VQVAEPreTrainedModel",
+    "vqvae_model_class",
 ]

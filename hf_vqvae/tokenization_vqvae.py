@@ -40,13 +40,13 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from transformers import AddedToken, BatchEncoding
+from transformers import AddedToken, AutoModel, BatchEncoding
 from transformers.utils import logging
 from transformers.utils.hub import cached_file
 
 from .feature_extraction_vqvae import VQVAEFeatureExtractor
 from .image_processing_vqvae import VQVAEImageProcessor
-from .modeling_vqvae import VQVAEModel
+from .modeling_vqvae import VQVAEAudioModel, VQVAEModel
 
 
 logger = logging.get_logger(__name__)
@@ -115,7 +115,7 @@ class VQVAEImageTokenizer:
         code_offset: int = 0,
         add_image_delimiters: bool = True,
         use_pad_token: bool = True,
-        model: VQVAEModel | None = None,
+        model: VQVAEModel | VQVAEAudioModel | None = None,
         image_processor: VQVAEImageProcessor | None = None,
     ):
         grid_size = tuple(int(s) for s in grid_size)
@@ -134,7 +134,7 @@ class VQVAEImageTokenizer:
         self.add_image_delimiters = bool(add_image_delimiters)
         self.use_pad_token = bool(use_pad_token)
         self.model = model
-        self.is_audio = model is not None and model.config.spatial_dims == 1
+        self.is_audio = isinstance(model, VQVAEAudioModel)
         if self.is_audio and grid_size[0] != 1:
             raise ValueError(
                 f"A 1-D (audio) model's codes form one row: `grid_size` must be (1, codes per clip); got {grid_size}."
@@ -155,12 +155,14 @@ class VQVAEImageTokenizer:
         self.vocab_size = next_id
 
     @classmethod
-    def from_model(cls, model: VQVAEModel, image_processor: VQVAEImageProcessor | None = None, **kwargs):
+    def from_model(
+        cls, model: VQVAEModel | VQVAEAudioModel, image_processor: VQVAEImageProcessor | None = None, **kwargs
+    ):
         """
         Build the tokenizer of `model`, with the grid of `model.config.image_size` unless `grid_size` is given (which
         a 1-D model needs: `(1, codes per clip)`).
         """
-        if model.config.spatial_dims == 1 and "grid_size" not in kwargs:
+        if isinstance(model, VQVAEAudioModel) and "grid_size" not in kwargs:
             raise ValueError(
                 f"For a 1-D (audio) model, give the clip length as `grid_size=(1, n)`: clips of n codes, "
                 f"n * {model.config.downsample_factor} samples."
@@ -662,8 +664,13 @@ class VQVAEImageTokenizer:
             raise ValueError(f"No {IMAGE_TOKENIZER_CONFIG_NAME} in {pretrained_model_name_or_path}.")
         if not load_model:
             return cls(**settings)
-        model = VQVAEModel.from_pretrained(pretrained_model_name_or_path, **kwargs).eval()
-        processor_class = VQVAEFeatureExtractor if model.config.spatial_dims == 1 else VQVAEImageProcessor
+        model = AutoModel.from_pretrained(pretrained_model_name_or_path, **kwargs).eval()
+        if not isinstance(model, (VQVAEModel, VQVAEAudioModel)):
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} holds a `{type(model).__name__}`, not a VQ-VAE "
+                "(`VQVAEModel` or `VQVAEAudioModel`): the tokenizer needs the VQ-VAE's folder."
+            )
+        processor_class = VQVAEFeatureExtractor if isinstance(model, VQVAEAudioModel) else VQVAEImageProcessor
         try:
             image_processor = processor_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
         except OSError:

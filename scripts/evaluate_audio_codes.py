@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hf_vqvae import VQVAEFeatureExtractor, VQVAEModel
+from hf_vqvae import VQVAEAudioModel, VQVAEFeatureExtractor
 from hf_vqvae.quantizer import VectorQuantizer
 from hf_vqvae.training.bad_examples import BadExamplePolicy, add_bad_example_argument
 from hf_vqvae.training.cards import command_line, update_model_card
@@ -230,9 +230,8 @@ def untrained_codes(model, train_latents, test_latents, seed: int):
 
 def main(args) -> dict:
     torch.manual_seed(args.seed)
-    model = VQVAEModel.from_pretrained(args.model, revision=args.revision).eval()
-    if model.config.spatial_dims != 1:
-        raise ValueError(f"{args.model} is an image model (`spatial_dims=2`); this script probes audio models.")
+    # Refuses an image folder (and loads an audio folder saved before `VQVAEAudioModel` existed).
+    model = VQVAEAudioModel.from_pretrained(args.model, revision=args.revision).eval()
     try:
         feature_extractor = VQVAEFeatureExtractor.from_pretrained(args.model, revision=args.revision)
     except OSError:
@@ -297,7 +296,7 @@ def main(args) -> dict:
         baseline_config.num_speakers = 0
         for seed in range(args.seed, args.seed + args.num_baseline_seeds):
             torch.manual_seed(seed)
-            untrained = VQVAEModel(baseline_config).eval()
+            untrained = VQVAEAudioModel(baseline_config).eval()
             description = f"(untrained, seed {seed})"
             _, train_latents, rows = encode(untrained, train_split, args.train_split, f"Encoding train {description}")
             _, test_latents, more_rows = encode(untrained, test_split, args.test_split, f"Encoding test {description}")

@@ -20,7 +20,6 @@ log p(x|z) is a proper distribution over the 8-bit pixel values, the decoder's o
 The output lists every assumption.
 """
 
-import argparse
 import json
 import math
 import sys
@@ -35,8 +34,9 @@ from hf_vqvae.anomaly import maximize_log_scale
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
 from hf_vqvae.pairing import codes_fingerprint, load_vqvae_reference
 from hf_vqvae.pipelines import load_prior
-from hf_vqvae.training.bad_examples import BadExamplePolicy, add_bad_example_argument
-from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
+from hf_vqvae.training.args import BitsPerDimArguments, ScriptArgumentParser, add_evaluation_arguments, check_positive
+from hf_vqvae.training.bad_examples import BadExamplePolicy
+from hf_vqvae.training.cards import format_metrics_table, update_model_card
 from hf_vqvae.training.checkpointing import write_json
 from hf_vqvae.training.data import load_image_dataset, make_preprocessing
 
@@ -45,37 +45,24 @@ from hf_vqvae.training.data import load_image_dataset, make_preprocessing
 PAPER_BITS_PER_DIM = {"paper_vqvae": 4.67, "paper_vae": 4.51, "paper_vimco": 5.14}
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="A VQ-VAE folder or Hub id.")
-    parser.add_argument("--prior", default=None, help="A prior folder or Hub id trained on this VQ-VAE's codes.")
-    parser.add_argument("--data_files", nargs="+", required=True, help="Files or globs of the test split.")
-    parser.add_argument(
+def parse_args(argv=None) -> BitsPerDimArguments:
+    parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
+    add_evaluation_arguments(
+        parser, batch_size=250, card_folder="the prior's folder (or the VQ-VAE's without a prior)"
+    )
+    data = parser.add_argument_group("prior and data")
+    data.add_argument("--prior", default=None, help="A prior folder or Hub id trained on this VQ-VAE's codes.")
+    data.add_argument("--data_files", nargs="+", required=True, help="Files or globs of the test split.")
+    data.add_argument(
         "--scale_fit_data_files",
         nargs="+",
         default=None,
         help="Train images to fit the decoder's scale on (MSE-trained decoders).",
     )
-    parser.add_argument("--scale_fit_samples", type=int, default=5000, help="Images used to fit that scale.")
-    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N test images.")
-    parser.add_argument("--batch_size", type=int, default=250, help="Images per batch.")
-    add_bad_example_argument(parser)
-    parser.add_argument(
-        "--output_file",
-        default=None,
-        help="Write the results here as JSON, with the rows `--on_bad_example skip` left out.",
-    )
-    parser.add_argument(
-        "--model_card_section",
-        default=None,
-        help="Also write the results, with this command, into the README.md of the prior's folder "
-        "(or the VQ-VAE's without a prior) under this title.",
-    )
-    args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.scale_fit_samples < 1:
-        raise ValueError("`--batch_size` and `--scale_fit_samples` must be >= 1.")
-    return args
+    data.add_argument("--scale_fit_samples", type=int, default=5000, help="Images used to fit that scale.")
+    namespace = parser.parse_args(argv)
+    check_positive(namespace, ("batch_size", "scale_fit_samples"), optional=("max_samples",))
+    return BitsPerDimArguments.from_namespace(namespace, argv)
 
 
 def image_batches(data_files, model, processor, image_column, max_samples, batch_size, description, policy, split):
@@ -166,7 +153,7 @@ def decoder_assumptions(config, args) -> list[str]:
     ]
 
 
-def main(args) -> dict:
+def main(args: BitsPerDimArguments) -> dict:
     policy = BadExamplePolicy(args.on_bad_example)  # the evaluation data (split "test") and the scale fit's
     model = VQVAEModel.from_pretrained(args.model).eval()
     if model.config.spatial_dims != 2:
@@ -293,7 +280,7 @@ def main(args) -> dict:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.output_file, results)
     if args.model_card_section:
-        command = "python scripts/evaluate_bits_per_dim.py " + command_line()
+        command = "python scripts/evaluate_bits_per_dim.py " + args.command_line
         shown = {
             k: v for k, v in results.items() if k not in ("model", "prior", "data", "assumptions", "skipped_examples")
         }

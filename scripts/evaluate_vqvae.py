@@ -6,7 +6,6 @@
 Runs on one process, or on many with `accelerate launch` (each evaluates a shard; the sums are added).
 """
 
-import argparse
 import json
 import sys
 import time
@@ -15,62 +14,52 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from transformers import AutoModel
 
-from hf_vqvae import VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
-from hf_vqvae.training.bad_examples import BadExamplePolicy, add_bad_example_argument, gather_skipped
-from hf_vqvae.training.cards import command_line, format_metrics_table, update_model_card
+from hf_vqvae import VQVAEFeatureExtractor, VQVAEImageProcessor
+from hf_vqvae.modeling_vqvae import vqvae_model_class
+from hf_vqvae.training.args import (
+    ScriptArgumentParser,
+    VQVAEEvaluationArguments,
+    add_audio_arguments,
+    add_evaluation_arguments,
+    check_positive,
+)
+from hf_vqvae.training.bad_examples import BadExamplePolicy, gather_skipped
+from hf_vqvae.training.cards import format_metrics_table, update_model_card
 from hf_vqvae.training.checkpointing import write_json
 from hf_vqvae.training.data import load_image_dataset, make_preprocessing
 from hf_vqvae.training.metrics import evaluate_reconstruction
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="A VQ-VAE folder or Hub id.")
-    parser.add_argument("--revision", default=None, help="Hub revision of the model.")
-    parser.add_argument("--dataset_name", default=None, help="A Hub dataset, or the builder of `--data_files`.")
-    parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
-    parser.add_argument("--data_dir", default=None, help="A local image folder (`imagefolder`).")
-    parser.add_argument("--data_files", nargs="+", default=None, help="Files or globs of the split to evaluate.")
-    parser.add_argument("--split", default="test", help="The split to evaluate.")
-    parser.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
-    parser.add_argument(
-        "--audio_column", default=None, help="For 1-D models: column with the audio (default: first Audio column)."
-    )
-    parser.add_argument(
-        "--speaker_column", default=None, help="For speaker-conditioned 1-D models: column with integer speaker ids."
-    )
-    parser.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N examples.")
-    parser.add_argument("--batch_size", type=int, default=256, help="Batch size per process.")
-    parser.add_argument(
+def parse_args(argv=None) -> VQVAEEvaluationArguments:
+    parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
+    add_evaluation_arguments(parser, batch_size=256, card_folder="the model folder")
+    data = parser.add_argument_group("data")
+    data.add_argument("--revision", default=None, help="Hub revision of the model.")
+    data.add_argument("--dataset_name", default=None, help="A Hub dataset, or the builder of `--data_files`.")
+    data.add_argument("--dataset_config_name", default=None, help="The dataset's configuration name.")
+    data.add_argument("--data_dir", default=None, help="A local image folder (`imagefolder`).")
+    data.add_argument("--data_files", nargs="+", default=None, help="Files or globs of the split to evaluate.")
+    data.add_argument("--split", default="test", help="The split to evaluate.")
+    add_audio_arguments(data)
+    data.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],
         default="no",
         help="Mixed precision of the encoder/decoder (the quantizer stays fp32).",
     )
-    add_bad_example_argument(parser)
-    parser.add_argument(
-        "--output_file",
-        default=None,
-        help="Write the metrics here as JSON (default: stdout only), with the rows `--on_bad_example skip` left out.",
-    )
-    parser.add_argument(
-        "--model_card_section",
-        default=None,
-        help="Also write the metrics, with this command, into the model folder's README.md under "
-        "this title (replacing an earlier section of the same title).",
-    )
-    args = parser.parse_args(argv)
-    if args.dataset_name is None and args.data_dir is None and args.data_files is None:
+    namespace = parser.parse_args(argv)
+    if namespace.dataset_name is None and namespace.data_dir is None and namespace.data_files is None:
         raise ValueError("Give the data: `--dataset_name`, `--data_dir` or `--data_files`.")
-    if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
-        raise ValueError("`--batch_size` and `--max_samples` must be >= 1.")
-    return args
+    check_positive(namespace, ("batch_size",), optional=("max_samples",))
+    return VQVAEEvaluationArguments.from_namespace(namespace, argv)
 
 
-def main(args) -> dict:
+def main(args: VQVAEEvaluationArguments) -> dict:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    model = VQVAEModel.from_pretrained(args.model, revision=args.revision).eval()
+    model = AutoModel.from_pretrained(args.model, revision=args.revision).eval()  # `VQVAEModel` or `VQVAEAudioModel`
+    vqvae_model_class(model.config)  # refuses a prior's folder
     processor_class = VQVAEImageProcessor if model.config.spatial_dims == 2 else VQVAEFeatureExtractor
     try:
         processor = processor_class.from_pretrained(args.model, revision=args.revision)
@@ -109,7 +98,7 @@ def main(args) -> dict:
             Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
             write_json(args.output_file, metrics)
         if args.model_card_section:
-            command = "python scripts/evaluate_vqvae.py " + command_line()
+            command = "python scripts/evaluate_vqvae.py " + args.command_line
             shown = {k: v for k, v in metrics.items() if k not in ("model", "data", "split", "skipped_examples")}
             update_model_card(Path(args.model), args.model_card_section, command, format_metrics_table(shown))
     return metrics

@@ -10,6 +10,10 @@ Code files the package no longer writes are removed. The weights (`model.safeten
 every other file (results, samples) are left untouched; the script checks that the re-saved weights equal the shipped
 ones tensor for tensor, so a package change that would no longer load them exactly stops here. Run it after every
 change to the package's model, config or processor files (`tests/test_shipped_models.py` fails until then).
+
+A folder is loaded with the class its `architectures` names, so a folder whose form has changed is converted: an audio
+folder saved as `model_type="hf_vqvae"` with `spatial_dims=1` loads as a `VQVAEAudioModel` (`VQVAEModel.from_pretrained`
+maps it) and is re-saved as `hf_vqvae_audio`, with the same weights.
 """
 
 import argparse

@@ -19,6 +19,7 @@ Then draw samples with `scripts/sample.py --prior outputs/prior-cifar10` (the pr
 `vqvae_reference.json`) or `pipeline("vqvae-generation", model="outputs/prior-cifar10")`.
 """
 
+import functools
 import glob
 import json
 import math
@@ -49,31 +50,18 @@ from hf_vqvae.training.args import (
     add_checkpoint_arguments,
     add_data_arguments,
     add_hub_arguments,
+    add_model_arguments,
     add_optimization_arguments,
     check_positive,
     check_training_arguments,
     parse_overrides,
 )
 from hf_vqvae.training.bad_examples import SKIPPED_EXAMPLES_NAME, BadExamplePolicy, merge_skipped, write_skipped
-from hf_vqvae.training.cards import fill_model_card, format_metrics_table, make_image_grid
-from hf_vqvae.training.checkpointing import (
-    TrainingClock,
-    atomic_write_text,
-    register_pretrained_hooks,
-    resume_training,
-    save_checkpoint_if_due,
-    save_pretrained_atomic,
-    write_json,
-)
-from hf_vqvae.training.data import find_image_column, load_training_dataset, make_preprocessing
-from hf_vqvae.training.hub import HUB_IGNORE_PATTERNS, push_folder
-from hf_vqvae.training.loop import (
-    create_accelerator,
-    init_trackers,
-    optimizer_step,
-    prepare_training,
-    with_max_train_steps,
-)
+from hf_vqvae.training.cards import format_metrics_table, launch_command, make_image_grid, write_model_card
+from hf_vqvae.training.checkpointing import TrainingClock, save_checkpoint_if_due, save_pretrained_atomic, write_json
+from hf_vqvae.training.data import find_image_column, load_training_dataset, make_dataloaders, make_preprocessing
+from hf_vqvae.training.hub import HUB_IGNORE_PATTERNS
+from hf_vqvae.training.loop import create_accelerator, finish_training, optimizer_step, start_training
 from hf_vqvae.training.metrics import VALIDATION_LOG_NAME, append_validation_log, validation_curve
 
 
@@ -105,19 +93,25 @@ PRIOR_CLASSES = {
 
 def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
     parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
-    models = parser.add_argument_group("models")
+    models = add_model_arguments(
+        parser,
+        "prior",
+        title="models",
+        pretrained_help="Fine-tune this prior (folder or Hub id) instead of training one from scratch; its "
+        "codebook size, grid and number of classes must match the VQ-VAE and the data.",
+        config_help="A prior config.json, or a folder/Hub id holding one, for a prior trained from scratch "
+        "(default: the `VQVAEPriorConfig` defaults). Codebook size, grid and classes always come "
+        "from the VQ-VAE and the data.",
+        overrides_help="Comma-separated key=value settings of the prior config, e.g. "
+        "'hidden_size=128,num_hidden_layers=4,class_dropout_prob=0.1'.",
+        revision_help="Hub revision of the pretrained prior or config.",
+    )
     models.add_argument(
         "--vqvae_model_name_or_path",
         required=True,
         help="The trained VQ-VAE (folder or Hub id) whose codes the prior models; it stays frozen.",
     )
     models.add_argument("--vqvae_revision", default=None, help="Hub revision of the VQ-VAE.")
-    models.add_argument(
-        "--pretrained_prior_name_or_path",
-        default=None,
-        help="Fine-tune this prior (folder or Hub id) instead of training one from scratch; its "
-        "codebook size, grid and number of classes must match the VQ-VAE and the data.",
-    )
     models.add_argument(
         "--prior_type",
         choices=sorted(PRIOR_CLASSES),
@@ -126,20 +120,6 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
         "(the paper's gated PixelCNN, `VQVAEPixelCNNPriorModel`). Default: the `model_type` of "
         "`--pretrained_prior_name_or_path` or `--prior_config_name_or_path`, else `transformer`.",
     )
-    models.add_argument(
-        "--prior_config_name_or_path",
-        default=None,
-        help="A prior config.json, or a folder/Hub id holding one, for a prior trained from scratch "
-        "(default: the `VQVAEPriorConfig` defaults). Codebook size, grid and classes always come "
-        "from the VQ-VAE and the data.",
-    )
-    models.add_argument(
-        "--config_overrides",
-        default=None,
-        help="Comma-separated key=value settings of the prior config, e.g. "
-        "'hidden_size=128,num_hidden_layers=4,class_dropout_prob=0.1'.",
-    )
-    models.add_argument("--revision", default=None, help="Hub revision of the pretrained prior or config.")
     data = add_data_arguments(
         parser,
         validation_split_help="Split whose NLL is measured; skipped when the dataset has none (samples are still "
@@ -487,32 +467,10 @@ def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping | None):
             return {"codes": grids, "class_labels": class_labels, "labels": grids}
         return {"input_ids": mapping.codes_to_input_ids(grids, class_labels), "labels": mapping.codes_to_labels(grids)}
 
-    train = codes[args.train_split]
-    train_dataloader = torch.utils.data.DataLoader(
-        dataset(train),
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collate,
-        # Its own generator: starting an epoch then draws nothing from the global RNG, which a resumed run restores
-        # (class dropout draws from it).
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if len(train_dataloader) == 0:
-        raise ValueError(
-            f"The training split has {len(train['codes'])} images, fewer than one batch of "
-            f"{args.train_batch_size}; lower `--train_batch_size`."
-        )
-    validation_dataloader = None
+    validation = None
     if args.validation_split in codes and args.validation_split != args.train_split:
-        validation_dataloader = torch.utils.data.DataLoader(
-            dataset(codes[args.validation_split]),
-            batch_size=args.eval_batch_size,
-            shuffle=False,
-            collate_fn=collate,
-            generator=torch.Generator(),
-        )
-    return train_dataloader, validation_dataloader
+        validation = dataset(codes[args.validation_split])
+    return make_dataloaders(args, dataset(codes[args.train_split]), collate, validation)
 
 
 # ---------------------------------------------------------------------------------------------------------- validation
@@ -644,7 +602,7 @@ def save_model_card(
         "validation_curve": validation_curve(log),
         "samples": f"![samples]({samples[-1].relative_to(output_dir).as_posix()})" if samples else "No samples.",
     }
-    atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
+    write_model_card(output_dir, MODEL_CARD_TEMPLATE, values)
 
 
 def upload_ignore_patterns(args: PriorTrainingArguments) -> list[str]:
@@ -681,7 +639,6 @@ def main(args):
     mapping = model.code_mapping if args.prior_type == "transformer" else None
     train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping)
 
-    args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
     # Weight decay on matrices and embeddings only, not on biases and LayerNorms (as in GPT-2 / nanoGPT).
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -692,13 +649,14 @@ def main(args):
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
     )
-    model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
-        args, accelerator, model, optimizer, train_dataloader, validation_dataloader
+    # Checkpoints hold the prior as a `save_pretrained` folder `prior` (weights, config, generation config).
+    args, model, optimizer, train_dataloader, validation_dataloader, lr_scheduler, run = start_training(
+        args, accelerator, model, optimizer, train_dataloader, validation_dataloader, "prior"
     )
-    # Checkpoints hold the prior as a `save_pretrained` folder (weights, config, generation config).
-    register_pretrained_hooks(accelerator, PRIOR_CLASSES[args.prior_type][1], "prior")
-    init_trackers(args, accelerator)
-    run = resume_training(args, accelerator, train_dataloader)
+    # Validation and samples at a step, given the training time so far.
+    validate = functools.partial(
+        log_validation, args, accelerator, model, vqvae, image_processor, validation_dataloader, class_names
+    )
 
     unwrapped_config = accelerator.unwrap_model(model).config
     conditioning = f"{unwrapped_config.num_classes} classes" if unwrapped_config.num_classes else "unconditional"
@@ -730,17 +688,7 @@ def main(args):
             progress.set_postfix(loss=f"{loss:.4f}")
             accelerator.log(logs, step=run.global_step)
         if run.is_validation_step(args.validation_steps):
-            metrics = log_validation(
-                args,
-                accelerator,
-                model,
-                vqvae,
-                image_processor,
-                validation_dataloader,
-                class_names,
-                run.global_step,
-                clock.elapsed(),
-            )
+            metrics = validate(run.global_step, clock.elapsed())
         # After validation, so that a resumed run continues from exactly the state an uninterrupted one has.
         save_checkpoint_if_due(args, accelerator, run.global_step)
     progress.close()
@@ -749,17 +697,7 @@ def main(args):
     train_seconds = clock.elapsed()
     if metrics is None:
         # E.g. a run resumed at its last step: the card still gets measured numbers and samples.
-        metrics = log_validation(
-            args,
-            accelerator,
-            model,
-            vqvae,
-            image_processor,
-            validation_dataloader,
-            class_names,
-            run.global_step,
-            train_seconds,
-        )
+        metrics = validate(run.global_step, train_seconds)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(args.output_dir, unwrapped)
@@ -771,26 +709,10 @@ def main(args):
         reference = save_vqvae_reference(args.output_dir, args.vqvae_model_name_or_path, vqvae, args.vqvae_revision)
         if "num_images" in metrics:
             write_json(Path(args.output_dir) / "eval_results.json", metrics)
-        # The launch as it ran, Accelerate's settings included.
-        command = (
-            f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
-            f"{accelerator.mixed_precision} scripts/train_prior.py {args.command_line}"
-        )
+        command = launch_command(accelerator, "scripts/train_prior.py", args.command_line)
         save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, reference, command)
         accelerator.print(f"Saved the prior to {args.output_dir} (its VQ-VAE is named in {VQVAE_REFERENCE_NAME})")
-    # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if accelerator.is_main_process and args.push_to_hub:
-        push_folder(
-            args.output_dir,
-            args.hub_model_id,
-            "Upload VQ-VAE prior trained with hf_vqvae",
-            private=args.hub_private_repo,
-            token=args.hub_token,
-            ignore_patterns=upload_ignore_patterns(args),
-            exit_on_failure=True,
-        )
+    finish_training(args, accelerator, "Upload VQ-VAE prior trained with hf_vqvae", upload_ignore_patterns(args))
 
 
 if __name__ == "__main__":

@@ -18,39 +18,34 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
+from transformers import AutoConfig
 
-from hf_vqvae import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
+from hf_vqvae import VQVAEAudioConfig, VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.configuration_vqvae import PIXEL_LIKELIHOOD_SETTINGS, TRAINING_ONLY_SETTINGS
+from hf_vqvae.modeling_vqvae import VQVAEPreTrainedModel, vqvae_model_class
 from hf_vqvae.training.args import (
     ScriptArgumentParser,
     VQVAETrainingArguments,
+    add_audio_arguments,
     add_checkpoint_arguments,
     add_data_arguments,
     add_hub_arguments,
+    add_model_arguments,
     add_optimization_arguments,
     check_training_arguments,
     parse_overrides,
 )
 from hf_vqvae.training.bad_examples import SKIPPED_EXAMPLES_NAME, BadExamplePolicy, gather_skipped, write_skipped
-from hf_vqvae.training.cards import fill_model_card, format_metrics_table, reconstruction_grid
-from hf_vqvae.training.checkpointing import (
-    TrainingClock,
-    atomic_write_text,
-    register_pretrained_hooks,
-    resume_training,
-    save_checkpoint_if_due,
-    save_pretrained_atomic,
-    write_json,
+from hf_vqvae.training.cards import format_metrics_table, launch_command, reconstruction_grid, write_model_card
+from hf_vqvae.training.checkpointing import TrainingClock, save_checkpoint_if_due, save_pretrained_atomic, write_json
+from hf_vqvae.training.data import (
+    ROW_INDICES_KEY,
+    augment_batch,
+    load_training_dataset,
+    make_dataloaders,
+    make_preprocessing,
 )
-from hf_vqvae.training.data import ROW_INDICES_KEY, augment_batch, load_training_dataset, make_preprocessing
-from hf_vqvae.training.hub import push_folder
-from hf_vqvae.training.loop import (
-    create_accelerator,
-    init_trackers,
-    optimizer_step,
-    prepare_training,
-    with_max_train_steps,
-)
+from hf_vqvae.training.loop import create_accelerator, finish_training, optimizer_step, start_training
 from hf_vqvae.training.metrics import (
     VALIDATION_LOG_NAME,
     append_validation_log,
@@ -62,39 +57,31 @@ from hf_vqvae.training.metrics import (
 
 logger = get_logger(__name__)
 
-PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet128, "speech": VQVAEConfig.speech}
+PRESETS = {"cifar10": VQVAEConfig.cifar10, "imagenet128": VQVAEConfig.imagenet128, "speech": VQVAEAudioConfig}
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
 def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
     parser = ScriptArgumentParser(description=__doc__.split("\n")[0])
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--pretrained_model_name_or_path",
-        default=None,
-        help="Fine-tune this VQ-VAE (a folder or Hub id) instead of training from scratch.",
-    )
-    model.add_argument(
-        "--model_config_name_or_path",
-        default=None,
-        help="A config.json, or a folder/Hub id holding one, for a model trained from scratch.",
+    model = add_model_arguments(
+        parser,
+        "model",
+        title="model",
+        pretrained_help="Fine-tune this VQ-VAE (a folder or Hub id) instead of training from scratch.",
+        config_help="A config.json, or a folder/Hub id holding one, for a model trained from scratch.",
+        overrides_help="Comma-separated key=value settings applied to the config, e.g. "
+        "'hidden_channels=128,use_ema_codebook=true'. A fine-tune takes only the settings of the "
+        "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'; with `--freeze_encoder`, also the pixel "
+        "likelihood, e.g. 'reconstruction_loss=discretized_logistic_mixture,pixel_decoder=pixelcnn' (the decoder's "
+        "output layer is re-initialised from the pretrained one: `VQVAEModel.init_from_vqvae`).",
+        revision_help="Hub revision of the pretrained model or config.",
     )
     model.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="A paper architecture for a model trained from scratch.",
+        help="A paper architecture for a model trained from scratch (`speech`: the audio model, `VQVAEAudioConfig`).",
     )
-    model.add_argument(
-        "--config_overrides",
-        default=None,
-        help="Comma-separated key=value settings applied to the config, e.g. "
-        "'hidden_channels=128,use_ema_codebook=true'. A fine-tune takes only the settings of the "
-        "loss and codebook updates, e.g. 'reconstruction_loss=log_mse'; with `--freeze_encoder`, also the pixel "
-        "likelihood, e.g. 'reconstruction_loss=discretized_logistic_mixture,pixel_decoder=pixelcnn' (the decoder's "
-        "output layer is re-initialised from the pretrained one: `VQVAEModel.init_from_vqvae`).",
-    )
-    model.add_argument("--revision", default=None, help="Hub revision of the pretrained model or config.")
     model.add_argument(
         "--freeze_encoder",
         action="store_true",
@@ -104,12 +91,7 @@ def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
     data = add_data_arguments(
         parser, validation_split_help="Split to validate on; validation is skipped when the dataset has none."
     )
-    data.add_argument(
-        "--audio_column", default=None, help="For 1-D models: column with the audio (default: first Audio column)."
-    )
-    data.add_argument(
-        "--speaker_column", default=None, help="For speaker-conditioned 1-D models: column with integer speaker ids."
-    )
+    add_audio_arguments(data)
     data.add_argument(
         "--max_audio_length",
         type=int,
@@ -149,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> VQVAETrainingArguments:
     return VQVAETrainingArguments.from_namespace(args, argv, config_overrides=parse_overrides(args.config_overrides))
 
 
-def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict, freeze_encoder: bool = False):
+def check_fine_tuning_overrides(config: VQVAEConfig | VQVAEAudioConfig, overrides: dict, freeze_encoder: bool = False):
     """
     A pretrained model takes only overrides that leave its weights' shapes alone (the loss and codebook updates), or,
     for a decoder-only fine-tune (`--freeze_encoder`), the settings of a logistic-mixture pixel likelihood.
@@ -175,11 +157,13 @@ def check_fine_tuning_overrides(config: VQVAEConfig, overrides: dict, freeze_enc
         )
 
 
-def build_model(args) -> VQVAEModel:
+def build_model(args) -> VQVAEPreTrainedModel:
+    """The image or audio VQ-VAE to train: pretrained, from a config folder, or a preset (with the overrides)."""
     if args.pretrained_model_name_or_path is not None:
-        config = VQVAEConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir
         )
+        model_class = vqvae_model_class(config)
         check_fine_tuning_overrides(config, args.config_overrides, args.freeze_encoder)
         mixture = args.config_overrides.get("reconstruction_loss", config.reconstruction_loss)
         if mixture == "discretized_logistic_mixture" and any(
@@ -191,7 +175,7 @@ def build_model(args) -> VQVAEModel:
             )
             config = VQVAEConfig.from_dict({**source.config.to_dict(), **args.config_overrides})  # validated
             return VQVAEModel(config).init_from_vqvae(source).freeze_encoder()
-        model = VQVAEModel.from_pretrained(
+        model = model_class.from_pretrained(
             args.pretrained_model_name_or_path,
             revision=args.revision,
             cache_dir=args.cache_dir,
@@ -206,12 +190,12 @@ def build_model(args) -> VQVAEModel:
             "`--pretrained_model_name_or_path`."
         )
     if args.model_config_name_or_path is not None:
-        config = VQVAEConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             args.model_config_name_or_path, revision=args.revision, **args.config_overrides
         )
     else:
         config = PRESETS[args.preset or "cifar10"](**args.config_overrides)
-    return VQVAEModel(config)
+    return vqvae_model_class(config)(config)
 
 
 def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor, policy: BadExamplePolicy):
@@ -236,25 +220,9 @@ def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor
         train, processor, data_column, args.speaker_column, policy=policy, split=args.train_split
     )
 
-    train_dataloader = torch.utils.data.DataLoader(
-        train,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collate,
-        num_workers=args.dataloader_num_workers,
-        # Its own generator: starting an epoch then draws nothing from the global RNG, which a resumed run restores
-        # (the quantizer's dead-code restarts, `--random_flip` and audio windows draw from it).
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if len(train_dataloader) == 0:
-        raise ValueError(
-            f"The training split has {len(train)} examples, fewer than one batch of "
-            f"{args.train_batch_size}; lower `--train_batch_size`."
-        )
-    validation_dataloader = None
+    validation_collate = None
     if validation is not None:
-        validation, collate = make_preprocessing(
+        validation, validation_collate = make_preprocessing(
             validation,
             processor,
             data_column,
@@ -263,15 +231,7 @@ def get_dataloaders(args: VQVAETrainingArguments, accelerator, config, processor
             split=args.validation_split,
             with_row_indices=True,  # each validation row counted once under several processes
         )
-        validation_dataloader = torch.utils.data.DataLoader(
-            validation,
-            batch_size=args.eval_batch_size,
-            shuffle=False,
-            collate_fn=collate,
-            num_workers=args.dataloader_num_workers,
-            generator=torch.Generator(),
-        )
-    return train_dataloader, validation_dataloader
+    return make_dataloaders(args, train, collate, validation, validation_collate, args.dataloader_num_workers)
 
 
 def log_validation(args, accelerator, model, processor, validation_dataloader, policy, global_step, elapsed):
@@ -353,9 +313,9 @@ model = VQVAEModel.from_pretrained("{model_id}")
 processor = VQVAEImageProcessor.from_pretrained("{model_id}")
 codes = model.encode(processor(images, return_tensors="pt").pixel_values).codes  # (batch, h, w)
 images = processor.postprocess(model.decode(codes).reconstruction)"""
-AUDIO_USAGE = """from hf_vqvae import VQVAEFeatureExtractor, VQVAEModel
+AUDIO_USAGE = """from hf_vqvae import VQVAEAudioModel, VQVAEFeatureExtractor
 
-model = VQVAEModel.from_pretrained("{model_id}")
+model = VQVAEAudioModel.from_pretrained("{model_id}")
 extractor = VQVAEFeatureExtractor.from_pretrained("{model_id}")
 inputs = extractor(waveforms, sampling_rate={rate})  # a list of 1-D arrays
 encoded = model.encode(**inputs)  # encoded.codes (batch, length); encoded.codes_mask marks the real ones
@@ -412,7 +372,7 @@ def save_model_card(
         "validation_curve": validation_curve(Path(output_dir) / VALIDATION_LOG_NAME),
     }
     values.update(card_modality(config, values["model_id"]))
-    atomic_write_text(Path(output_dir) / "README.md", fill_model_card(MODEL_CARD_TEMPLATE.read_text(), values))
+    write_model_card(output_dir, MODEL_CARD_TEMPLATE, values)
 
 
 def main(args):
@@ -435,20 +395,16 @@ def main(args):
     policy = BadExamplePolicy(args.on_bad_example)
     train_dataloader, validation_dataloader = get_dataloaders(args, accelerator, model.config, processor, policy)
 
-    args = with_max_train_steps(args, accelerator, train_dataloader)  # a new object: the card records the value
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
     )
-    model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
-        args, accelerator, model, optimizer, train_dataloader, validation_dataloader
-    )
-    # Checkpoints hold the model as a `save_pretrained` folder (weights, EMA buffers, config).
-    register_pretrained_hooks(accelerator, VQVAEModel, "vqvae")
-    init_trackers(args, accelerator)
-    run = resume_training(args, accelerator, train_dataloader, policy)  # with the rows skipped before the checkpoint
+    # Checkpoints hold the model as a `save_pretrained` folder `vqvae` (weights, EMA buffers, config).
+    args, model, optimizer, train_dataloader, validation_dataloader, lr_scheduler, run = start_training(
+        args, accelerator, model, optimizer, train_dataloader, validation_dataloader, "vqvae", policy=policy
+    )  # resumed with the rows skipped before the checkpoint
 
     accelerator.print(
         f"{len(train_dataloader.dataset)} training images, {run.summary(args.train_batch_size, accelerator, model)}"
@@ -526,25 +482,10 @@ def main(args):
         write_skipped(Path(args.output_dir) / SKIPPED_EXAMPLES_NAME, skipped)
         if skipped:
             accelerator.print(f"Skipped {len(skipped)} bad row(s), listed in {SKIPPED_EXAMPLES_NAME}.")
-        # The launch as it ran, Accelerate's settings included.
-        command = (
-            f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
-            f"{accelerator.mixed_precision} scripts/train_vqvae.py {args.command_line}"
-        )
+        command = launch_command(accelerator, "scripts/train_vqvae.py", args.command_line)
         save_model_card(args, args.output_dir, unwrapped.config, metrics, train_seconds, command, len(skipped))
         accelerator.print(f"Saved the model to {args.output_dir}")
-    # Every rank tears the process group down together: a rank that leaves early can hang another at exit (gloo).
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if accelerator.is_main_process and args.push_to_hub:
-        push_folder(
-            args.output_dir,
-            args.hub_model_id,
-            "Upload VQ-VAE trained with hf_vqvae",
-            private=args.hub_private_repo,
-            token=args.hub_token,
-            exit_on_failure=True,
-        )
+    finish_training(args, accelerator, "Upload VQ-VAE trained with hf_vqvae")
 
 
 def check_quantizer_in_sync(accelerator, model):

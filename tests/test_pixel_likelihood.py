@@ -284,14 +284,14 @@ def test_pixels_off_the_8bit_grid_are_refused():
         discretized_logistic_mixture_log_likelihood(pixel_values, torch.zeros(1, 29, 16, 16), 3)
 
 
-def test_a_speaker_conditioned_mixture_decoder_takes_its_speaker_ids():
-    model = VQVAEModel(mixture_config(num_speakers=2)).eval()
-    pixel_values = random_8bit(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    output = model(pixel_values, speaker_ids=[0, 1])
-    decoded = model.decode(output.codes, speaker_ids=[0, 1])
-    assert torch.equal(decoded.logistic_mixture_params, output.logistic_mixture_params)
-    with pytest.raises(ValueError, match="speaker_ids"):
-        model(pixel_values)
+def test_image_decoders_take_no_speaker_conditioning():
+    # Speaker conditioning belongs to the audio model (`VQVAEAudioConfig.num_speakers`).
+    with pytest.raises(ValueError, match="audio models"):
+        mixture_config(num_speakers=2)
+    model = VQVAEModel(mixture_config()).eval()
+    pixel_values = random_8bit(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="speaker_ids"):
+        model(pixel_values, speaker_ids=[0])
 
 
 def test_do_sample_needs_a_mixture_decoder():
@@ -308,10 +308,7 @@ def test_do_sample_needs_a_mixture_decoder():
         ({"reconstruction_loss": "discretized_logistic_mixture", "num_logistic_mixtures": 0}, "num_logistic_mixtures"),
         ({"pixel_decoder_kernel_size": 4}, "odd"),
         ({"pixel_decoder_num_layers": 0}, "pixel_decoder_num_layers"),
-        (
-            {"spatial_dims": 1, "num_channels": 1, "reconstruction_loss": "discretized_logistic_mixture"},
-            "8-bit pixels",
-        ),
+        ({"spatial_dims": 1, "num_channels": 1}, "VQVAEAudioConfig"),  # audio: `reconstruction_loss` mse or log_mse
     ],
 )
 def test_bad_pixel_likelihood_settings_are_refused(kwargs, match):

@@ -187,7 +187,104 @@ class PosteriorCollapseArguments(TrainingArguments):
     results_dir: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluationArguments(ScriptArguments):
+    """The arguments the evaluation scripts share ([`add_evaluation_arguments`]): the model, batches, outputs."""
+
+    model: str
+    image_column: str | None
+    max_samples: int | None
+    batch_size: int
+    on_bad_example: str
+    output_file: str | None
+    model_card_section: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VQVAEEvaluationArguments(EvaluationArguments):
+    """`scripts/evaluate_vqvae.py`: reconstruction metrics of a VQ-VAE (image or audio) on a dataset split."""
+
+    revision: str | None
+    dataset_name: str | None
+    dataset_config_name: str | None
+    data_dir: str | None
+    data_files: list[str] | None
+    split: str
+    audio_column: str | None
+    speaker_column: str | None
+    mixed_precision: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BitsPerDimArguments(EvaluationArguments):
+    """`scripts/evaluate_bits_per_dim.py`: the bits/dim bound of a VQ-VAE and its prior on a test split."""
+
+    prior: str | None
+    data_files: list[str]
+    scale_fit_data_files: list[str] | None
+    scale_fit_samples: int
+
+
 # ---------------------------------------------------------------------------------------------------------- groups
+
+
+def add_audio_arguments(group: argparse._ArgumentGroup):
+    """The audio columns of a dataset, for the scripts that take audio models: `--audio_column`, `--speaker_column`."""
+    group.add_argument(
+        "--audio_column", default=None, help="For audio models: column with the audio (default: first Audio column)."
+    )
+    group.add_argument(
+        "--speaker_column", default=None, help="For speaker-conditioned audio models: column with integer speaker ids."
+    )
+
+
+def add_evaluation_arguments(
+    parser: argparse.ArgumentParser, *, batch_size: int, card_folder: str
+) -> argparse._ArgumentGroup:
+    """
+    The flags of the evaluation scripts: the model, the image column, limits, bad rows, the JSON results, and the
+    model card section (written into the README.md of `card_folder`, e.g. "the model folder").
+    """
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--model", required=True, help="A VQ-VAE folder or Hub id.")
+    group.add_argument("--image_column", default=None, help="Column with the images (default: first Image column).")
+    group.add_argument("--max_samples", type=int, default=None, help="Evaluate only the first N examples.")
+    group.add_argument("--batch_size", type=int, default=batch_size, help="Batch size per process.")
+    add_bad_example_argument(group)
+    group.add_argument(
+        "--output_file",
+        default=None,
+        help="Write the results here as JSON (default: stdout only), with the rows `--on_bad_example skip` left out.",
+    )
+    group.add_argument(
+        "--model_card_section",
+        default=None,
+        help=f"Also write the results, with this command, into the README.md of {card_folder} under this title "
+        "(replacing an earlier section of the same title).",
+    )
+    return group
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    title: str,
+    pretrained_help: str,
+    config_help: str,
+    overrides_help: str,
+    revision_help: str,
+) -> argparse._ArgumentGroup:
+    """
+    Where a training script's model comes from: `--pretrained_<name>_name_or_path` (fine-tune), or
+    `--<name>_config_name_or_path` (train from scratch), with `--config_overrides` and the Hub `--revision` of either.
+    """
+    group = parser.add_argument_group(title)
+    group.add_argument(f"--pretrained_{name}_name_or_path", default=None, help=pretrained_help)
+    group.add_argument(f"--{name}_config_name_or_path", default=None, help=config_help)
+    group.add_argument("--config_overrides", default=None, help=overrides_help)
+    group.add_argument("--revision", default=None, help=revision_help)
+    return group
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, validation_split_help: str) -> argparse._ArgumentGroup:
@@ -350,14 +447,20 @@ def _split_top(text: str) -> list[str]:
 
 __all__ = [
     "PosteriorCollapseArguments",
+    "BitsPerDimArguments",
+    "EvaluationArguments",
     "PriorTrainingArguments",
     "ScriptArgumentParser",
     "ScriptArguments",
     "TokenizeArguments",
     "TrainingArguments",
+    "VQVAEEvaluationArguments",
     "VQVAETrainingArguments",
+    "add_audio_arguments",
     "add_checkpoint_arguments",
     "add_data_arguments",
+    "add_evaluation_arguments",
+    "add_model_arguments",
     "add_hub_arguments",
     "add_optimization_arguments",
     "check_positive",

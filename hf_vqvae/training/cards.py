@@ -22,6 +22,19 @@ def fill_model_card(template: str, values: dict) -> str:
     return re.sub(r"\{\{(\w+)\}\}", lambda m: str(values[m.group(1)]), template)
 
 
+def write_model_card(output_dir: str | os.PathLike, template_path: str | os.PathLike, values: dict):
+    """Write `output_dir/README.md` (atomically): the card template at `template_path` filled with `values`."""
+    atomic_write_text(Path(output_dir) / "README.md", fill_model_card(Path(template_path).read_text(), values))
+
+
+def launch_command(accelerator, script: str, command_line: str) -> str:
+    """The `accelerate launch` command of a training run as it ran, Accelerate's settings included (for the card)."""
+    return (
+        f"accelerate launch --num_processes {accelerator.num_processes} --mixed_precision "
+        f"{accelerator.mixed_precision} {script} {command_line}"
+    )
+
+
 def update_model_card(model_dir: str | os.PathLike, title: str, command: str, body: str):
     """
     Put `body` (e.g. a metrics table) and the `command` that measured it into `model_dir/README.md`, between markers
@@ -90,7 +103,9 @@ __all__ = [
     "command_line",
     "fill_model_card",
     "format_metrics_table",
+    "launch_command",
     "make_image_grid",
     "reconstruction_grid",
     "update_model_card",
+    "write_model_card",
 ]

@@ -313,6 +313,48 @@ def load_training_dataset(args, accelerator):
     return dataset
 
 
+def make_dataloaders(
+    args,
+    train,
+    train_collate,
+    validation=None,
+    validation_collate=None,
+    num_workers: int = 0,
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+    """
+    The training and validation dataloaders of a training script (`args`: its arguments dataclass, read only). The
+    training one shuffles, drops the last partial batch and has its own generator seeded with `args.seed`: starting an
+    epoch then draws nothing from the global RNG, which a resumed run restores (dead-code restarts, random flips and
+    windows, class dropout draw from it). A training split smaller than one batch is an error; `validation=None`
+    gives no validation dataloader.
+    """
+    train_dataloader = torch.utils.data.DataLoader(
+        train,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=train_collate,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    if len(train_dataloader) == 0:
+        raise ValueError(
+            f"The training split has {len(train)} examples, fewer than one batch of {args.train_batch_size}; lower "
+            "`--train_batch_size`."
+        )
+    validation_dataloader = None
+    if validation is not None:
+        validation_dataloader = torch.utils.data.DataLoader(
+            validation,
+            batch_size=args.eval_batch_size,
+            shuffle=False,
+            collate_fn=train_collate if validation_collate is None else validation_collate,
+            num_workers=num_workers,
+            generator=torch.Generator(),
+        )
+    return train_dataloader, validation_dataloader
+
+
 __all__ = [
     "ROW_INDEX_COLUMN",
     "ROW_INDICES_KEY",
@@ -323,6 +365,7 @@ __all__ = [
     "find_image_column",
     "load_image_dataset",
     "load_training_dataset",
+    "make_dataloaders",
     "make_preprocessing",
     "random_crop",
     "random_flip",

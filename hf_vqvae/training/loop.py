@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from .args import TrainingArguments
-from .hub import strip_token_arguments
+from .checkpointing import TrainingRun, register_pretrained_hooks, resume_training
+from .hub import push_folder, strip_token_arguments
 
 
 def create_accelerator(args: TrainingArguments):
@@ -72,6 +73,56 @@ def prepare_training(
     return model, optimizer, train_dataloader, validation_dataloader, schedule
 
 
+def start_training(
+    args: TrainingArguments,
+    accelerator,
+    model,
+    optimizer,
+    train_dataloader,
+    validation_dataloader,
+    subfolder: str,
+    policy=None,
+):
+    """
+    Everything between building the model and the first step: `args` with `max_train_steps` set
+    ([`with_max_train_steps`]: a new object, the card records the value), [`prepare_training`], checkpoint hooks that
+    keep the model as a `save_pretrained` folder `subfolder` in each checkpoint, the trackers, and the run (resumed
+    from `args.resume_from_checkpoint` if given, with the rows `policy`, a `BadExamplePolicy`, skipped before the
+    checkpoint). Returns `(args, model, optimizer, train_dataloader,
+    validation_dataloader, lr_scheduler, run)`.
+    """
+    args = with_max_train_steps(args, accelerator, train_dataloader)
+    model, optimizer, train_dataloader, validation_dataloader, lr_scheduler = prepare_training(
+        args, accelerator, model, optimizer, train_dataloader, validation_dataloader
+    )
+    register_pretrained_hooks(accelerator, type(accelerator.unwrap_model(model)), subfolder)
+    init_trackers(args, accelerator)
+    run: TrainingRun = resume_training(args, accelerator, train_dataloader, policy)
+    return args, model, optimizer, train_dataloader, validation_dataloader, lr_scheduler, run
+
+
+def finish_training(
+    args: TrainingArguments, accelerator, commit_message: str, ignore_patterns: list[str] | None = None
+):
+    """
+    End the run on every process together (a rank that leaves early can hang another at exit, gloo), then, with
+    `--push_to_hub`, upload `output_dir` from the main process (`ignore_patterns`: what to leave out, default
+    checkpoints, logs and temporary files); a failed upload exits with its reason.
+    """
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if accelerator.is_main_process and args.push_to_hub:
+        push_folder(
+            args.output_dir,
+            args.hub_model_id,
+            commit_message,
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            ignore_patterns=ignore_patterns,
+            exit_on_failure=True,
+        )
+
+
 def init_trackers(args: TrainingArguments, accelerator):
     """
     Start the `report_to` trackers on the main process with the run's plain arguments (numbers, strings, booleans)
@@ -113,6 +164,8 @@ def run_script(script: str | os.PathLike, argv: list[str], cwd: str | os.PathLik
 
 __all__ = [
     "create_accelerator",
+    "finish_training",
+    "start_training",
     "init_trackers",
     "optimizer_step",
     "prepare_training",

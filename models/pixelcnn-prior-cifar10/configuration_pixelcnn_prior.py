@@ -2,6 +2,8 @@
 
 from transformers import PreTrainedConfig
 
+from .configuration_checks import check_grid_size, check_integers, check_odd_kernel_size, check_probabilities
+
 
 class VQVAEPixelCNNPriorConfig(PreTrainedConfig):
     r"""
@@ -94,28 +96,11 @@ class VQVAEPixelCNNPriorConfig(PreTrainedConfig):
 
     def validate_pixelcnn(self):
         """Check the settings and their combinations; raise `ValueError` naming the setting to change."""
-        for name in ("codebook_size", "hidden_channels", "num_layers", "head_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"`num_classes` must be an integer >= 0 (0 = unconditional); got {self.num_classes!r}.")
-        k = self.kernel_size
-        if isinstance(k, bool) or not isinstance(k, int) or k < 3 or k % 2 == 0:
-            raise ValueError(f"`kernel_size` must be an odd integer >= 3 (e.g. 3 or 5); got {k!r}.")
-        grid = self.grid_size
-        if (
-            not isinstance(grid, tuple)
-            or len(grid) != 2
-            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid)
-        ):
-            raise ValueError(
-                f"`grid_size` must be `(h, w)`, two positive integers (`VQVAEConfig.latent_size()`); got {grid!r}."
-            )
-        for name in ("class_dropout_prob", "hidden_dropout_prob"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be a probability in [0, 1); got {value!r}.")
+        check_integers(self, ("codebook_size", "hidden_channels", "num_layers", "head_channels"))
+        check_integers(self, ("num_classes",), minimum=0, hint=" (0 = unconditional)")
+        check_odd_kernel_size("kernel_size", self.kernel_size, example=" (e.g. 3 or 5)")
+        check_grid_size(self.grid_size)
+        check_probabilities(self, ("class_dropout_prob", "hidden_dropout_prob"))
         if not isinstance(self.use_position_bias, bool):
             raise ValueError(f"`use_position_bias` must be `True` or `False`; got {self.use_position_bias!r}.")
         if not self.initializer_range > 0:

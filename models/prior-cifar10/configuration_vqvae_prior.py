@@ -2,6 +2,8 @@
 
 from transformers import PreTrainedConfig
 
+from .configuration_checks import check_grid_size, check_integers, check_model_type, check_probabilities
+
 
 class VQVAEPriorConfig(PreTrainedConfig):
     r"""
@@ -100,18 +102,8 @@ class VQVAEPriorConfig(PreTrainedConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        # transformers only warns when a folder's `model_type` differs, then builds this config from defaults, so
-        # that `VQVAEPriorForCausalLM.from_pretrained(other_folder)` returned a randomly initialised model. Refuse
-        # instead.
-        # (Kept in this file: a shipped folder's remote code has only its own configuration file.)
         config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
-        found = config_dict.get("model_type")
-        if found is not None and found != cls.model_type:
-            raise ValueError(
-                f"{pretrained_model_name_or_path!r} holds a model of type `{found}`, not `{cls.model_type}` "
-                f"({cls.__name__}): load it with its own class or the Auto classes (`AutoConfig`, `AutoModel`; "
-                "`AutoModelForCausalLM` for a prior)."
-            )
+        check_model_type(cls, config_dict, pretrained_model_name_or_path)  # refuse another model's folder
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __post_init__(self, **kwargs):
@@ -124,30 +116,17 @@ class VQVAEPriorConfig(PreTrainedConfig):
 
     def validate_prior(self):
         """Check the settings and their combinations; raise `ValueError` naming the setting to change."""
-        for name in ("codebook_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"`num_classes` must be an integer >= 0 (0 = unconditional); got {self.num_classes!r}.")
-        grid = self.grid_size
-        if (
-            not isinstance(grid, tuple)
-            or len(grid) != 2
-            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid)
-        ):
-            raise ValueError(
-                f"`grid_size` must be `(h, w)`, two positive integers (`VQVAEConfig.latent_size()`); got {grid!r}."
-            )
+        check_integers(
+            self, ("codebook_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        )
+        check_integers(self, ("num_classes",), minimum=0, hint=" (0 = unconditional)")
+        check_grid_size(self.grid_size)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` must be divisible by `num_attention_heads` (got `hidden_size`: {self.hidden_size} and "
                 f"`num_attention_heads`: {self.num_attention_heads})."
             )
-        for name in ("class_dropout_prob", "hidden_dropout_prob", "attention_dropout_prob"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be a probability in [0, 1); got {value!r}.")
+        check_probabilities(self, ("class_dropout_prob", "hidden_dropout_prob", "attention_dropout_prob"))
         if not self.layer_norm_eps > 0:
             raise ValueError(f"`layer_norm_eps` must be > 0 (e.g. 1e-5); got {self.layer_norm_eps}.")
         if not self.initializer_range > 0:
