@@ -258,7 +258,7 @@ def parse_code_grid(grid, shape: tuple[int, int], codebook_size: int) -> np.ndar
 def decode_code_grid(grid, reference=None, models_dir: str | os.PathLike = MODELS_DIR) -> tuple[Image.Image, str]:
     """Decode an edited code grid; `reference` (the grid before editing) lets the note count the changed codes."""
     model, processor = load_image_vqvae(str(Path(models_dir) / IMAGE_VQVAE))
-    shape = tuple(model.config.latent_size())
+    shape = tuple(model.config.code_grid_size())  # with N codes per position, each position's N side by side
     codes = parse_code_grid(grid, shape, model.config.codebook_size)
     with torch.no_grad():
         decoded = model.decode(torch.from_numpy(codes)[None]).reconstruction  # (1, C, H, W)

@@ -81,7 +81,7 @@ def save_vqvae_reference(
         "vqvae_revision": revision,
         "vqvae_codes_fingerprint": codes_fingerprint(vqvae),  # decoder fine-tunes keep it
         "codebook_size": vqvae.config.codebook_size,
-        "grid_size": list(vqvae.config.latent_size()),
+        "grid_size": list(vqvae.config.code_grid_size()),
         "image_size": vqvae.config.image_size,
     }
     path = Path(save_directory) / VQVAE_REFERENCE_NAME
@@ -162,6 +162,15 @@ def load_vqvae_for_prior(
     return model.eval(), image_processor
 
 
+def as_code_grid(codes: torch.Tensor) -> torch.Tensor:
+    """
+    A VQ-VAE's codes as the grid its priors model: `(batch, h, w)` as they are, `(batch, h, w, N)` (N codes per
+    position, `VQVAEConfig.num_codes_per_position`) as `(batch, h, w * N)`, each position's N codes side by side
+    ([`VQVAEConfig.code_grid_size`]). `VQVAEModel.decode` takes either shape back.
+    """
+    return codes.flatten(-2) if codes.ndim == 4 else codes
+
+
 def check_vqvae_reference(reference: dict | None, vqvae: torch.nn.Module) -> bool:
     """
     Whether `vqvae` makes the codes a prior's `reference` (its `vqvae_reference.json`) was recorded with: `True` when
@@ -180,6 +189,7 @@ def check_vqvae_reference(reference: dict | None, vqvae: torch.nn.Module) -> boo
 
 __all__ = [
     "VQVAE_REFERENCE_NAME",
+    "as_code_grid",
     "check_vqvae_reference",
     "codes_fingerprint",
     "load_vqvae_for_prior",

@@ -31,6 +31,10 @@ a repair with `on_wrong_length="truncate_or_pad"` (see [`~VQVAEImageTokenizer.id
 Audio clips of a 1-D VQ-VAE use the same layout as a one-row grid: `grid_size=(1, n)` for clips of `n` codes
 (`n * downsample_factor` samples; shorter clips are padded with silence, longer ones cut), `<boi>` and `<eoi>` then
 delimiting the clip.
+
+A model with N = `num_codes_per_position` > 1 codes per position gives codes `(batch, h, w, N)`; the tokenizer's grid is
+then `(h, w * N)` ([`VQVAEConfig.code_grid_size`]): a position's N codes are consecutive tokens, in raster order of
+the positions, and `ids_to_codes` returns that `(batch, h, w * N)` grid, which `VQVAEModel.decode` takes as it is.
 """
 
 import json
@@ -168,7 +172,7 @@ class VQVAEImageTokenizer:
                 f"n * {model.config.downsample_factor} samples."
             )
         if "grid_size" not in kwargs:
-            kwargs["grid_size"] = model.config.latent_size()
+            kwargs["grid_size"] = model.config.code_grid_size()
         return cls(codebook_size=model.config.codebook_size, model=model, image_processor=image_processor, **kwargs)
 
     @property
@@ -195,13 +199,16 @@ class VQVAEImageTokenizer:
         Args:
             codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
                 Codes in `[0, codebook_size)`, with `(h, w) == grid_size`; `(batch_size, w)` for a one-row grid
-                (audio clips).
+                (audio clips); `(batch_size, h, w / N, N)` for a model with N codes per position (flattened to the
+                `(h, w)` grid, a position's N codes consecutive).
 
         Returns:
             `torch.LongTensor` of shape `(batch_size, num_image_tokens)`.
         """
         if isinstance(codes, torch.Tensor) and codes.ndim == 2 and self.grid_size[0] == 1:
             codes = codes[:, None]  # (batch, n) clip codes -> a one-row grid
+        if isinstance(codes, torch.Tensor) and codes.ndim == 4:
+            codes = codes.flatten(-2)  # (batch, h, w, N): N codes per position -> the (h, w * N) grid
         if not isinstance(codes, torch.Tensor) or codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_size:
             got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
             raise ValueError(f"`codes` must have shape (batch, {self.grid_size[0]}, {self.grid_size[1]}); got {got}.")
@@ -403,6 +410,8 @@ class VQVAEImageTokenizer:
         return self._codes_to_encoding(self.model.get_codes(pixel_values))
 
     def _codes_to_encoding(self, codes: torch.LongTensor) -> BatchEncoding:
+        if codes.ndim == 4:  # N codes per position: the (h, w * N) grid
+            codes = codes.flatten(-2)
         if tuple(codes.shape[1:]) != self.grid_size:
             raise ValueError(
                 f"The images give a {tuple(codes.shape[1:])} code grid but this tokenizer expects {self.grid_size}; "

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from hf_vqvae import VQVAEImageProcessor, VQVAEModel
 from hf_vqvae.anomaly import maximize_log_scale
 from hf_vqvae.modeling_vqvae import discretized_gaussian_log_likelihood
-from hf_vqvae.pairing import codes_fingerprint, load_vqvae_reference
+from hf_vqvae.pairing import as_code_grid, codes_fingerprint, load_vqvae_reference
 from hf_vqvae.pipelines import load_prior
 from hf_vqvae.training.args import BitsPerDimArguments, ScriptArgumentParser, add_evaluation_arguments, check_positive
 from hf_vqvae.training.bad_examples import BadExamplePolicy
@@ -171,10 +171,10 @@ def main(args: BitsPerDimArguments) -> dict:
                 f"The prior {args.prior} was trained on the codes of another VQ-VAE "
                 f"({reference['vqvae_model_name_or_path']}); its log p(z) means nothing for this one."
             )
-        if tuple(prior.config.grid_size) != model.config.latent_size():
+        if tuple(prior.config.grid_size) != model.config.code_grid_size():
             raise ValueError(
                 f"The prior models {tuple(prior.config.grid_size)} grids but the VQ-VAE makes "
-                f"{model.config.latent_size()} ones."
+                f"{model.config.code_grid_size()} ones."
             )
 
     start = time.time()
@@ -234,7 +234,7 @@ def main(args: BitsPerDimArguments) -> dict:
                 totals["decoder_nats"] -= float(log_px.flatten(1).sum(1).sum())
             totals["uniform_prior_nats"] += codes[0].numel() * math.log(model.config.codebook_size) * len(codes)
             if prior is not None:
-                totals["learned_prior_nats"] -= float(prior_log_likelihood(prior, codes).sum())
+                totals["learned_prior_nats"] -= float(prior_log_likelihood(prior, as_code_grid(codes)).sum())
             num_images += len(codes)
             num_dims, num_codes = pixel_values[0].numel(), codes[0].numel()
     per_dim = num_images * num_dims * math.log(2)

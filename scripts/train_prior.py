@@ -43,7 +43,7 @@ from hf_vqvae import (
     VQVAEPriorConfig,
     VQVAEPriorForCausalLM,
 )
-from hf_vqvae.pairing import VQVAE_REFERENCE_NAME, codes_fingerprint, save_vqvae_reference
+from hf_vqvae.pairing import VQVAE_REFERENCE_NAME, as_code_grid, codes_fingerprint, save_vqvae_reference
 from hf_vqvae.training.args import (
     PriorTrainingArguments,
     ScriptArgumentParser,
@@ -283,7 +283,7 @@ def encode_split(
     for batch in tqdm(loader, desc="Encoding", unit="batch", disable=disable):
         batch = policy.receive(batch)
         if len(batch["pixel_values"]):
-            codes.append(vqvae.get_codes(batch["pixel_values"].to(device)).cpu())
+            codes.append(as_code_grid(vqvae.get_codes(batch["pixel_values"].to(device))).cpu())
             labels.append(batch.get("labels"))
     dtype = torch.int16 if vqvae.config.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
     if not codes:
@@ -395,10 +395,10 @@ def get_codes(args, accelerator, vqvae, image_processor):
             args, accelerator, vqvae, image_processor, dataset[split], split, settings, max_samples
         )
         grid = tuple(payload["codes"].shape[1:])
-        if grid != tuple(vqvae.config.latent_size()):
+        if grid != tuple(vqvae.config.code_grid_size()):
             raise ValueError(
-                f"The VQ-VAE encodes this data to {grid} grids but `latent_size()` is "
-                f"{vqvae.config.latent_size()} (`image_size` {vqvae.config.image_size}); make its "
+                f"The VQ-VAE encodes this data to {grid} grids but `code_grid_size()` is "
+                f"{vqvae.config.code_grid_size()} (`image_size` {vqvae.config.image_size}); make its "
                 "image processor resize to `image_size`."
             )
         labels = payload["labels"]
@@ -418,7 +418,7 @@ def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM | VQVA
     """A new prior sized for the VQ-VAE's codes and the data's classes, or the pretrained one, checked against them."""
     required = {
         "codebook_size": vqvae_config.codebook_size,
-        "grid_size": tuple(vqvae_config.latent_size()),
+        "grid_size": tuple(vqvae_config.code_grid_size()),
         "num_classes": len(class_names) if class_names else 0,
     }
     labels = {}

@@ -331,7 +331,8 @@ def card_modality(config, model_id: str) -> dict:
             "modality": "images",
             "modality_tag": "image-tokenizer",
             "data_description": f"{config.image_size}x{config.image_size} images into a {side[0]}x{side[1]} grid of "
-            f"discrete codes (K={config.codebook_size})",
+            + (f"{config.num_codes_per_position} " if config.num_codes_per_position > 1 else "")
+            + f"discrete codes{' per position' if config.num_codes_per_position > 1 else ''} (K={config.codebook_size})",
             "metric_description": "MSE on pixels scaled to [0, 1]; PSNR is the mean of per-image PSNR",
             "usage": IMAGE_USAGE.format(model_id=model_id),
         }
