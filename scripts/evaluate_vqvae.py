@@ -49,6 +49,15 @@ def parse_args(argv=None) -> VQVAEEvaluationArguments:
         default="no",
         help="Mixed precision of the encoder/decoder (the quantizer stays fp32).",
     )
+    data.add_argument(
+        "--pixel_decoding",
+        choices=["teacher_forced", "greedy", "sample"],
+        default="teacher_forced",
+        help="For a model with an autoregressive pixel decoder (`pixel_decoder='pixelcnn'`): the reconstruction is the "
+        "teacher-forced mean (each pixel given the true pixels before it; one pass, not a reconstruction from the codes "
+        "alone), or `decode(codes)` pixel by pixel from the codes alone, greedy (each pixel its mean) or sampled.",
+    )
+    data.add_argument("--seed", type=int, default=0, help="Seed of `--pixel_decoding sample`.")
     namespace = parser.parse_args(argv)
     if namespace.dataset_name is None and namespace.data_dir is None and namespace.data_files is None:
         raise ValueError("Give the data: `--dataset_name`, `--data_dir` or `--data_files`.")
@@ -83,13 +92,16 @@ def main(args: VQVAEEvaluationArguments) -> dict:
     model, dataloader = accelerator.prepare(model, dataloader)
     start = time.time()
     progress = tqdm(dataloader, desc="Evaluating", disable=not accelerator.is_local_main_process)
-    metrics = evaluate_reconstruction(model, progress, accelerator, policy=policy)
+    metrics = evaluate_reconstruction(
+        model, progress, accelerator, policy=policy, pixel_decoding=args.pixel_decoding, seed=args.seed
+    )
     skipped = gather_skipped(policy)  # every process's, each once
     metrics.update(
         model=str(args.model),
         split=args.split,
         data=args.dataset_name or args.data_dir or args.data_files,
         seconds=round(time.time() - start, 1),
+        pixel_decoding=args.pixel_decoding if getattr(model, "pixel_decoder", None) is not None else None,
         num_skipped=len(skipped),
         skipped_examples=skipped,
     )

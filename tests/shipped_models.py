@@ -52,12 +52,15 @@ def vqvae_image_outputs(model, image_processor) -> dict[str, torch.Tensor]:
     images, _ = sample_images()
     pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
     output = model(pixel_values=pixel_values)
-    return {
+    outputs = {
         "pixel_values": pixel_values,
         "codes": output.codes,
         "reconstruction": output.reconstruction,
         "loss": output.loss,
     }
+    if getattr(output, "bits_per_dim", None) is not None:  # a pixel-likelihood decoder: -log p(x|z) per image
+        outputs["bits_per_dim"] = output.bits_per_dim
+    return outputs
 
 
 @torch.no_grad()
@@ -112,9 +115,8 @@ def remote_code_outputs(prior_codes: torch.LongTensor) -> dict[str, dict[str, to
         return auto_class.from_pretrained(MODELS / name, trust_remote_code=True)
 
     outputs = {}
-    outputs["vqvae-cifar10"] = vqvae_image_outputs(
-        load(AutoModel, "vqvae-cifar10").eval(), load(AutoImageProcessor, "vqvae-cifar10")
-    )
+    for name in ("vqvae-cifar10", "vqvae-cifar10-pixelcnn-decoder"):
+        outputs[name] = vqvae_image_outputs(load(AutoModel, name).eval(), load(AutoImageProcessor, name))
     for name in ("vqvae-fsdd", "vqvae-fsdd-speakers"):
         outputs[name] = vqvae_audio_outputs(
             load(AutoModel, name).eval(), load(AutoFeatureExtractor, name), MODELS / name

@@ -429,14 +429,14 @@ def test_audio_probes_skip_bad_recordings_and_keep_every_label_with_its_row(tmp_
     from conftest import REPO_ROOT
     from test_audio import make_audio_config, tone
 
-    from hf_vqvae import VQVAEModel
+    from hf_vqvae import VQVAEAudioModel
 
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import evaluate_audio_codes
 
     write_damaged_audio(tmp_path)
     torch.manual_seed(0)
-    model = VQVAEModel(make_audio_config()).eval()
+    model = VQVAEAudioModel(make_audio_config()).eval()
     # A codebook spread over the encoder's outputs on both tones, so that codes (and the probes) tell the digits apart.
     with torch.no_grad():
         waves = torch.from_numpy(np.stack([tone(4096, 300.0), tone(4096, 900.0, amplitude=0.8)]))

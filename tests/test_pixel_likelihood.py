@@ -435,3 +435,29 @@ def test_train_script_fine_tunes_an_mse_model_into_a_pixelcnn_decoder(tmp_path):
     assert any(key.startswith("pixel_decoder.") for key in after)
     metrics = json.loads((output / "eval_results.json").read_text())
     assert 0 < metrics["bits_per_dim"] < 16
+
+
+def test_evaluation_reconstructs_from_the_codes_alone_when_asked():
+    """`pixel_decoding`: teacher forcing (the forward pass) vs `decode(codes)` pixel by pixel, greedy or seeded."""
+    from hf_vqvae.training.metrics import evaluate_reconstruction
+
+    torch.manual_seed(0)
+    model = VQVAEModel(pixelcnn_config()).eval()
+    with torch.no_grad():  # a non-zero PixelCNN output, so that the modes differ
+        torch.nn.init.normal_(model.pixel_decoder.output.weight, std=0.1)
+    pixel_values = random_8bit(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    batches = [{"pixel_values": pixel_values}]
+    with torch.no_grad():
+        codes = model.get_codes(pixel_values)
+        forward = model(pixel_values).reconstruction
+        greedy = model.decode(codes).reconstruction
+        sampled = model.decode(codes, do_sample=True, generator=torch.Generator().manual_seed(7)).reconstruction
+    for mode, expected in (("teacher_forced", forward), ("greedy", greedy), ("sample", sampled)):
+        mse = ((pixel_values - expected) / 2).pow(2).mean()
+        metrics = evaluate_reconstruction(model, batches, pixel_decoding=mode, seed=7)
+        assert metrics["mse"] == pytest.approx(float(mse), rel=1e-5), mode
+    assert not torch.equal(forward, greedy)
+    with pytest.raises(ValueError, match="has none"):
+        evaluate_reconstruction(VQVAEModel(make_tiny_config()), batches, pixel_decoding="greedy")
+    with pytest.raises(ValueError, match="pixel_decoding"):
+        evaluate_reconstruction(model, batches, pixel_decoding="mean")

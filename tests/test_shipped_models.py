@@ -31,6 +31,7 @@ from shipped_models import (
 
 SHIPPED = [
     "vqvae-cifar10",
+    "vqvae-cifar10-pixelcnn-decoder",
     "prior-cifar10",
     "pixelcnn-prior-cifar10",
     "classifier-cifar10",
@@ -62,6 +63,17 @@ PINNED = {
         ("reconstruction[1, 2, -1, -6:]", lambda o: o["reconstruction"][1, 2, -1, -6:],
          [0.228197, 0.347486, 0.434065, 0.470668, 0.528854, 0.561710]),
         ("loss", lambda o: o["loss"], -16.967251),
+    ],
+    # Pinned when the folder was shipped (session 8, from the package), with the command in the module docstring. Its
+    # encoder and codebook are vqvae-cifar10's (`--freeze_encoder`): the same codes.
+    "vqvae-cifar10-pixelcnn-decoder": [
+        ("codes", lambda o: o["codes"], VQVAE_CIFAR10_CODES),
+        ("reconstruction[0, 0, 0, :6] (teacher-forced mean)", lambda o: o["reconstruction"][0, 0, 0, :6],
+         [0.090021, 0.290501, 0.269576, 0.340876, 0.294332, 0.260321]),
+        ("reconstruction[1, 2, -1, -6:]", lambda o: o["reconstruction"][1, 2, -1, -6:],
+         [0.162361, 0.243518, 0.308751, 0.405790, 0.495607, 0.539235]),
+        ("bits_per_dim", lambda o: o["bits_per_dim"], [4.017917, 3.237941]),
+        ("loss", lambda o: o["loss"], 10.100855),
     ],
     "prior-cifar10": [
         ("input_ids[:, 0] (class prompts)", lambda o: o["input_ids"][:, 0], [516, 521]),
@@ -133,7 +145,7 @@ def package_outputs(name: str) -> dict[str, torch.Tensor]:
         assert module.startswith(("hf_vqvae.", "transformers.")), f"models/{name} loaded {module}, not the package"
         return loaded.eval() if isinstance(loaded, torch.nn.Module) else loaded
 
-    if name == "vqvae-cifar10":
+    if name in ("vqvae-cifar10", "vqvae-cifar10-pixelcnn-decoder"):
         return vqvae_image_outputs(load(AutoModel), load(AutoImageProcessor))
     if name in ("vqvae-fsdd", "vqvae-fsdd-speakers"):
         return vqvae_audio_outputs(load(AutoModel), load(AutoFeatureExtractor), MODELS / name)

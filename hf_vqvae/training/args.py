@@ -213,6 +213,8 @@ class VQVAEEvaluationArguments(EvaluationArguments):
     audio_column: str | None
     speaker_column: str | None
     mixed_precision: str
+    pixel_decoding: str
+    seed: int
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -170,7 +170,15 @@ def gather_unique_rows(
 
 
 @torch.no_grad()
-def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: int | None = None, policy=None) -> dict:
+def evaluate_reconstruction(
+    model,
+    dataloader,
+    accelerator=None,
+    max_batches: int | None = None,
+    policy=None,
+    pixel_decoding: str = "teacher_forced",
+    seed: int = 0,
+) -> dict:
     """
     Reconstruction error and codebook usage of `model` over every batch of `dataloader`: MSE and PSNR for batches of
     `pixel_values`, MSE and SNR over the real samples for batches of `input_values` (with `attention_mask`, and
@@ -182,8 +190,23 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
     out the last batches are dropped by index, whatever was skipped): the batches must carry their row indices
     (`make_preprocessing(..., with_row_indices=True)`). Every process must then take part in every step, including
     a step whose rows were all skipped.
+
+    `pixel_decoding` says what the reconstruction of a model with an autoregressive pixel decoder
+    (`pixel_decoder="pixelcnn"`) is: `"teacher_forced"` (default, one pass) the mean of each pixel's distribution
+    given the true pixels before it, which is not a reconstruction from the codes alone; `"greedy"` or `"sample"`
+    `decode(codes)` from the codes alone, pixel by pixel (each pixel its distribution's mean rounded to 8 bits, or a
+    draw seeded by `seed`).
     """
+    if pixel_decoding not in ("teacher_forced", "greedy", "sample"):
+        raise ValueError(f"`pixel_decoding` must be 'teacher_forced', 'greedy' or 'sample'; got {pixel_decoding!r}.")
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    if pixel_decoding != "teacher_forced" and getattr(unwrapped, "pixel_decoder", None) is None:
+        raise ValueError(
+            f"`pixel_decoding={pixel_decoding!r}` decodes pixel by pixel with an autoregressive pixel decoder; this "
+            "model has none (`pixel_decoder=None`). Leave it at 'teacher_forced' (the model's `forward`)."
+        )
+    device = next(unwrapped.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if pixel_decoding == "sample" else None
     distributed = accelerator is not None and accelerator.num_processes > 1
     was_training = unwrapped.training
     unwrapped.eval()
@@ -217,7 +240,11 @@ def evaluate_reconstruction(model, dataloader, accelerator=None, max_batches: in
                 tensors = tuple(accelerator.pad_across_processes(t, dim=1) for t in tensors)
         else:
             output = unwrapped(batch["pixel_values"], return_loss=False)
-            tensors = (batch["pixel_values"], output.reconstruction, output.codes)
+            reconstruction = output.reconstruction
+            if pixel_decoding != "teacher_forced":  # from the codes alone
+                decoded = unwrapped.decode(output.codes, do_sample=pixel_decoding == "sample", generator=generator)
+                reconstruction = decoded.reconstruction
+            tensors = (batch["pixel_values"], reconstruction, output.codes)
         if row_indices is not None:
             _, tensors = gather_unique_rows(accelerator if distributed else None, row_indices, tensors, seen)
         if len(tensors[0]) == 0:

@@ -29,12 +29,13 @@ class VQVAEEncoderOutput(ModelOutput):
     Output of [`VQVAEModel.encode`].
 
     Args:
-        latents (`torch.FloatTensor` of shape `(batch_size, codebook_dim, h, w)`):
+        latents (`torch.FloatTensor` of shape `(batch_size, num_codes_per_position * codebook_dim, h, w)`):
             z_e(x): the encoder output before quantization.
-        quantized (`torch.FloatTensor` of shape `(batch_size, codebook_dim, h, w)`):
+        quantized (`torch.FloatTensor` of shape `(batch_size, num_codes_per_position * codebook_dim, h, w)`):
             z_q(x): the nearest codebook vectors, with the straight-through gradient to `latents`.
-        codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
-            Index of the codebook vector at each latent position, in `[0, codebook_size)`.
+        codes (`torch.LongTensor` of shape `(batch_size, h, w)`, or `(batch_size, h, w, num_codes_per_position)`):
+            Index of the codebook vector at each latent position (of each of its N codes when
+            `config.num_codes_per_position` N > 1), in `[0, codebook_size)`.
         codebook_loss (`torch.FloatTensor` of shape `()`):
             `||sg[z_e] - e||^2` (eq. 3, second term); zero with an EMA codebook.
         commitment_loss (`torch.FloatTensor` of shape `()`):
@@ -87,7 +88,7 @@ class VQVAEModelOutput(ModelOutput):
             the log-likelihood as a weighted MSE), plus `config.spectral_loss_weight * spectral_loss` when set.
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Decoded pixels.
-        codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
+        codes (`torch.LongTensor` of shape `(batch_size, h, w)`, or `(batch_size, h, w, num_codes_per_position)`):
             Codes of the input.
         reconstruction_loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
             Mean squared error between `reconstruction` and `pixel_values`; with `reconstruction_loss="log_mse"`, the
@@ -102,9 +103,9 @@ class VQVAEModelOutput(ModelOutput):
             The multi-resolution STFT loss (see [`multi_resolution_stft_loss`]).
         perplexity (`torch.FloatTensor` of shape `()`):
             `exp(entropy)` of this batch's code histogram.
-        latents (`torch.FloatTensor` of shape `(batch_size, codebook_dim, h, w)`):
+        latents (`torch.FloatTensor` of shape `(batch_size, num_codes_per_position * codebook_dim, h, w)`):
             z_e(x).
-        quantized (`torch.FloatTensor` of shape `(batch_size, codebook_dim, h, w)`):
+        quantized (`torch.FloatTensor` of shape `(batch_size, num_codes_per_position * codebook_dim, h, w)`):
             z_q(x).
         codes_mask (`torch.BoolTensor` of shape `(batch_size, length)`, returned with an `attention_mask`):
             For 1-D models: which codes cover real samples.
@@ -229,7 +230,7 @@ class VQVAEEncoder(nn.Module):
             VQVAEResidualBlock(widths[-1], config.res_hidden_channels, config.spatial_dims)
             for _ in range(config.num_res_blocks)
         )
-        self.proj = conv(widths[-1], config.codebook_dim, kernel_size=1)
+        self.proj = conv(widths[-1], config.latent_channels, kernel_size=1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden_states = pixel_values
@@ -258,7 +259,7 @@ class VQVAEDecoder(nn.Module):
         if config.reconstruction_loss == "discretized_logistic_mixture":
             num_outputs = logistic_mixture_num_params(config.num_channels, config.num_logistic_mixtures)
         out_widths = widths[1:] + [num_outputs]
-        self.conv_in = conv(config.codebook_dim, widths[0], kernel_size=3, padding=1)
+        self.conv_in = conv(config.latent_channels, widths[0], kernel_size=3, padding=1)
         self.res_blocks = nn.ModuleList(
             VQVAEResidualBlock(widths[0], config.res_hidden_channels, config.spatial_dims)
             for _ in range(config.num_res_blocks)
@@ -765,18 +766,37 @@ class VQVAEPreTrainedModel(PreTrainedModel):
                 "normalized (e.g. a division by a zero standard deviation)."
             )
 
+    def _grouped(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `(B, N * D, *grid)` -> the vectors to quantize, channels last: `(B, *grid, N, D)`, or
+        `(B, *grid, D)` when N = `num_codes_per_position` is 1."""
+        latents = latents.movedim(1, -1)
+        groups = self.config.num_codes_per_position
+        return latents if groups == 1 else latents.unflatten(-1, (groups, self.config.codebook_dim))
+
+    def _ungrouped(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The inverse of `_grouped`: `(B, *grid, N, D)` (or `(B, *grid, D)`) -> `(B, N * D, *grid)`."""
+        if self.config.num_codes_per_position > 1:
+            vectors = vectors.flatten(-2)
+        return vectors.movedim(-1, 1)
+
     def _get_codes(self, inputs: torch.Tensor) -> torch.LongTensor:
         """Nearest codes of checked inputs `(batch, channels, *spatial)`, without the quantizer's losses."""
-        latents = self.encoder(inputs).movedim(1, -1)  # (B, *grid, D)
-        return self.quantizer.nearest_codes(latents.reshape(-1, latents.shape[-1])).view(latents.shape[:-1])
+        vectors = self._grouped(self.encoder(inputs))  # (B, *grid[, N], D)
+        return self.quantizer.nearest_codes(vectors.reshape(-1, vectors.shape[-1])).view(vectors.shape[:-1])
 
     def _encode(self, inputs: torch.Tensor, codes_mask: torch.Tensor | None = None) -> VQVAEEncoderOutput:
         """`encode` on checked inputs `(batch, channels, *spatial)`."""
-        latents = self.encoder(inputs)  # (B, D, *grid)
-        quantizer_output = self.quantizer(latents.movedim(1, -1), mask=codes_mask)  # channels last: (B, *grid, D)
+        latents = self.encoder(inputs)  # (B, N * D, *grid)
+        groups = self.config.num_codes_per_position
+        mask = (
+            codes_mask
+            if codes_mask is None or groups == 1
+            else codes_mask[..., None].expand(*codes_mask.shape, groups)
+        )
+        quantizer_output = self.quantizer(self._grouped(latents), mask=mask)  # channels last: (B, *grid[, N], D)
         return VQVAEEncoderOutput(
             latents=latents,
-            quantized=quantizer_output.quantized.movedim(-1, 1),
+            quantized=self._ungrouped(quantizer_output.quantized),
             codes=quantizer_output.codes,
             codebook_loss=quantizer_output.codebook_loss,
             commitment_loss=quantizer_output.commitment_loss,
@@ -785,14 +805,26 @@ class VQVAEPreTrainedModel(PreTrainedModel):
         )
 
     def _quantized_from_codes(self, codes: torch.LongTensor, shape: str) -> torch.Tensor:
-        """Codebook vectors `(batch, D, *grid)` of `codes` `(batch, *grid)`, in the decoder's dtype."""
-        if not isinstance(codes, torch.Tensor) or codes.ndim != 1 + self.config.spatial_dims:
+        """Codebook vectors `(batch, N * D, *grid)` of `codes` `(batch, *grid[, N])`, in the decoder's dtype. With N =
+        `num_codes_per_position` > 1, the prior's grid, each position's N codes side by side along the last axis
+        (`(batch, h, w * N)`: [`VQVAEConfig.code_grid_size`]), is taken too."""
+        groups = self.config.num_codes_per_position
+        grid_dims = self.config.spatial_dims
+        if groups > 1:
+            shape = f"{shape[:-1]}, {groups}) (or the prior's grid, the last axis {groups} times longer)"
+        valid = isinstance(codes, torch.Tensor) and codes.ndim in (1 + grid_dims, 1 + grid_dims + (groups > 1))
+        if valid and groups > 1 and codes.ndim == 1 + grid_dims:  # the prior's grid: (B, *grid[:-1], w * N)
+            valid = codes.shape[-1] % groups == 0
+            codes = codes.unflatten(-1, (codes.shape[-1] // groups, groups)) if valid else codes
+        elif valid and groups > 1:
+            valid = codes.shape[-1] == groups
+        if not valid:
             got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
             raise ValueError(
                 f"`codes` must be a long tensor of shape {shape}; got {got}. Add a batch dimension with "
                 "`codes[None]` for a single example."
             )
-        quantized = self.quantizer.lookup(codes).movedim(-1, 1)  # (B, D, *grid), fp32
+        quantized = self._ungrouped(self.quantizer.lookup(codes))  # (B, N * D, *grid), fp32
         return quantized.to(self.decoder.conv_in.weight.dtype)
 
     def _total_loss(self, reconstruction_loss: torch.Tensor, encoded: VQVAEEncoderOutput) -> torch.Tensor:
@@ -915,7 +947,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 As for [`~VQVAEModel.encode`].
 
         Returns:
-            `torch.LongTensor` of shape `(batch_size, h, w)`.
+            `torch.LongTensor` of shape `(batch_size, h, w)`, or `(batch_size, h, w, N)` with N = `num_codes_per_position` > 1.
         """
         self._check_pixel_values(pixel_values)
         return self._get_codes(pixel_values)
@@ -931,8 +963,10 @@ class VQVAEModel(VQVAEPreTrainedModel):
         Decode a grid of codes to images.
 
         Args:
-            codes (`torch.LongTensor` of shape `(batch_size, h, w)`):
+            codes (`torch.LongTensor` of shape `(batch_size, h, w)`, or `(batch_size, h, w, N)`):
                 Code indices in `[0, config.codebook_size)`.
+                With N = `num_codes_per_position` > 1, the prior's grid `(batch_size, h, w * N)` too
+                ([`VQVAEConfig.code_grid_size`]).
             return_dict (`bool`, *optional*):
                 Return a [`VQVAEDecoderOutput`] (default) or a plain tuple.
             do_sample (`bool`, *optional*, defaults to `False`):

@@ -91,7 +91,13 @@ class VQVAEBaseConfig(PreTrainedConfig):
         codebook_size (`int`, *optional*, defaults to 512):
             Number of codebook vectors K.
         codebook_dim (`int`, *optional*, defaults to 64):
-            Size D of each codebook vector (the channels of the latents).
+            Size D of each codebook vector.
+        num_codes_per_position (`int`, *optional*, defaults to 1):
+            Codes per latent position N. The encoder's latent vector at each position has `N * codebook_dim`
+            channels, split into N groups of `codebook_dim`, each quantized with the one shared codebook; the
+            decoder takes the N codebook vectors concatenated. N=1 is the usual VQ-VAE (codes `(batch, h, w)`); the
+            paper's CIFAR-10 likelihood used an 8x8x10 latent, N=10 (codes `(batch, h, w, N)`). A prior models the
+            codes as the grid `code_grid_size()`: each position's N codes side by side along the width.
         commitment_cost (`float`, *optional*, defaults to 0.25):
             Weight beta of the commitment loss `||z_e - sg[e]||^2` (paper eq. 3). It weighs the commitment term only.
         reconstruction_loss (`str`, *optional*, defaults to `"mse"`):
@@ -133,6 +139,7 @@ class VQVAEBaseConfig(PreTrainedConfig):
     res_hidden_channels: int = 256
     codebook_size: int = 512
     codebook_dim: int = 64
+    num_codes_per_position: int = 1
     commitment_cost: float = 0.25
     reconstruction_loss: str = "mse"
     reconstruction_loss_weight: float = 1.0
@@ -175,6 +182,7 @@ class VQVAEBaseConfig(PreTrainedConfig):
                 "res_hidden_channels",
                 "codebook_size",
                 "codebook_dim",
+                "num_codes_per_position",
                 "kmeans_iters",
             ),
         )
@@ -227,6 +235,11 @@ class VQVAEBaseConfig(PreTrainedConfig):
     def downsample_factor(self) -> int:
         """How many pixels (or samples) along each side one code covers: `2 ** len(channel_multipliers)`."""
         return 2 ** len(self.channel_multipliers)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the encoder's latents z_e and of the decoder's input: `num_codes_per_position * codebook_dim`."""
+        return self.num_codes_per_position * self.codebook_dim
 
 
 class VQVAEConfig(VQVAEBaseConfig):
@@ -359,6 +372,16 @@ class VQVAEConfig(VQVAEBaseConfig):
                 f"Image size ({height}, {width}) is not divisible by `downsample_factor` ({self.downsample_factor})."
             )
         return height // self.downsample_factor, width // self.downsample_factor
+
+    def code_grid_size(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        """
+        The grid `(h, w * N)` a prior over this model's codes models, N = `num_codes_per_position`: the codes
+        `(batch, h, w, N)` of `encode` with each position's N codes side by side along the width
+        (`codes.flatten(-2)`), so that raster order visits a position's N codes one after the other. Equal to
+        `latent_size(image_size)` when N = 1. [`VQVAEModel.decode`] takes codes in either shape.
+        """
+        height, width = self.latent_size(image_size)
+        return height, width * self.num_codes_per_position
 
     @classmethod
     def cifar10(cls, **kwargs) -> "VQVAEConfig":
