@@ -89,8 +89,9 @@ def check_8bit(pixel_values: torch.Tensor):
 
 
 @torch.no_grad()
-def fit_scale(model, batches) -> float:
-    """The single log-scale that maximises the discretized-Gaussian likelihood of the images given their codes."""
+def fit_scale(model, batches) -> tuple[float, int]:
+    """The single log-scale that maximises the discretized-Gaussian likelihood of the images given their codes, and
+    the number of images it was fit on."""
     pairs = []
     for pixel_values in batches:
         reconstruction = model.decode(model.get_codes(pixel_values)).reconstruction
@@ -104,7 +105,7 @@ def fit_scale(model, batches) -> float:
             count += pixel_values.numel()
         return total / count
 
-    return maximize_log_scale(mean_log_likelihood)
+    return maximize_log_scale(mean_log_likelihood), sum(len(pixel_values) for pixel_values, _ in pairs)
 
 
 @torch.no_grad()
@@ -127,7 +128,7 @@ def decoder_name(config) -> str:
     return f"PixelCNN over pixels + {mixture}" if config.pixel_decoder == "pixelcnn" else mixture
 
 
-def decoder_assumptions(config, args) -> list[str]:
+def decoder_assumptions(config, args, num_fit_images: int | None = None) -> list[str]:
     """What p(x|z) is, for the decoder at hand."""
     if config.reconstruction_loss == "discretized_logistic_mixture":
         lines = [
@@ -147,7 +148,7 @@ def decoder_assumptions(config, args) -> list[str]:
         (
             "the decoder predicts each pixel's scale"
             if config.reconstruction_loss == "discretized_gaussian"
-            else f"one scale for all pixels, fit by maximum likelihood on {args.scale_fit_samples} images of "
+            else f"one scale for all pixels, fit by maximum likelihood on {num_fit_images} images of "
             f"{args.scale_fit_data_files} (not the test split)"
         ),
     ]
@@ -180,14 +181,14 @@ def main(args: BitsPerDimArguments) -> dict:
     start = time.time()
     mixture = model.config.reconstruction_loss == "discretized_logistic_mixture"
     learned_scale = model.config.reconstruction_loss == "discretized_gaussian"
-    log_scale = None
+    log_scale = num_fit_images = None
     if not learned_scale and not mixture:
         if not args.scale_fit_data_files:
             raise ValueError(
                 "This decoder was trained with MSE: give `--scale_fit_data_files` (train images) to fit "
                 "the scale of its Gaussian."
             )
-        log_scale = fit_scale(
+        log_scale, num_fit_images = fit_scale(
             model,
             image_batches(
                 args.scale_fit_data_files,
@@ -260,7 +261,7 @@ def main(args: BitsPerDimArguments) -> dict:
     )
     results["assumptions"] = [
         "pixels are 8-bit values; x in [-1, 1] is k * 2/255 - 1 and each value owns a bin of width 2/255",
-        *decoder_assumptions(model.config, args),
+        *decoder_assumptions(model.config, args, num_fit_images),
         "z is the encoder's deterministic code grid (q(z|x) one-hot, so the bound has no entropy term)",
         "uniform prior: log p(z) = -N log K, as while the VQ-VAE trained",
     ]
