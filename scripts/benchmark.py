@@ -93,7 +93,8 @@ def parse_args(argv=None):
         "--cifar10_dir",
         default=str(DEFAULT_CIFAR10_DIR),
         help="Folder with the CIFAR-10 parquet files `train-*.parquet` and `test-*.parquet` "
-        "(image column `img`); default ../shared/data/cifar10 next to the repository.",
+        "(image column `img`): CIFAR-10, the Hub dataset `uoft-cs/cifar10` as parquet shards; default "
+        "../shared/data/cifar10 next to the repository.",
     )
     parser.add_argument(
         "--model",

@@ -1,9 +1,10 @@
 """Make a copy of an image parquet dataset with a known fraction of its rows damaged, reproducibly from a seed: the test
 bed of `--on_bad_example` (issue 22). The damaged rows are listed in `bad_rows.json` next to the copy.
 
-CIFAR-10 train with 1% of its rows damaged, written outside the repository:
+CIFAR-10 train (the Hub dataset `uoft-cs/cifar10`, as parquet shards in `$DATA/cifar10/`; try it on the repo's
+`data/cifar10_sample/`) with 1% of its rows damaged, written outside the repository:
 
-    python scripts/corrupt_dataset.py --data_files "/work/shared/data/cifar10/train-*.parquet" \
+    python scripts/corrupt_dataset.py --data_files "$DATA/cifar10/train-*.parquet" \
         --output_dir ~/runs/badrows/cifar10-bad --fraction 0.01 --seed 0
 
 The damage, in turn over the chosen rows (each makes the row unusable, with a different cause):

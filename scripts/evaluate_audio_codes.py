@@ -1,7 +1,7 @@
 """Probe what the codes of a 1-D (audio) VQ-VAE keep: content and speaker (paper section 4.3), as JSON.
 
     python scripts/evaluate_audio_codes.py --model models/vqvae-fsdd \
-        --train_data_files "../shared/data/fsdd/train-*.parquet" --test_data_files "../shared/data/fsdd/test-*.parquet" \
+        --train_data_files "$DATA/fsdd/train-*.parquet" --test_data_files "$DATA/fsdd/test-*.parquet" \
         --label_columns digit speaker_id --untrained_baseline --output_file outputs/fsdd-probe.json
 
 Both splits are encoded whole (one code per `downsample_factor` samples; codes over padding are dropped). For each
@@ -24,6 +24,9 @@ Recordings that cannot be used (empty or undecodable files, NaN samples, an absu
 `--on_bad_example`: `error` (the default) stops naming the split, row and cause; `skip` leaves them out of every
 measure, keeps each remaining recording with its own labels (matched by row index), and lists them in the results
 (`num_skipped`, `skipped_examples`) and the model card section.
+
+`$DATA/fsdd/` holds the Free Spoken Digit Dataset v1.0.10 (GitHub `Jakobovski/free-spoken-digit-dataset`, CC BY-SA
+4.0) as parquet shards with its official train/test split, one row per recording (`audio`, `digit`, `speaker_id`).
 """
 
 import argparse

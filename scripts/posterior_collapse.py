@@ -14,11 +14,12 @@ same optimizer, schedule, batches and number of steps, then measures on the test
 Each model trains in `output_dir/<model>/` with checkpoints and `--resume_from_checkpoint latest`; a finished model
 is not trained (or evaluated) again, so the same command resumes; two runs with `--models vqvae` and `--models vae`
 train and evaluate the models side by side, and the command without `--models` then writes the comparison. The run of
-`results/posterior-collapse/` (MNIST, one CPU thread per model):
+`results/posterior-collapse/` (MNIST, the Hub dataset `ylecun/mnist` as parquet shards in `$DATA/mnist/`; one CPU
+thread per model):
 
     OMP_NUM_THREADS=1 python scripts/posterior_collapse.py \\
-        --train_data_files "../shared/data/mnist/train-*.parquet" \\
-        --validation_data_files "../shared/data/mnist/test-*.parquet" --max_eval_samples 2000 \\
+        --train_data_files "$DATA/mnist/train-*.parquet" \\
+        --validation_data_files "$DATA/mnist/test-*.parquet" --max_eval_samples 2000 \\
         --max_train_steps 400 --train_batch_size 32 --eval_batch_size 250 --validation_steps 100 \\
         --max_validation_samples 250 --checkpointing_steps 50 --checkpoints_total_limit 2 \\
         --output_dir ~/runs/collapse/mnist --resume_from_checkpoint latest --results_dir results/posterior-collapse
