@@ -60,7 +60,7 @@ from hf_vqvae.training.checkpointing import (
     save_pretrained_atomic,
     write_json,
 )
-from hf_vqvae.training.data import load_training_dataset, make_preprocessing
+from hf_vqvae.training.data import load_training_dataset, make_dataloaders, make_preprocessing
 from hf_vqvae.training.loop import create_accelerator, optimizer_step, prepare_training
 from hf_vqvae.training.metrics import append_validation_log, read_validation_log
 
@@ -183,17 +183,7 @@ def get_dataloaders(args, accelerator, processor, policy):
         test = test.select(range(min(args.max_eval_samples, len(test))))
     train, train_collate = make_preprocessing(train, processor, args.image_column, policy=policy, split="train")
     test, test_collate = make_preprocessing(test, processor, args.image_column, policy=policy, split="test")
-    train_dataloader = torch.utils.data.DataLoader(
-        train,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=train_collate,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    test_dataloader = torch.utils.data.DataLoader(
-        test, batch_size=args.eval_batch_size, shuffle=False, collate_fn=test_collate
-    )
+    train_dataloader, test_dataloader = make_dataloaders(args, train, train_collate, test, test_collate)
     return train_dataloader, test_dataloader
 
 
