@@ -928,7 +928,9 @@ def format_report(results: dict, args) -> str:
         "",
         "Histograms: share of normal (blue) and anomalous (red) test images per score bin. Grids: test images, "
         "then their reconstruction-error map and (with a prior) prior-NLL map, one colour scale per map "
-        "(red to yellow = high). Localisation grids: images with defects, their masks, then the maps.",
+        "(red to yellow = high). Localisation grids: the images with defects (the first row tinted by the mask), then "
+        "one row per map in this order: restoration, reconstruction error, PCA residual, prior NLL, likelihood ratio "
+        "(those measured), each on one colour scale (its 99th percentile).",
         "",
     ]
     for run in runs.values():
