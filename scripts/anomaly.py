@@ -278,6 +278,14 @@ def parse_args(argv=None):
     )
     parser.add_argument("--readme_block", default="anomaly", help="The name of the block `--readme` replaces.")
     parser.add_argument(
+        "--merge_results",
+        nargs="+",
+        default=None,
+        help="`results.json` files of other runs of this script with the same settings (e.g. workers that ran other "
+        "classes in parallel, each with its own `--normal_classes` and `--output_dir`): their classes count as "
+        "finished, like those of `<output_dir>/results.json`.",
+    )
+    parser.add_argument(
         "--overwrite_results",
         action="store_true",
         help="Run every class again. By default the runs already in `<output_dir>/results.json` (made with the "
@@ -985,6 +993,8 @@ def update_readme(path: Path, block: str, content: str):
 
 # Settings that do not change the numbers of a run: a rerun that differs only in them resumes the earlier runs.
 RESUME_IGNORED = {
+    "output_dir",
+    "merge_results",
     "overwrite_results",
     "overwrite_models",
     "normal_classes",
@@ -997,21 +1007,31 @@ RESUME_IGNORED = {
 }
 
 
-def finished_runs(output_dir: Path, settings: dict, overwrite: bool) -> dict:
-    """The runs of an earlier `results.json` in `output_dir` made with the same settings (resumed, not rerun)."""
-    path = output_dir / "results.json"
-    if overwrite or not path.exists():
-        return {}
-    earlier = json.loads(path.read_text())
-    old = {k: v for k, v in earlier.get("settings", {}).items() if k not in RESUME_IGNORED}
+def finished_runs(output_dir: Path, settings: dict, overwrite: bool, merge: list[str] | None = None) -> dict:
+    """
+    The runs of an earlier `results.json` in `output_dir` (unless `overwrite`) and of the `merge` files, each made
+    with the same settings: they are kept, not run again (the first file that has a run wins).
+    """
+    paths = ([] if overwrite else [output_dir / "results.json"]) + [Path(path) for path in merge or []]
     new = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in RESUME_IGNORED}
-    if old != new:
-        different = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        raise ValueError(
-            f"{path} holds runs made with other settings (different: {different}). Pass `--overwrite_results` to "
-            "run every class again, or choose another `--output_dir`."
-        )
-    return earlier.get("runs", {})
+    runs = {}
+    for path in paths:
+        if not path.exists():
+            if path.name == "results.json" and path.parent == output_dir:
+                continue
+            raise ValueError(f"`--merge_results` {path} does not exist.")
+        earlier = json.loads(path.read_text())
+        old = {k: v for k, v in earlier.get("settings", {}).items() if k not in RESUME_IGNORED}
+        if old != new:
+            different = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise ValueError(
+                f"{path} holds runs made with other settings (different: {different}). Pass `--overwrite_results` "
+                "to run every class again, or choose another `--output_dir` (or leave the file out of "
+                "`--merge_results`)."
+            )
+        for name, run in earlier.get("runs", {}).items():
+            runs.setdefault(name, run)
+    return runs
 
 
 def split_normal(normal_indices: np.ndarray, args, fitted: bool, seed: int):
@@ -1079,7 +1099,7 @@ def main(args):
         "mean": {},
         "settings": public_settings(args),
     }
-    finished = finished_runs(output_dir, results["settings"], args.overwrite_results)
+    finished = finished_runs(output_dir, results["settings"], args.overwrite_results, args.merge_results)
     prepared, test_pixels = {}, {}  # per (split, image processor): the prepared rows; the test pixels and row ids
 
     def rows_of(split, split_name: str, image_processor):

@@ -615,6 +615,27 @@ def test_script_resumes_finished_classes(parquet_data, tmp_path):
         anomaly_script.parse_args(script_args(parquet_data, tmp_path, [*changed, "--overwrite_results"]))
     )
     assert again["runs"]["class-0"]["num_normal_train"] == 24
+    # Workers that ran other classes elsewhere: `--merge_results` keeps their runs too, in class order.
+    worker = tmp_path / "worker"
+    anomaly_script.main(
+        anomaly_script.parse_args(script_args(parquet_data, worker, [*changed, "--normal_classes", "1"]))
+    )
+    (worker / "results.json").write_text(
+        (worker / "results.json").read_text().replace('"num_normal_train": 24', '"num_normal_train": -2')
+    )
+    merged = anomaly_script.main(
+        anomaly_script.parse_args(
+            script_args(parquet_data, tmp_path / "merged", [*changed, "--merge_results", str(worker / "results.json")])
+        )
+    )
+    assert list(merged["runs"]) == ["class-0", "class-1"] and merged["runs"]["class-1"]["num_normal_train"] == -2
+    assert merged["runs"]["class-0"]["num_normal_train"] == 24
+    with pytest.raises(ValueError, match="does not exist"):
+        anomaly_script.main(
+            anomaly_script.parse_args(
+                script_args(parquet_data, tmp_path / "m2", [*changed, "--merge_results", "no.json"])
+            )
+        )
 
 
 def test_script_readme_block(parquet_data, tmp_path):
