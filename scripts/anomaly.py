@@ -22,6 +22,7 @@ AUROC and AUPRC), `histograms/<run>.png` (scores of normal and anomalous test im
 `grids/<run>-most-anomalous.png` / `grids/<run>-least-anomalous.png` (test images over their heat maps).
 """
 
+import json
 import logging
 import os
 import re
@@ -35,20 +36,29 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from hf_vqvae import (
+from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
+from hf_vqvae.anomaly import (
     NearestNeighborBaseline,
     PCABaseline,
     VQVAEAnomalyScorer,
-    VQVAEImageProcessor,
-    VQVAEModel,
-    VQVAEPriorForCausalLM,
     anomaly_metrics,
+    evaluate_localization,
+    make_synthetic_defects,
     render_anomaly_heatmap,
+    select_score,
+    validation_scores,
 )
 from hf_vqvae.training.args import ScriptArgumentParser
+from hf_vqvae.training.bad_examples import (
+    SKIPPED_EXAMPLES_NAME,
+    BadExamplePolicy,
+    add_bad_example_argument,
+    merge_skipped,
+    write_skipped,
+)
 from hf_vqvae.training.cards import command_line, make_image_grid
 from hf_vqvae.training.checkpointing import atomic_write_text, write_json
-from hf_vqvae.training.data import find_image_column, load_image_dataset
+from hf_vqvae.training.data import find_image_column, load_image_dataset, make_preprocessing
 from hf_vqvae.training.hub import find_secrets, redact, warn_token_on_command_line
 from hf_vqvae.training.loop import run_script
 
@@ -56,7 +66,17 @@ from hf_vqvae.training.loop import run_script
 logger = logging.getLogger("anomaly")
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
-MODEL_SCORES = ("reconstruction_error", "prior_nll", "combined_score")
+# The VQ-VAE scores measured on the test split, in report order; `select_score` chooses among them.
+MODEL_SCORES = (
+    "reconstruction_error",
+    "prior_nll",
+    "combined_score",
+    "nll_bits",
+    "complexity_corrected_nll",
+    "likelihood_ratio",
+    "restoration_nll",
+)
+COMPLEXITY = ("compression_bits",)  # the PNG length alone: the complexity baseline of Serrà et al.
 BASELINES = ("pca", "nearest_neighbor")
 # Checkpoints and mid-run validation are not needed for these short runs.
 NEVER = str(10**9)
@@ -83,10 +103,15 @@ def parse_args(argv=None):
         help="A prior trained on the codes of `--model` (folder or Hub id; `{class}` as for `--model`).",
     )
     parser.add_argument(
-        "--prior_class_label",
-        type=int,
+        "--background_prior",
         default=None,
-        help="The class a class-conditional `--prior` is conditioned on.",
+        help="With `--model`: a background prior for `likelihood_ratio` (Ren et al. 2019), trained like `--prior` "
+        "with train_prior.py `--code_substitution_rate` (`{class}` as for `--model`).",
+    )
+    parser.add_argument(
+        "--prior_class_label",
+        default=None,
+        help="The class (id or name, e.g. `automobile`) a class-conditional `--prior` is conditioned on.",
     )
     parser.add_argument(
         "--baselines_only", action="store_true", help="Run only the pixel-space baselines (no VQ-VAE)."
@@ -144,8 +169,25 @@ def parse_args(argv=None):
         "--statistics_holdout_fraction",
         type=float,
         default=0.1,
-        help="With `--fit`: the fraction of normal training images kept out of model training and "
-        "used to measure the score statistics of `combined_score` (at least 2 images).",
+        help="With `--fit`: the fraction of normal training images kept out of model training (at least 4 images). "
+        "Part of them measure the score statistics (`combined_score`, the restoration threshold, the pixel scale), "
+        "the rest (`--validation_fraction`) choose the score to report.",
+    )
+    parser.add_argument(
+        "--validation_fraction",
+        type=float,
+        default=0.5,
+        help="The share of the held-out normal images (with `--model`: of the normal images after the statistics "
+        "ones) on which the best VQ-VAE score is chosen (`select_score`: these images against synthetic defects "
+        "made from them; never the test labels). At least 2 images; 0 chooses nothing.",
+    )
+    parser.add_argument(
+        "--background_code_substitution_rate",
+        type=float,
+        default=None,
+        help="With `--fit`: also train a background prior (`--prior_steps`, the same data) on codes replaced at this "
+        "rate by random ones (train_prior.py `--code_substitution_rate`; Ren et al. 2019 use 0.1-0.3), for the "
+        "`likelihood_ratio` score.",
     )
     parser.add_argument(
         "--overwrite_models",
@@ -191,6 +233,7 @@ def parse_args(argv=None):
         "ones with `--fit`, else the first normal training images).",
     )
     parser.add_argument("--cache_dir", default=None, help="Where `datasets` caches the data.")
+    add_bad_example_argument(parser)
     # Baselines
     parser.add_argument(
         "--baselines",
@@ -200,6 +243,25 @@ def parse_args(argv=None):
         help="Pixel-space baselines to run with the same protocol (none: `--baselines` alone).",
     )
     parser.add_argument("--pca_components", type=int, default=32, help="Principal components of the PCA baseline.")
+    # New scores and localisation
+    parser.add_argument(
+        "--restoration_quantile",
+        type=float,
+        default=0.01,
+        help="Share of the codes of the normal (statistics) images whose NLL may exceed the restoration threshold: "
+        "codes above it are unlikely (`restoration_nll`, and re-drawn for the restoration maps).",
+    )
+    parser.add_argument(
+        "--localization_images",
+        type=int,
+        default=0,
+        help="Per run, paste a synthetic defect (`make_synthetic_defects`) into each of the first N normal test "
+        "images and measure the maps (restoration, reconstruction, ... and the PCA residual) by pixel AUROC and PRO. "
+        "The images and masks go to `localization/<run>.npz`, a heat-map grid to `grids/<run>-localization.png`.",
+    )
+    parser.add_argument(
+        "--defect_seed", type=int, default=0, help="Seed of the synthetic defects (localisation and validation)."
+    )
     # Scoring and report
     parser.add_argument("--output_dir", default="outputs/anomaly", help="Where the report (and fitted models) go.")
     parser.add_argument("--eval_batch_size", type=int, default=256, help="Images scored at once.")
@@ -208,6 +270,27 @@ def parse_args(argv=None):
     )
     parser.add_argument("--histogram_bins", type=int, default=40, help="Bins of the score histograms.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of training and of the statistics hold-out split.")
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help="Also write the mean-AUROC table with the command into this Markdown file, between the lines "
+        "`<!-- <--readme_block>:start -->` and `<!-- <--readme_block>:end -->` (which must exist).",
+    )
+    parser.add_argument("--readme_block", default="anomaly", help="The name of the block `--readme` replaces.")
+    parser.add_argument(
+        "--merge_results",
+        nargs="+",
+        default=None,
+        help="`results.json` files of other runs of this script with the same settings (e.g. workers that ran other "
+        "classes in parallel, each with its own `--normal_classes` and `--output_dir`): their classes count as "
+        "finished, like those of `<output_dir>/results.json`.",
+    )
+    parser.add_argument(
+        "--overwrite_results",
+        action="store_true",
+        help="Run every class again. By default the runs already in `<output_dir>/results.json` (made with the "
+        "same settings) are kept and skipped, so that an interrupted protocol resumes.",
+    )
     args = parser.parse_args(argv)
     # A Hub token inside `--vqvae_extra_args` / `--prior_extra_args` is shown as `***` (see `public_settings`) and
     # reaches the training scripts in their environment (`run_script`).
@@ -227,6 +310,10 @@ def parse_args(argv=None):
         )
     if args.prior_class_label is not None and args.prior is None:
         raise ValueError("`--prior_class_label` conditions a class-conditional `--prior`; give `--prior`.")
+    if args.background_prior is not None and args.prior is None:
+        raise ValueError("`--background_prior` is the ratio's denominator of `--prior`; give `--prior` too.")
+    if args.prior_class_label is not None and re.fullmatch(r"-?\d+", args.prior_class_label.strip()):
+        args.prior_class_label = int(args.prior_class_label)
     if args.dataset_name is None and (args.train_data_files is None and args.test_data_files is None):
         raise ValueError("Give the data: `--train_data_files` and `--test_data_files`, or `--dataset_name`.")
     if args.test_data_files is None and args.train_data_files is not None:
@@ -257,11 +344,26 @@ def parse_args(argv=None):
             raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
     if args.max_fit_samples < 2:
         raise ValueError(f"`--max_fit_samples` must be >= 2; got {args.max_fit_samples}.")
+    if not 0 <= args.validation_fraction < 1:
+        raise ValueError(f"`--validation_fraction` must lie in [0, 1); got {args.validation_fraction}.")
+    if not 0 < args.restoration_quantile < 1:
+        raise ValueError(f"`--restoration_quantile` must lie in (0, 1) (e.g. 0.01); got {args.restoration_quantile}.")
+    if args.localization_images < 0 or args.localization_images == 1:
+        raise ValueError(
+            f"`--localization_images` must be 0 (none) or >= 2 (patches come from the other images); got "
+            f"{args.localization_images}."
+        )
     if not 0 < args.statistics_holdout_fraction < 1:
         raise ValueError(
             f"`--statistics_holdout_fraction` must lie in (0, 1); got {args.statistics_holdout_fraction}."
         )
-    for name in ("model", "prior"):
+    rate = args.background_code_substitution_rate
+    if rate is not None and not (args.fit and 0 < rate <= 1):
+        raise ValueError(
+            f"`--background_code_substitution_rate` (got {rate}) trains a background prior with `--fit`, at a rate "
+            "in (0, 1] such as 0.2; with `--model`, give a trained one with `--background_prior`."
+        )
+    for name in ("model", "prior", "background_prior"):
         path = getattr(args, name)
         if path is not None and "{class}" in path and not args.one_class_protocol:
             raise ValueError(f"`--{name}` {path!r} holds `{{class}}`, which only `--one_class_protocol` fills in.")
@@ -320,14 +422,38 @@ def parse_classes(text: str | None, names: list[str] | None, labels: np.ndarray)
     return ids
 
 
+# `make_preprocessing` passes this column through as `labels`: the row ids of the usable images of a batch.
+ROW_ID_COLUMN = "__anomaly_row_id__"
+
+
+def prepare_rows(split, image_column: str, image_processor, policy: BadExamplePolicy, split_name: str):
+    """`(rows, collate)` that decode `split` under `policy` (`--on_bad_example`) and carry each row's id."""
+    with_ids = split.add_column(ROW_ID_COLUMN, np.arange(len(split)))
+    return make_preprocessing(
+        with_ids, image_processor, image_column, label_column=ROW_ID_COLUMN, policy=policy, split=split_name
+    )
+
+
 @torch.no_grad()
-def preprocess(split, image_column: str, image_processor, batch_size: int, desc: str) -> torch.Tensor:
-    """`pixel_values` (N, C, H, W) of every image of `split`, in order."""
-    chunks = []
-    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
-        images = split[start : start + batch_size][image_column]
-        chunks.append(image_processor(images, return_tensors="pt")["pixel_values"])
-    return torch.cat(chunks)
+def preprocess(prepared, indices, batch_size: int, desc: str, policy: BadExamplePolicy):
+    """
+    `(pixel_values (N, C, H, W), row_ids (N,))` of the usable rows among `indices` (every row when `None`) of a
+    split prepared by `prepare_rows`, in order; the rows `--on_bad_example skip` leaves out are recorded in `policy`.
+    """
+    rows, collate = prepared
+    if indices is not None:
+        rows = rows.select(np.asarray(indices))
+    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate)
+    chunks, row_ids = [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        batch = policy.receive(batch)
+        if batch is None or len(batch["pixel_values"]) == 0:
+            continue
+        chunks.append(batch["pixel_values"])
+        row_ids.append(batch["labels"])
+    if not chunks:
+        raise ValueError(f"{desc}: no usable image (every row was bad and skipped; see {SKIPPED_EXAMPLES_NAME}).")
+    return torch.cat(chunks), torch.cat(row_ids).numpy()
 
 
 def processor_for_data(split, image_column: str) -> VQVAEImageProcessor:
@@ -365,8 +491,11 @@ def overrides_with_data_shape(overrides: str | None, image: Image.Image) -> str:
     return ",".join(items)
 
 
-def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Path, Path | None, float]:
-    """Train (or reuse) the VQ-VAE and prior of one run on its normal images; return their folders and seconds."""
+def fit_models(args, run_dir: Path, normal_train, image_column: str):
+    """
+    Train (or reuse) the VQ-VAE, the prior and (with `--background_code_substitution_rate`) the background prior of
+    one run on its normal images; return their folders (`None` for those not trained) and the seconds it took.
+    """
     vqvae_dir, prior_dir = run_dir / "vqvae", run_dir / "prior"
     start = time.time()
     batch_size = min(args.train_batch_size, len(normal_train))
@@ -405,6 +534,7 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
             "--logging_steps",
             "50",
         ]
+        argv += ["--on_bad_example", args.on_bad_example]
         if args.vqvae_learning_rate is not None:
             argv += ["--learning_rate", str(args.vqvae_learning_rate)]
         if args.cache_dir is not None:
@@ -413,8 +543,20 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
         run_script(SCRIPTS_DIR / "train_vqvae.py", argv + shlex.split(args.vqvae_extra_args))
         retrained = True
     if args.prior_steps == 0:
-        return vqvae_dir, None, time.time() - start
+        return vqvae_dir, None, None, time.time() - start
+    retrained = train_prior(args, vqvae_dir, prior_dir, data_file, normal_train, image_column, retrained, 0.0)
+    background_dir = None
+    if args.background_code_substitution_rate is not None:
+        background_dir = run_dir / "background-prior"
+        rate = args.background_code_substitution_rate
+        train_prior(args, vqvae_dir, background_dir, data_file, normal_train, image_column, retrained, rate)
+    return vqvae_dir, prior_dir, background_dir, time.time() - start
+
+
+def train_prior(args, vqvae_dir: Path, prior_dir: Path, data_file: Path, normal_train, image_column, retrained, rate):
+    """Train (or reuse) one prior of a run: the prior itself, or with `rate` > 0 the background prior of the ratio."""
     if retrained or args.overwrite_models or not is_saved_model(prior_dir):
+        batch_size = min(args.train_batch_size, len(normal_train))
         shutil.rmtree(prior_dir, ignore_errors=True)
         if not data_file.exists():
             data_file.parent.mkdir(parents=True, exist_ok=True)
@@ -458,19 +600,24 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str) -> tuple[Pa
             argv += ["--learning_rate", str(args.prior_learning_rate)]
         if args.cache_dir is not None:
             argv += ["--cache_dir", args.cache_dir]
-        logger.info(f"Training the prior of {run_dir.name}: {args.prior_steps} steps")
+        argv += ["--on_bad_example", args.on_bad_example]
+        if rate > 0:
+            argv += ["--code_substitution_rate", str(rate)]
+        logger.info(f"Training {prior_dir}: {args.prior_steps} steps, code substitution rate {rate}")
         run_script(SCRIPTS_DIR / "train_prior.py", argv + shlex.split(args.prior_extra_args))
-    return vqvae_dir, prior_dir, time.time() - start
+        retrained = True
+    return retrained
 
 
-def load_models(vqvae_path: str, prior_path: str | None):
+def load_models(vqvae_path: str, prior_path: str | None, background_path: str | None = None):
     vqvae = VQVAEModel.from_pretrained(vqvae_path).eval()
     try:
         image_processor = VQVAEImageProcessor.from_pretrained(vqvae_path)
     except OSError:
         image_processor = VQVAEImageProcessor.from_model_config(vqvae.config)
     prior = VQVAEPriorForCausalLM.from_pretrained(prior_path).eval() if prior_path is not None else None
-    return vqvae, prior, image_processor
+    background = VQVAEPriorForCausalLM.from_pretrained(background_path).eval() if background_path is not None else None
+    return vqvae, prior, background, image_processor
 
 
 # ---------------------------------------------------------------------------------------------------------- figures
@@ -559,6 +706,58 @@ def heatmap_grids(scorer, pixel_values: torch.Tensor, order: np.ndarray, count: 
     return grids
 
 
+def localization_grid(images: torch.Tensor, masks: torch.Tensor, maps: dict, count: int) -> Image.Image:
+    """The first `count` images with defects, their masks, then one row of heat maps per map (one scale per map)."""
+    scale = max(1, 64 // images.shape[-1])
+    count = min(count, len(images))
+    rows = [[render_anomaly_heatmap(images[i], masks[i].float(), vmin=0, vmax=1, scale=scale) for i in range(count)]]
+    for values in maps.values():
+        vmax = float(torch.quantile(values[:count].flatten().float(), 0.99)) or None
+        rows.append(
+            [render_anomaly_heatmap(images[i], values[i], vmin=0, vmax=vmax, scale=scale) for i in range(count)]
+        )
+    return make_image_grid(rows)
+
+
+def localization_benchmark(args, scorer, pca, normal_test: torch.Tensor, test_ids, output_dir: Path, run_name: str):
+    """
+    Synthetic defects in the first `--localization_images` normal test images, saved with their masks, and every map
+    of the scorer (restoration with `restore=True`) and the PCA residual map measured against the masks.
+    """
+    images = normal_test[: args.localization_images]
+    defected, masks, kinds = make_synthetic_defects(images, seed=args.defect_seed)
+    data_file = output_dir / "localization" / f"{run_name}.npz"
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = data_file.with_name(f".tmp-{data_file.name}")
+    with open(tmp, "wb") as stream:  # 8-bit images (N, C, H, W) and boolean masks (N, H, W): the benchmark's data
+        np.savez_compressed(
+            stream,
+            images=((defected + 1) * 127.5).round().to(torch.uint8).numpy(),
+            masks=masks.numpy(),
+            kinds=np.asarray(kinds),
+            test_row_ids=np.asarray(test_ids[: len(images)]),
+            seed=np.asarray(args.defect_seed),
+        )
+    os.replace(tmp, data_file)
+    start = time.time()
+    measured = evaluate_localization(scorer, defected, masks, pca=pca)
+    maps = measured.pop("maps")
+    seconds = time.time() - start
+    order = ["restoration", "reconstruction_error", "pca_residual", "prior_nll", "likelihood_ratio"]
+    maps = {name: maps[name] for name in order if name in maps}
+    grid_file = f"grids/{run_name}-localization.png"
+    save_png(localization_grid(defected, masks, maps, args.num_grid_images), output_dir / grid_file)
+    return {
+        "num_images": len(images),
+        "kinds": sorted(set(kinds)),
+        "data": str(data_file.relative_to(output_dir)),
+        "figure": grid_file,
+        "maps_in_figure": list(maps),
+        "seconds": round(seconds, 1),
+        "metrics": {name: measured[name] for name in order if name in measured},
+    }
+
+
 def save_png(image: Image.Image, path: Path):
     """Write a PNG atomically: a reader sees the old file or the new one, never a part."""
     tmp = path.with_name(f".tmp-{path.name}")
@@ -570,12 +769,46 @@ def save_png(image: Image.Image, path: Path):
 
 
 COLUMN_TITLES = {
-    "reconstruction_error": "VQ-VAE reconstruction error",
+    "reconstruction_error": "reconstruction error",
     "prior_nll": "prior NLL",
     "combined_score": "combined",
+    "nll_bits": "NLL (bits)",
+    "complexity_corrected_nll": "NLL - PNG (Serrà)",
+    "likelihood_ratio": "likelihood ratio (Ren)",
+    "restoration_nll": "restoration NLL",
+    "selected": "**chosen on validation**",
+    "compression_bits": "PNG length",
     "pca": "PCA ({k})",
     "nearest_neighbor": "nearest neighbour",
 }
+MAP_TITLES = {
+    "restoration": "restoration",
+    "reconstruction_error": "reconstruction error",
+    "prior_nll": "prior NLL",
+    "likelihood_ratio": "likelihood ratio",
+    "pca_residual": "PCA residual",
+}
+SCORE_DESCRIPTIONS = [
+    "`reconstruction error`: mean squared error of the VQ-VAE's reconstruction.",
+    "`prior NLL`: mean NLL of the codes under the prior (nats per code).",
+    "`combined`: the two above, each standardised on the statistics images, summed.",
+    "`NLL (bits)`: `-log2 p(x | z) - log2 p(z)`, a discretized Gaussian around the reconstruction (scale fitted on "
+    "the statistics images) plus the prior's bits.",
+    "`NLL - PNG (Serrà)`: NLL (bits) minus the image's length as a PNG (Pillow, `compress_level=9`): the "
+    "complexity-corrected likelihood of Serrà et al. (ICLR 2020); `PNG length` alone is the complexity baseline.",
+    "`likelihood ratio (Ren)`: the codes' bits under the prior minus those under a background prior trained on codes "
+    "randomly substituted at `--background_code_substitution_rate` (Ren et al., NeurIPS 2019).",
+    "`restoration NLL`: summed NLL of the codes less likely than the `--restoration_quantile` of the statistics "
+    "images' codes (Marimont & Tarroni, ISBI 2021).",
+    "`chosen on validation`: per class, the VQ-VAE score with the highest AUROC of synthetic defects "
+    "(`make_synthetic_defects`: patch, scribble, blur, colour) against held-out normal training images (the "
+    "validation part of the hold-out); the test labels play no part. Its name is in the last column.",
+]
+
+
+def columns_of(runs: dict) -> list[str]:
+    names = (*MODEL_SCORES, "selected", *COMPLEXITY, *BASELINES)
+    return [c for c in names if any(c in r.get("metrics", {}) for r in runs.values())]
 
 
 def mean_metrics(runs: dict) -> dict:
@@ -593,10 +826,40 @@ def mean_metrics(runs: dict) -> dict:
     }
 
 
-def format_report(results: dict, args) -> str:
+def mean_localization(runs: dict) -> dict:
+    columns = {}
+    for run in runs.values():
+        for name, values in run.get("localization", {}).get("metrics", {}).items():
+            columns.setdefault(name, []).append(values)
+    return {
+        name: {metric: float(np.mean([v[metric] for v in values])) for metric in ("pixel_auroc", "pro")}
+        | {"num_runs": len(values)}
+        for name, values in columns.items()
+    }
+
+
+def auroc_table(results: dict, args, metric: str = "auroc") -> list[str]:
     runs, mean = results["runs"], results["mean"]
-    columns = [c for c in (*MODEL_SCORES, *BASELINES) if any(c in r.get("metrics", {}) for r in runs.values())]
+    columns = columns_of(runs)
     titles = [COLUMN_TITLES[c].format(k=args.pca_components) for c in columns]
+    chosen = "selected" in columns
+    lines = ["| normal | " + " | ".join(titles) + (" | chosen score |" if chosen else " |")]
+    lines.append("| --- |" + " ---: |" * len(columns) + (" --- |" if chosen else ""))
+    for run in runs.values():
+        measured = run.get("metrics", {})
+        cells = [f"{100 * measured[c][metric]:.1f}" if c in measured else "-" for c in columns]
+        if chosen:
+            cells.append(f"`{measured['selected']['score']}`" if "selected" in measured else "-")
+        lines.append(f"| {run['normal_label']} | " + " | ".join(cells) + " |")
+    if len(runs) > 1:
+        cells = [f"**{100 * mean[c][metric]:.1f}**" if c in mean else "-" for c in columns]
+        lines.append("| **mean** | " + " | ".join(cells) + (" | |" if chosen else " |"))
+    return lines
+
+
+def format_report(results: dict, args) -> str:
+    runs = results["runs"]
+    columns = columns_of(runs)
     lines = ["# Anomaly detection report", "", "Produced by:", "", "```bash", results["command"], "```", ""]
     if results["protocol"] == "one-class":
         lines += [
@@ -605,9 +868,17 @@ def format_report(results: dict, args) -> str:
             "",
         ]
     lines += [
-        f"Models: {results['models']}. Test images: {results['num_test']}. `combined` is the sum of the "
-        "reconstruction error and the prior NLL, each standardised by its mean and standard deviation on normal "
-        "training images (held out of model training with `--fit`).",
+        f"Models: {results['models']}. Test images: {results['num_test']}"
+        + (
+            f" ({results['num_skipped']} bad rows skipped, listed in {SKIPPED_EXAMPLES_NAME})"
+            if results.get("num_skipped")
+            else ""
+        )
+        + ". With `--fit`, a share of each class's training images is held out of model training: part of it "
+        "measures the statistics (standardisation, pixel scale, restoration threshold), the rest is the validation "
+        "part on which the reported score is chosen.",
+        "",
+        *[f"- {line}" for line in SCORE_DESCRIPTIONS],
         "",
     ]
     for metric in ("auroc", "auprc"):
@@ -615,34 +886,181 @@ def format_report(results: dict, args) -> str:
         if not columns:
             lines += ["No labels: give `--label_column` (and `--normal_classes`) to measure AUROC and AUPRC.", ""]
             continue
-        lines += ["| normal | " + " | ".join(titles) + " |", "| --- |" + " ---: |" * len(columns)]
+        lines += auroc_table(results, args, metric) + [""]
+    if results.get("mean_localization"):
+        maps = [m for m in MAP_TITLES if m in results["mean_localization"]]
+        lines += [
+            "## Localisation (%)",
+            "",
+            f"Synthetic defects (`make_synthetic_defects`, seed {args.defect_seed}: patch from another image, scribble, "
+            "local blur, colour shift, in turn) pasted into the first normal test images of each class; each map is "
+            "measured against the exact masks by pixel AUROC and by PRO (the normalised area under the "
+            "per-region-overlap curve up to a false-positive rate of 0.3, Bergmann et al. 2019). The images and "
+            "masks are in `localization/<run>.npz`. Cells: pixel AUROC / PRO.",
+            "",
+            "| normal | images | " + " | ".join(MAP_TITLES[m] for m in maps) + " |",
+            "| --- | ---: |" + " ---: |" * len(maps),
+        ]
         for run in runs.values():
-            measured = run.get("metrics", {})
-            cells = [f"{100 * measured[c][metric]:.1f}" if c in measured else "-" for c in columns]
-            lines.append(f"| {run['normal_label']} | " + " | ".join(cells) + " |")
-        if len(runs) > 1:
-            cells = [f"**{100 * mean[c][metric]:.1f}**" if c in mean else "-" for c in columns]
-            lines.append("| **mean** | " + " | ".join(cells) + " |")
-        lines.append("")
+            measured = run.get("localization", {}).get("metrics", {})
+            if not measured:
+                continue
+            cells = [
+                f"{100 * measured[m]['pixel_auroc']:.1f} / {100 * measured[m]['pro']:.1f}" if m in measured else "-"
+                for m in maps
+            ]
+            lines.append(
+                f"| {run['normal_label']} | {run['localization']['num_images']} | " + " | ".join(cells) + " |"
+            )
+        mean = results["mean_localization"]
+        cells = [f"**{100 * mean[m]['pixel_auroc']:.1f} / {100 * mean[m]['pro']:.1f}**" for m in maps]
+        lines += ["| **mean** | | " + " | ".join(cells) + " |", ""]
     lines += [
+        "## Time",
+        "",
+        "Seconds per run on this machine (shared with other jobs: compare within a column, not across runs of "
+        "different days); `ms / test image` is the scoring time of every score per test image.",
+        "",
+        "| normal | train | score | ms / test image | selection | baselines | localisation |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs.values():
+        seconds = run.get("seconds", {})
+        cells = [seconds.get("train", "-"), seconds.get("score", "-"), run.get("milliseconds_per_test_image", "-")]
+        cells += [seconds.get("selection", "-"), seconds.get("baselines", "-")]
+        cells.append(run.get("localization", {}).get("seconds", "-"))
+        lines.append(f"| {run['normal_label']} | " + " | ".join(str(c) for c in cells) + " |")
+    lines += [
+        "",
         "## Scores and most/least anomalous test images",
         "",
         "Histograms: share of normal (blue) and anomalous (red) test images per score bin. Grids: test images, "
         "then their reconstruction-error map and (with a prior) prior-NLL map, one colour scale per map "
-        "(red to yellow = high).",
+        "(red to yellow = high). Localisation grids: the images with defects (the first row tinted by the mask), then "
+        "one row per map in this order: restoration, reconstruction error, PCA residual, prior NLL, likelihood ratio "
+        "(those measured), each on one colour scale (its 99th percentile).",
         "",
     ]
     for run in runs.values():
         links = [
             f"[{kind.replace('-', ' ')}]({run['figures'][kind]})"
-            for kind in ("histograms", "most-anomalous", "least-anomalous")
+            for kind in ("histograms", "most-anomalous", "least-anomalous", "localization")
             if kind in run["figures"]
         ]
         lines.append(f"- {run['normal_label']} (ranked by `{run['ranked_by']}`): " + ", ".join(links))
     return "\n".join(lines) + "\n"
 
 
+def format_readme_block(results: dict, args) -> str:
+    """The mean AUROC of every score and baseline, with the command: what `--readme` writes."""
+    mean = results["mean"]
+    columns = [c for c in columns_of(results["runs"]) if c in mean]
+    titles = [COLUMN_TITLES[c].format(k=args.pca_components) for c in columns]
+    lines = [
+        f"Mean AUROC (%) over {len(results['runs'])} classes, written by `scripts/anomaly.py --readme`:",
+        "",
+        "| " + " | ".join(titles) + " |",
+        "|" + " ---: |" * len(columns),
+        "| " + " | ".join(f"{100 * mean[c]['auroc']:.1f}" for c in columns) + " |",
+    ]
+    if results.get("mean_localization"):
+        loc = results["mean_localization"]
+        cells = ", ".join(
+            f"{MAP_TITLES[m]} {100 * loc[m]['pixel_auroc']:.1f} / {100 * loc[m]['pro']:.1f}"
+            for m in MAP_TITLES
+            if m in loc
+        )
+        lines += ["", f"Localisation on synthetic defects, pixel AUROC / PRO (%): {cells}."]
+    lines += ["", "```bash", results["command"], "```"]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, block: str, content: str):
+    """Replace what stands between `<!-- block:start -->` and `<!-- block:end -->` in `path`, atomically."""
+    text = path.read_text()
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(
+            f"`--readme` {path} must hold the lines {start!r} and {end!r} once each, in this order, around the "
+            "block to replace; add them where the table belongs."
+        )
+    before, rest = text.split(start)
+    after = rest.split(end)[1]
+    atomic_write_text(path, f"{before}{start}\n{content}\n{end}{after}")
+
+
 # ---------------------------------------------------------------------------------------------------------- main
+
+# Settings that do not change the numbers of a run: a rerun that differs only in them resumes the earlier runs.
+RESUME_IGNORED = {
+    "output_dir",
+    "merge_results",
+    "overwrite_results",
+    "overwrite_models",
+    "normal_classes",
+    "readme",
+    "readme_block",
+    "num_grid_images",
+    "histogram_bins",
+    "eval_batch_size",
+    "cache_dir",
+}
+
+
+def finished_runs(output_dir: Path, settings: dict, overwrite: bool, merge: list[str] | None = None) -> dict:
+    """
+    The runs of an earlier `results.json` in `output_dir` (unless `overwrite`) and of the `merge` files, each made
+    with the same settings: they are kept, not run again (the first file that has a run wins).
+    """
+    paths = ([] if overwrite else [output_dir / "results.json"]) + [Path(path) for path in merge or []]
+    new = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in RESUME_IGNORED}
+    runs = {}
+    for path in paths:
+        if not path.exists():
+            if path.name == "results.json" and path.parent == output_dir:
+                continue
+            raise ValueError(f"`--merge_results` {path} does not exist.")
+        earlier = json.loads(path.read_text())
+        old = {k: v for k, v in earlier.get("settings", {}).items() if k not in RESUME_IGNORED}
+        if old != new:
+            different = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise ValueError(
+                f"{path} holds runs made with other settings (different: {different}). Pass `--overwrite_results` "
+                "to run every class again, or choose another `--output_dir` (or leave the file out of "
+                "`--merge_results`)."
+            )
+        for name, run in earlier.get("runs", {}).items():
+            runs.setdefault(name, run)
+    return runs
+
+
+def split_normal(normal_indices: np.ndarray, args, fitted: bool, seed: int):
+    """
+    The normal training rows of a run split three ways: `(model_train, statistics, validation)` row indices.
+    With `--fit` a random `--statistics_holdout_fraction` (at least 4) is held out of model training; otherwise the
+    models are given and every normal row is "held out". The held-out rows give `--validation_fraction` to the score
+    selection (at least 2, unless the fraction is 0) and the rest, at most `--max_fit_samples`, to the statistics.
+    """
+    count = len(normal_indices)
+    model_train = normal_indices
+    held_out = normal_indices
+    if fitted:
+        permutation = np.random.default_rng(seed).permutation(count)
+        num_holdout = max(4, round(args.statistics_holdout_fraction * count))
+        if count - num_holdout < 2:
+            raise ValueError(
+                f"Only {count} normal training images: too few to train on and to hold out {num_holdout} for the "
+                "statistics and the score selection."
+            )
+        held_out = np.sort(normal_indices[permutation[:num_holdout]])
+        model_train = np.sort(normal_indices[permutation[num_holdout:]])
+    num_validation = 0
+    if args.validation_fraction > 0:
+        num_validation = min(max(2, round(args.validation_fraction * len(held_out))), len(held_out) - 2)
+        num_validation = min(num_validation, args.max_fit_samples)
+    validation = held_out[len(held_out) - num_validation :] if num_validation >= 2 else held_out[:0]
+    statistics = held_out[: len(held_out) - num_validation][: args.max_fit_samples]
+    return model_train, statistics, validation
 
 
 def main(args):
@@ -651,6 +1069,7 @@ def main(args):
     output_dir = Path(args.output_dir)
     (output_dir / "histograms").mkdir(parents=True, exist_ok=True)
     (output_dir / "grids").mkdir(parents=True, exist_ok=True)
+    policy = BadExamplePolicy(args.on_bad_example)
 
     train, test, image_column = load_splits(args)
     names, test_labels = None, None
@@ -680,38 +1099,49 @@ def main(args):
         "mean": {},
         "settings": public_settings(args),
     }
-    test_pixels = {}  # pixel_values of the test split per image processor
+    finished = finished_runs(output_dir, results["settings"], args.overwrite_results, args.merge_results)
+    prepared, test_pixels = {}, {}  # per (split, image processor): the prepared rows; the test pixels and row ids
+
+    def rows_of(split, split_name: str, image_processor):
+        key = (split_name, image_processor.to_json_string())
+        if key not in prepared:
+            prepared[key] = prepare_rows(split, image_column, image_processor, policy, split_name)
+        return prepared[key]
+
     for run_name, normal_ids in runs:
+        if run_name in finished:
+            logger.info(
+                f"Run {run_name}: already in {output_dir / 'results.json'}, kept (`--overwrite_results` reruns)"
+            )
+            results["runs"][run_name] = finished[run_name]
+            continue
         logger.info(f"Run {run_name}: normal = {label_of(normal_ids)}")
         run = {"normal_classes": normal_ids, "normal_label": label_of(normal_ids), "seconds": {}, "figures": {}}
-        normal_train = None
+        normal_indices = statistics_indices = validation_indices = None
         if train is not None:
             if normal_ids is None:
-                indices = np.arange(len(train))
+                normal_indices = np.arange(len(train))
             else:
-                indices = np.flatnonzero(np.isin(train_labels, normal_ids))
+                normal_indices = np.flatnonzero(np.isin(train_labels, normal_ids))
             if args.max_train_samples is not None:
-                indices = indices[: args.max_train_samples]
-            if len(indices) < 2:
-                raise ValueError(f"Run {run_name} has {len(indices)} normal training images; it needs at least 2.")
-            normal_train = train.select(indices)
-            run["num_normal_train"] = len(normal_train)
+                normal_indices = normal_indices[: args.max_train_samples]
+            if len(normal_indices) < 2:
+                raise ValueError(
+                    f"Run {run_name} has {len(normal_indices)} normal training images; it needs at least 2."
+                )
+            run["num_normal_train"] = len(normal_indices)
+            if not args.baselines_only:
+                model_indices, statistics_indices, validation_indices = split_normal(
+                    normal_indices, args, args.fit, args.seed
+                )
 
         # Models: trained here, given, or none.
-        scorer, image_processor, statistics_images = None, None, normal_train
+        scorer, image_processor = None, None
         if args.fit:
-            # Hold some normal images out of training: `combined_score` is standardised on images the models never saw.
-            permutation = np.random.default_rng(args.seed).permutation(len(normal_train))
-            num_holdout = max(2, round(args.statistics_holdout_fraction * len(normal_train)))
-            if len(normal_train) - num_holdout < 2:
-                raise ValueError(
-                    f"Run {run_name} has too few normal images ({len(normal_train)}) to train on and to "
-                    "hold out for the statistics."
-                )
-            statistics_images = normal_train.select(np.sort(permutation[:num_holdout]))
-            model_train = normal_train.select(np.sort(permutation[num_holdout:]))
-            run["num_model_train"] = len(model_train)
-            vqvae_path, prior_path, seconds = fit_models(args, output_dir / run_name, model_train, image_column)
+            run["num_model_train"] = len(model_indices)
+            vqvae_path, prior_path, background_path, seconds = fit_models(
+                args, output_dir / run_name, train.select(model_indices), image_column
+            )
             run["seconds"]["train"] = round(seconds, 1)
         elif args.model is not None:
             class_id = str(normal_ids[0]) if normal_ids else ""
@@ -721,71 +1151,131 @@ def main(args):
                 )
             vqvae_path = args.model.replace("{class}", class_id)
             prior_path = args.prior.replace("{class}", class_id) if args.prior else None
+            background_path = args.background_prior.replace("{class}", class_id) if args.background_prior else None
         if not args.baselines_only:
-            vqvae, prior, image_processor = load_models(str(vqvae_path), str(prior_path) if prior_path else None)
-            run["models"] = {"vqvae": str(vqvae_path), "prior": str(prior_path) if prior_path else None}
-            scorer = VQVAEAnomalyScorer(
-                vqvae, prior, class_label=args.prior_class_label, batch_size=args.eval_batch_size
+            vqvae, prior, background, image_processor = load_models(
+                str(vqvae_path),
+                str(prior_path) if prior_path else None,
+                str(background_path) if background_path else None,
             )
+            run["models"] = {
+                "vqvae": str(vqvae_path),
+                "prior": str(prior_path) if prior_path else None,
+                "background_prior": str(background_path) if background_path else None,
+            }
+            try:
+                scorer = VQVAEAnomalyScorer(
+                    vqvae,
+                    prior,
+                    class_label=args.prior_class_label,
+                    batch_size=args.eval_batch_size,
+                    background_prior=background,
+                    restoration_quantile=args.restoration_quantile,
+                )
+            except ValueError as error:
+                if args.prior_class_label is None or "class" not in str(error):
+                    raise
+                raise ValueError(f"`--prior_class_label` {args.prior_class_label!r}: {error}") from error
         else:
             image_processor = processor_for_data(test, image_column)
 
         key = image_processor.to_json_string()
         if key not in test_pixels:
-            test_pixels = {key: preprocess(test, image_column, image_processor, args.eval_batch_size, "Test images")}
-        pixel_values = test_pixels[key]
+            test_pixels = {
+                key: preprocess(
+                    rows_of(test, args.test_split, image_processor), None, args.eval_batch_size, "Test images", policy
+                )
+            }
+        pixel_values, test_ids = test_pixels[key]
+        results["num_test"] = len(test_ids)
+
+        def normal_pixels_of(indices, desc, processor=image_processor):
+            return preprocess(
+                rows_of(train, args.train_split, processor), indices, args.eval_batch_size, desc, policy
+            )[0]
 
         scores = {}
         start = time.time()
         if scorer is not None:
-            if statistics_images is not None:
-                statistics_images = statistics_images.select(range(min(args.max_fit_samples, len(statistics_images))))
+            if statistics_indices is not None and len(statistics_indices) >= 2:
                 try:
-                    scorer.fit(
-                        preprocess(
-                            statistics_images,
-                            image_column,
-                            image_processor,
-                            args.eval_batch_size,
-                            "Normal images (statistics)",
-                        )
-                    )
+                    scorer.fit(normal_pixels_of(statistics_indices, "Normal images (statistics)"))
                     run["statistics"] = scorer.statistics
                 except ValueError as error:  # e.g. a barely trained model gives every normal image the same score
                     logger.warning(f"Run {run_name}: no `combined_score`: {error}")
                     run["statistics_error"] = str(error)
             output = scorer.score(pixel_values, return_maps=False)
-            for name in MODEL_SCORES:
+            for name in (*MODEL_SCORES, *COMPLEXITY):
                 if output.get(name) is not None:
                     scores[name] = output[name].float().cpu().numpy()
         run["seconds"]["score"] = round(time.time() - start, 1)
+        if scorer is not None:
+            run["milliseconds_per_test_image"] = round(1000 * (time.time() - start) / len(test_ids), 2)
 
-        if args.baselines and normal_train is not None:
+        # The score to report, chosen on held-out normal images and synthetic defects made from them.
+        if scorer is not None and scorer.is_fitted and validation_indices is not None and len(validation_indices) >= 2:
             start = time.time()
-            normal_pixels = preprocess(
-                normal_train, image_column, image_processor, args.eval_batch_size, "Normal images (baselines)"
+            normal, synthetic = validation_scores(
+                scorer, normal_pixels_of(validation_indices, "Normal images (validation)"), seed=args.defect_seed
             )
+            candidates = [name for name in MODEL_SCORES if name in normal and name in scores]
+            run["selection"] = select_score(normal, synthetic, names=candidates)
+            run["seconds"]["selection"] = round(time.time() - start, 1)
+            logger.info(
+                f"Run {run_name}: chosen on validation: {run['selection']['best']} (validation AUROC "
+                f"{100 * run['selection']['validation_auroc'][run['selection']['best']]:.1f})"
+            )
+
+        pca = None
+        if normal_indices is not None and (args.baselines or args.localization_images):
+            start = time.time()
+            normal_pixels = normal_pixels_of(normal_indices, "Normal images (baselines)")
             for name in args.baselines:
                 baseline = PCABaseline(args.pca_components) if name == "pca" else NearestNeighborBaseline()
                 scores[name] = baseline.fit(normal_pixels).score(pixel_values).numpy()
+                pca = baseline if name == "pca" else pca
+            if pca is None:
+                pca = PCABaseline(args.pca_components).fit(normal_pixels)
             run["seconds"]["baselines"] = round(time.time() - start, 1)
 
         is_anomaly = None
         if test_labels is not None and normal_ids is not None:
-            is_anomaly = ~np.isin(test_labels, normal_ids)
+            is_anomaly = ~np.isin(test_labels[test_ids], normal_ids)
             run["num_test_anomalous"] = int(is_anomaly.sum())
             if 0 < is_anomaly.sum() < len(is_anomaly):
                 run["metrics"] = {name: anomaly_metrics(values, is_anomaly) for name, values in scores.items()}
+                if "selection" in run:
+                    best = run["selection"]["best"]
+                    run["metrics"]["selected"] = {"score": best, **run["metrics"][best]}
                 summary = ", ".join(f"{name} {100 * m['auroc']:.1f}" for name, m in run["metrics"].items())
                 logger.info(f"Run {run_name}: AUROC (%) {summary}")
             else:
                 logger.warning(f"Run {run_name}: the test images are all normal or all anomalous; no AUROC.")
 
+        if scorer is not None and args.localization_images:
+            normal_test = ~is_anomaly if is_anomaly is not None else np.ones(len(test_ids), dtype=bool)
+            if normal_test.sum() < args.localization_images:
+                raise ValueError(
+                    f"Run {run_name} has {int(normal_test.sum())} normal test images, fewer than "
+                    f"`--localization_images` {args.localization_images}."
+                )
+            run["localization"] = localization_benchmark(
+                args,
+                scorer,
+                pca,
+                pixel_values[torch.from_numpy(normal_test)],
+                test_ids[normal_test],
+                output_dir,
+                run_name,
+            )
+            run["figures"]["localization"] = run["localization"]["figure"]
+
         histogram_file = f"histograms/{run_name}.png"
         histograms = draw_histograms(scores, is_anomaly, run.get("metrics", {}), args.histogram_bins)
         save_png(histograms, output_dir / histogram_file)
         run["figures"]["histograms"] = histogram_file
-        ranking = next(name for name in ("combined_score", "reconstruction_error", *BASELINES) if name in scores)
+        preferred = [run["selection"]["best"]] if "selection" in run else []
+        ranking = next(n for n in (*preferred, "combined_score", "reconstruction_error", *BASELINES) if n in scores)
         run["ranked_by"] = ranking
         if scorer is not None:
             order = np.argsort(scores[ranking], kind="stable")
@@ -795,20 +1285,31 @@ def main(args):
                 grid_file = f"grids/{run_name}-{kind}.png"
                 save_png(grid, output_dir / grid_file)
                 run["figures"][kind] = grid_file
-            run["most_anomalous_test_indices"] = order[::-1][:count].tolist()
-            run["least_anomalous_test_indices"] = order[:count].tolist()
+            run["most_anomalous_test_indices"] = test_ids[order[::-1][:count]].tolist()
+            run["least_anomalous_test_indices"] = test_ids[order[:count]].tolist()
 
         results["runs"][run_name] = run
-        results["mean"] = mean_metrics(results["runs"])
-        # After every run, so that a long protocol shows its progress and keeps what it measured.
-        write_json(output_dir / "results.json", results)
-        atomic_write_text(output_dir / "report.md", format_report(results, args))
+        write_outputs(output_dir, results, policy, args)
 
+    write_outputs(output_dir, results, policy, args)
+    if args.readme is not None:
+        update_readme(Path(args.readme), args.readme_block, format_readme_block(results, args))
     if results["mean"]:
         summary = ", ".join(f"{name} {100 * m['auroc']:.1f}" for name, m in results["mean"].items())
-        logger.info(f"Mean AUROC (%) over {len(runs)} run(s): {summary}")
+        logger.info(f"Mean AUROC (%) over {len(results['runs'])} run(s): {summary}")
     logger.info(f"Wrote {output_dir / 'report.md'} and {output_dir / 'results.json'}")
     return results
+
+
+def write_outputs(output_dir: Path, results: dict, policy: BadExamplePolicy, args):
+    """`results.json`, `report.md` and `skipped_examples.jsonl`, after every run: a long protocol keeps its work."""
+    results["mean"] = mean_metrics(results["runs"])
+    results["mean_localization"] = mean_localization(results["runs"])
+    skipped = merge_skipped([*results.get("skipped_examples", []), *policy.records()])
+    results["num_skipped"], results["skipped_examples"] = len(skipped), skipped
+    write_skipped(output_dir / SKIPPED_EXAMPLES_NAME, skipped)
+    write_json(output_dir / "results.json", results)
+    atomic_write_text(output_dir / "report.md", format_report(results, args))
 
 
 if __name__ == "__main__":

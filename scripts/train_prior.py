@@ -43,6 +43,7 @@ from hf_vqvae import (
     VQVAEPriorConfig,
     VQVAEPriorForCausalLM,
 )
+from hf_vqvae.anomaly import corrupt_codes
 from hf_vqvae.pairing import VQVAE_REFERENCE_NAME, as_code_grid, codes_fingerprint, save_vqvae_reference
 from hf_vqvae.training.args import (
     PriorTrainingArguments,
@@ -143,6 +144,14 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
         help="Re-encode when the cache was made with another VQ-VAE or other data (default: error).",
     )
     codes.add_argument("--encode_batch_size", type=int, default=256, help="Images encoded at once by the VQ-VAE.")
+    codes.add_argument(
+        "--code_substitution_rate",
+        type=float,
+        default=0.0,
+        help="Train a background prior (Ren et al., 2019): each training code is replaced, with this probability, "
+        "by a uniformly drawn code, fresh every batch (`hf_vqvae.anomaly.corrupt_codes`; 0.1-0.3 is typical). "
+        "Validation codes stay clean. Default 0: the prior itself.",
+    )
     add_optimization_arguments(
         parser,
         output_dir="outputs/prior",
@@ -191,6 +200,10 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainingArguments:
     check_positive(args, ("encode_batch_size", "num_validation_samples"), ("max_train_samples", "max_eval_samples"))
     if args.lr_warmup_steps < 0:
         raise ValueError(f"`--lr_warmup_steps` must be >= 0; got {args.lr_warmup_steps}.")
+    if not 0 <= args.code_substitution_rate <= 1:
+        raise ValueError(
+            f"`--code_substitution_rate` is a probability in [0, 1] (e.g. 0.2); got {args.code_substitution_rate}."
+        )
     if not args.validation_temperature > 0:
         raise ValueError(f"`--validation_temperature` must be > 0; got {args.validation_temperature}.")
     if args.validation_guidance_scale not in (None, 1.0) and args.label_column is None:
@@ -449,19 +462,22 @@ def build_prior(args, vqvae_config, class_names) -> VQVAEPriorForCausalLM | VQVA
     return model_class(config)
 
 
-def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping | None):
+def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping | None, codebook_size: int | None = None):
     """
     Train and validation dataloaders of the prior's keyword arguments: `{"input_ids", "labels"}` of shape
     (B, 1 + h * w) for the transformer prior, `{"codes", "class_labels", "labels"}` (codes (B, h, w), labels the
-    codes themselves) for the PixelCNN prior (`mapping` `None`).
+    codes themselves) for the PixelCNN prior (`mapping` `None`). With `--code_substitution_rate` the training
+    codes (inputs and targets alike) are corrupted anew every batch, from the global RNG that a resume restores.
     """
 
     def dataset(payload):
         tensors = [payload["codes"]] + ([payload["labels"]] if args.label_column is not None else [])
         return torch.utils.data.TensorDataset(*tensors)
 
-    def collate(items):
+    def collate(items, substitution_rate: float = 0.0):
         grids = torch.stack([item[0] for item in items]).long()  # (B, h, w)
+        if substitution_rate > 0:  # `codebook_size` is required then
+            grids = corrupt_codes(grids, substitution_rate, codebook_size)
         class_labels = torch.stack([item[1] for item in items]) if args.label_column is not None else None
         if mapping is None:
             return {"codes": grids, "class_labels": class_labels, "labels": grids}
@@ -470,7 +486,10 @@ def get_dataloaders(args, codes, mapping: VQVAEPriorCodeMapping | None):
     validation = None
     if args.validation_split in codes and args.validation_split != args.train_split:
         validation = dataset(codes[args.validation_split])
-    return make_dataloaders(args, dataset(codes[args.train_split]), collate, validation)
+    # Training batches may have a fraction of their codes substituted (`--code_substitution_rate`: the background
+    # model of the likelihood ratio); validation batches never do.
+    train_collate = functools.partial(collate, substitution_rate=args.code_substitution_rate)
+    return make_dataloaders(args, dataset(codes[args.train_split]), train_collate, validation, collate)
 
 
 # ---------------------------------------------------------------------------------------------------------- validation
@@ -637,7 +656,7 @@ def main(args):
     model = build_prior(args, vqvae.config, class_names)
     # The transformer prior reads token ids (prompt + codes); the PixelCNN prior reads the code grids themselves.
     mapping = model.code_mapping if args.prior_type == "transformer" else None
-    train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping)
+    train_dataloader, validation_dataloader = get_dataloaders(args, codes, mapping, vqvae.config.codebook_size)
 
     # Weight decay on matrices and embeddings only, not on biases and LayerNorms (as in GPT-2 / nanoGPT).
     parameters = [p for p in model.parameters() if p.requires_grad]

@@ -464,15 +464,29 @@ def test_script_one_class_protocol(parquet_data, tmp_path):
         "res_hidden_channels=8,codebook_size=16,codebook_dim=4",
         "--prior_config_overrides",
         "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
+        "--background_code_substitution_rate",
+        "0.2",
+        "--localization_images",
+        "4",
     ]
     anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, output_dir, fit)))
 
     results = json.loads((output_dir / "results.json").read_text())
     assert list(results["runs"]) == ["class-0", "class-1"]
-    score_types = {"reconstruction_error", "prior_nll", "combined_score", "pca", "nearest_neighbor"}
+    score_types = {*anomaly_script.MODEL_SCORES, "selected", "compression_bits", "pca", "nearest_neighbor"}
     for name, run in results["runs"].items():
         assert set(run["metrics"]) == score_types
-        assert run["num_normal_train"] == 24 and run["num_test_anomalous"] == 8
+        assert run["num_normal_train"] == 24 and run["num_test_anomalous"] == 8 and run["num_model_train"] == 20
+        # The choice is made on the 2 validation images of the hold-out and their synthetic defects.
+        selection = run["selection"]
+        assert selection["best"] in anomaly_script.MODEL_SCORES and selection["num_normal"] == 2
+        assert run["metrics"]["selected"] == {"score": selection["best"], **run["metrics"][selection["best"]]}
+        localization = run["localization"]
+        assert {"restoration", "reconstruction_error", "pca_residual"} <= set(localization["metrics"])
+        saved = np.load(output_dir / localization["data"])
+        assert saved["images"].shape == (4, 3, 16, 16) and saved["masks"].shape == (4, 16, 16) and saved["masks"].any()
+        assert (output_dir / name / "background-prior" / "model.safetensors").exists()
+        assert run["milliseconds_per_test_image"] > 0
         for metrics in run["metrics"].values():
             assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["auprc"] <= 1
         for figure in run["figures"].values():
@@ -488,27 +502,32 @@ def test_script_one_class_protocol(parquet_data, tmp_path):
         runs = results["runs"].values()
         assert results["mean"][name]["auroc"] == pytest.approx(np.mean([r["metrics"][name]["auroc"] for r in runs]))
     report = (output_dir / "report.md").read_text()
-    assert "| normal | VQ-VAE reconstruction error | prior NLL | combined | PCA (4) | nearest neighbour |" in report
+    assert (
+        "| normal | reconstruction error | prior NLL | combined | NLL (bits) |" in report
+        and "## Localisation" in report
+    )
     assert "| 0 (smooth) |" in report and "| **mean** |" in report and "## AUPRC (%)" in report
 
     # Scoring the saved models again (`--model` with `{class}`) gives the same numbers: scores are deterministic.
-    rescored = anomaly_script.main(
-        anomaly_script.parse_args(
-            script_args(
-                parquet_data,
-                tmp_path / "rescored",
-                [
-                    "--model",
-                    str(output_dir / "class-{class}" / "vqvae"),
-                    "--prior",
-                    str(output_dir / "class-{class}" / "prior"),
-                    "--baselines",
-                ],
+    given = [
+        "--model",
+        str(output_dir / "class-{class}" / "vqvae"),
+        "--prior",
+        str(output_dir / "class-{class}" / "prior"),
+        "--background_prior",
+        str(output_dir / "class-{class}" / "background-prior"),
+        "--baselines",
+    ]
+    rescored = anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, tmp_path / "rescored", given)))
+    # A class for an unconditional prior is refused, and the message names the flag.
+    with pytest.raises(ValueError, match="`--prior_class_label` 'smooth': The prior is unconditional"):
+        anomaly_script.main(
+            anomaly_script.parse_args(
+                script_args(parquet_data, tmp_path / "labelled", [*given, "--prior_class_label", "smooth"])
             )
         )
-    )
     for name in ("class-0", "class-1"):
-        for score in ("reconstruction_error", "prior_nll"):
+        for score in ("reconstruction_error", "prior_nll", "likelihood_ratio"):
             assert rescored["runs"][name]["metrics"][score] == results["runs"][name]["metrics"][score]
 
 
@@ -536,6 +555,125 @@ def test_script_rejects_bad_arguments(parquet_data, tmp_path):
         anomaly_script.main(
             parse(script_args(parquet_data, tmp_path, ["--baselines_only", "--normal_classes", "cat"]))
         )
+
+
+def to_png_bytes(pixel_values: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    to_pil(pixel_values).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_script_on_bad_example(parquet_data, tmp_path):
+    """`--on_bad_example`: `error` names the test row and says how to skip; `skip` scores the other rows, leaves the
+    bad one out of the scores and the labels, and lists it in skipped_examples.jsonl and results.json."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    from hf_vqvae.training.bad_examples import BadExampleError
+
+    images = [{"bytes": to_png_bytes(image), "path": None} for image in smooth_images(4, seed=30)]
+    images += [{"bytes": to_png_bytes(image), "path": None} for image in noise_images(4, seed=31)]
+    images[5] = {"bytes": b"not an image", "path": None}
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["smooth", "noise"])})
+    data = tmp_path / "data"
+    data.mkdir()
+    Dataset.from_dict({"image": images, "label": [0] * 4 + [1] * 4}, features=features).to_parquet(
+        str(data / "test.parquet")
+    )
+    (data / "train.parquet").write_bytes((parquet_data / "train.parquet").read_bytes())
+    argv = ["--baselines_only", "--normal_classes", "smooth", "--cache_dir", str(tmp_path / "cache")]
+    with pytest.raises(BadExampleError, match=r"(?s)Row 5 of split 'test'.*--on_bad_example skip"):
+        anomaly_script.main(anomaly_script.parse_args(script_args(data, tmp_path / "error", argv)))
+    results = anomaly_script.main(
+        anomaly_script.parse_args(script_args(data, tmp_path / "skip", [*argv, "--on_bad_example", "skip"]))
+    )
+    run = results["runs"]["class-0"]
+    assert results["num_test"] == 7 and run["num_test_anomalous"] == 3 and results["num_skipped"] == 1
+    skipped = [json.loads(line) for line in (tmp_path / "skip" / "skipped_examples.jsonl").read_text().splitlines()]
+    assert [(row["split"], row["index"]) for row in skipped] == [("test", 5)]
+    assert run["metrics"]["pca"]["auroc"] == 1.0
+
+
+def test_script_resumes_finished_classes(parquet_data, tmp_path):
+    """A rerun keeps the classes already in results.json (same settings) and runs only the others; other settings
+    are refused unless `--overwrite_results`."""
+    first = anomaly_script.main(
+        anomaly_script.parse_args(script_args(parquet_data, tmp_path, ["--baselines_only", "--normal_classes", "0"]))
+    )
+    assert list(first["runs"]) == ["class-0"]
+    (tmp_path / "results.json").write_text(
+        (tmp_path / "results.json").read_text().replace('"num_normal_train": 24', '"num_normal_train": -1')
+    )  # a mark: a kept run is read back, not measured again
+    second = anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, tmp_path, ["--baselines_only"])))
+    assert list(second["runs"]) == ["class-0", "class-1"]
+    assert second["runs"]["class-0"]["num_normal_train"] == -1 and second["runs"]["class-1"]["num_normal_train"] == 24
+    assert second["mean"]["pca"]["num_runs"] == 2
+    changed = ["--baselines_only", "--pca_components", "3"]
+    with pytest.raises(ValueError, match=r"other settings \(different: \['pca_components'\]\).*--overwrite_results"):
+        anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, tmp_path, changed)))
+    again = anomaly_script.main(
+        anomaly_script.parse_args(script_args(parquet_data, tmp_path, [*changed, "--overwrite_results"]))
+    )
+    assert again["runs"]["class-0"]["num_normal_train"] == 24
+    # Workers that ran other classes elsewhere: `--merge_results` keeps their runs too, in class order.
+    worker = tmp_path / "worker"
+    anomaly_script.main(
+        anomaly_script.parse_args(script_args(parquet_data, worker, [*changed, "--normal_classes", "1"]))
+    )
+    (worker / "results.json").write_text(
+        (worker / "results.json").read_text().replace('"num_normal_train": 24', '"num_normal_train": -2')
+    )
+    merged = anomaly_script.main(
+        anomaly_script.parse_args(
+            script_args(parquet_data, tmp_path / "merged", [*changed, "--merge_results", str(worker / "results.json")])
+        )
+    )
+    assert list(merged["runs"]) == ["class-0", "class-1"] and merged["runs"]["class-1"]["num_normal_train"] == -2
+    assert merged["runs"]["class-0"]["num_normal_train"] == 24
+    with pytest.raises(ValueError, match="does not exist"):
+        anomaly_script.main(
+            anomaly_script.parse_args(
+                script_args(parquet_data, tmp_path / "m2", [*changed, "--merge_results", "no.json"])
+            )
+        )
+
+
+def test_script_readme_block(parquet_data, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\n<!-- anomaly-test:start -->\nold table\n<!-- anomaly-test:end -->\n\nAfter.\n")
+    extra = ["--baselines_only", "--readme", str(readme), "--readme_block", "anomaly-test"]
+    results = anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, tmp_path / "out", extra)))
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title") and text.endswith("After.\n")
+    assert "| PCA (4) | nearest neighbour |" in text and results["command"] in text
+    with pytest.raises(ValueError, match="must hold the lines"):
+        anomaly_script.main(
+            anomaly_script.parse_args(script_args(parquet_data, tmp_path / "out", [*extra[:-1], "missing"]))
+        )
+
+
+def test_script_new_flags_are_checked(parquet_data, tmp_path):
+    parse = anomaly_script.parse_args
+    model = ["--model", "m", "--prior", "p"]
+    assert parse(
+        script_args(parquet_data, tmp_path, [*model, "--prior_class_label", "automobile"])
+    ).prior_class_label == ("automobile")
+    assert parse(script_args(parquet_data, tmp_path, [*model, "--prior_class_label", "3"])).prior_class_label == 3
+    cases = [
+        (["--model", "m", "--background_prior", "b"], "give `--prior` too"),
+        ([*model, "--background_code_substitution_rate", "0.2"], "with `--model`, give a trained one"),
+        (["--fit", "--background_code_substitution_rate", "0"], r"at a rate in \(0, 1\]"),
+        ([*model, "--restoration_quantile", "1"], "`--restoration_quantile` must lie in"),
+        ([*model, "--localization_images", "1"], "`--localization_images` must be 0"),
+        ([*model, "--validation_fraction", "1"], "`--validation_fraction` must lie in"),
+        ([*model, "--background_prior", "b-{class}"], "only `--one_class_protocol` fills in"),
+    ]
+    for extra, message in cases:
+        argv = script_args(parquet_data, tmp_path, extra)
+        if "{class}" in " ".join(extra):
+            argv.remove("--one_class_protocol")
+        with pytest.raises(ValueError, match=message):
+            parse(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------- issue 19

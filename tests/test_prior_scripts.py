@@ -731,3 +731,26 @@ def test_the_shipped_prior_finds_and_matches_the_shipped_vqvae():
     assert codes_fingerprint(generate.vqvae) == reference["vqvae_codes_fingerprint"]
     sample = generate([8], num_images=1, guidance_scale=2.0, seed=0, return_codes=True)[0]
     assert sample["label"] == "ship" and sample["image"].size == (32, 32) and sample["codes"].shape == (8, 8)
+
+
+def test_code_substitution_rate_corrupts_the_training_codes_only(tmp_path):
+    """`--code_substitution_rate` (the background prior of Ren et al. 2019): training inputs and targets are the
+    corrupted codes, drawn anew each batch; validation codes stay clean; the rate is a probability."""
+    codes = {
+        "train": {"codes": torch.zeros(32, 4, 4, dtype=torch.int16), "labels": None},
+        "test": {"codes": torch.zeros(16, 4, 4, dtype=torch.int16), "labels": None},
+    }
+    base = prior_args(tmp_path / "vqvae", tmp_path / "out", 2)
+    clean = train_prior.parse_args(base)
+    assert clean.code_substitution_rate == 0.0
+    batch = next(iter(train_prior.get_dataloaders(clean, codes, None, 16)[0]))
+    assert not batch["codes"].any()
+    corrupted = train_prior.parse_args(base + ["--code_substitution_rate", "1.0"])
+    torch.manual_seed(0)
+    train, validation = train_prior.get_dataloaders(corrupted, codes, None, 16)
+    first, second = next(iter(train)), next(iter(train))
+    assert first["codes"].any() and int(first["codes"].max()) < 16 and torch.equal(first["labels"], first["codes"])
+    assert not torch.equal(first["codes"], second["codes"])  # fresh substitutions every batch
+    assert not next(iter(validation))["labels"].any()
+    with pytest.raises(ValueError, match=r"`--code_substitution_rate` is a probability in \[0, 1\]"):
+        train_prior.parse_args(base + ["--code_substitution_rate", "1.5"])

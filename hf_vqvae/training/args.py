@@ -142,6 +142,7 @@ class PriorTrainingArguments(TrainingArguments):
     validation_classes: list[int] | None
     validation_guidance_scale: float | None
     validation_temperature: float
+    code_substitution_rate: float
 
 
 @dataclass(frozen=True, kw_only=True)
