@@ -521,18 +521,7 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str):
             str(args.vqvae_steps),
             "--train_batch_size",
             str(batch_size),
-            "--seed",
-            str(args.seed),
-            "--report_to",
-            "none",
-            "--mixed_precision",
-            "no",
-            "--checkpointing_steps",
-            NEVER,
-            "--validation_steps",
-            NEVER,
-            "--logging_steps",
-            "50",
+            *quiet_run_arguments(args.seed),
         ]
         argv += ["--on_bad_example", args.on_bad_example]
         if args.vqvae_learning_rate is not None:
@@ -551,6 +540,24 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str):
         rate = args.background_code_substitution_rate
         train_prior(args, vqvae_dir, background_dir, data_file, normal_train, image_column, retrained, rate)
     return vqvae_dir, prior_dir, background_dir, time.time() - start
+
+
+def quiet_run_arguments(seed: int) -> list[str]:
+    """The arguments every child training run of `--fit` shares: seeded, fp32, no trackers, checkpoints or validation."""
+    return [
+        "--seed",
+        str(seed),
+        "--report_to",
+        "none",
+        "--mixed_precision",
+        "no",
+        "--checkpointing_steps",
+        NEVER,
+        "--validation_steps",
+        NEVER,
+        "--logging_steps",
+        "50",
+    ]
 
 
 def train_prior(args, vqvae_dir: Path, prior_dir: Path, data_file: Path, normal_train, image_column, retrained, rate):
@@ -577,18 +584,7 @@ def train_prior(args, vqvae_dir: Path, prior_dir: Path, data_file: Path, normal_
             str(batch_size),
             "--lr_warmup_steps",
             str(warmup),
-            "--seed",
-            str(args.seed),
-            "--report_to",
-            "none",
-            "--mixed_precision",
-            "no",
-            "--checkpointing_steps",
-            NEVER,
-            "--validation_steps",
-            NEVER,
-            "--logging_steps",
-            "50",
+            *quiet_run_arguments(args.seed),
             "--num_validation_samples",
             "4",
             "--encode_batch_size",
