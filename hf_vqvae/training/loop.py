@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .args import TrainingArguments
@@ -110,6 +111,12 @@ def finish_training(
     checkpoints, logs and temporary files); a failed upload exits with its reason.
     """
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        # A gloo hang at exit, seen once in CI under load (py-spy): the DDP reducer, the last owner of the process group
+        # once `end_training` has destroyed it, is freed when `main` returns; the group's destructor then joins its
+        # worker thread while holding the GIL, and that thread is still freeing the last collective's work, whose
+        # output tensors need the GIL to be released. Sleeping here (the GIL released) lets the worker finish first.
+        time.sleep(1.0)
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
         push_folder(
