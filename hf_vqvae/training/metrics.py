@@ -239,12 +239,14 @@ def evaluate_reconstruction(
             if distributed:  # shards pad their batches to different lengths
                 tensors = tuple(accelerator.pad_across_processes(t, dim=1) for t in tensors)
         else:
-            output = unwrapped(batch["pixel_values"], return_loss=False)
-            reconstruction = output.reconstruction
-            if pixel_decoding != "teacher_forced":  # from the codes alone
-                decoded = unwrapped.decode(output.codes, do_sample=pixel_decoding == "sample", generator=generator)
-                reconstruction = decoded.reconstruction
-            tensors = (batch["pixel_values"], reconstruction, output.codes)
+            if pixel_decoding == "teacher_forced":
+                output = unwrapped(batch["pixel_values"], return_loss=False)
+                codes, reconstruction = output.codes, output.reconstruction
+            else:  # from the codes alone: no teacher-forced pass
+                codes = unwrapped.get_codes(batch["pixel_values"])
+                sample = pixel_decoding == "sample"
+                reconstruction = unwrapped.decode(codes, do_sample=sample, generator=generator).reconstruction
+            tensors = (batch["pixel_values"], reconstruction, codes)
         if row_indices is not None:
             _, tensors = gather_unique_rows(accelerator if distributed else None, row_indices, tensors, seen)
         if len(tensors[0]) == 0:
