@@ -18,6 +18,7 @@ from .anomaly import (
     corrupt_codes,
     localization_metrics,
     make_synthetic_defects,
+    make_synthetic_outliers,
     render_anomaly_heatmap,
     select_score,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "corrupt_codes",
     "localization_metrics",
     "make_synthetic_defects",
+    "make_synthetic_outliers",
     "render_anomaly_heatmap",
     "select_score",
 ]

@@ -27,6 +27,16 @@ A VQ-VAE trained on normal images reconstructs normal inputs well and unusual on
   codes whose prior probability (given the codes before them) falls below a threshold are unlikely; the score is
   their summed NLL (nats). With `restore=True` they are re-drawn from the prior in raster order and the grid is
   decoded: the L1 distance between the input and this restoration, averaged over channels, is the pixel map.
+- `latent_knn`: distance in the VQ-VAE's own latent space (the encoder output `z_e(x)`) to the normal images of a
+  memory bank (`fit(..., memory_bank=...)`, e.g. the images the VQ-VAE was trained on), at several scales
+  (`latent_knn_levels`): the whole `h x w` grid of latents (where each part of the image is), and the mean and
+  standard deviation of the latents pooled over `s x s` cells (which local patterns occur, wherever they are). At each
+  level the score is the mean Euclidean distance to the `latent_knn_neighbors` nearest bank images, standardised with
+  the statistics of `fit`'s normal images; `latent_knn` is their sum. Nearest neighbours in a learned feature space
+  are the standard one-class detector (Bergman, Cohen & Hoshen 2020, arXiv 2002.10445; PatchCore, Roth et al. 2022,
+  arXiv 2106.08265, which also pools at several scales); here the features are the VQ-VAE's own, trained on the normal
+  class alone. Its map is the grid level's squared distance per code position to the nearest bank images (it sums to
+  that level's squared distance), upsampled to the image.
 
 Every map has the input's size. For localisation, [`make_synthetic_defects`] pastes defects with exact masks into
 normal images, [`pixel_auroc`] and [`per_region_overlap`] (PRO) measure a map against them, and
@@ -83,7 +93,7 @@ from .anomaly_scores import (
     corrupt_pixels,
     maximize_log_scale,
 )
-from .anomaly_selection import select_score, validation_scores
+from .anomaly_selection import OUTLIER_KINDS, make_synthetic_outliers, select_score, validation_scores
 from .class_labels import class_names, resolve_class_labels
 from .modeling_pixelcnn_prior import VQVAEPixelCNNPriorModel
 from .modeling_vqvae import VQVAEModel, discretized_gaussian_log_likelihood
@@ -142,6 +152,10 @@ class VQVAEAnomalyOutput(ModelOutput):
             `codes` with each unlikely code re-drawn from the prior.
         restoration (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, with `restore=True`):
             `restored_codes` decoded.
+        latent_knn (`torch.FloatTensor` of shape `(batch_size,)`, after `fit` with a `memory_bank`):
+            Sum over `latent_knn_levels` of the standardised mean distance to the nearest memory-bank images.
+        latent_knn_map (`torch.FloatTensor` of shape `(batch_size, height, width)`, with `latent_knn` and
+            `return_maps`): squared latent distance per code position to the nearest bank grids, upsampled.
     """
 
     reconstruction_error: torch.FloatTensor | None = None
@@ -163,6 +177,8 @@ class VQVAEAnomalyOutput(ModelOutput):
     unlikely_codes: torch.BoolTensor | None = None
     restored_codes: torch.LongTensor | None = None
     restoration: torch.FloatTensor | None = None
+    latent_knn: torch.FloatTensor | None = None
+    latent_knn_map: torch.FloatTensor | None = None
 
 
 @torch.no_grad()
@@ -237,6 +253,11 @@ class VQVAEAnomalyScorer:
             Share of the codes of normal images that `fit` lets fall below the threshold it sets.
         restoration_seed (`int`, *optional*, defaults to 0):
             Seed of the re-drawing of unlikely codes.
+        latent_knn_levels (`tuple`, *optional*, defaults to `(None, 1, 2)`):
+            The scales of `latent_knn`: `None` is the whole grid of latents; an integer `s` the mean and standard
+            deviation of the latents over each of `s x s` cells (adaptive average pooling; 1 = over the whole image).
+        latent_knn_neighbors (`int`, *optional*, defaults to 5):
+            Nearest memory-bank images averaged at each level.
 
     Example:
 
@@ -262,6 +283,8 @@ class VQVAEAnomalyScorer:
         restoration_threshold: float | None = None,
         restoration_quantile: float = 0.01,
         restoration_seed: int = 0,
+        latent_knn_levels: tuple = (None, 1, 2),
+        latent_knn_neighbors: int = 5,
         **kwargs,
     ):
         if kwargs:
@@ -299,6 +322,25 @@ class VQVAEAnomalyScorer:
             raise ValueError(f"`restoration_quantile` must lie in (0, 1) (e.g. 0.01); got {restoration_quantile!r}.")
         if isinstance(restoration_seed, bool) or not isinstance(restoration_seed, int) or restoration_seed < 0:
             raise ValueError(f"`restoration_seed` must be a non-negative integer; got {restoration_seed!r}.")
+        if (
+            not isinstance(latent_knn_levels, (tuple, list))
+            or not latent_knn_levels
+            or len(set(latent_knn_levels)) != len(latent_knn_levels)
+            or not all(
+                level is None or (isinstance(level, int) and not isinstance(level, bool) and level >= 1)
+                for level in latent_knn_levels
+            )
+        ):
+            raise ValueError(
+                "`latent_knn_levels` must be a non-empty tuple of distinct levels, each `None` (the whole grid of "
+                f"latents) or a pooling size >= 1, e.g. `(None, 1, 2)`; got {latent_knn_levels!r}."
+            )
+        if (
+            isinstance(latent_knn_neighbors, bool)
+            or not isinstance(latent_knn_neighbors, int)
+            or latent_knn_neighbors < 1
+        ):
+            raise ValueError(f"`latent_knn_neighbors` must be a positive integer; got {latent_knn_neighbors!r}.")
         # Images only: 1-D (audio) and speaker-conditioned VQ-VAEs take other inputs.
         for name, model in (("vqvae", vqvae), ("background_vqvae", background_vqvae)):
             if model is not None and (model.config.spatial_dims != 2 or model.config.num_speakers):
@@ -324,6 +366,9 @@ class VQVAEAnomalyScorer:
         self.restoration_quantile = float(restoration_quantile)
         self.restoration_seed = restoration_seed
         self.batch_size = batch_size
+        self.latent_knn_levels = tuple(latent_knn_levels)
+        self.latent_knn_neighbors = latent_knn_neighbors
+        self.memory_bank = None  # per level, (num_bank_images, features) latents of normal images: `fit(memory_bank=)`
         self.class_label = None
         self.background_class_label = None
         if prior is not None:
@@ -385,6 +430,8 @@ class VQVAEAnomalyScorer:
             names.append("likelihood_ratio")
         if self.prior is not None:
             names.append("restoration_nll")
+        if self.memory_bank is not None:
+            names.append("latent_knn")
         return tuple(names)
 
     @property
@@ -567,7 +614,12 @@ class VQVAEAnomalyScorer:
         factor = vqvae.config.downsample_factor
         inputs = pixel_values.to(vqvae.device, vqvae.dtype)
         target = pixel_values.to(vqvae.device).float()
-        codes = vqvae.get_codes(inputs)  # (B, h, w)
+        latents = None
+        if self.memory_bank is not None:
+            encoded = vqvae.encode(inputs)
+            codes, latents = encoded.codes, encoded.latents.float()  # (B, h, w), (B, D, h, w)
+        else:
+            codes = vqvae.get_codes(inputs)  # (B, h, w)
         decoded = vqvae.decode(codes)
         reconstruction = decoded.reconstruction  # (B, C, H, W)
         error_map = (reconstruction.float() - target).pow(2).mean(1)  # (B, H, W)
@@ -644,7 +696,56 @@ class VQVAEAnomalyScorer:
                 result["restoration"] = restoration
                 result["restoration_map"] = restoration_map
                 result["restoration_error"] = restoration_map.flatten(1).mean(1)
+
+        # Nearest neighbours among the normal images' latents, at several scales.
+        level_statistics = self._setting("latent_knn_level_statistics")
+        if latents is not None and level_statistics is not None:
+            distances, grid_squared = self._latent_distances(latents, with_grid_map=return_maps)
+            mean = torch.tensor(level_statistics["mean"], device=distances.device)
+            std = torch.tensor(level_statistics["std"], device=distances.device)
+            result["latent_knn"] = ((distances - mean) / std).sum(1)
+            result["latent_knn_map"] = (
+                upsample(grid_squared) / factor**2 if return_maps and grid_squared is not None else None
+            )
         return result
+
+    @staticmethod
+    def _latent_features(latents: torch.Tensor, level: int | None) -> torch.Tensor:
+        """`(B, F)` features of `(B, D, h, w)` latents at one level: the grid itself, or pooled means and stds."""
+        if level is None:
+            return latents.flatten(1)
+        size = (min(level, latents.shape[2]), min(level, latents.shape[3]))
+        mean = torch.nn.functional.adaptive_avg_pool2d(latents, size)
+        square = torch.nn.functional.adaptive_avg_pool2d(latents * latents, size)
+        return torch.cat([mean.flatten(1), (square - mean * mean).clamp_min(0).sqrt().flatten(1)], 1)
+
+    def _latent_distances(self, latents: torch.Tensor, with_grid_map: bool = False):
+        """
+        `(B, L)`: per level, the mean distance to the `latent_knn_neighbors` nearest bank images; and, with
+        `with_grid_map`, the grid level's squared distance per position averaged over those neighbours, `(B, h, w)`.
+        """
+        distances, grid_squared = [], None
+        for level, bank in zip(self.latent_knn_levels, self.memory_bank):
+            features = self._latent_features(latents, level)
+            pairwise = torch.cdist(features, bank.to(features.device))  # (B, N)
+            nearest = pairwise.topk(min(self.latent_knn_neighbors, bank.shape[0]), dim=1, largest=False)
+            distances.append(nearest.values.mean(1))
+            if level is None and with_grid_map:
+                neighbours = bank.to(features.device)[nearest.indices]  # (B, k, F)
+                squared = (neighbours - features[:, None]).pow(2).view(*neighbours.shape[:2], *latents.shape[1:])
+                grid_squared = squared.sum(2).mean(1)  # (B, h, w): summed over latent channels
+        return torch.stack(distances, 1), grid_squared
+
+    @torch.no_grad()
+    def _build_memory_bank(self, batches: list) -> list:
+        vqvae, features = self.vqvae, [[] for _ in self.latent_knn_levels]
+        for batch in batches:
+            for start in range(0, len(batch), self.batch_size):
+                inputs = batch[start : start + self.batch_size].to(vqvae.device, vqvae.dtype)
+                latents = vqvae.encode(inputs).latents.float()
+                for index, level in enumerate(self.latent_knn_levels):
+                    features[index].append(self._latent_features(latents, level).cpu())
+        return [torch.cat(parts) for parts in features]
 
     def _reconstruction_log_scale(self, background: bool = False) -> float | None:
         if background:
@@ -716,41 +817,16 @@ class VQVAEAnomalyScorer:
         generator = torch.Generator().manual_seed(self.restoration_seed * 4_294_967_296 + digest)
         return torch.rand(num_codes, generator=generator, dtype=torch.float64)
 
-    def fit(
-        self, normal_pixel_values: torch.FloatTensor | Iterable, max_images: int | None = None
-    ) -> "VQVAEAnomalyScorer":
-        r"""
-        Measure, on normal images, what the scores need: the mean and standard deviation of every score in
-        `available_scores` (for `combined_score` and [`select_score`]), the Gaussian scale of an MSE-trained
-        decoder (`reconstruction_log_scale`, by maximum likelihood of the discretized Gaussian; also for a
-        `background_vqvae`), and the restoration threshold (`restoration_nll_threshold`, the NLL in nats that
-        a `restoration_quantile` share of the normal codes exceed) unless they were given.
-
-        Args:
-            normal_pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`, or batches):
-                Normal images, or an iterable of batches (tensors, or dicts with `pixel_values` such as the batches of
-                a `DataLoader`). At least 2 images. Held-out normal images give the most faithful scale; the training
-                images work too (their scores are a little lower).
-            max_images (`int`, *optional*):
-                Use only the first `max_images` images.
-
-        Returns:
-            The scorer itself, with `statistics` = `{score_name: {"mean": float, "std": float}, "num_images": int}`
-            and the fitted settings (`reconstruction_log_scale`, `background_reconstruction_log_scale`,
-            `restoration_nll_threshold`, floats) where they apply.
-        """
-        if max_images is not None and (
-            isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2
-        ):
-            raise ValueError(f"`max_images` must be an integer >= 2; got {max_images!r}.")
-        if isinstance(normal_pixel_values, torch.Tensor):
-            source = [normal_pixel_values]
-        elif isinstance(normal_pixel_values, Iterable) and not isinstance(normal_pixel_values, (str, bytes, dict)):
-            source = normal_pixel_values
+    def _gather_batches(self, name: str, pixel_values, max_images: int | None = None) -> tuple[list, int]:
+        """Checked batches from a tensor or an iterable of batches (tensors or dicts), up to `max_images` images."""
+        if isinstance(pixel_values, torch.Tensor):
+            source = [pixel_values]
+        elif isinstance(pixel_values, Iterable) and not isinstance(pixel_values, (str, bytes, dict)):
+            source = pixel_values
         else:
             raise ValueError(
-                "`normal_pixel_values` must be a float tensor (N, C, H, W) or an iterable of such batches (or of "
-                f"dicts with `pixel_values`); got {_describe(normal_pixel_values)}."
+                f"`{name}` must be a float tensor (N, C, H, W) or an iterable of such batches (or of dicts with "
+                f"`pixel_values`); got {_describe(pixel_values)}."
             )
         batches, seen = [], 0
         for batch in source:
@@ -766,8 +842,52 @@ class VQVAEAnomalyScorer:
             seen += len(batch)
             if max_images is not None and seen >= max_images:
                 break
+        return batches, seen
+
+    def fit(
+        self,
+        normal_pixel_values: torch.FloatTensor | Iterable,
+        max_images: int | None = None,
+        memory_bank: torch.FloatTensor | Iterable | None = None,
+    ) -> "VQVAEAnomalyScorer":
+        r"""
+        Measure, on normal images, what the scores need: the mean and standard deviation of every score in
+        `available_scores` (for `combined_score` and [`select_score`]), the Gaussian scale of an MSE-trained
+        decoder (`reconstruction_log_scale`, by maximum likelihood of the discretized Gaussian; also for a
+        `background_vqvae`), and the restoration threshold (`restoration_nll_threshold`, the NLL in nats that
+        a `restoration_quantile` share of the normal codes exceed) unless they were given.
+
+        Args:
+            normal_pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`, or batches):
+                Normal images, or an iterable of batches (tensors, or dicts with `pixel_values` such as the batches of
+                a `DataLoader`). At least 2 images. Held-out normal images give the most faithful scale; the training
+                images work too (their scores are a little lower).
+            max_images (`int`, *optional*):
+                Use only the first `max_images` images.
+            memory_bank (`torch.FloatTensor` or batches, *optional*):
+                Normal images (in the same forms) that `latent_knn` measures distances to, typically the images the
+                VQ-VAE was trained on. They must be other images than `normal_pixel_values`, whose distances to the
+                bank give the statistics (an image's distance to itself is 0). Their latents are kept in
+                `memory_bank` (one `(num_images, features)` tensor per level), on the CPU.
+
+        Returns:
+            The scorer itself, with `statistics` = `{score_name: {"mean": float, "std": float}, "num_images": int}`
+            and the fitted settings (`reconstruction_log_scale`, `background_reconstruction_log_scale`,
+            `restoration_nll_threshold`, floats; `latent_knn_level_statistics`, `{"mean": [...], "std": [...]}` per
+            level) where they apply.
+        """
+        if max_images is not None and (
+            isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2
+        ):
+            raise ValueError(f"`max_images` must be an integer >= 2; got {max_images!r}.")
+        batches, seen = self._gather_batches("normal_pixel_values", normal_pixel_values, max_images)
         if seen < 2:
             raise ValueError(f"`fit` needs at least 2 normal images to measure a standard deviation; got {seen}.")
+        if memory_bank is not None:
+            bank_batches, bank_size = self._gather_batches("memory_bank", memory_bank)
+            if bank_size < 1:
+                raise ValueError("`memory_bank` holds no images: pass the normal images `latent_knn` compares with.")
+            self.memory_bank = self._build_memory_bank(bank_batches)
 
         # The settings first: the scores below depend on them.
         settings = {}
@@ -788,6 +908,8 @@ class VQVAEAnomalyScorer:
                         code_nll.append(-self.prior.code_log_likelihood(codes, self.class_label).flatten().cpu())
                 values = torch.cat(code_nll).double().numpy()
                 settings["restoration_nll_threshold"] = float(np.quantile(values, 1 - self.restoration_quantile))
+            if self.memory_bank is not None:
+                settings["latent_knn_level_statistics"] = self._latent_level_statistics(batches)
         self.statistics = {"num_images": seen, **settings}
 
         scores = {name: [] for name in self.available_scores}
@@ -811,6 +933,36 @@ class VQVAEAnomalyScorer:
             statistics[name] = {"mean": mean, "std": std}
         self.statistics = statistics
         return self
+
+    def _latent_level_statistics(self, batches: list) -> dict:
+        """Mean and std per `latent_knn` level of the normal images' distances to the memory bank."""
+        distances, duplicates = [], 0
+        for batch in batches:
+            for start in range(0, len(batch), self.batch_size):
+                inputs = batch[start : start + self.batch_size].to(self.vqvae.device, self.vqvae.dtype)
+                latents = self.vqvae.encode(inputs).latents.float()
+                distances.append(self._latent_distances(latents)[0].double().cpu())
+                # An image of the bank itself: its nearest bank features, measured exactly (cdist's fast path is
+                # not exact), are its own.
+                features = self._latent_features(latents, self.latent_knn_levels[0]).cpu()
+                bank = self.memory_bank[0]
+                nearest = bank[torch.cdist(features, bank).argmin(1)]
+                duplicates += int(((features - nearest).norm(dim=1) <= 1e-6 * features.norm(dim=1)).sum())
+        distances = torch.cat(distances)  # (N, L)
+        if duplicates > len(distances) / 2:
+            self.memory_bank = None
+            raise ValueError(
+                "Most of the normal images passed to `fit` are in the `memory_bank` too (their latent distance is 0): "
+                "hold some normal images out of the bank and pass those as `normal_pixel_values`."
+            )
+        std = distances.std(0)
+        if not bool((std > 0).all()):
+            self.memory_bank = None
+            raise ValueError(
+                f"The normal images' distances to the memory bank do not vary at some level of {self.latent_knn_levels}"
+                " (std 0), so they cannot be standardised. Fit on more varied normal images."
+            )
+        return {"mean": distances.mean(0).tolist(), "std": std.tolist()}
 
     def combine(self, scores: VQVAEAnomalyOutput | dict) -> torch.FloatTensor:
         r"""
@@ -844,6 +996,7 @@ _SCORER_KEYWORDS = tuple(inspect.signature(VQVAEAnomalyScorer.__init__).paramete
 __all__ = [
     "DEFECT_KINDS",
     "MAP_NAMES",
+    "OUTLIER_KINDS",
     "PNG_COMPRESS_LEVEL",
     "SCORE_NAMES",
     "NearestNeighborBaseline",
@@ -857,6 +1010,7 @@ __all__ = [
     "evaluate_localization",
     "localization_metrics",
     "make_synthetic_defects",
+    "make_synthetic_outliers",
     "maximize_log_scale",
     "per_region_overlap",
     "pixel_auroc",

@@ -303,6 +303,7 @@ MAP_NAMES = {
     "prior_nll": "prior_nll_map",
     "likelihood_ratio": "likelihood_ratio_map",
     "restoration": "restoration_map",
+    "latent_knn": "latent_knn_map",
 }
 
 

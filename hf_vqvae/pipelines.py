@@ -51,8 +51,9 @@ PIPELINE_SCORES = (
     "likelihood_ratio",
     "restoration_nll",
     "restoration_error",
+    "latent_knn",
 )
-HEATMAP_NAMES = (*SCORE_NAMES, "likelihood_ratio", "restoration")
+HEATMAP_NAMES = (*SCORE_NAMES, "likelihood_ratio", "restoration", "latent_knn")
 # The priors over codes: both take `generate_codes(...)` and `code_log_likelihood(codes, class_labels)`.
 PRIOR_MODEL_CLASSES = (VQVAEPriorForCausalLM, VQVAEPixelCNNPriorModel)
 _OUTPUT_TYPES = ("pil", "np", "pt")
@@ -468,13 +469,17 @@ class VQVAEAnomalyPipeline(Pipeline):
             **self._scorer_kwargs,
         )
 
-    def fit(self, images, batch_size: int = 64, timeout: float | None = None) -> dict:
+    def fit(self, images, batch_size: int = 64, timeout: float | None = None, memory_bank_images=None) -> dict:
         r"""
-        Measure the score statistics of normal images, so that later calls return `combined_score`.
+        Measure the score statistics of normal images, so that later calls return `combined_score` (and, with
+        `memory_bank_images`, `latent_knn`).
 
         Args:
             images (`list` of `str`, `PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
                 At least 2 normal images (paths or URLs are loaded).
+            memory_bank_images (`list`, *optional*):
+                Other normal images (in the same forms), e.g. the VQ-VAE's training images, that `latent_knn`
+                measures distances to ([`VQVAEAnomalyScorer.fit`]'s `memory_bank`).
             batch_size (`int`, *optional*, defaults to 64):
                 Images preprocessed and scored at once.
             timeout (`float`, *optional*):
@@ -483,10 +488,11 @@ class VQVAEAnomalyPipeline(Pipeline):
         Returns:
             `dict`: the statistics ([`VQVAEAnomalyScorer.fit`]), to pass as `statistics=` next time.
         """
-        if not isinstance(images, (list, tuple)):
-            raise ValueError(f"`fit` takes a list of normal images; got {type(images).__name__}.")
+        for name, value in (("images", images), ("memory_bank_images", memory_bank_images)):
+            if not isinstance(value, (list, tuple)) and not (name == "memory_bank_images" and value is None):
+                raise ValueError(f"`fit` takes a list of normal images as `{name}`; got {type(value).__name__}.")
 
-        def batches():
+        def batches(images):
             for start in range(0, len(images), batch_size):
                 chunk = [
                     load_image(image, timeout=timeout) if isinstance(image, str) else image
@@ -494,7 +500,8 @@ class VQVAEAnomalyPipeline(Pipeline):
                 ]
                 yield self.image_processor(chunk, return_tensors="pt")["pixel_values"].to(self.device)
 
-        return self.scorer.fit(batches()).statistics
+        bank = None if memory_bank_images is None else batches(memory_bank_images)
+        return self.scorer.fit(batches(images), memory_bank=bank).statistics
 
     def __call__(self, images, **kwargs) -> dict[str, Any] | list[dict[str, Any]]:
         r"""
@@ -570,6 +577,11 @@ class VQVAEAnomalyPipeline(Pipeline):
                 raise ValueError("`heatmap='restoration'` needs `restore=True`.")
             if heatmap == "likelihood_ratio" and (scorer is None or scorer.background_prior is None):
                 raise ValueError("`heatmap='likelihood_ratio'` needs `background_prior=` when building the pipeline.")
+            if heatmap == "latent_knn" and (scorer is None or scorer.memory_bank is None or not scorer.is_fitted):
+                raise ValueError(
+                    "`heatmap='latent_knn'` needs a memory bank: call `pipe.fit(normal_images, "
+                    "memory_bank_images=other_normal_images)` first."
+                )
             postprocess_params["heatmap"] = heatmap
         if restore:
             forward_params["restore"] = True

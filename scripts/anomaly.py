@@ -22,6 +22,7 @@ AUROC and AUPRC), `histograms/<run>.png` (scores of normal and anomalous test im
 `grids/<run>-most-anomalous.png` / `grids/<run>-least-anomalous.png` (test images over their heat maps).
 """
 
+import argparse
 import json
 import logging
 import os
@@ -75,11 +76,28 @@ MODEL_SCORES = (
     "complexity_corrected_nll",
     "likelihood_ratio",
     "restoration_nll",
+    "latent_knn",
 )
 COMPLEXITY = ("compression_bits",)  # the PNG length alone: the complexity baseline of Serrà et al.
 BASELINES = ("pca", "nearest_neighbor")
 # Checkpoints and mid-run validation are not needed for these short runs.
 NEVER = str(10**9)
+
+
+def parse_latent_knn_levels(text: str) -> tuple:
+    """`"grid,1,2"` -> `(None, 1, 2)`."""
+    levels = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "grid":
+            levels.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            levels.append(int(part))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"each level is `grid` or a pooling size >= 1, comma-separated (e.g. `grid,1,2`); got {part!r}"
+            )
+    return tuple(levels)
 
 
 def parse_args(argv=None):
@@ -178,7 +196,7 @@ def parse_args(argv=None):
         type=float,
         default=0.5,
         help="The share of the held-out normal images (with `--model`: of the normal images after the statistics "
-        "ones) on which the best VQ-VAE score is chosen (`select_score`: these images against synthetic defects "
+        "ones) on which the best VQ-VAE score is chosen (`select_score`: these images against synthetic anomalies "
         "made from them; never the test labels). At least 2 images; 0 chooses nothing.",
     )
     parser.add_argument(
@@ -250,6 +268,24 @@ def parse_args(argv=None):
         default=0.01,
         help="Share of the codes of the normal (statistics) images whose NLL may exceed the restoration threshold: "
         "codes above it are unlikely (`restoration_nll`, and re-drawn for the restoration maps).",
+    )
+    parser.add_argument(
+        "--latent_knn_levels",
+        type=parse_latent_knn_levels,
+        default=(None, 1, 2),
+        help="Levels of `latent_knn`, comma-separated: `grid` (the whole grid of latents) or a pooling size s (mean and "
+        "std of the latents over s x s cells). Default: grid,1,2.",
+    )
+    parser.add_argument(
+        "--latent_knn_neighbors", type=int, default=5, help="Nearest memory-bank images `latent_knn` averages."
+    )
+    parser.add_argument(
+        "--memory_bank_size",
+        type=int,
+        default=None,
+        help="At most this many normal images in `latent_knn`'s memory bank (the images the VQ-VAE was trained on, "
+        "or with `--model` the normal images outside the statistics and validation parts); default all; 0 turns "
+        "`latent_knn` off.",
     )
     parser.add_argument(
         "--localization_images",
@@ -342,6 +378,10 @@ def parse_args(argv=None):
     for name in ("max_train_samples", "max_test_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1; got {getattr(args, name)}.")
+    if args.latent_knn_neighbors < 1:
+        raise ValueError(f"`--latent_knn_neighbors` must be >= 1; got {args.latent_knn_neighbors}.")
+    if args.memory_bank_size is not None and args.memory_bank_size < 0:
+        raise ValueError(f"`--memory_bank_size` must be >= 0 (0: no `latent_knn`); got {args.memory_bank_size}.")
     if args.max_fit_samples < 2:
         raise ValueError(f"`--max_fit_samples` must be >= 2; got {args.max_fit_samples}.")
     if not 0 <= args.validation_fraction < 1:
@@ -739,7 +779,7 @@ def localization_benchmark(args, scorer, pca, normal_test: torch.Tensor, test_id
     measured = evaluate_localization(scorer, defected, masks, pca=pca)
     maps = measured.pop("maps")
     seconds = time.time() - start
-    order = ["restoration", "reconstruction_error", "pca_residual", "prior_nll", "likelihood_ratio"]
+    order = ["restoration", "reconstruction_error", "latent_knn", "pca_residual", "prior_nll", "likelihood_ratio"]
     maps = {name: maps[name] for name in order if name in maps}
     grid_file = f"grids/{run_name}-localization.png"
     save_png(localization_grid(defected, masks, maps, args.num_grid_images), output_dir / grid_file)
@@ -772,6 +812,7 @@ COLUMN_TITLES = {
     "complexity_corrected_nll": "NLL - PNG (Serrà)",
     "likelihood_ratio": "likelihood ratio (Ren)",
     "restoration_nll": "restoration NLL",
+    "latent_knn": "latent kNN",
     "selected": "**chosen on validation**",
     "compression_bits": "PNG length",
     "pca": "PCA ({k})",
@@ -782,6 +823,7 @@ MAP_TITLES = {
     "reconstruction_error": "reconstruction error",
     "prior_nll": "prior NLL",
     "likelihood_ratio": "likelihood ratio",
+    "latent_knn": "latent kNN",
     "pca_residual": "PCA residual",
 }
 SCORE_DESCRIPTIONS = [
@@ -796,9 +838,15 @@ SCORE_DESCRIPTIONS = [
     "randomly substituted at `--background_code_substitution_rate` (Ren et al., NeurIPS 2019).",
     "`restoration NLL`: summed NLL of the codes less likely than the `--restoration_quantile` of the statistics "
     "images' codes (Marimont & Tarroni, ISBI 2021).",
-    "`chosen on validation`: per class, the VQ-VAE score with the highest AUROC of synthetic defects "
-    "(`make_synthetic_defects`: patch, scribble, blur, colour) against held-out normal training images (the "
-    "validation part of the hold-out); the test labels play no part. Its name is in the last column.",
+    "`latent kNN`: distance of the VQ-VAE encoder's latents to those of the `--latent_knn_neighbors` nearest "
+    "images the VQ-VAE was trained on (its memory bank), at the levels `--latent_knn_levels` (the whole grid; the "
+    "mean and standard deviation of the latents over 1x1 and 2x2 cells), each standardised on the statistics images, "
+    "summed (nearest neighbours in a learned feature space: Bergman et al. 2020; multi-scale pooling as in PatchCore).",
+    "`chosen on validation`: per class, the VQ-VAE score with the highest AUROC of synthetic anomalies against "
+    "held-out normal training images (the validation part of the hold-out): each held-out image gets one local defect "
+    "(`make_synthetic_defects`: patch, scribble, blur, colour) or one whole-image transformation "
+    "(`make_synthetic_outliers`: rotation, upside down, shuffled quarters, mean with another image, permuted colour "
+    "channels or negated grey), in turn. The test labels play no part. Its name is in the last column.",
 ]
 
 
@@ -933,8 +981,8 @@ def format_report(results: dict, args) -> str:
         "Histograms: share of normal (blue) and anomalous (red) test images per score bin. Grids: test images, "
         "then their reconstruction-error map and (with a prior) prior-NLL map, one colour scale per map "
         "(red to yellow = high). Localisation grids: the images with defects (the first row tinted by the mask), then "
-        "one row per map in this order: restoration, reconstruction error, PCA residual, prior NLL, likelihood ratio "
-        "(those measured), each on one colour scale (its 99th percentile).",
+        "one row per map in this order: restoration, reconstruction error, latent kNN, PCA residual, prior NLL, "
+        "likelihood ratio (those measured), each on one colour scale (its 99th percentile).",
         "",
     ]
     for run in runs.values():
@@ -1113,7 +1161,7 @@ def main(args):
             continue
         logger.info(f"Run {run_name}: normal = {label_of(normal_ids)}")
         run = {"normal_classes": normal_ids, "normal_label": label_of(normal_ids), "seconds": {}, "figures": {}}
-        normal_indices = statistics_indices = validation_indices = None
+        normal_indices = statistics_indices = validation_indices = bank_indices = None
         if train is not None:
             if normal_ids is None:
                 normal_indices = np.arange(len(train))
@@ -1130,6 +1178,9 @@ def main(args):
                 model_indices, statistics_indices, validation_indices = split_normal(
                     normal_indices, args, args.fit, args.seed
                 )
+                # `latent_knn`'s memory bank: normal images outside the statistics and validation parts.
+                bank_indices = np.setdiff1d(model_indices, np.r_[statistics_indices, validation_indices])
+                bank_indices = bank_indices[: args.memory_bank_size]
 
         # Models: trained here, given, or none.
         scorer, image_processor = None, None
@@ -1167,6 +1218,8 @@ def main(args):
                     batch_size=args.eval_batch_size,
                     background_prior=background,
                     restoration_quantile=args.restoration_quantile,
+                    latent_knn_levels=args.latent_knn_levels,
+                    latent_knn_neighbors=args.latent_knn_neighbors,
                 )
             except ValueError as error:
                 if args.prior_class_label is None or "class" not in str(error):
@@ -1195,7 +1248,10 @@ def main(args):
         if scorer is not None:
             if statistics_indices is not None and len(statistics_indices) >= 2:
                 try:
-                    scorer.fit(normal_pixels_of(statistics_indices, "Normal images (statistics)"))
+                    bank = None
+                    if bank_indices is not None and len(bank_indices):
+                        bank = normal_pixels_of(bank_indices, "Normal images (memory bank)")
+                    scorer.fit(normal_pixels_of(statistics_indices, "Normal images (statistics)"), memory_bank=bank)
                     run["statistics"] = scorer.statistics
                 except ValueError as error:  # e.g. a barely trained model gives every normal image the same score
                     logger.warning(f"Run {run_name}: no `combined_score`: {error}")
@@ -1208,7 +1264,7 @@ def main(args):
         if scorer is not None:
             run["milliseconds_per_test_image"] = round(1000 * (time.time() - start) / len(test_ids), 2)
 
-        # The score to report, chosen on held-out normal images and synthetic defects made from them.
+        # The score to report, chosen on held-out normal images and synthetic anomalies made from them.
         if scorer is not None and scorer.is_fitted and validation_indices is not None and len(validation_indices) >= 2:
             start = time.time()
             normal, synthetic = validation_scores(

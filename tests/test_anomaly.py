@@ -398,6 +398,11 @@ def test_pipeline(saved_models, vqvae, prior, test_images):
         pipeline("vqvae-anomaly", model=str(saved_models / "vqvae"))(images[0], heatmap="prior_nll")
     with pytest.raises(TypeError, match="needs a `VQVAEModel`"):
         pipeline("vqvae-anomaly", model=prior)
+    with pytest.raises(ValueError, match="needs a memory bank"):
+        detect(images[0], heatmap="latent_knn")
+    detect.fit([to_pil(image) for image in smooth_images(10, seed=5)], memory_bank_images=images[:1] * 3)
+    with_bank = detect(images, heatmap="latent_knn", batch_size=2)
+    assert with_bank[1]["latent_knn"] > with_bank[0]["latent_knn"] and with_bank[1]["heatmap"].size == (16, 16)
 
 
 # ---------------------------------------------------------------------------------------------------------- script
@@ -1052,3 +1057,103 @@ def test_localization_benchmark_and_validation_choice(pattern_scorer):
     assert all(len(values) == 8 for values in (*normal_scores.values(), *synthetic_scores.values()))
     choice = select_score(normal_scores, synthetic_scores)
     assert choice["validation_auroc"][choice["best"]] == max(choice["validation_auroc"].values())
+
+
+# ---------------------------------------------------------------------------------------------------------- latent kNN
+
+
+@pytest.fixture(scope="module")
+def knn_scorer(pattern_scorer):
+    """The pattern models, with their 32 training images as the memory bank, fitted on 32 unseen ones."""
+    scorer = VQVAEAnomalyScorer(pattern_scorer.vqvae, pattern_scorer.prior)
+    return scorer.fit(pattern_images(32, seed=5), memory_bank=pattern_images(32))
+
+
+def test_latent_knn_flags_a_pasted_patch_and_its_map_peaks_inside(knn_scorer):
+    clean = pattern_images(6, seed=1)
+    output, clean_output = knn_scorer.score(paste_patch(clean)), knn_scorer.score(clean)
+    assert (output.latent_knn > clean_output.latent_knn).all()
+    assert (output.latent_knn > 3).all() and clean_output.latent_knn.abs().max() < 6  # standardised: clean ~ N(0, L)
+    assert output.latent_knn_map.shape == (6, 16, 16)
+    # The map rises around the patch: within the codes whose receptive field it reaches (the 3x3 codes around code
+    # (1, 2)) more than anywhere else. The tiny encoder spreads it too widely for a peak inside the patch itself.
+    rise = (output.latent_knn_map - clean_output.latent_knn_map).mean(0)
+    around = torch.zeros(16, 16, dtype=torch.bool)
+    around[0:12, 4:16] = True
+    assert rise[around].mean() > 5 * rise[~around].mean() > 0
+
+
+def test_latent_knn_is_the_standardised_sum_of_nearest_distances(knn_scorer):
+    images = pattern_images(5, seed=3)
+    output = knn_scorer.score(images)
+    vqvae = knn_scorer.vqvae
+    with torch.no_grad():
+        latents, bank = vqvae.encode(images).latents, vqvae.encode(pattern_images(32)).latents
+    statistics = knn_scorer.statistics["latent_knn_level_statistics"]
+    expected = torch.zeros(5)
+    for index, level in enumerate(knn_scorer.latent_knn_levels):  # (None, 1, 2)
+        if level is None:
+            features, bank_features = latents.flatten(1), bank.flatten(1)
+        else:
+            pool = torch.nn.functional.adaptive_avg_pool2d
+            features, bank_features = [
+                torch.cat([pool(z, level).flatten(1), (pool(z * z, level) - pool(z, level) ** 2).sqrt().flatten(1)], 1)
+                for z in (latents, bank)
+            ]
+        squared = (features[:, None] - bank_features[None]).pow(2).sum(-1)  # exact, (5, 32)
+        distances = squared.sqrt().topk(5, largest=False).values.mean(1)
+        expected += (distances - statistics["mean"][index]) / statistics["std"][index]
+        if level is None:  # the map sums to the mean squared distance to the 5 nearest grids
+            nearest = squared.topk(5, largest=False).values.mean(1)
+            torch.testing.assert_close(output.latent_knn_map.flatten(1).sum(1), nearest, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(output.latent_knn, expected, rtol=1e-3, atol=1e-3)
+    assert "latent_knn" in knn_scorer.available_scores and "latent_knn" in knn_scorer.statistics
+    without_bank = VQVAEAnomalyScorer(vqvae).fit(pattern_images(8, seed=5))
+    assert "latent_knn" not in without_bank.available_scores and without_bank.score(images).latent_knn is None
+
+
+def test_latent_knn_bad_arguments(pattern_scorer):
+    vqvae = pattern_scorer.vqvae
+    with pytest.raises(ValueError, match="hold some normal images out of the bank"):
+        VQVAEAnomalyScorer(vqvae).fit(pattern_images(32)[:8], memory_bank=pattern_images(32))
+    with pytest.raises(ValueError, match="`memory_bank` must be a float tensor"):
+        VQVAEAnomalyScorer(vqvae).fit(pattern_images(8), memory_bank="images/")
+    for levels in ((), (None, None), (0,), ("grid",), None):
+        with pytest.raises(ValueError, match="`latent_knn_levels` must be"):
+            VQVAEAnomalyScorer(vqvae, latent_knn_levels=levels)
+    with pytest.raises(ValueError, match="`latent_knn_neighbors` must be a positive integer"):
+        VQVAEAnomalyScorer(vqvae, latent_knn_neighbors=0)
+    with pytest.raises(SystemExit):
+        anomaly_script.parse_args(["--fit", "--latent_knn_levels", "grid,0", "--output_dir", "x"])
+
+
+def test_synthetic_outliers():
+    from hf_vqvae.anomaly import OUTLIER_KINDS, make_synthetic_outliers
+
+    images = pattern_images(10, seed=2)
+    outliers, kinds = make_synthetic_outliers(images, seed=3)
+    assert outliers.shape == images.shape and kinds == [*OUTLIER_KINDS, *OUTLIER_KINDS]
+    torch.testing.assert_close(outliers, make_synthetic_outliers(images, seed=3)[0], rtol=0, atol=0)
+    assert all(not torch.equal(outlier, image) for outlier, image in zip(outliers, images))  # every one changed
+    torch.testing.assert_close(outliers[1], images[1].flip(1))  # upside down
+    torch.testing.assert_close(outliers[2].flatten().sort().values, images[2].flatten().sort().values)  # same pixels
+    gray, _ = make_synthetic_outliers(images[:4, :1], kinds=("channels",))
+    torch.testing.assert_close(gray, -images[:4, :1])
+    with pytest.raises(ValueError, match="subset of"):
+        make_synthetic_outliers(images, kinds=("rotate", "zoom"))
+    with pytest.raises(ValueError, match="batch >= 2"):
+        make_synthetic_outliers(images[:1])
+
+
+def test_validation_choice_with_whole_image_outliers(knn_scorer):
+    from hf_vqvae.anomaly import validation_scores
+
+    normal = pattern_images(18, seed=7)
+    normal_scores, synthetic_scores = validation_scores(knn_scorer, normal, seed=1)
+    assert "latent_knn" in normal_scores and all(len(v) == 18 for v in synthetic_scores.values())
+    outliers_only = validation_scores(knn_scorer, normal, seed=1, kinds=("rotate", "flip"))[1]
+    assert not np.allclose(outliers_only["latent_knn"], synthetic_scores["latent_knn"])
+    choice = select_score(normal_scores, synthetic_scores)
+    assert choice["validation_auroc"]["latent_knn"] > 0.75
+    with pytest.raises(ValueError, match="non-empty subset"):
+        validation_scores(knn_scorer, normal, kinds=("patch", "zoom"))
