@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .anomaly import VQVAEAnomalyScorer
 
 
-OUTLIER_KINDS = ("rotate", "flip", "shuffle", "mix", "channels")
+OUTLIER_KINDS = ("rotate", "flip", "shuffle", "splice", "channels")
 
 
 def _other_permutation(size: int, generator: torch.Generator) -> torch.Tensor:
@@ -37,14 +37,15 @@ def make_synthetic_outliers(
     - `"flip"`: turned upside down (a vertical flip; a horizontal one is often a normal image);
     - `"shuffle"`: its 2 x 2 quarters in a random other order (local content kept, the layout broken; turned by 180
       degrees when a side is odd);
-    - `"mix"`: the mean of the image and another image of the batch;
+    - `"splice"`: one half of it (left, right, top or bottom) replaced by the same half of another image of the batch
+      (not their mean: a mean lowers the contrast, which makes an image look more typical to every score);
     - `"channels"`: its colour channels in a random other order (an image with one channel is negated instead).
     Transformed normal data as anomalies for choosing a detector without labelled anomalies: Fung et al. 2023,
     "Model selection of anomaly detectors in the absence of labeled validation data" (arXiv 2310.10461).
 
     Args:
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Normal images in [-1, 1], at least 2 (`"mix"` takes a partner from the batch).
+            Normal images in [-1, 1], at least 2 (`"splice"` takes a partner from the batch).
         kinds (`tuple[str, ...]`, *optional*, defaults to `OUTLIER_KINDS`):
             Transformations to use, in turn; a subset of `OUTLIER_KINDS`.
         seed (`int`, *optional*, defaults to 0):
@@ -80,9 +81,18 @@ def make_synthetic_outliers(
             order = _other_permutation(4, generator).tolist()
             top = torch.cat([quarters[order[0]], quarters[order[1]]], 2)
             image = torch.cat([top, torch.cat([quarters[order[2]], quarters[order[3]]], 2)], 1)
-        elif kind == "mix":
-            partner = (index + 1 + int(torch.randint(0, batch - 1, (1,), generator=generator))) % batch
-            image = (image + images[partner]) / 2
+        elif kind == "splice":
+            partner = images[(index + 1 + int(torch.randint(0, batch - 1, (1,), generator=generator))) % batch]
+            side = int(torch.randint(0, 4, (1,), generator=generator))
+            image = image.clone()
+            if side == 0:
+                image[:, :, : width // 2] = partner[:, :, : width // 2]
+            elif side == 1:
+                image[:, :, width // 2 :] = partner[:, :, width // 2 :]
+            elif side == 2:
+                image[:, : height // 2] = partner[:, : height // 2]
+            else:
+                image[:, height // 2 :] = partner[:, height // 2 :]
         elif channels == 1:  # "channels" of a one-channel image
             image = -image
         else:

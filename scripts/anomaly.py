@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 
 from hf_vqvae import VQVAEImageProcessor, VQVAEModel, VQVAEPriorForCausalLM
 from hf_vqvae.anomaly import (
+    DEFECT_KINDS,
+    OUTLIER_KINDS,
     NearestNeighborBaseline,
     PCABaseline,
     VQVAEAnomalyScorer,
@@ -82,6 +84,13 @@ COMPLEXITY = ("compression_bits",)  # the PNG length alone: the complexity basel
 BASELINES = ("pca", "nearest_neighbor")
 # Checkpoints and mid-run validation are not needed for these short runs.
 NEVER = str(10**9)
+
+
+VALIDATION_ANOMALIES = {
+    "defects": DEFECT_KINDS,
+    "outliers": OUTLIER_KINDS,
+    "both": DEFECT_KINDS + OUTLIER_KINDS,
+}
 
 
 def parse_latent_knn_levels(text: str) -> tuple:
@@ -297,6 +306,15 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--defect_seed", type=int, default=0, help="Seed of the synthetic defects (localisation and validation)."
+    )
+    parser.add_argument(
+        "--validation_anomalies",
+        choices=sorted(VALIDATION_ANOMALIES),
+        default="both",
+        help="The synthetic anomalies the score is chosen against: `defects` (local, `make_synthetic_defects`), "
+        "`outliers` (whole-image transformations, `make_synthetic_outliers`) or `both`. Choose what stands in for "
+        "the anomalies to find: `outliers` for images of another kind (the one-class protocol), `defects` for local "
+        "damage.",
     )
     # Scoring and report
     parser.add_argument("--output_dir", default="outputs/anomaly", help="Where the report (and fitted models) go.")
@@ -842,12 +860,46 @@ SCORE_DESCRIPTIONS = [
     "images the VQ-VAE was trained on (its memory bank), at the levels `--latent_knn_levels` (the whole grid; the "
     "mean and standard deviation of the latents over 1x1 and 2x2 cells), each standardised on the statistics images, "
     "summed (nearest neighbours in a learned feature space: Bergman et al. 2020; multi-scale pooling as in PatchCore).",
-    "`chosen on validation`: per class, the VQ-VAE score with the highest AUROC of synthetic anomalies against "
-    "held-out normal training images (the validation part of the hold-out): each held-out image gets one local defect "
-    "(`make_synthetic_defects`: patch, scribble, blur, colour) or one whole-image transformation "
-    "(`make_synthetic_outliers`: rotation, upside down, shuffled quarters, mean with another image, permuted colour "
-    "channels or negated grey), in turn. The test labels play no part. Its name is in the last column.",
 ]
+SYNTHETIC_ANOMALIES = {
+    "defects": "one local defect (`make_synthetic_defects`: patch, scribble, blur, colour)",
+    "outliers": "one whole-image transformation (`make_synthetic_outliers`: rotated, upside down, quarters shuffled, "
+    "half spliced from another image, colour channels permuted or grey negated)",
+}
+
+
+def selection_description(args) -> str:
+    """What `chosen on validation` means, for the report: the synthetic anomalies of `--validation_anomalies`."""
+    kinds = [SYNTHETIC_ANOMALIES[k] for k in ("defects", "outliers") if args.validation_anomalies in (k, "both")]
+    return (
+        "`chosen on validation`: per class, the VQ-VAE score with the highest AUROC of synthetic anomalies against "
+        "held-out normal training images (the validation part of the hold-out); each held-out image gets "
+        + " or ".join(kinds)
+        + ", in turn. The test labels play no part. Its name is in the last column. `chosen for the data set` below "
+        "the table: the one score with the highest validation AUROC averaged over the classes."
+    )
+
+
+def choose_for_data_set(runs: dict) -> dict | None:
+    """
+    The one VQ-VAE score for the whole data set: the highest validation AUROC averaged over the runs (synthetic
+    anomalies against held-out normal images, as each run's choice; never the test labels), with its test AUROC.
+    """
+    selections = [run["selection"] for run in runs.values() if "selection" in run]
+    if not selections:
+        return None
+    names = [
+        name for name in selections[0]["validation_auroc"] if all(name in s["validation_auroc"] for s in selections)
+    ]
+    validation = {name: float(np.mean([s["validation_auroc"][name] for s in selections])) for name in names}
+    best = max(names, key=lambda name: (validation[name], -names.index(name)))
+    tested = [run["metrics"][best]["auroc"] for run in runs.values() if best in run.get("metrics", {})]
+    return {
+        "score": best,
+        "mean_validation_auroc": validation,
+        "num_runs": len(selections),
+        "test_auroc": float(np.mean(tested)) if len(tested) == len(runs) else None,
+    }
 
 
 def columns_of(runs: dict) -> list[str]:
@@ -922,7 +974,7 @@ def format_report(results: dict, args) -> str:
         "measures the statistics (standardisation, pixel scale, restoration threshold), the rest is the validation "
         "part on which the reported score is chosen.",
         "",
-        *[f"- {line}" for line in SCORE_DESCRIPTIONS],
+        *[f"- {line}" for line in (*SCORE_DESCRIPTIONS, selection_description(args))],
         "",
     ]
     for metric in ("auroc", "auprc"):
@@ -931,6 +983,8 @@ def format_report(results: dict, args) -> str:
             lines += ["No labels: give `--label_column` (and `--normal_classes`) to measure AUROC and AUPRC.", ""]
             continue
         lines += auroc_table(results, args, metric) + [""]
+        if metric == "auroc" and chosen_for_data_set_lines(results):
+            lines += chosen_for_data_set_lines(results)[1:] + [""]
     if results.get("mean_localization"):
         maps = [m for m in MAP_TITLES if m in results["mean_localization"]]
         lines += [
@@ -995,6 +1049,19 @@ def format_report(results: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chosen_for_data_set_lines(results: dict) -> list[str]:
+    chosen = results.get("chosen_for_data_set")
+    if not chosen or chosen.get("test_auroc") is None:
+        return []
+    title = COLUMN_TITLES.get(chosen["score"], chosen["score"])
+    return [
+        "",
+        f"Chosen for the data set (highest validation AUROC averaged over the {chosen['num_runs']} classes, "
+        f"{100 * chosen['mean_validation_auroc'][chosen['score']]:.1f}): **{title}**, test AUROC "
+        f"{100 * chosen['test_auroc']:.1f}.",
+    ]
+
+
 def format_readme_block(results: dict, args) -> str:
     """The mean AUROC of every score and baseline, with the command: what `--readme` writes."""
     mean = results["mean"]
@@ -1007,6 +1074,7 @@ def format_readme_block(results: dict, args) -> str:
         "|" + " ---: |" * len(columns),
         "| " + " | ".join(f"{100 * mean[c]['auroc']:.1f}" for c in columns) + " |",
     ]
+    lines += chosen_for_data_set_lines(results)
     if results.get("mean_localization"):
         loc = results["mean_localization"]
         cells = ", ".join(
@@ -1268,7 +1336,10 @@ def main(args):
         if scorer is not None and scorer.is_fitted and validation_indices is not None and len(validation_indices) >= 2:
             start = time.time()
             normal, synthetic = validation_scores(
-                scorer, normal_pixels_of(validation_indices, "Normal images (validation)"), seed=args.defect_seed
+                scorer,
+                normal_pixels_of(validation_indices, "Normal images (validation)"),
+                seed=args.defect_seed,
+                kinds=VALIDATION_ANOMALIES[args.validation_anomalies],
             )
             candidates = [name for name in MODEL_SCORES if name in normal and name in scores]
             run["selection"] = select_score(normal, synthetic, names=candidates)
@@ -1357,6 +1428,7 @@ def write_outputs(output_dir: Path, results: dict, policy: BadExamplePolicy, arg
     """`results.json`, `report.md` and `skipped_examples.jsonl`, after every run: a long protocol keeps its work."""
     results["mean"] = mean_metrics(results["runs"])
     results["mean_localization"] = mean_localization(results["runs"])
+    results["chosen_for_data_set"] = choose_for_data_set(results["runs"])
     skipped = merge_skipped([*results.get("skipped_examples", []), *policy.records()])
     results["num_skipped"], results["skipped_examples"] = len(skipped), skipped
     write_skipped(output_dir / SKIPPED_EXAMPLES_NAME, skipped)
