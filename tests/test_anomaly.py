@@ -473,6 +473,8 @@ def test_script_one_class_protocol(parquet_data, tmp_path):
         "0.2",
         "--localization_images",
         "4",
+        "--validation_anomalies",
+        "outliers",
     ]
     anomaly_script.main(anomaly_script.parse_args(script_args(parquet_data, output_dir, fit)))
 
@@ -487,7 +489,7 @@ def test_script_one_class_protocol(parquet_data, tmp_path):
         assert selection["best"] in anomaly_script.MODEL_SCORES and selection["num_normal"] == 2
         assert run["metrics"]["selected"] == {"score": selection["best"], **run["metrics"][selection["best"]]}
         localization = run["localization"]
-        assert {"restoration", "reconstruction_error", "pca_residual"} <= set(localization["metrics"])
+        assert {"restoration", "reconstruction_error", "latent_knn", "pca_residual"} <= set(localization["metrics"])
         saved = np.load(output_dir / localization["data"])
         assert saved["images"].shape == (4, 3, 16, 16) and saved["masks"].shape == (4, 16, 16) and saved["masks"].any()
         assert (output_dir / name / "background-prior" / "model.safetensors").exists()
@@ -512,6 +514,10 @@ def test_script_one_class_protocol(parquet_data, tmp_path):
         and "## Localisation" in report
     )
     assert "| 0 (smooth) |" in report and "| **mean** |" in report and "## AUPRC (%)" in report
+    chosen = results["chosen_for_data_set"]
+    assert chosen["score"] in anomaly_script.MODEL_SCORES and chosen["num_runs"] == 2
+    assert chosen["test_auroc"] == pytest.approx(results["mean"][chosen["score"]]["auroc"])
+    assert "Chosen for the data set" in report and "whole-image transformation" in report
 
     # Scoring the saved models again (`--model` with `{class}`) gives the same numbers: scores are deterministic.
     given = [
@@ -1157,3 +1163,25 @@ def test_validation_choice_with_whole_image_outliers(knn_scorer):
     assert choice["validation_auroc"]["latent_knn"] > 0.75
     with pytest.raises(ValueError, match="non-empty subset"):
         validation_scores(knn_scorer, normal, kinds=("patch", "zoom"))
+
+
+def test_choose_for_data_set_averages_validation_over_classes():
+    def run(validation, test):
+        return {
+            "selection": {"validation_auroc": validation},
+            "metrics": {name: {"auroc": value} for name, value in test.items()},
+        }
+
+    runs = {
+        "class-0": run({"prior_nll": 0.9, "latent_knn": 0.6}, {"prior_nll": 0.5, "latent_knn": 0.8}),
+        "class-1": run({"prior_nll": 0.5, "latent_knn": 0.7}, {"prior_nll": 0.7, "latent_knn": 0.9}),
+    }
+    chosen = anomaly_script.choose_for_data_set(runs)  # validation means 0.7 and 0.65: the prior's NLL
+    assert chosen["score"] == "prior_nll" and chosen["test_auroc"] == pytest.approx(0.6)
+    assert chosen["mean_validation_auroc"] == pytest.approx({"prior_nll": 0.7, "latent_knn": 0.65})
+    assert anomaly_script.choose_for_data_set({"class-0": {"metrics": {}}}) is None
+    data = ["--train_data_files", "a.parquet", "--test_data_files", "b.parquet"]
+    parsed = anomaly_script.parse_args(["--fit", "--output_dir", "x", *data, "--validation_anomalies", "defects"])
+    assert anomaly_script.VALIDATION_ANOMALIES[parsed.validation_anomalies] == DEFECT_KINDS
+    with pytest.raises(SystemExit):
+        anomaly_script.parse_args(["--fit", "--output_dir", "x", *data, "--validation_anomalies", "labels"])
