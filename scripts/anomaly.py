@@ -552,9 +552,11 @@ def overrides_with_data_shape(overrides: str | None, image: Image.Image) -> str:
 def fit_models(args, run_dir: Path, normal_train, image_column: str):
     """
     Train (or reuse) the VQ-VAE, the prior and (with `--background_code_substitution_rate`) the background prior of
-    one run on its normal images; return their folders (`None` for those not trained) and the seconds it took.
+    one run on its normal images; return their folders (`None` for those not trained), the training seconds and
+    whether every model was reused. The seconds of a training are kept in `training_seconds.json` beside the models,
+    so that a run that reuses them reports them (`None` when no record exists).
     """
-    vqvae_dir, prior_dir = run_dir / "vqvae", run_dir / "prior"
+    vqvae_dir = run_dir / "vqvae"
     start = time.time()
     batch_size = min(args.train_batch_size, len(normal_train))
     if batch_size < args.train_batch_size:
@@ -589,15 +591,26 @@ def fit_models(args, run_dir: Path, normal_train, image_column: str):
         logger.info(f"Training the VQ-VAE of {run_dir.name}: {len(normal_train)} images, {args.vqvae_steps} steps")
         run_script(SCRIPTS_DIR / "train_vqvae.py", argv + shlex.split(args.vqvae_extra_args))
         retrained = True
-    if args.prior_steps == 0:
-        return vqvae_dir, None, None, time.time() - start
-    retrained = train_prior(args, vqvae_dir, prior_dir, data_file, normal_train, image_column, retrained, 0.0)
-    background_dir = None
-    if args.background_code_substitution_rate is not None:
-        background_dir = run_dir / "background-prior"
-        rate = args.background_code_substitution_rate
-        train_prior(args, vqvae_dir, background_dir, data_file, normal_train, image_column, retrained, rate)
-    return vqvae_dir, prior_dir, background_dir, time.time() - start
+    prior_dir = background_dir = None
+    trained = retrained
+    if args.prior_steps > 0:
+        prior_dir = run_dir / "prior"
+        retrained = train_prior(args, vqvae_dir, prior_dir, data_file, normal_train, image_column, retrained, 0.0)
+        trained = trained or retrained
+        if args.background_code_substitution_rate is not None:
+            background_dir = run_dir / "background-prior"
+            rate = args.background_code_substitution_rate
+            trained = (
+                train_prior(args, vqvae_dir, background_dir, data_file, normal_train, image_column, retrained, rate)
+                or trained
+            )
+    record = run_dir / "training_seconds.json"
+    seconds = time.time() - start
+    if trained:
+        write_json(record, {"seconds": seconds})
+    else:
+        seconds = json.loads(record.read_text())["seconds"] if record.exists() else None
+    return vqvae_dir, prior_dir, background_dir, seconds, not trained
 
 
 def quiet_run_arguments(seed: int) -> list[str]:
@@ -1017,14 +1030,19 @@ def format_report(results: dict, args) -> str:
         "## Time",
         "",
         "Seconds per run on this machine (shared with other jobs: compare within a column, not across runs of "
-        "different days); `ms / test image` is the scoring time of every score per test image.",
+        "different days); `ms / test image` is the scoring time of every score per test image. `train` is the time of "
+        "the three models' training; `(earlier)` or `reused`: this run found them in `--output_dir`, trained by an "
+        "earlier run of the same command (with its time, or without a record of it).",
         "",
         "| normal | train | score | ms / test image | selection | baselines | localisation |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs.values():
         seconds = run.get("seconds", {})
-        cells = [seconds.get("train", "-"), seconds.get("score", "-"), run.get("milliseconds_per_test_image", "-")]
+        train = seconds.get("train", "-")
+        if run.get("models_reused"):  # trained by an earlier run of the command: its time, if it was recorded
+            train = "reused" if train is None else f"{train} (earlier)"
+        cells = [train, seconds.get("score", "-"), run.get("milliseconds_per_test_image", "-")]
         cells += [seconds.get("selection", "-"), seconds.get("baselines", "-")]
         cells.append(run.get("localization", {}).get("seconds", "-"))
         lines.append(f"| {run['normal_label']} | " + " | ".join(str(c) for c in cells) + " |")
@@ -1254,10 +1272,11 @@ def main(args):
         scorer, image_processor = None, None
         if args.fit:
             run["num_model_train"] = len(model_indices)
-            vqvae_path, prior_path, background_path, seconds = fit_models(
+            vqvae_path, prior_path, background_path, seconds, reused = fit_models(
                 args, output_dir / run_name, train.select(model_indices), image_column
             )
-            run["seconds"]["train"] = round(seconds, 1)
+            run["seconds"]["train"] = None if seconds is None else round(seconds, 1)
+            run["models_reused"] = reused
         elif args.model is not None:
             class_id = str(normal_ids[0]) if normal_ids else ""
             if args.one_class_protocol and "{class}" not in args.model:

@@ -541,6 +541,19 @@ def test_script_one_class_protocol(parquet_data, tmp_path):
         for score in ("reconstruction_error", "prior_nll", "likelihood_ratio"):
             assert rescored["runs"][name]["metrics"][score] == results["runs"][name]["metrics"][score]
 
+    # Run again over the trained models: they are reused, and their recorded training time is reported as earlier.
+    assert results["runs"]["class-0"]["models_reused"] is False
+    recorded = json.loads((output_dir / "class-0" / "training_seconds.json").read_text())["seconds"]
+    again = anomaly_script.main(
+        anomaly_script.parse_args(
+            script_args(parquet_data, output_dir, [*fit, "--normal_classes", "0", "--overwrite_results"])
+        )
+    )
+    run = again["runs"]["class-0"]
+    assert run["models_reused"] is True and run["seconds"]["train"] == round(recorded, 1)
+    assert run["metrics"]["latent_knn"] == results["runs"]["class-0"]["metrics"]["latent_knn"]
+    assert f"| {round(recorded, 1)} (earlier) |" in (output_dir / "report.md").read_text()
+
 
 def test_script_baselines_only(parquet_data, tmp_path):
     results = anomaly_script.main(
