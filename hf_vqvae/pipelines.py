@@ -377,7 +377,9 @@ class VQVAEAnomalyPipeline(Pipeline):
 
     Scores are deterministic (eval mode, no sampling); higher means more anomalous. `combined_score` needs the
     statistics of normal images: pass `statistics=` (from [`VQVAEAnomalyScorer.fit`]) or call
-    [`~VQVAEAnomalyPipeline.fit`] with normal images first; until then it is `None`.
+    [`~VQVAEAnomalyPipeline.fit`] with normal images first; until then it is `None`. `latent_knn` (the score that
+    beats the pixel baselines on the one-class benchmarks in the README) also needs a memory bank of other normal
+    images: `fit(held_out_normal_images, memory_bank_images=training_images)`.
 
     Args:
         model ([`VQVAEModel`]):
