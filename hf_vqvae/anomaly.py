@@ -18,8 +18,10 @@ A VQ-VAE trained on normal images reconstructs normal inputs well and unusual on
   likelihoods favour simple images whatever they show, so the image's NLL in bits (`-log2 p(x | z) - log2 p(z)`:
   a pixel likelihood given the codes plus the prior's bits of the codes) minus its length as a lossless PNG
   ([`compression_bits`], Pillow, `compress_level=9`, `optimize=False`). The PNG length alone is reported as the
-  complexity baseline. The pixel term is a discretized Gaussian around the reconstruction (the decoder's own scales,
-  or one scale fitted by `fit` for an MSE decoder) unless `pixel_log_likelihood=` gives a pixel-likelihood decoder's.
+  complexity baseline. The pixel term is the decoder's own likelihood when it has one: a logistic-mixture decoder's
+  (with a PixelCNN pixel decoder, the exact autoregressive `log p(x | z)`, as in bits/dim) or a discretized Gaussian
+  with the decoder's scales; for an MSE decoder, a discretized Gaussian around the reconstruction with one scale
+  fitted by `fit`. `pixel_log_likelihood=` replaces it with any other.
 - `likelihood_ratio` (Ren et al., NeurIPS 2019, arXiv 1906.02845): `nll_bits` minus the bits under a background
   model (a prior, and optionally a VQ-VAE, trained on inputs corrupted by [`corrupt_codes`] / [`corrupt_pixels`]),
   which captures the population-level statistics that the ratio cancels. Its map sums to the score.
@@ -96,12 +98,18 @@ from .anomaly_scores import (
 from .anomaly_selection import OUTLIER_KINDS, make_synthetic_outliers, select_score, validation_scores
 from .class_labels import class_names, resolve_class_labels
 from .modeling_pixelcnn_prior import VQVAEPixelCNNPriorModel
-from .modeling_vqvae import VQVAEModel, discretized_gaussian_log_likelihood
+from .modeling_vqvae import (
+    VQVAEModel,
+    discretized_gaussian_log_likelihood,
+    discretized_logistic_mixture_log_likelihood,
+)
 from .modeling_vqvae_prior import VQVAEPriorForCausalLM
 
 
 logger = logging.get_logger(__name__)
 
+# Decoders with their own pixel likelihood (no Gaussian scale to fit).
+LIKELIHOOD_DECODERS = ("discretized_gaussian", "discretized_logistic_mixture")
 # The per-image scores that `fit` standardises and `combined_score` adds up, in this order.
 SCORE_NAMES = ("reconstruction_error", "prior_nll")
 
@@ -237,11 +245,11 @@ class VQVAEAnomalyScorer:
             it the background shares `vqvae` (and its pixel term, which then cancels in the ratio).
         pixel_log_likelihood (`Callable`, *optional*):
             `pixel_log_likelihood(vqvae, pixel_values, codes) -> log p(x | z)` in nats, of shape `(B, C, H, W)` or
-            `(B, H, W)` (summed over channels), for `nll_bits`. The default is a discretized Gaussian around the
-            reconstruction (`discretized_gaussian_log_likelihood`), with the decoder's own scales when it has them
-            (`reconstruction_loss="discretized_gaussian"`), else one scale (`reconstruction_log_scale`, or fitted
-            by maximum likelihood in `fit`). A pixel-likelihood decoder (a logistic mixture or a PixelCNN over
-            pixels) plugs in here: pass a function that returns its per-pixel log-likelihood given the codes.
+            `(B, H, W)` (summed over channels), for `nll_bits`. The default is the decoder's own likelihood: for
+            `reconstruction_loss="discretized_logistic_mixture"` its mixture (and with `pixel_decoder="pixelcnn"`
+            the exact autoregressive `log p(x | z)`, one teacher-forced pass), for `"discretized_gaussian"` a
+            discretized Gaussian with its scales; for an MSE decoder a discretized Gaussian around the
+            reconstruction with one scale (`reconstruction_log_scale`, or fitted by maximum likelihood in `fit`).
         reconstruction_log_scale (`float`, *optional*):
             The natural log of the single Gaussian scale (on the [-1, 1] pixel scale) of an MSE-trained decoder;
             `fit` measures it when it is not given.
@@ -594,6 +602,11 @@ class VQVAEAnomalyScorer:
                     f" or {(batch, height, width)}; got {_describe(log_px)}."
                 )
             log_px = log_px.sum(1) if log_px.ndim == 4 else log_px
+        elif vqvae.config.reconstruction_loss == "discretized_logistic_mixture":
+            # The decoder's own likelihood: its logistic mixture per pixel and, with a PixelCNN pixel decoder, each
+            # pixel given the true earlier ones (one teacher-forced pass): log p(x | z) exactly, as in bits/dim.
+            params = vqvae(target.to(vqvae.dtype), return_loss=False).logistic_mixture_params
+            log_px = discretized_logistic_mixture_log_likelihood(target, params, vqvae.config.num_logistic_mixtures)
         else:
             scales = decoded.reconstruction_log_scale
             if scales is None:
@@ -893,11 +906,11 @@ class VQVAEAnomalyScorer:
         settings = {}
         with torch.no_grad():
             if self.pixel_log_likelihood is None and self.reconstruction_log_scale is None:
-                if self.vqvae.config.reconstruction_loss != "discretized_gaussian":
+                if self.vqvae.config.reconstruction_loss not in LIKELIHOOD_DECODERS:
                     settings["reconstruction_log_scale"] = _fit_log_scale(self.vqvae, batches)
             background = self.background_vqvae
             if background is not None and self.pixel_log_likelihood is None:
-                if background.config.reconstruction_loss != "discretized_gaussian":
+                if background.config.reconstruction_loss not in LIKELIHOOD_DECODERS:
                     settings["background_reconstruction_log_scale"] = _fit_log_scale(background, batches)
             if self.prior is not None and self.restoration_threshold is None:
                 code_nll = []

@@ -1198,3 +1198,26 @@ def test_choose_for_data_set_averages_validation_over_classes():
     assert anomaly_script.VALIDATION_ANOMALIES[parsed.validation_anomalies] == DEFECT_KINDS
     with pytest.raises(SystemExit):
         anomaly_script.parse_args(["--fit", "--output_dir", "x", *data, "--validation_anomalies", "labels"])
+
+
+@pytest.mark.parametrize("pixel_decoder", [None, "pixelcnn"])
+def test_nll_bits_uses_a_logistic_mixture_decoders_own_likelihood(pixel_decoder):
+    torch.manual_seed(0)
+    config = make_tiny_config(
+        reconstruction_loss="discretized_logistic_mixture",
+        num_logistic_mixtures=2,
+        pixel_decoder=pixel_decoder,
+        pixel_decoder_hidden_channels=8,
+        pixel_decoder_num_layers=1,
+    )
+    vqvae = VQVAEModel(config).eval()
+    images = (((smooth_images(4, seed=2) + 1) * 127.5).round() / 127.5 - 1).float()  # 8-bit levels
+    scorer = VQVAEAnomalyScorer(vqvae).fit(images)
+    assert "reconstruction_log_scale" not in scorer.statistics  # nothing to fit: the decoder has its likelihood
+    output = scorer.score(images, return_maps=False)
+    with torch.no_grad():
+        model_output = vqvae(images)
+    # The model's own bits/dim (teacher-forced for the PixelCNN), plus log2 K bits per code without a prior.
+    codes_bits = model_output.codes[0].numel() * math.log2(config.codebook_size)
+    expected = model_output.bits_per_dim * images[0].numel() + codes_bits
+    torch.testing.assert_close(output.nll_bits, expected, rtol=1e-4, atol=1e-2)
