@@ -605,7 +605,9 @@ class VQVAEAnomalyScorer:
         elif vqvae.config.reconstruction_loss == "discretized_logistic_mixture":
             # The decoder's own likelihood: its logistic mixture per pixel and, with a PixelCNN pixel decoder, each
             # pixel given the true earlier ones (one teacher-forced pass): log p(x | z) exactly, as in bits/dim.
-            params = vqvae(target.to(vqvae.dtype), return_loss=False).logistic_mixture_params
+            params = decoded.logistic_mixture_params  # the decoder's output given the codes
+            if vqvae.pixel_decoder is not None:
+                params = vqvae.pixel_decoder(target.to(vqvae.dtype), params)
             log_px = discretized_logistic_mixture_log_likelihood(target, params, vqvae.config.num_logistic_mixtures)
         else:
             scales = decoded.reconstruction_log_scale
@@ -713,7 +715,7 @@ class VQVAEAnomalyScorer:
         # Nearest neighbours among the normal images' latents, at several scales.
         level_statistics = self._setting("latent_knn_level_statistics")
         if latents is not None and level_statistics is not None:
-            distances, grid_squared = self._latent_distances(latents, with_grid_map=return_maps)
+            distances, grid_squared, _ = self._latent_distances(latents, with_grid_map=return_maps)
             mean = torch.tensor(level_statistics["mean"], device=distances.device)
             std = torch.tensor(level_statistics["std"], device=distances.device)
             result["latent_knn"] = ((distances - mean) / std).sum(1)
@@ -734,20 +736,23 @@ class VQVAEAnomalyScorer:
 
     def _latent_distances(self, latents: torch.Tensor, with_grid_map: bool = False):
         """
-        `(B, L)`: per level, the mean distance to the `latent_knn_neighbors` nearest bank images; and, with
-        `with_grid_map`, the grid level's squared distance per position averaged over those neighbours, `(B, h, w)`.
+        `(B, L)`: per level, the mean distance to the `latent_knn_neighbors` nearest bank images; with
+        `with_grid_map`, the grid level's squared distance per position averaged over those neighbours, `(B, h, w)`
+        (else `None`); and the index of the nearest bank image at the first level, `(B,)`.
         """
-        distances, grid_squared = [], None
+        distances, grid_squared, nearest_first = [], None, None
         for level, bank in zip(self.latent_knn_levels, self.memory_bank):
             features = self._latent_features(latents, level)
             pairwise = torch.cdist(features, bank.to(features.device))  # (B, N)
             nearest = pairwise.topk(min(self.latent_knn_neighbors, bank.shape[0]), dim=1, largest=False)
             distances.append(nearest.values.mean(1))
+            if nearest_first is None:
+                nearest_first = nearest.indices[:, 0]  # topk sorts: the nearest first
             if level is None and with_grid_map:
                 neighbours = bank.to(features.device)[nearest.indices]  # (B, k, F)
                 squared = (neighbours - features[:, None]).pow(2).view(*neighbours.shape[:2], *latents.shape[1:])
                 grid_squared = squared.sum(2).mean(1)  # (B, h, w): summed over latent channels
-        return torch.stack(distances, 1), grid_squared
+        return torch.stack(distances, 1), grid_squared, nearest_first
 
     @torch.no_grad()
     def _build_memory_bank(self, batches: list) -> list:
@@ -954,12 +959,12 @@ class VQVAEAnomalyScorer:
             for start in range(0, len(batch), self.batch_size):
                 inputs = batch[start : start + self.batch_size].to(self.vqvae.device, self.vqvae.dtype)
                 latents = self.vqvae.encode(inputs).latents.float()
-                distances.append(self._latent_distances(latents)[0].double().cpu())
+                batch_distances, _, nearest = self._latent_distances(latents)
+                distances.append(batch_distances.double().cpu())
                 # An image of the bank itself: its nearest bank features, measured exactly (cdist's fast path is
                 # not exact), are its own.
                 features = self._latent_features(latents, self.latent_knn_levels[0]).cpu()
-                bank = self.memory_bank[0]
-                nearest = bank[torch.cdist(features, bank).argmin(1)]
+                nearest = self.memory_bank[0][nearest.cpu()]
                 duplicates += int(((features - nearest).norm(dim=1) <= 1e-6 * features.norm(dim=1)).sum())
         distances = torch.cat(distances)  # (N, L)
         if duplicates > len(distances) / 2:

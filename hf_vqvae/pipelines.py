@@ -490,9 +490,12 @@ class VQVAEAnomalyPipeline(Pipeline):
         Returns:
             `dict`: the statistics ([`VQVAEAnomalyScorer.fit`]), to pass as `statistics=` next time.
         """
-        for name, value in (("images", images), ("memory_bank_images", memory_bank_images)):
-            if not isinstance(value, (list, tuple)) and not (name == "memory_bank_images" and value is None):
-                raise ValueError(f"`fit` takes a list of normal images as `{name}`; got {type(value).__name__}.")
+        if not isinstance(images, (list, tuple)):
+            raise ValueError(f"`fit` takes a list of normal images; got {type(images).__name__}.")
+        if memory_bank_images is not None and not isinstance(memory_bank_images, (list, tuple)):
+            raise ValueError(
+                f"`memory_bank_images` must be a list of normal images; got {type(memory_bank_images).__name__}."
+            )
 
         def batches(images):
             for start in range(0, len(images), batch_size):

@@ -996,8 +996,9 @@ def format_report(results: dict, args) -> str:
             lines += ["No labels: give `--label_column` (and `--normal_classes`) to measure AUROC and AUPRC.", ""]
             continue
         lines += auroc_table(results, args, metric) + [""]
-        if metric == "auroc" and chosen_for_data_set_lines(results):
-            lines += chosen_for_data_set_lines(results)[1:] + [""]
+        chosen = chosen_for_data_set_lines(results) if metric == "auroc" else []
+        if chosen:
+            lines += chosen[1:] + [""]
     if results.get("mean_localization"):
         maps = [m for m in MAP_TITLES if m in results["mean_localization"]]
         lines += [
