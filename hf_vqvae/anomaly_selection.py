@@ -127,8 +127,12 @@ def validation_scores(
         group = [kind for kind in kinds if kind in group]
         rows = torch.isin(slots, torch.tensor([kinds.index(kind) for kind in group], dtype=torch.long))
         rows = rows.nonzero().flatten()
-        if len(rows) >= 2:
-            synthetic_images[rows] = make(synthetic_images[rows], kinds=group, seed=seed)[0].to(synthetic_images.dtype)
+        if len(rows) == 0:
+            continue
+        # The makers take patches or partners from their batch: a group of one image borrows another image.
+        batch = rows if len(rows) >= 2 else torch.cat([rows, (rows + 1) % len(synthetic_images)])
+        made = make(normal_pixel_values.detach().cpu()[batch], kinds=group, seed=seed)[0]
+        synthetic_images[rows] = made[: len(rows)].to(synthetic_images.dtype)
     normal = scorer.score(normal_pixel_values, return_maps=False)
     synthetic = scorer.score(synthetic_images.to(normal_pixel_values.device), return_maps=False)
     names = [name for name in (*scorer.available_scores, "combined_score") if normal.get(name) is not None]

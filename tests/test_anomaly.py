@@ -1176,6 +1176,9 @@ def test_validation_choice_with_whole_image_outliers(knn_scorer):
     assert choice["validation_auroc"]["latent_knn"] > 0.75
     with pytest.raises(ValueError, match="non-empty subset"):
         validation_scores(knn_scorer, normal, kinds=("patch", "zoom"))
+    # Five images for nine kinds: the one image of the outliers' group is transformed too (it borrows a partner).
+    few_normal, few_synthetic = validation_scores(knn_scorer, normal[:5], seed=1)
+    assert (few_normal["reconstruction_error"] != few_synthetic["reconstruction_error"]).all()
 
 
 def test_choose_for_data_set_averages_validation_over_classes():
